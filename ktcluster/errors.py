@@ -1,0 +1,184 @@
+"""The ktcluster exception hierarchy.
+
+Everything ktcluster raises on purpose derives from :class:`KyotoTycoonException`
+(the name python-kyototycoon-ng users already catch).  Subclasses say what
+happened, so callers can tell "the record is missing" from "the server is down"
+from "we do not know whether the write happened"::
+
+    KyotoTycoonException                  code, message
+    +-- InvalidArgumentError              400: bad or missing parameter, no such DB/cursor
+    +-- LogicalInconsistencyError         450: no record, duplicate, cas mismatch...
+    +-- ServerError                       500: the database failed
+    +-- NoImplementationError             501: unknown procedure or unsupported operation
+    +-- KTTimeoutError                    any timeout
+    |   +-- SignalTimeoutError            503: a WAIT condition was not signalled in time
+    |   +-- SocketTimeoutError            the socket timed out (also a KTConnectionError)
+    |   +-- PoolTimeoutError              no pooled connection became free in time
+    +-- KTConnectionError                 the connection failed or was closed
+    |   +-- NodeDownError                 circuit breaker open: failed fast, nothing sent
+    +-- ProtocolError                     the peer sent bytes we cannot parse (or 0xBF)
+    +-- OutcomeUnknownError               a non-idempotent write may or may not have happened
+    +-- PartialFailureError               a fanned-out call failed on some nodes only
+    +-- ReplicationError                  the replication stream broke
+        +-- ResyncRequiredError           the master no longer has the history asked for
+
+Transport errors carry ``request_sent``: False when the request provably never
+left this process (connect failed, breaker open), which is what makes a retry of
+a non-idempotent write safe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "KyotoTycoonException",
+    "InvalidArgumentError",
+    "LogicalInconsistencyError",
+    "ServerError",
+    "NoImplementationError",
+    "KTTimeoutError",
+    "SignalTimeoutError",
+    "SocketTimeoutError",
+    "PoolTimeoutError",
+    "KTConnectionError",
+    "NodeDownError",
+    "ProtocolError",
+    "OutcomeUnknownError",
+    "PartialFailureError",
+    "ReplicationError",
+    "ResyncRequiredError",
+    "error_for_status",
+]
+
+
+class KyotoTycoonException(Exception):
+    """Root of every ktcluster error.
+
+    ``code`` is the HTTP status the server answered (None when there was no
+    answer), ``message`` the server's ERROR text (or our own description),
+    ``node`` the cluster node involved, when known.
+    """
+
+    def __init__(self, message: str = "", code: int | None = None, *, node: str | None = None,
+                 request_sent: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.node = node
+        self.request_sent = request_sent
+
+    def __str__(self) -> str:
+        parts = []
+        if self.node:
+            parts.append(f"[{self.node}]")
+        if self.code is not None:
+            parts.append(f"{self.code}:")
+        parts.append(self.message)
+        return " ".join(parts)
+
+
+class InvalidArgumentError(KyotoTycoonException):
+    """400: a missing or bad parameter, an unknown database or cursor."""
+
+
+class LogicalInconsistencyError(KyotoTycoonException):
+    """450: done but logically failed (no record, record duplication, status conflict)."""
+
+
+class ServerError(KyotoTycoonException):
+    """500 (or another 5xx): the server or its database failed."""
+
+
+class NoImplementationError(KyotoTycoonException):
+    """501: unknown procedure, scripting disabled, or an operation the DB type lacks."""
+
+
+class KTTimeoutError(KyotoTycoonException):
+    """Something timed out; see the subclasses for what."""
+
+
+class KTConnectionError(KyotoTycoonException):
+    """The connection could not be made, broke, or was closed by the peer."""
+
+
+class SignalTimeoutError(KTTimeoutError):
+    """503: the WAIT condition was not signalled within WAITTIME."""
+
+
+class SocketTimeoutError(KTTimeoutError, KTConnectionError):
+    """A connect, send or receive did not finish in time; the connection is discarded."""
+
+
+class PoolTimeoutError(KTTimeoutError):
+    """No connection of the pool became free within ``pool_timeout`` (nothing was sent)."""
+
+    def __init__(self, message: str = "", code: int | None = None, **kw: Any) -> None:
+        kw.setdefault("request_sent", False)
+        super().__init__(message, code, **kw)
+
+
+class NodeDownError(KTConnectionError):
+    """The node's circuit breaker is open: the call failed fast and nothing was sent."""
+
+    def __init__(self, message: str = "", code: int | None = None, **kw: Any) -> None:
+        kw.setdefault("request_sent", False)
+        super().__init__(message, code, **kw)
+
+
+class ProtocolError(KyotoTycoonException):
+    """The peer sent something that is not valid KT protocol (including a 0xBF error byte)."""
+
+
+class OutcomeUnknownError(KyotoTycoonException):
+    """A non-idempotent operation failed after its request may have reached the server.
+
+    It was not retried (a retry could apply it twice).  ``__cause__`` is the
+    transport error.
+    """
+
+
+class PartialFailureError(KyotoTycoonException):
+    """A call fanned out to several nodes failed on some of them.
+
+    ``results`` holds what the successful nodes returned (for get_bulk: the
+    records found on them; for set_bulk/remove_bulk: the per-node counts),
+    ``errors`` maps each failed node name to its exception, and
+    ``failed_keys`` lists the keys whose outcome is not known to be done.
+    """
+
+    def __init__(self, message: str, results: Any, errors: dict[str, BaseException],
+                 failed_keys: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.results = results
+        self.errors = errors
+        self.failed_keys = failed_keys or []
+
+
+class ReplicationError(KyotoTycoonException):
+    """The replication stream could not be opened or broke."""
+
+
+class ResyncRequiredError(ReplicationError):
+    """The master's update log no longer reaches back to the requested timestamp."""
+
+
+_STATUS_ERRORS: dict[int, type[KyotoTycoonException]] = {
+    400: InvalidArgumentError,
+    450: LogicalInconsistencyError,
+    501: NoImplementationError,
+    503: SignalTimeoutError,
+}
+
+
+def error_for_status(code: int, message: str) -> KyotoTycoonException:
+    """Map an HTTP status to an exception, following KT's RPCClient::call ranges."""
+    cls = _STATUS_ERRORS.get(code)
+    if cls is None:
+        if 400 <= code < 450:
+            cls = InvalidArgumentError
+        elif 450 <= code < 500:
+            cls = LogicalInconsistencyError
+        else:
+            cls = ServerError
+    return cls(message, code)

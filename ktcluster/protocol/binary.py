@@ -1,0 +1,266 @@
+"""KT's binary protocol: bulk set/get/remove (0xB8/0xBA/0xB9) and play_script (0xB4).
+
+Pure functions over bytes, used by both the client (encode requests, decode
+replies) and the embedded server (decode requests record by record, encode
+replies).  All integers are big-endian.  A decoder given too few bytes raises
+:class:`Incomplete` saying how many bytes (from the start of the buffer) it
+needs at least; sizes over KT's limit raise :class:`~ktcluster.errors.ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+from ..errors import ProtocolError
+
+__all__ = [
+    "MAGIC_NOP", "MAGIC_REPLICATION", "MAGIC_PLAY_SCRIPT", "MAGIC_SET_BULK",
+    "MAGIC_REMOVE_BULK", "MAGIC_GET_BULK", "MAGIC_ERROR", "FLAG_NOREPLY",
+    "XT_NONE", "XTMAX", "DATAMAXSIZ", "Incomplete",
+    "encode_set_bulk", "encode_remove_bulk", "encode_get_bulk", "encode_play_script",
+    "decode_count_reply", "decode_get_bulk_reply", "decode_play_script_reply",
+    "decode_request_header", "decode_set_record", "decode_key_record",
+    "decode_play_script_header", "decode_script_record",
+    "encode_count_reply", "encode_get_bulk_reply", "encode_play_script_reply",
+]
+
+MAGIC_NOP = 0xB0
+MAGIC_REPLICATION = 0xB1
+MAGIC_PLAY_SCRIPT = 0xB4
+MAGIC_SET_BULK = 0xB8
+MAGIC_REMOVE_BULK = 0xB9
+MAGIC_GET_BULK = 0xBA
+MAGIC_ERROR = 0xBF
+
+FLAG_NOREPLY = 0x01
+
+#: xt a client sends for "no expiry" (INT64MAX).
+XT_NONE = 0x7FFFFFFFFFFFFFFF
+#: the stored "never expires" value, reported by get_bulk for normal DBs.
+XTMAX = (1 << 40) - 1
+#: the largest key, value or name the server accepts.
+DATAMAXSIZ = 1 << 28
+
+_HEADER = struct.Struct(">BII")        # magic, flags, rnum
+_SCRIPT_HEADER = struct.Struct(">BIII")  # magic, flags, nsiz, rnum
+_SET_REC = struct.Struct(">HIIq")      # dbidx, ksiz, vsiz, xt
+_KEY_REC = struct.Struct(">HI")        # dbidx, ksiz
+_SCRIPT_REC = struct.Struct(">II")     # ksiz, vsiz
+_REPLY = struct.Struct(">BI")          # magic, hits/rnum
+
+
+class Incomplete(Exception):
+    """The buffer ends inside a frame; ``needed`` is the minimal total length."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(needed)
+        self.needed = needed
+
+
+def _check_size(size: int) -> None:
+    if size > DATAMAXSIZ:
+        raise ProtocolError(f"record size {size} exceeds the limit of {DATAMAXSIZ} bytes")
+
+
+# -- requests (client encodes) ----------------------------------------------------------------
+
+
+def encode_set_bulk(records: Iterable[tuple[int, bytes, bytes, int]], flags: int = 0) -> bytes:
+    """0xB8 request; records are (dbidx, key, value, xt) with xt as in RPC (XT_NONE: none)."""
+    pack = _SET_REC.pack
+    parts = [b""]
+    n = 0
+    for dbidx, key, value, xt in records:
+        parts.append(pack(dbidx, len(key), len(value), xt))
+        parts.append(key)
+        parts.append(value)
+        n += 1
+    parts[0] = _HEADER.pack(MAGIC_SET_BULK, flags, n)
+    return b"".join(parts)
+
+
+def _encode_keys(magic: int, records: Iterable[tuple[int, bytes]], flags: int) -> bytes:
+    pack = _KEY_REC.pack
+    parts = [b""]
+    n = 0
+    for dbidx, key in records:
+        parts.append(pack(dbidx, len(key)))
+        parts.append(key)
+        n += 1
+    parts[0] = _HEADER.pack(magic, flags, n)
+    return b"".join(parts)
+
+
+def encode_remove_bulk(records: Iterable[tuple[int, bytes]], flags: int = 0) -> bytes:
+    """0xB9 request; records are (dbidx, key)."""
+    return _encode_keys(MAGIC_REMOVE_BULK, records, flags)
+
+
+def encode_get_bulk(records: Iterable[tuple[int, bytes]]) -> bytes:
+    """0xBA request; records are (dbidx, key).  The server ignores flags here."""
+    return _encode_keys(MAGIC_GET_BULK, records, 0)
+
+
+def encode_play_script(name: bytes, records: Iterable[tuple[bytes, bytes]], flags: int = 0) -> bytes:
+    """0xB4 request: procedure name and (key, value) records, passed to the script raw."""
+    pack = _SCRIPT_REC.pack
+    parts = [b"", name]
+    n = 0
+    for key, value in records:
+        parts.append(pack(len(key), len(value)))
+        parts.append(key)
+        parts.append(value)
+        n += 1
+    parts[0] = _SCRIPT_HEADER.pack(MAGIC_PLAY_SCRIPT, flags, len(name), n)
+    return b"".join(parts)
+
+
+# -- replies (client decodes) -----------------------------------------------------------------
+
+
+def _reply_header(buf: bytes, magic: int) -> int:
+    if not buf:
+        raise Incomplete(1)
+    if buf[0] != magic:
+        if buf[0] == MAGIC_ERROR:
+            raise ProtocolError("the server answered 0xBF (error)")
+        raise ProtocolError(f"unexpected reply magic 0x{buf[0]:02x}, expected 0x{magic:02x}")
+    if len(buf) < 5:
+        raise Incomplete(5)
+    return _REPLY.unpack_from(buf)[1]
+
+
+def decode_count_reply(buf: bytes, magic: int) -> tuple[int, int]:
+    """Reply of set_bulk/remove_bulk: (hits, bytes consumed)."""
+    return _reply_header(buf, magic), 5
+
+
+def decode_get_bulk_reply(buf: bytes) -> tuple[list[tuple[int, bytes, bytes, int]], int]:
+    """Reply of get_bulk: ([(dbidx, key, value, xt)...] in request order, bytes consumed)."""
+    hits = _reply_header(buf, MAGIC_GET_BULK)
+    unpack = _SET_REC.unpack_from
+    pos, end = 5, len(buf)
+    out = []
+    for _ in range(hits):
+        if pos + 18 > end:
+            raise Incomplete(pos + 18)
+        dbidx, ksiz, vsiz, xt = unpack(buf, pos)
+        pos += 18
+        if ksiz > DATAMAXSIZ or vsiz > DATAMAXSIZ:
+            _check_size(max(ksiz, vsiz))
+        kend = pos + ksiz
+        vend = kend + vsiz
+        if vend > end:
+            raise Incomplete(vend)
+        out.append((dbidx, buf[pos:kend], buf[kend:vend], xt))
+        pos = vend
+    return out, pos
+
+
+def decode_play_script_reply(buf: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    """Reply of play_script: ([(key, value)...], bytes consumed)."""
+    rnum = _reply_header(buf, MAGIC_PLAY_SCRIPT)
+    pos, end = 5, len(buf)
+    out = []
+    for _ in range(rnum):
+        (key, value), pos = decode_script_record(buf, pos, end)
+        out.append((key, value))
+    return out, pos
+
+
+# -- requests (server decodes, record by record) ----------------------------------------------
+
+
+def decode_request_header(buf: bytes, pos: int = 0) -> tuple[int, int, int, int]:
+    """(magic, flags, rnum, new pos) of a 0xB8/0xB9/0xBA request."""
+    if len(buf) < pos + 9:
+        raise Incomplete(pos + 9)
+    magic, flags, rnum = _HEADER.unpack_from(buf, pos)
+    return magic, flags, rnum, pos + 9
+
+
+def decode_set_record(buf: bytes, pos: int) -> tuple[tuple[int, bytes, bytes, int], int]:
+    """One set_bulk record at ``pos``: ((dbidx, key, value, xt), new pos)."""
+    if len(buf) < pos + 18:
+        raise Incomplete(pos + 18)
+    dbidx, ksiz, vsiz, xt = _SET_REC.unpack_from(buf, pos)
+    _check_size(ksiz)
+    _check_size(vsiz)
+    kpos = pos + 18
+    vpos = kpos + ksiz
+    end = vpos + vsiz
+    if len(buf) < end:
+        raise Incomplete(end)
+    return (dbidx, buf[kpos:vpos], buf[vpos:end], xt), end
+
+
+def decode_key_record(buf: bytes, pos: int) -> tuple[tuple[int, bytes], int]:
+    """One get_bulk/remove_bulk record at ``pos``: ((dbidx, key), new pos)."""
+    if len(buf) < pos + 6:
+        raise Incomplete(pos + 6)
+    dbidx, ksiz = _KEY_REC.unpack_from(buf, pos)
+    _check_size(ksiz)
+    end = pos + 6 + ksiz
+    if len(buf) < end:
+        raise Incomplete(end)
+    return (dbidx, buf[pos + 6:end]), end
+
+
+def decode_play_script_header(buf: bytes, pos: int = 0) -> tuple[int, bytes, int, int]:
+    """(flags, name, rnum, new pos) of a 0xB4 request."""
+    if len(buf) < pos + 13:
+        raise Incomplete(pos + 13)
+    _, flags, nsiz, rnum = _SCRIPT_HEADER.unpack_from(buf, pos)
+    _check_size(nsiz)
+    end = pos + 13 + nsiz
+    if len(buf) < end:
+        raise Incomplete(end)
+    return flags, buf[pos + 13:end], rnum, end
+
+
+def decode_script_record(buf: bytes, pos: int, end: int | None = None) -> tuple[tuple[bytes, bytes], int]:
+    """One play_script (key, value) record at ``pos`` (requests and replies share it)."""
+    if end is None:
+        end = len(buf)
+    if end < pos + 8:
+        raise Incomplete(pos + 8)
+    ksiz, vsiz = _SCRIPT_REC.unpack_from(buf, pos)
+    _check_size(ksiz)
+    _check_size(vsiz)
+    kpos = pos + 8
+    vpos = kpos + ksiz
+    rend = vpos + vsiz
+    if end < rend:
+        raise Incomplete(rend)
+    return (buf[kpos:vpos], buf[vpos:rend]), rend
+
+
+# -- replies (server encodes) -----------------------------------------------------------------
+
+
+def encode_count_reply(magic: int, hits: int) -> bytes:
+    """Reply of set_bulk (0xB8) or remove_bulk (0xB9)."""
+    return _REPLY.pack(magic, hits)
+
+
+def encode_get_bulk_reply(records: list[tuple[int, bytes, bytes, int]]) -> bytes:
+    """Reply of get_bulk; records are (dbidx, key, value, stored absolute xt)."""
+    pack = _SET_REC.pack
+    parts = [_REPLY.pack(MAGIC_GET_BULK, len(records))]
+    for dbidx, key, value, xt in records:
+        parts.append(pack(dbidx, len(key), len(value), xt))
+        parts.append(key)
+        parts.append(value)
+    return b"".join(parts)
+
+
+def encode_play_script_reply(records: list[tuple[bytes, bytes]]) -> bytes:
+    """Reply of play_script."""
+    pack = _SCRIPT_REC.pack
+    parts = [_REPLY.pack(MAGIC_PLAY_SCRIPT, len(records))]
+    for key, value in records:
+        parts.append(pack(len(key), len(value)))
+        parts.append(key)
+        parts.append(value)
+    return b"".join(parts)

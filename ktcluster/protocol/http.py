@@ -1,0 +1,373 @@
+"""HTTP/1.x framing as ktserver speaks it, for both ends.
+
+Pure functions over bytes (sans-IO).  The client encodes requests and parses
+response heads; the embedded server parses request heads and bodies with
+kthttp.h's exact rules (lines end at LF, every CR is dropped, a line holds at
+most 8191 bytes, only ``HTTP/1.0``/``HTTP/1.1`` are accepted) and encodes
+responses with ktserver's header order.  A parser given too few bytes raises
+:class:`~ktcluster.protocol.binary.Incomplete`; a request ktserver would drop
+silently raises :class:`BadRequest`; one it would answer with an error status
+raises :class:`HTTPError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from email.utils import formatdate
+from typing import NamedTuple
+
+from ..errors import ProtocolError
+from .binary import Incomplete
+
+__all__ = [
+    "SERVER_NAME", "LINE_MAX", "BODY_MAX", "reason", "http_date",
+    "encode_request", "ResponseHead", "parse_response_head",
+    "RequestHead", "BadRequest", "HTTPError", "read_line", "parse_request_head",
+    "read_request_body", "encode_response", "encode_error_response",
+]
+
+SERVER_NAME = b"KyotoTycoon/0.9.56b"
+#: longest request/header line ktserver keeps (LINEBUFSIZ - 1).
+LINE_MAX = 8191
+#: largest request body ktserver accepts (RECVMAXSIZ).
+BODY_MAX = 1 << 28
+
+_REASONS = {
+    100: "Continue", 101: "Switching Protocols", 102: "Processing", 200: "OK", 201: "Created",
+    202: "Accepted", 203: "Non-Authoritative Information", 204: "No Content",
+    205: "Reset Content", 206: "Partial Content", 207: "Multi-Status", 300: "Multiple Choices",
+    301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+    305: "Use Proxy", 307: "Temporary Redirect", 400: "Bad Request", 401: "Unauthorized",
+    402: "Payment Required", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    406: "Not Acceptable", 407: "Proxy Authentication Required", 408: "Request Timeout",
+    409: "Conflict", 410: "Gone", 411: "Length Required", 412: "Precondition Failed",
+    413: "Request Entity Too Large", 414: "Request-URI Too Long",
+    415: "Unsupported Media Type", 416: "Requested Range Not Satisfiable",
+    417: "Expectation Failed", 422: "Unprocessable Entity", 423: "Locked",
+    424: "Failed Dependency", 426: "Upgrade Required", 450: "Logical Inconsistency",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+    506: "Variant Also Negotiates", 507: "Insufficient Storage",
+    509: "Bandwidth Limit Exceeded", 510: "Not Extended",
+}
+
+
+def reason(code: int) -> str:
+    """kthttp.h status_name."""
+    name = _REASONS.get(code)
+    if name:
+        return name
+    for limit, text in ((100, "Unknown Status"), (200, "Unknown Informational Status"),
+                        (300, "Unknown Success Status"), (400, "Unknown Redirection Status"),
+                        (500, "Unknown Client Error Status"), (600, "Unknown Server Error Status")):
+        if code < limit:
+            return text
+    return "Unknown Status"
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date(now: float | None = None) -> bytes:
+    """RFC 1123 date in GMT, e.g. ``Thu, 26 Nov 2026 16:53:53 GMT`` (cached per second)."""
+    global _date_cache
+    sec = int(time.time() if now is None else now)
+    if _date_cache[0] != sec:
+        _date_cache = (sec, formatdate(sec, usegmt=True).encode())
+    return _date_cache[1]
+
+
+# -- client side ------------------------------------------------------------------------------
+
+
+def encode_request(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]] = (),
+                   body: bytes | None = None) -> bytes:
+    """An HTTP/1.1 request; Content-Length is added when there is a body."""
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    lines.extend(name + b": " + value for name, value in headers)
+    if body is not None:
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")
+
+
+class ResponseHead(NamedTuple):
+    """A parsed response head; ``length`` is None when the body runs to EOF."""
+
+    status: int
+    headers: dict[bytes, bytes]  # lower-case names
+    length: int | None
+    keep_alive: bool
+    body_start: int
+
+
+def parse_response_head(buf: bytes, pos: int = 0, *, head_request: bool = False) -> ResponseHead:
+    """Parse the status line and headers starting at ``pos``."""
+    end = buf.find(b"\r\n\r\n", pos)
+    if end < 0:
+        if len(buf) - pos > 1 << 20:
+            raise ProtocolError("HTTP response head larger than 1 MiB")
+        raise Incomplete(len(buf) + 1)
+    lines = buf[pos:end].split(b"\r\n")
+    status_line = lines[0]
+    try:
+        version, code = status_line.split(b" ", 2)[:2]
+        status = int(code)
+    except ValueError:
+        raise ProtocolError(f"malformed HTTP status line {status_line[:80]!r}") from None
+    if not version.startswith(b"HTTP/1."):
+        raise ProtocolError(f"malformed HTTP status line {status_line[:80]!r}")
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    keep_alive = version == b"HTTP/1.1"
+    conn = headers.get(b"connection", b"").lower()
+    if conn == b"close":
+        keep_alive = False
+    elif conn == b"keep-alive":
+        keep_alive = True
+    length: int | None
+    if head_request or status in (204, 304) or 100 <= status < 200:
+        length = 0
+    elif b"content-length" in headers:
+        try:
+            length = int(headers[b"content-length"])
+        except ValueError:
+            raise ProtocolError("malformed Content-Length in HTTP response") from None
+        if length < 0:
+            raise ProtocolError("negative Content-Length in HTTP response")
+    elif b"transfer-encoding" in headers:
+        raise ProtocolError("chunked HTTP responses are not supported (KT never sends them)")
+    else:
+        length = None
+        keep_alive = False
+    return ResponseHead(status, headers, length, keep_alive, end + 4)
+
+
+# -- server side ------------------------------------------------------------------------------
+
+
+class BadRequest(Exception):
+    """ktserver drops the connection without answering."""
+
+
+class HTTPError(Exception):
+    """ktserver answers with ``encode_error_response(code, message)`` and closes."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+
+def read_line(buf: bytes, pos: int) -> tuple[bytes, int]:
+    """Socket::receive_line: (line without CRs, new pos).
+
+    A line ends at LF (consumed) or after LINE_MAX non-CR bytes (the rest,
+    LF included, is left for the next line)."""
+    nl = buf.find(b"\n", pos)
+    stop = len(buf) if nl < 0 else nl
+    # Fast path: the LINE_MAX-th non-CR byte cannot lie before pos + LINE_MAX.
+    if stop - pos <= LINE_MAX:
+        if nl < 0:
+            raise Incomplete(len(buf) + 1)
+        return buf[pos:nl].replace(b"\r", b""), nl + 1
+    out = bytearray()
+    i = pos
+    while i < stop and len(out) < LINE_MAX:
+        c = buf[i]
+        if c != 0x0D:
+            out.append(c)
+        i += 1
+    if len(out) >= LINE_MAX:
+        return bytes(out), i
+    if nl < 0:
+        raise Incomplete(len(buf) + 1)
+    return bytes(out), nl + 1
+
+
+def _cstr(data: bytes) -> bytes:
+    nul = data.find(b"\0")
+    return data if nul < 0 else data[:nul]
+
+
+class RequestHead(NamedTuple):
+    """A parsed request head (kthttp.h WorkerAdapter::process)."""
+
+    method: bytes        # as sent: GET, HEAD, POST, PUT, DELETE, or anything else
+    target: bytes        # the raw target, query included (for REST's Location header)
+    path: bytes          # the target before '?'
+    query: bytes | None  # the text after the first '?', if any
+    version: int         # 0 for HTTP/1.0, 1 for HTTP/1.1
+    headers: dict[bytes, bytes]  # lower-case names, last one wins
+    keep_alive: bool
+    content_length: int  # -1 when absent
+    chunked: bool
+    body_start: int
+
+    @property
+    def reads_body(self) -> bool:
+        """ktserver reads a body only for POST, PUT and unknown methods."""
+        return self.method not in (b"GET", b"HEAD", b"DELETE")
+
+
+def _atoi(data: bytes) -> int:
+    """kc::atoi: leading spaces, optional sign, leading digits; anything else is 0."""
+    data = data.lstrip(b" \t\r\n\v\f")
+    sign = 1
+    if data[:1] in (b"-", b"+"):
+        sign = -1 if data[:1] == b"-" else 1
+        data = data[1:]
+    num = 0
+    for c in data:
+        if not 0x30 <= c <= 0x39:
+            break
+        num = num * 10 + c - 0x30
+    return sign * num
+
+
+def parse_request_head(buf: bytes, pos: int = 0) -> RequestHead:
+    """Parse a request line and headers at ``pos``."""
+    line, pos = read_line(buf, pos)
+    line = _cstr(line)
+    method, sp, rest = line.partition(b" ")
+    if not sp:
+        raise BadRequest("no space in the request line")
+    target, sp, version_text = rest.partition(b" ")
+    if not sp:
+        raise BadRequest("no version in the request line")
+    path, qmark, query = target.partition(b"?")
+    if not path:
+        raise BadRequest("empty request target")
+    if version_text == b"HTTP/1.0":
+        version = 0
+    elif version_text == b"HTTP/1.1":
+        version = 1
+    else:
+        raise BadRequest("unsupported HTTP version")
+    keep = version >= 1
+    clen = -1
+    chunked = False
+    headers: dict[bytes, bytes] = {}
+    while True:
+        line, pos = read_line(buf, pos)
+        line = _cstr(line)
+        if not line:
+            break
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        name = b" ".join(name.split()).lower()
+        if not name:
+            continue
+        value = value.lstrip(b" ")
+        if name == b"connection":
+            if value.lower() == b"close":
+                keep = False
+            elif value.lower() == b"keep-alive":
+                keep = True
+        elif name == b"content-length":
+            clen = _atoi(value)
+        elif name == b"transfer-encoding":
+            if value.lower() == b"chunked":
+                chunked = True
+        headers[name] = value
+    return RequestHead(method, target, path, query if qmark else None, version, headers,
+                       keep, clen, chunked, pos)
+
+
+def _atoih(data: bytes) -> int:
+    """kc::atoih: a hexadecimal prefix (after spaces and an optional 0x); junk ends it."""
+    data = data.lstrip(b" \t\r\n\v\f")
+    if data[:2] in (b"0x", b"0X"):
+        data = data[2:]
+    num = 0
+    for c in data:
+        d = int(chr(c), 16) if chr(c) in "0123456789abcdefABCDEF" else -1
+        if d < 0:
+            break
+        num = num * 16 + d
+    return num
+
+
+def read_request_body(buf: bytes, head: RequestHead) -> tuple[bytes, int]:
+    """(body, new pos) of the request whose head is ``head``.
+
+    Raises Incomplete, or HTTPError(413) for a body over BODY_MAX and
+    HTTPError(400, 'invalid chunk') for a bad chunk terminator.  A body that
+    never arrives is the caller's ``HTTPError(400, 'receiving data failed')``."""
+    pos = head.body_start
+    if not head.reads_body:
+        return b"", pos
+    if head.content_length >= 0:
+        if head.content_length > BODY_MAX:
+            raise HTTPError(413, "request entity too large")
+        end = pos + head.content_length
+        if len(buf) < end:
+            raise Incomplete(end)
+        return buf[pos:end], end
+    if not head.chunked:
+        return b"", pos
+    parts = []
+    size = 0
+    while True:
+        line, pos = read_line(buf, pos)
+        if not _cstr(line):
+            break
+        csiz = _atoih(_cstr(line))
+        if size + csiz > BODY_MAX:
+            raise HTTPError(413, "request entity too large")
+        end = pos + csiz
+        if len(buf) < end + 2:
+            raise Incomplete(end + 2)
+        if buf[end:end + 2] != b"\r\n":
+            raise HTTPError(400, "invalid chunk")
+        if csiz < 1:
+            pos = end + 2
+            break
+        parts.append(buf[pos:end])
+        size += csiz
+        pos = end + 2
+    return b"".join(parts), pos
+
+
+def _capitalize(name: bytes) -> bytes:
+    """kthttp strcapitalize: upper-case the first letter and every letter after '-' or ' '."""
+    out = bytearray(name)
+    head = True
+    for i, c in enumerate(out):
+        if head and 0x61 <= c <= 0x7A:
+            out[i] = c - 0x20
+        head = c in (0x2D, 0x20)
+    return bytes(out)
+
+
+def encode_response(code: int, headers: Mapping[bytes, bytes], body: bytes, *, keep_alive: bool,
+                    head_request: bool = False, now: float | None = None) -> bytes:
+    """kthttp send_result: status line, Server, Date, Connection: close (when not keeping
+    alive), Content-Length (not for HEAD or 304), then ``headers`` sorted by lower-case
+    name and capitalised, blank line, body."""
+    has_body = not head_request and code != 304
+    parts = [b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
+             % (code, reason(code).encode(), SERVER_NAME, http_date(now))]
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    if has_body:
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    for name, value in sorted((b" ".join(n.split()).lower(), v) for n, v in headers.items()):
+        if name and b":" not in name and b" " not in name:
+            parts.append(_capitalize(name) + b": " + b" ".join(value.split()) + b"\r\n")
+    parts.append(b"\r\n")
+    if has_body:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def encode_error_response(code: int, message: str, now: float | None = None) -> bytes:
+    """kthttp send_error: a text/plain ``CODE Reason (message)`` answer that closes."""
+    text = b"%d %s (%s)\n" % (code, reason(code).encode(), message.encode())
+    return (b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\nContent-Type: text/plain\r\n\r\n"
+            % (code, reason(code).encode(), SERVER_NAME, http_date(now), len(text))) + text

@@ -1,0 +1,188 @@
+"""KT replication (0xB1): the handshake, the master's stream, update-log entries.
+
+Pure functions over bytes shared by the client's consumers (KyotoSlave, the
+merged stream) and the embedded server (master side and slave side).
+
+Stream, master to client, after the one-byte 0xB1 accept:
+  * ``B1 ts:u64 size:u32 payload`` -- one log entry (size 0: a progress-only dummy)
+  * ``B0 ts:u64`` -- heartbeat; the client must answer the single byte ``B1``
+Payload: ``sid:u16 dbid:u16 op:u8`` then for SET ``varnum ksiz, varnum vsiz, key, value``,
+for REMOVE ``varnum ksiz, key``, for CLEAR nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from ..errors import ProtocolError
+from .binary import MAGIC_ERROR, MAGIC_NOP, MAGIC_REPLICATION, XTMAX, Incomplete
+
+__all__ = [
+    "OP_SET", "OP_REMOVE", "OP_CLEAR", "FLAG_WHITESID", "ACK",
+    "LogEntry", "StreamMessage",
+    "encode_varnum", "decode_varnum",
+    "encode_handshake", "decode_handshake",
+    "encode_log_message", "encode_nop", "decode_stream_message",
+    "encode_log_entry", "decode_log_entry",
+    "split_xt", "join_xt",
+]
+
+OP_SET = 0xA1
+OP_REMOVE = 0xA2
+OP_CLEAR = 0xA5
+
+#: handshake flag: receive only entries whose origin sid equals the given sid.
+FLAG_WHITESID = 0x01
+#: what a client sends to acknowledge a heartbeat (and what the master sends to accept).
+ACK = bytes((MAGIC_REPLICATION,))
+
+_HANDSHAKE = struct.Struct(">BIQH")
+_LOG_HEAD = struct.Struct(">BQI")
+_NOP = struct.Struct(">BQ")
+_ENTRY_HEAD = struct.Struct(">HHB")
+_XT5 = struct.Struct(">Q")
+
+
+class LogEntry(NamedTuple):
+    """One decoded update-log entry."""
+
+    sid: int
+    dbid: int
+    op: int
+    key: bytes
+    value: bytes  # the stored value (5-byte xt prefix included unless ktopts=p); b"" for REMOVE/CLEAR
+
+
+class StreamMessage(NamedTuple):
+    """One message of the master's stream: a log (payload may be b'' for a dummy) or a NOP."""
+
+    is_nop: bool
+    ts: int
+    payload: bytes
+
+
+# -- varnum -----------------------------------------------------------------------------------
+
+
+def encode_varnum(num: int) -> bytes:
+    """KC writevarnum: big-endian base-128, high bit set on all but the last byte."""
+    if num < 0x80:
+        return bytes((num,))
+    out = [num & 0x7F]
+    num >>= 7
+    while num:
+        out.append(0x80 | (num & 0x7F))
+        num >>= 7
+    return bytes(reversed(out))
+
+
+def decode_varnum(buf: bytes, pos: int) -> tuple[int, int]:
+    """(value, new pos); raises ProtocolError when the buffer ends mid-number."""
+    num = 0
+    end = len(buf)
+    while True:
+        if pos >= end:
+            raise ProtocolError("truncated varnum in a replication log entry")
+        c = buf[pos]
+        pos += 1
+        num = (num << 7) | (c & 0x7F)
+        if c < 0x80:
+            return num, pos
+
+
+# -- handshake --------------------------------------------------------------------------------
+
+
+def encode_handshake(ts: int, sid: int, flags: int = 0) -> bytes:
+    """The 15-byte request: B1, flags, ts (entries after it are sent), our sid."""
+    return _HANDSHAKE.pack(MAGIC_REPLICATION, flags, ts, sid)
+
+
+def decode_handshake(buf: bytes) -> tuple[int, int, int]:
+    """(flags, ts, sid) of a handshake (server side)."""
+    if len(buf) < 15:
+        raise Incomplete(15)
+    _, flags, ts, sid = _HANDSHAKE.unpack_from(buf)
+    return flags, ts, sid
+
+
+# -- stream messages --------------------------------------------------------------------------
+
+
+def encode_log_message(ts: int, payload: bytes) -> bytes:
+    """A data message (payload b'' makes the size-0 dummy)."""
+    return _LOG_HEAD.pack(MAGIC_REPLICATION, ts, len(payload)) + payload
+
+
+def encode_nop(ts: int) -> bytes:
+    """A heartbeat carrying the master's progress timestamp."""
+    return _NOP.pack(MAGIC_NOP, ts)
+
+
+def decode_stream_message(buf: bytes, pos: int = 0) -> tuple[StreamMessage, int]:
+    """One message at ``pos``: (message, new pos).  0xBF or another byte: ProtocolError."""
+    end = len(buf)
+    if pos >= end:
+        raise Incomplete(pos + 1)
+    magic = buf[pos]
+    if magic == MAGIC_REPLICATION:
+        if end < pos + 13:
+            raise Incomplete(pos + 13)
+        _, ts, size = _LOG_HEAD.unpack_from(buf, pos)
+        stop = pos + 13 + size
+        if end < stop:
+            raise Incomplete(stop)
+        return StreamMessage(False, ts, buf[pos + 13:stop]), stop
+    if magic == MAGIC_NOP:
+        if end < pos + 9:
+            raise Incomplete(pos + 9)
+        return StreamMessage(True, _NOP.unpack_from(buf, pos)[1], b""), pos + 9
+    if magic == MAGIC_ERROR:
+        raise ProtocolError("the master refused replication (0xBF)")
+    raise ProtocolError(f"unexpected byte 0x{magic:02x} in the replication stream")
+
+
+# -- log entries ------------------------------------------------------------------------------
+
+
+def encode_log_entry(sid: int, dbid: int, op: int, key: bytes = b"", value: bytes = b"") -> bytes:
+    """Serialise one entry (value is the stored value, xt prefix included)."""
+    head = _ENTRY_HEAD.pack(sid, dbid, op)
+    if op == OP_SET:
+        return head + encode_varnum(len(key)) + encode_varnum(len(value)) + key + value
+    if op == OP_REMOVE:
+        return head + encode_varnum(len(key)) + key
+    return head
+
+
+def decode_log_entry(payload: bytes) -> LogEntry:
+    """Parse one entry; unknown op codes come back with empty key and value."""
+    if len(payload) < 5:
+        raise ProtocolError("replication log entry shorter than its 5-byte header")
+    sid, dbid, op = _ENTRY_HEAD.unpack_from(payload)
+    if op == OP_SET:
+        ksiz, pos = decode_varnum(payload, 5)
+        vsiz, pos = decode_varnum(payload, pos)
+        if pos + ksiz + vsiz > len(payload):
+            raise ProtocolError("truncated SET entry in the replication stream")
+        return LogEntry(sid, dbid, op, payload[pos:pos + ksiz], payload[pos + ksiz:pos + ksiz + vsiz])
+    if op == OP_REMOVE:
+        ksiz, pos = decode_varnum(payload, 5)
+        if pos + ksiz > len(payload):
+            raise ProtocolError("truncated REMOVE entry in the replication stream")
+        return LogEntry(sid, dbid, op, payload[pos:pos + ksiz], b"")
+    return LogEntry(sid, dbid, op, b"", b"")
+
+
+def split_xt(stored: bytes) -> tuple[int, bytes]:
+    """(absolute xt, user value) of a stored value of a normal (not ktopts=p) DB;
+    xt is XTMAX when the record never expires."""
+    if len(stored) < 5:
+        raise ProtocolError("stored value shorter than its 5-byte expiration prefix")
+    return _XT5.unpack(b"\0\0\0" + stored[:5])[0], stored[5:]
+
+
+def join_xt(xt: int, value: bytes) -> bytes:
+    """The stored form of a value with absolute expiry ``xt`` (XTMAX: never)."""
+    return _XT5.pack(min(xt, XTMAX))[3:] + value

@@ -1,0 +1,168 @@
+"""The consistent-hashing ring: which node owns a key.
+
+A :class:`Ring` is an immutable ketama continuum (libketama's algorithm, built
+by uhashring in ``hash_fn="ketama"`` mode: 40 point groups of 4 points per node,
+scaled by weight) over node **names**.  Names, not addresses, are hashed, so a
+box can be replaced without moving keys; with names equal to ``"host:port"``
+the ring agrees with libketama clients configured with the same servers.
+
+Keys are hashed as bytes: ``str`` keys as their UTF-8 encoding, ``bytes`` as
+themselves, so ``"a"`` and ``b"a"`` land on the same node.  (uhashring itself
+hashes ``str(key)``, which would turn ``b"a"`` into the text ``"b'a'"``, so
+lookups are done here, on the continuum uhashring built.)  A key owns the
+first point at or after its hash, wrapping at 2**32 (libketama's rule).
+
+Weights are relative: a node gets ``floor(40 * n * weight / sum(weights))``
+point groups, so changing one weight (or the node count) rebuilds the whole
+continuum and can move keys between untouched nodes.  :meth:`Ring.diff`
+measures that exactly before a change is applied.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from hashlib import md5
+
+from uhashring import HashRing
+
+from .errors import InvalidArgumentError
+
+__all__ = ["Key", "Ring", "RingDiff", "key_bytes", "key_hash", "VNODES", "REPLICAS"]
+
+#: libketama's constants: point groups per node (at equal weights), points per group.
+VNODES = 40
+REPLICAS = 4
+_SPACE = 1 << 32
+
+Key = str | bytes | bytearray | memoryview
+
+
+def key_bytes(key: Key) -> bytes:
+    """The bytes a key is hashed (and stored) as: UTF-8 for ``str``."""
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise InvalidArgumentError(f"a key must be str or bytes, not {type(key).__name__}")
+
+
+def key_hash(key: Key) -> int:
+    """libketama's ``ketama_hashi``: the first 4 bytes of MD5(key), little-endian."""
+    return int.from_bytes(md5(key_bytes(key)).digest()[:4], "little")
+
+
+@dataclass(frozen=True)
+class RingDiff:
+    """How ownership of the hash space changes from one ring to another.
+
+    ``moved`` is the fraction of all keys (of the 2**32 hash space) that change
+    node; ``flows`` maps ``(old_node, new_node)`` to the fraction moving along
+    that edge; ``before``/``after`` give each node's share.
+    """
+
+    moved: float
+    flows: dict[tuple[str, str], float]
+    before: dict[str, float]
+    after: dict[str, float]
+
+    def __str__(self) -> str:
+        lines = [f"{self.moved:.2%} of keys move"]
+        for (src, dst), share in sorted(self.flows.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {src} -> {dst}: {share:.2%}")
+        return "\n".join(lines)
+
+
+class Ring:
+    """An immutable ketama ring over named nodes.
+
+    ``nodes`` is an iterable of names (all weight 1) or a mapping name -> weight
+    (a positive int).  Derive changed rings with :meth:`with_node` /
+    :meth:`without_node`; compare them with :meth:`diff`.
+    """
+
+    __slots__ = ("_weights", "_points", "_owners")
+
+    def __init__(self, nodes: Iterable[str] | Mapping[str, int]) -> None:
+        weights = dict(nodes) if isinstance(nodes, Mapping) else {name: 1 for name in nodes}
+        if not weights:
+            raise InvalidArgumentError("a ring needs at least one node")
+        for name, weight in weights.items():
+            if not isinstance(name, str) or not name:
+                raise InvalidArgumentError(f"node names must be non-empty strings, got {name!r}")
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+                raise InvalidArgumentError(f"weight of node {name!r} must be a positive int, got {weight!r}")
+        self._weights = weights
+        built = HashRing(nodes={name: {"weight": w} for name, w in weights.items()},
+                         hash_fn="ketama", vnodes=VNODES, replicas=REPLICAS)
+        points = built.get_points()
+        missing = set(weights) - {name for _, name in points}
+        if missing:
+            raise InvalidArgumentError(f"weights too small to give nodes any point on the ring: {sorted(missing)}")
+        self._points = [p for p, _ in points]
+        self._owners = [name for _, name in points]
+
+    @property
+    def nodes(self) -> list[str]:
+        """Node names, in configuration order."""
+        return list(self._weights)
+
+    @property
+    def weights(self) -> dict[str, int]:
+        return dict(self._weights)
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._weights
+
+    def __repr__(self) -> str:
+        return f"Ring({self._weights!r})"
+
+    def node_for(self, key: Key) -> str:
+        """The name of the node that owns ``key``."""
+        return self._owner_of_hash(key_hash(key))
+
+    def _owner_of_hash(self, h: int) -> str:
+        i = bisect_left(self._points, h)
+        return self._owners[i if i < len(self._points) else 0]
+
+    def group(self, keys: Iterable[Key]) -> dict[str, list[int]]:
+        """Positions of ``keys`` grouped by owning node (input order kept inside each group)."""
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(self.node_for(key), []).append(i)
+        return groups
+
+    def with_node(self, name: str, weight: int = 1) -> Ring:
+        """A new ring with ``name`` added (or its weight changed)."""
+        return Ring({**self._weights, name: weight})
+
+    def without_node(self, name: str) -> Ring:
+        """A new ring without ``name``."""
+        if name not in self._weights:
+            raise InvalidArgumentError(f"no node named {name!r} in the ring")
+        return Ring({n: w for n, w in self._weights.items() if n != name})
+
+    def shares(self) -> dict[str, float]:
+        """Each node's exact fraction of the hash space."""
+        shares = dict.fromkeys(self._weights, 0.0)
+        prev = self._points[-1] - _SPACE
+        for point, owner in zip(self._points, self._owners, strict=True):
+            shares[owner] += (point - prev) / _SPACE
+            prev = point
+        return shares
+
+    def diff(self, other: Ring) -> RingDiff:
+        """Exactly which fraction of keys would move, and between which nodes, going to ``other``."""
+        bounds = sorted(set(self._points) | set(other._points))
+        flows: dict[tuple[str, str], float] = {}
+        prev = bounds[-1] - _SPACE
+        for bound in bounds:
+            src, dst = self._owner_of_hash(bound), other._owner_of_hash(bound)
+            if src != dst:
+                flows[(src, dst)] = flows.get((src, dst), 0.0) + (bound - prev) / _SPACE
+            prev = bound
+        return RingDiff(sum(flows.values()), flows, self.shares(), other.shares())

@@ -1,0 +1,216 @@
+"""Which operations may be retried, when, and how often (tenacity underneath).
+
+Every data operation belongs to an :class:`OpClass`:
+
+=============  ==================================================  ==============================
+class          operations                                          retried on
+=============  ==================================================  ==============================
+READ           get, get_bulk, get_int, check, match_*, count,      connection errors and socket
+               size, status, report, cursor reads                  timeouts
+IDEMPOTENT     set, set_bulk, replace, remove, remove_bulk,        same (doing it twice leaves
+               clear, vacuum                                       the same state)
+UNSAFE         increment, increment_double, append, add, cas,      only errors with
+               seize, play_script                                  ``request_sent=False`` (the
+                                                                   request never left us)
+=============  ==================================================  ==============================
+
+When an UNSAFE operation fails after its request may have reached the server,
+it is not retried and :class:`~ktcluster.errors.OutcomeUnknownError` is raised
+(``__cause__`` is the transport error).  Nothing else is ever retried: answers
+from the server (450 logical errors, 400, 500, 501...), protocol errors,
+:class:`~ktcluster.errors.NodeDownError` (the breaker is open: retrying
+cannot help) and :class:`~ktcluster.errors.PoolTimeoutError` (the pool is
+saturated: retrying would make it worse).
+
+Retries wait with jittered exponential backoff (``wait_random_exponential``),
+stop at ``attempts`` or when the next attempt would start after the call's
+deadline, and each retry must take a token from a :class:`RetryBudget`, so an
+outage cannot multiply the load on the cluster.
+
+The first attempt runs outside tenacity (building a ``Retrying`` costs ~20 µs,
+more than a loopback round trip); only when it fails is tenacity started, with
+that failure replayed as its first attempt.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
+from tenacity.wait import wait_random_exponential
+
+from .errors import KTConnectionError, NodeDownError, OutcomeUnknownError
+
+__all__ = ["OpClass", "OPERATIONS", "op_class", "is_retryable", "RetryBudget", "RetryPolicy", "NO_RETRY"]
+
+T = TypeVar("T")
+
+
+class OpClass(str, Enum):
+    READ = "read"
+    IDEMPOTENT = "idempotent"
+    UNSAFE = "unsafe"
+
+
+OPERATIONS: dict[str, OpClass] = {
+    **dict.fromkeys(["get", "get_bulk", "get_int", "check", "match_prefix", "match_regex", "match_similar",
+                     "count", "size", "status", "report", "cursor", "void", "echo"], OpClass.READ),
+    **dict.fromkeys(["set", "set_bulk", "replace", "remove", "remove_bulk", "clear", "vacuum"],
+                    OpClass.IDEMPOTENT),
+    **dict.fromkeys(["increment", "increment_double", "append", "add", "cas", "seize", "play_script"],
+                    OpClass.UNSAFE),
+}
+
+
+def op_class(operation: str) -> OpClass:
+    """The class of a named operation (unknown names are UNSAFE: never guess idempotency)."""
+    return OPERATIONS.get(operation, OpClass.UNSAFE)
+
+
+def is_retryable(cls: OpClass, exc: BaseException) -> bool:
+    """May an operation of class ``cls`` that failed with ``exc`` be sent again?"""
+    if not isinstance(exc, KTConnectionError) or isinstance(exc, NodeDownError):
+        return False
+    return cls is not OpClass.UNSAFE or not exc.request_sent
+
+
+def _final_error(cls: OpClass, exc: BaseException) -> BaseException:
+    if cls is OpClass.UNSAFE and isinstance(exc, KTConnectionError) and exc.request_sent:
+        return OutcomeUnknownError(
+            f"the outcome of this non-idempotent operation is unknown (not retried): {exc}", node=exc.node)
+    return exc
+
+
+class RetryBudget:
+    """A token bucket that caps retries at a fraction of traffic.
+
+    Each first attempt deposits ``ratio`` tokens; each retry takes one.
+    ``min_per_second`` tokens trickle in regardless (so a quiet client can still
+    retry), and the balance never exceeds ``cap``.  Share one budget between the
+    clusters of a process to bound their retries together.
+    """
+
+    def __init__(self, ratio: float = 0.2, min_per_second: float = 10.0, cap: float = 100.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ratio = ratio
+        self.min_per_second = min_per_second
+        self.cap = cap
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tokens = cap
+        self._stamp = clock()
+        self.denied = 0
+
+    def deposit(self) -> None:
+        """Account for one first attempt."""
+        with self._lock:
+            self._tokens = min(self.cap, self._tokens + self.ratio)
+
+    def withdraw(self) -> bool:
+        """Take a token for a retry; False (and nothing taken) when the budget is spent."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.cap, self._tokens + (now - self._stamp) * self.min_per_second)
+            self._stamp = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            self.denied += 1
+            return False
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens
+
+
+class _stop_at_deadline(stop_base):
+    """Stop when the next attempt would begin at or after ``deadline`` (a monotonic time)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + retry_state.upcoming_sleep >= self.deadline
+
+
+class _stop_without_budget(stop_base):
+    """Stop when the retry budget has no token left (takes one otherwise: evaluated last)."""
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return not self.budget.withdraw()
+
+
+RetryHook = Callable[[int, BaseException, float], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a cluster retries.
+
+    ``attempts`` counts the first one; ``deadline`` (seconds) bounds a whole
+    call, bulk fan-outs included: no attempt starts after it and socket timeouts
+    are clamped to what is left.  Waits are ``random(0, min(max_backoff,
+    backoff * 2**(n-1)))`` before retry n.
+    """
+
+    attempts: int = 3
+    deadline: float = 10.0
+    backoff: float = 0.02
+    max_backoff: float = 1.0
+    budget: RetryBudget | None = field(default_factory=RetryBudget, compare=False)
+
+    def run(self, cls: OpClass, fn: Callable[[], T], deadline: float, on_retry: RetryHook | None = None) -> T:
+        """Call ``fn`` under this policy; ``deadline`` is the absolute (monotonic) end of the call.
+
+        ``on_retry(attempt, error, wait)`` is called before each retry's wait.
+        """
+        if self.budget is not None:
+            self.budget.deposit()
+        try:
+            return fn()
+        except BaseException as exc:
+            if self.attempts <= 1 or not is_retryable(cls, exc):
+                final = _final_error(cls, exc)
+                if final is exc:
+                    raise
+                raise final from exc
+            first: BaseException | None = exc
+
+        def attempt() -> T:
+            nonlocal first
+            if first is not None:
+                replay, first = first, None
+                raise replay
+            return fn()
+
+        stop: stop_base = stop_after_attempt(self.attempts) | _stop_at_deadline(deadline)
+        if self.budget is not None:
+            stop = stop | _stop_without_budget(self.budget)
+        before_sleep: Callable[[RetryCallState], Any] | None = None
+        if on_retry is not None:
+            def before_sleep(state: RetryCallState) -> None:
+                assert state.outcome is not None
+                on_retry(state.attempt_number, state.outcome.exception(), state.upcoming_sleep)  # type: ignore[arg-type]
+        retrying = Retrying(stop=stop, wait=wait_random_exponential(multiplier=self.backoff, max=self.max_backoff),
+                            retry=retry_if_exception(lambda e: is_retryable(cls, e)), reraise=True,
+                            before_sleep=before_sleep)
+        try:
+            return retrying(attempt)
+        except BaseException as exc:
+            final = _final_error(cls, exc)
+            if final is exc:
+                raise
+            raise final from exc
+
+
+#: A policy that never retries (every error surfaces at once; UNSAFE still reports OutcomeUnknownError).
+NO_RETRY = RetryPolicy(attempts=1, budget=None)

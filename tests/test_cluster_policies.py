@@ -1,0 +1,428 @@
+"""Unit tests of the cluster's building blocks that need no server: breaker, retries, fan-out."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ktcluster.errors import (
+    InvalidArgumentError,
+    KTConnectionError,
+    LogicalInconsistencyError,
+    NodeDownError,
+    OutcomeUnknownError,
+    PoolTimeoutError,
+    ProtocolError,
+    ServerError,
+    SocketTimeoutError,
+)
+from ktcluster.fanout import DeadlineExceeded, Fanout, gevent_active
+from ktcluster.health import BreakerState, FailureKind, Health, HealthConfig, classify_failure
+from ktcluster.retry import NO_RETRY, OPERATIONS, OpClass, RetryBudget, RetryPolicy, is_retryable, op_class
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refused() -> KTConnectionError:
+    return KTConnectionError("connecting failed: refused", request_sent=False)
+
+
+def broken() -> KTConnectionError:
+    return KTConnectionError("closed the connection before replying", request_sent=True)
+
+
+def timed_out(sent: bool = True) -> SocketTimeoutError:
+    return SocketTimeoutError("timed out", request_sent=sent)
+
+
+def fail(exc: BaseException):
+    def fn():
+        raise exc
+    return fn
+
+
+# -- failure classification --------------------------------------------------------------------------
+
+def test_classify_failures():
+    assert classify_failure(refused()) is FailureKind.HARD
+    assert classify_failure(broken()) is FailureKind.SOFT
+    assert classify_failure(timed_out()) is FailureKind.SOFT
+    assert classify_failure(timed_out(sent=False)) is FailureKind.SOFT   # connect timeout: maybe just slow
+    for answered in [LogicalInconsistencyError("x", 450), ServerError("x", 500), InvalidArgumentError("x", 400),
+                     ProtocolError("x"), PoolTimeoutError("x"), NodeDownError("x"), ValueError("x")]:
+        assert classify_failure(answered) is None
+
+
+# -- circuit breaker ---------------------------------------------------------------------------------
+
+def make_health(**kw) -> tuple[Health, Clock, list]:
+    clock, events = Clock(), []
+    health = Health(HealthConfig(**kw), listener=lambda *e: events.append(e[:3]), clock=clock, rng=lambda: 1.0)
+    return health, clock, events
+
+
+def test_hard_failure_opens_at_once_and_calls_fail_fast():
+    health, clock, events = make_health()
+    b = health["kt1"]
+    with pytest.raises(KTConnectionError):
+        b.call(fail(refused()))
+    assert b.state is BreakerState.OPEN
+    calls = []
+    with pytest.raises(NodeDownError) as info:
+        b.call(lambda: calls.append(1))
+    assert calls == [] and info.value.request_sent is False and info.value.node == "kt1"
+    assert events == [("kt1", BreakerState.CLOSED, BreakerState.OPEN)]
+
+
+def test_soft_failures_open_after_threshold_and_successes_reset_the_count():
+    health, _, _ = make_health(failure_threshold=3)
+    b = health["kt1"]
+    for _ in range(2):
+        with pytest.raises(SocketTimeoutError):
+            b.call(fail(timed_out()))
+    b.call(lambda: None)
+    for _ in range(2):
+        with pytest.raises(SocketTimeoutError):
+            b.call(fail(timed_out()))
+    assert b.state is BreakerState.CLOSED
+    with pytest.raises(SocketTimeoutError):
+        b.call(fail(timed_out()))
+    assert b.state is BreakerState.OPEN
+
+
+def test_server_answers_prove_the_node_alive():
+    health, _, _ = make_health(failure_threshold=2)
+    b = health["kt1"]
+    for exc in [timed_out(), LogicalInconsistencyError("no record", 450), timed_out(), ServerError("x", 500)]:
+        with pytest.raises(type(exc)):
+            b.call(fail(exc))
+    assert b.state is BreakerState.CLOSED
+
+
+def test_half_open_single_trial_with_probe_then_close():
+    health, clock, events = make_health(reset_timeout=1.0)
+    b = health["kt1"]
+    with pytest.raises(KTConnectionError):
+        b.call(fail(refused()))
+    clock.now += 0.99
+    with pytest.raises(NodeDownError):
+        b.call(lambda: None)
+    clock.now += 0.02
+    inside = threading.Event()
+    release = threading.Event()
+    probes = []
+
+    def trial():
+        inside.set()
+        release.wait(5)
+        return "ok"
+
+    results = []
+    t = threading.Thread(target=lambda: results.append(b.call(trial, probe=lambda: probes.append(1))))
+    t.start()
+    assert inside.wait(5)
+    assert b.state is BreakerState.HALF_OPEN
+    with pytest.raises(NodeDownError, match="probe is in flight"):   # only one trial at a time
+        b.call(lambda: None)
+    release.set()
+    t.join(5)
+    assert results == ["ok"] and probes == [1] and b.state is BreakerState.CLOSED
+    assert [e[2] for e in events] == [BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.CLOSED]
+
+
+def test_failed_probe_reopens_with_longer_backoff_and_reports_node_down():
+    health, clock, _ = make_health(reset_timeout=1.0, max_reset_timeout=3.0)
+    b = health["kt1"]
+    with pytest.raises(KTConnectionError):
+        b.call(fail(refused()))
+    waits = []
+    for _ in range(4):
+        waits.append(b.stats()["retry_in"])
+        clock.now += waits[-1]
+        with pytest.raises(NodeDownError, match="probe failed") as info:
+            b.call(lambda: pytest.fail("must not run"), probe=fail(refused()))
+        assert info.value.request_sent is False
+    assert waits == [1.0, 2.0, 3.0, 3.0]
+    clock.now += 3.0
+    assert b.call(lambda: 42, probe=lambda: None) == 42
+    assert b.state is BreakerState.CLOSED
+
+
+def test_failed_trial_request_reopens_and_interrupted_trial_does_not_wedge():
+    health, clock, _ = make_health(reset_timeout=1.0)
+    b = health["kt1"]
+    with pytest.raises(KTConnectionError):
+        b.call(fail(refused()))
+    clock.now += 1.0
+    with pytest.raises(SocketTimeoutError):
+        b.call(fail(timed_out()))
+    assert b.state is BreakerState.OPEN
+    clock.now += 10
+    with pytest.raises(KeyboardInterrupt):
+        b.call(fail(KeyboardInterrupt()))
+    assert b.state is BreakerState.OPEN       # interrupted trial counts as failed, not stuck half-open
+    clock.now += 10
+    with pytest.raises(LogicalInconsistencyError):
+        b.call(fail(LogicalInconsistencyError("no record", 450)))
+    assert b.state is BreakerState.CLOSED     # an answer, even a 450, proves the node alive
+
+
+def test_flapping_node_backs_off_longer_each_time():
+    health, clock, _ = make_health(reset_timeout=1.0, max_reset_timeout=30.0)
+    b = health["kt1"]
+    waits = []
+    for _ in range(3):
+        with pytest.raises(KTConnectionError):
+            b.call(fail(refused()))
+        waits.append(b.stats()["retry_in"])
+        clock.now += waits[-1]
+        b.call(lambda: None)
+        clock.now += 1
+    assert waits == [1.0, 2.0, 4.0]
+    clock.now += 60                            # stable for a while: back to the short wait
+    with pytest.raises(KTConnectionError):
+        b.call(fail(refused()))
+    assert b.stats()["retry_in"] == 1.0
+
+
+def test_soft_failures_cannot_mark_more_than_max_down_nodes():
+    health, _, _ = make_health(failure_threshold=1, max_down=1)
+    a, b = health["a"], health["b"]
+    for br in (a, b):
+        with pytest.raises(SocketTimeoutError):
+            br.call(fail(timed_out()))
+    assert a.state is BreakerState.OPEN and b.state is BreakerState.CLOSED
+    with pytest.raises(KTConnectionError):
+        b.call(fail(refused()))                # hard failures are not capped
+    assert health.down() == ["a", "b"]
+
+
+def test_default_cap_is_half_the_nodes():
+    health, _, _ = make_health(failure_threshold=1)
+    breakers = [health[n] for n in "abcd"]
+    for br in breakers:
+        with pytest.raises(SocketTimeoutError):
+            br.call(fail(timed_out()))
+    assert len(health.down()) == 2
+
+
+def test_force_open_reset_forget_and_stats():
+    health, _, _ = make_health()
+    b = health["a"]
+    b.force_open("maintenance")
+    with pytest.raises(NodeDownError, match="maintenance"):
+        b.call(lambda: None)
+    assert health.stats()["a"]["state"] == "open" and health.stats()["a"]["opened"] == 1
+    b.reset()
+    assert b.call(lambda: 1) == 1
+    health.forget("a")
+    assert "a" not in health.stats() and health["a"] is not b
+
+
+def test_breaker_is_consistent_under_threads():
+    health, _, _ = make_health(failure_threshold=5)
+    b = health["a"]
+    barrier = threading.Barrier(8)
+
+    def worker():
+        barrier.wait()
+        for _ in range(200):
+            try:
+                b.call(fail(timed_out()))
+            except (SocketTimeoutError, NodeDownError):
+                pass
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert b.state is BreakerState.OPEN and b.opened == 1
+
+
+# -- retry policy ------------------------------------------------------------------------------------
+
+def test_operation_table():
+    assert {op for op, c in OPERATIONS.items() if c is OpClass.UNSAFE} == {
+        "increment", "increment_double", "append", "add", "cas", "seize", "play_script"}
+    assert op_class("set_bulk") is OpClass.IDEMPOTENT and op_class("get") is OpClass.READ
+    assert op_class("something_new") is OpClass.UNSAFE
+
+
+@pytest.mark.parametrize("cls", list(OpClass))
+def test_what_is_retryable(cls):
+    assert is_retryable(cls, refused())
+    assert is_retryable(cls, timed_out(sent=False))
+    assert is_retryable(cls, broken()) == (cls is not OpClass.UNSAFE)
+    assert is_retryable(cls, timed_out()) == (cls is not OpClass.UNSAFE)
+    for never in [LogicalInconsistencyError("x", 450), ServerError("x", 500), ProtocolError("x"),
+                  NodeDownError("x"), PoolTimeoutError("x"), ValueError()]:
+        assert not is_retryable(cls, never)
+
+
+class Flaky:
+    def __init__(self, *errors: BaseException, result=None):
+        self.errors = list(errors)
+        self.calls = 0
+        self.result = result
+
+    def __call__(self):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.result
+
+
+def policy(**kw) -> RetryPolicy:
+    kw.setdefault("backoff", 0.001)
+    kw.setdefault("max_backoff", 0.002)
+    return RetryPolicy(**kw)
+
+
+def far() -> float:
+    return time.monotonic() + 60
+
+
+def test_reads_retry_until_success():
+    fn = Flaky(broken(), timed_out(), result="v")
+    hooks = []
+    assert policy(attempts=3).run(OpClass.READ, fn, far(), on_retry=lambda *a: hooks.append(a[0])) == "v"
+    assert fn.calls == 3 and hooks == [1, 2]
+
+
+def test_attempts_are_bounded_and_the_last_error_surfaces():
+    fn = Flaky(broken(), broken(), broken(), broken())
+    with pytest.raises(KTConnectionError):
+        policy(attempts=3).run(OpClass.IDEMPOTENT, fn, far())
+    assert fn.calls == 3
+
+
+def test_logical_errors_are_never_retried():
+    fn = Flaky(LogicalInconsistencyError("dup", 450), result=1)
+    with pytest.raises(LogicalInconsistencyError):
+        policy().run(OpClass.READ, fn, far())
+    assert fn.calls == 1
+
+
+def test_unsafe_op_retries_only_unsent_requests():
+    fn = Flaky(refused(), timed_out(sent=False), result=5)
+    assert policy(attempts=3).run(OpClass.UNSAFE, fn, far()) == 5
+    assert fn.calls == 3
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_unsafe_op_sent_then_failed_is_outcome_unknown(first):
+    errors = [broken()] if first else [refused(), timed_out()]
+    fn = Flaky(*errors, result=1)
+    with pytest.raises(OutcomeUnknownError) as info:
+        policy(attempts=5).run(OpClass.UNSAFE, fn, far())
+    assert fn.calls == len(errors)
+    assert isinstance(info.value.__cause__, KTConnectionError)
+
+
+def test_no_retry_policy_still_reports_unknown_outcomes():
+    with pytest.raises(OutcomeUnknownError):
+        NO_RETRY.run(OpClass.UNSAFE, Flaky(broken()), far())
+    fn = Flaky(broken())
+    with pytest.raises(KTConnectionError):
+        NO_RETRY.run(OpClass.READ, fn, far())
+    assert fn.calls == 1
+
+
+def test_deadline_stops_retries():
+    fn = Flaky(*[broken() for _ in range(100)])
+    started = time.monotonic()
+    with pytest.raises(KTConnectionError):
+        policy(attempts=100, backoff=0.05, max_backoff=0.05).run(OpClass.READ, fn, time.monotonic() + 0.2)
+    assert fn.calls < 100
+    assert time.monotonic() - started < 5
+
+
+def test_budget_caps_retries_during_an_outage():
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0, cap=3)
+    p = policy(attempts=10, budget=budget)
+    calls = 0
+    for _ in range(5):
+        fn = Flaky(*[broken() for _ in range(20)])
+        with pytest.raises(KTConnectionError):
+            p.run(OpClass.READ, fn, far())
+        calls += fn.calls
+    assert calls == 5 + 3 and budget.denied >= 1
+
+
+def test_budget_refills_from_traffic_and_time():
+    clock = Clock()
+    budget = RetryBudget(ratio=0.5, min_per_second=2.0, cap=10, clock=clock)
+    while budget.withdraw():
+        pass
+    budget.deposit()
+    budget.deposit()
+    assert budget.withdraw() and not budget.withdraw()
+    clock.now += 1.0
+    assert budget.withdraw() and budget.withdraw() and not budget.withdraw()
+
+
+# -- fan-out -----------------------------------------------------------------------------------------
+
+def test_fanout_runs_in_parallel_and_collects_results_and_errors():
+    fan = Fanout(max_workers=4)
+    try:
+        barrier = threading.Barrier(3, timeout=5)
+
+        def task(i):
+            def run():
+                barrier.wait()            # deadlocks unless all three run at once
+                if i == 2:
+                    raise KTConnectionError("boom")
+                return i * 10
+            return run
+
+        results, errors = fan.run({i: task(i) for i in range(3)}, time.monotonic() + 10)
+        assert results == {0: 0, 1: 10} and list(errors) == [2]
+        assert not gevent_active()
+    finally:
+        fan.close()
+
+
+def test_fanout_deadline_reports_late_and_unstarted_shards():
+    fan = Fanout(max_workers=1)
+    release = threading.Event()
+    try:
+        started = time.monotonic()
+        results, errors = fan.run({
+            "own": lambda: "fast",
+            "slow": lambda: release.wait(10),
+            "queued": lambda: "never",
+        }, time.monotonic() + 0.2)
+        assert time.monotonic() - started < 5
+        assert results == {"own": "fast"}
+        assert isinstance(errors["slow"], DeadlineExceeded) and errors["slow"].request_sent
+        assert isinstance(errors["queued"], DeadlineExceeded) and not errors["queued"].request_sent
+    finally:
+        release.set()
+        fan.close()
+
+
+def test_fanout_single_and_empty():
+    fan = Fanout()
+    assert fan.run({}, time.monotonic()) == ({}, {})
+    assert fan.run({"a": lambda: 1}, time.monotonic() + 1) == ({"a": 1}, {})
+    assert fan._executor is None      # one shard runs in the caller's thread
+    fan.close()
+
+
+def test_fanout_base_exceptions_propagate():
+    fan = Fanout()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fan.run({"a": fail(KeyboardInterrupt()), "b": lambda: 1}, time.monotonic() + 5)
+    finally:
+        fan.close()

@@ -12,6 +12,10 @@ binary, which then gets exactly the same arguments.
 
     with start_cluster(3, ulog=True) as servers:
         Cluster([s.address for s in servers])
+
+:class:`FaultProxy` sits between a client and a server to inject faults: added
+latency, a black hole (accepts, never answers), refused connects, connections
+reset mid-request.
 """
 
 from __future__ import annotations
@@ -22,13 +26,18 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
+from typing import Any
 
-__all__ = ["KTServer", "start_cluster", "free_port", "server_command", "using_real_server", "PORT_MIN", "PORT_MAX"]
+__all__ = ["KTServer", "start_cluster", "free_port", "server_command", "using_real_server", "PORT_MIN", "PORT_MAX",
+           "FaultProxy"]
 
 #: ktserver refuses ports above 32767; we also stay clear of the ephemeral range.
 PORT_MIN = 10000
@@ -230,3 +239,271 @@ def start_cluster(n: int, *dbs: str, args: Sequence[str] = (), ulog: bool = Fals
     finally:
         for srv in servers:
             srv.cleanup()
+
+
+# -- fault injection ---------------------------------------------------------------------------------------
+
+class FaultProxy:
+    """A TCP proxy in front of a server whose behaviour a test changes at will.
+
+    Modes (:meth:`set_mode` applies a mode before returning):
+
+    * ``"pass"``: forward both ways, adding ``latency`` seconds to every round
+      trip (half on the way in, half on the way out);
+    * ``"blackhole"``: accept connections, swallow what clients send and never
+      answer (a hung node); open connections go silent too;
+    * ``"refuse"``: nothing listens (connects are refused) and open connections
+      are reset (a crashed node).
+
+    :meth:`reset_connections` drops every open connection with a TCP reset
+    (a crash mid-request).  ``FaultProxy(None, mode="blackhole")`` is a
+    black-hole server with no backend.  One event-loop thread serves
+    everything, so it also works under ``gevent.monkey.patch_all()``.
+
+        with KTServer() as srv, FaultProxy(srv.address, latency=0.001) as proxy:
+            Cluster([proxy.address])
+    """
+
+    MODES = ("pass", "blackhole", "refuse")
+
+    def __init__(self, target: str | tuple[str, int] | None, *, mode: str = "pass", latency: float = 0.0,
+                 host: str = "127.0.0.1", port: int | None = None) -> None:
+        if isinstance(target, str):
+            thost, _, tport = target.rpartition(":")
+            target = (thost, int(tport))
+        if target is None and mode == "pass":
+            raise ValueError("a proxy without a target can only be a black hole or refuse")
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}")
+        self.target = target
+        self.host = host
+        self.port = port or free_port(host)
+        self.latency = latency
+        self.accepted = 0       #: connections accepted so far
+        self.received = 0       #: bytes received from clients so far
+        self._mode = mode
+        self._commands: list[tuple[str, Any, threading.Event]] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        """``"host:port"`` that clients should use."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def start(self) -> FaultProxy:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(ready,), name=f"FaultProxy-{self.port}",
+                                        daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        """Close everything and end the loop thread."""
+        if self._thread is not None:
+            self._command("stop", None)
+            self._thread.join(10)
+            self._thread = None
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}")
+        self._command("mode", mode)
+
+    def reset_connections(self) -> None:
+        """Reset (RST) every open connection now; new ones are accepted as the mode says."""
+        self._command("reset", None)
+
+    def wait_received(self, at_least: int = 1, timeout: float = 10.0) -> bool:
+        """Wait until clients have sent ``at_least`` bytes in total."""
+        deadline = time.monotonic() + timeout
+        while self.received < at_least:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def __enter__(self) -> FaultProxy:
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"FaultProxy({self.address} -> {self.target}, {self._mode}, latency={self.latency})"
+
+    # -- event loop (runs in the proxy's thread) -----------------------------------------------------------
+
+    def _command(self, name: str, arg: Any) -> None:
+        done = threading.Event()
+        with self._lock:
+            self._commands.append((name, arg, done))
+        self._wake_w.send(b"x")
+        done.wait(10)
+
+    def _loop(self, ready: threading.Event) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        listener: socket.socket | None = None
+        pipes: set[_Pipe] = set()
+
+        def listen() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+            sock.setblocking(False)
+            sel.register(sock, selectors.EVENT_READ, ("listen", None))
+            return sock
+
+        def close_pipe(pipe: _Pipe, reset: bool) -> None:
+            pipes.discard(pipe)
+            for sock in pipe.sockets():
+                sel.unregister(sock)
+                if reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+        def apply_mode(mode: str) -> None:
+            nonlocal listener
+            self._mode = mode
+            if mode == "refuse":
+                if listener is not None:
+                    sel.unregister(listener)
+                    listener.close()
+                    listener = None
+                for pipe in list(pipes):
+                    close_pipe(pipe, reset=True)
+            elif listener is None:
+                listener = listen()
+
+        def accept() -> None:
+            assert listener is not None
+            try:
+                client, _ = listener.accept()
+            except BlockingIOError:
+                return
+            self.accepted += 1
+            upstream = None
+            if self._mode == "pass":
+                try:
+                    upstream = socket.create_connection(self.target, timeout=5)  # type: ignore[arg-type]
+                except OSError:
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    client.close()
+                    return
+                upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                upstream.setblocking(False)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client.setblocking(False)
+            pipe = _Pipe(client, upstream)
+            pipes.add(pipe)
+            sel.register(client, selectors.EVENT_READ, ("pipe", pipe))
+            if upstream is not None:
+                sel.register(upstream, selectors.EVENT_READ, ("pipe", pipe))
+
+        def pump(pipe: _Pipe, sock: socket.socket) -> None:
+            try:
+                data = sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                close_pipe(pipe, reset=False)
+                return
+            from_client = sock is pipe.client
+            if from_client:
+                self.received += len(data)
+            if self._mode != "pass" or pipe.upstream is None:
+                return  # swallowed
+            queue = pipe.to_upstream if from_client else pipe.to_client
+            due = max(time.monotonic() + self.latency / 2, queue[-1][0] if queue else 0.0)
+            queue.append((due, data))
+
+        def flush(now: float) -> float | None:
+            """Send what is due; return the next due time."""
+            next_due = None
+            for pipe in list(pipes):
+                for queue, sock in ((pipe.to_upstream, pipe.upstream), (pipe.to_client, pipe.client)):
+                    while queue and queue[0][0] <= now:
+                        due, data = queue[0]
+                        try:
+                            sent = sock.send(data)  # type: ignore[union-attr]
+                        except BlockingIOError:
+                            sent = 0
+                        except OSError:
+                            close_pipe(pipe, reset=True)
+                            break
+                        if sent < len(data):
+                            queue[0] = (now + 0.001, data[sent:])
+                            break
+                        queue.popleft()
+                    if pipe not in pipes:
+                        break
+                    if queue:
+                        next_due = queue[0][0] if next_due is None else min(next_due, queue[0][0])
+            return next_due
+
+        apply_mode(self._mode)
+        ready.set()
+        next_due: float | None = None
+        stopped: list[threading.Event] = []
+        while not stopped:
+            timeout = None if next_due is None else max(0.0, next_due - time.monotonic())
+            for key, _ in sel.select(timeout):
+                kind, pipe = key.data
+                if kind == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        self._wake_r.recv(4096)
+                    with self._lock:
+                        commands, self._commands = self._commands, []
+                    for name, arg, done in commands:
+                        if name == "stop":
+                            stopped.append(done)
+                            continue
+                        if name == "mode":
+                            apply_mode(arg)
+                        else:
+                            for p in list(pipes):
+                                close_pipe(p, reset=True)
+                        done.set()
+                elif kind == "listen":
+                    accept()
+                elif pipe in pipes:
+                    pump(pipe, key.fileobj)  # type: ignore[arg-type]
+            next_due = flush(time.monotonic())
+        for p in list(pipes):
+            close_pipe(p, reset=True)
+        if listener is not None:
+            sel.unregister(listener)
+            listener.close()
+        sel.close()
+        for done in stopped:
+            done.set()
+
+
+class _Pipe:
+    """One proxied connection: the client's socket, the upstream socket and what is queued for each."""
+
+    __slots__ = ("client", "upstream", "to_upstream", "to_client")
+
+    def __init__(self, client: socket.socket, upstream: socket.socket | None) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.to_upstream: deque[tuple[float, bytes]] = deque()
+        self.to_client: deque[tuple[float, bytes]] = deque()
+
+    def sockets(self) -> list[socket.socket]:
+        return [s for s in (self.client, self.upstream) if s is not None]

@@ -1,0 +1,322 @@
+"""One TCP connection to a KT server: the thin I/O layer under the sans-IO protocol.
+
+A :class:`Connection` owns one socket (connected lazily, TCP_NODELAY) and a
+reusable receive buffer.  It sends a whole request with one ``send`` and reads
+until the protocol layer's decoder accepts the reply; decoding happens only on
+complete bytes, so a decoder error can never leave the stream half-read.
+
+Failure rules (what makes it safe to pool):
+
+* Anything that goes wrong midway (a socket error, a timeout, a malformed reply,
+  even a ``BaseException`` such as ``gevent.Timeout`` or ``KeyboardInterrupt``)
+  marks the connection :attr:`~Connection.broken` and closes it.  A broken
+  connection refuses further requests; its owner must drop it.
+* Transport errors say whether the request may have reached the server:
+  ``request_sent=False`` when the connect failed or the first ``send`` did not
+  hand a single byte to the kernel, ``True`` otherwise.
+* A ``Connection: close`` answer closes the socket after the reply; the next
+  request reconnects (that is not an error).
+
+The ``socket`` module is looked up at call time (or given as ``socket_module``),
+so connections work with the standard library and under
+``gevent.monkey.patch_all()``.  A Connection serves one caller at a time; the
+pool hands it out exclusively.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
+from typing import Any, TypeVar
+
+from .errors import KTConnectionError, KyotoTycoonException, ProtocolError, SocketTimeoutError
+from .protocol.binary import Incomplete
+from .protocol.http import ResponseHead, parse_response_head
+from .protocol.rpc import decode_answer, encode_call
+
+__all__ = ["Connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT"]
+
+T = TypeVar("T")
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 30.0
+
+#: size of the receive buffer kept between requests; larger replies grow it temporarily.
+_BUFSIZE = 65536
+
+
+class _HTTPReply:
+    """Decoder state for one HTTP response (head first, then an exactly sized body)."""
+
+    __slots__ = ("head_request", "head")
+
+    def __init__(self, head_request: bool) -> None:
+        self.head_request = head_request
+        self.head: ResponseHead | None = None
+
+    def __call__(self, buf: bytes) -> tuple[tuple[ResponseHead, bytes], int]:
+        head = self.head
+        if head is None:
+            head = self.head = parse_response_head(buf, head_request=self.head_request)
+        if head.length is None:  # the body runs to EOF: see at_eof
+            raise Incomplete(len(buf) + 1)
+        end = head.body_start + head.length
+        if len(buf) < end:
+            raise Incomplete(end)
+        return (head, buf[head.body_start:end]), end
+
+    def at_eof(self, buf: bytes) -> tuple[ResponseHead, bytes]:
+        """The peer closed the connection after ``buf``: complete only for a body without length."""
+        if self.head is None or self.head.length is not None:
+            raise KTConnectionError(f"the connection closed after {len(buf)} bytes of an HTTP response")
+        return self.head, buf[self.head.body_start:]
+
+
+class Connection:
+    """One keep-alive TCP connection to ``host:port``; see the module docstring.
+
+    ``connect_timeout`` bounds the TCP connect, ``timeout`` every later send and
+    receive (None: block forever).  ``created_at`` and ``last_used`` are
+    ``time.monotonic()`` values (the socket's connect time and the end of the
+    last complete request); ``generation`` counts (re)connects, so a holder of
+    per-connection server state (cursors) can tell that the socket changed.
+    """
+
+    __slots__ = ("host", "port", "connect_timeout", "timeout", "broken", "created_at", "last_used",
+                 "generation", "_socket_module", "_sock", "_view", "_host_header", "__weakref__")
+
+    def __init__(self, host: str, port: int, *, connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+                 timeout: float | None = DEFAULT_TIMEOUT, socket_module: ModuleType | None = None) -> None:
+        self.host = host
+        self.port = int(port)
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.broken = False
+        self.created_at = self.last_used = time.monotonic()
+        self.generation = 0
+        self._socket_module = socket_module
+        self._sock: Any = None
+        self._view = memoryview(bytearray(_BUFSIZE))
+        self._host_header = f"{host}:{self.port}".encode()
+
+    def __repr__(self) -> str:
+        state = "broken" if self.broken else ("open" if self._sock is not None else "idle")
+        return f"<Connection {self.host}:{self.port} {state}>"
+
+    @property
+    def address(self) -> str:
+        """``"host:port"``."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def host_header(self) -> bytes:
+        """The value to send in the Host header (KT ignores it, HTTP/1.1 requires it)."""
+        return self._host_header
+
+    @property
+    def connected(self) -> bool:
+        """True while a socket is open."""
+        return self._sock is not None
+
+    # -- socket management ------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the socket now (requests do it lazily)."""
+        if self.broken:
+            raise KTConnectionError(f"connection to {self.address} is broken and cannot be reused",
+                                    request_sent=False)
+        if self._sock is None:
+            self._connect()
+
+    def _connect(self) -> Any:
+        mod = self._socket_module or socket
+        try:
+            sock = mod.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except BaseException as exc:
+            self.broken = True
+            if isinstance(exc, (TimeoutError, mod.timeout)):
+                raise SocketTimeoutError(f"connecting to {self.address} timed out", request_sent=False) from exc
+            if isinstance(exc, OSError):
+                raise KTConnectionError(f"connecting to {self.address} failed: {exc}", request_sent=False) from exc
+            raise
+        try:
+            sock.setsockopt(mod.IPPROTO_TCP, mod.TCP_NODELAY, 1)
+            sock.settimeout(self.timeout)
+        except BaseException:
+            sock.close()
+            self.broken = True
+            raise
+        self._sock = sock
+        self.generation += 1
+        self.created_at = self.last_used = time.monotonic()
+        return sock
+
+    def close(self) -> None:
+        """Close the socket.  The connection may connect again later unless it is broken."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _fail(self) -> None:
+        self.broken = True
+        self.close()
+
+    def is_alive(self) -> bool:
+        """Cheap idle check (a non-blocking MSG_PEEK): False when the peer closed the socket
+        or sent bytes nobody asked for.  An unconnected, unbroken connection counts as alive."""
+        if self.broken:
+            return False
+        sock = self._sock
+        if sock is None:
+            return True
+        mod = self._socket_module or socket
+        try:
+            sock.settimeout(0.0)
+            try:
+                sock.recv(1, mod.MSG_PEEK)
+            finally:
+                sock.settimeout(self.timeout)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            self._fail()
+            return False
+        except BaseException:
+            self._fail()
+            raise
+        # EOF, or unsolicited bytes: either way the stream is not usable.
+        self._fail()
+        return False
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def request_http(self, data: bytes, *, head: bool = False) -> tuple[ResponseHead, bytes]:
+        """Send one HTTP request and read its response: (head, body).  ``head`` is True for
+        a HEAD request (the answer has no body whatever its Content-Length says)."""
+        head_obj, body = self._exchange(data, _HTTPReply(head))
+        if not head_obj.keep_alive:
+            self.close()
+        return head_obj, body
+
+    def request_binary(self, data: bytes, decode: Callable[[bytes], tuple[T, int]], *,
+                       noreply: bool = False) -> T:
+        """Send one binary-protocol request and decode its reply with a
+        ``protocol.binary`` decoder; with ``noreply`` nothing is read and None comes back."""
+        if noreply:
+            self._send_only(data)
+            return None  # type: ignore[return-value]
+        return self._exchange(data, decode)
+
+    def call(self, procedure: bytes | str, params: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]] = (),
+             *, query: bytes = b"") -> dict[bytes, bytes]:
+        """One TSV-RPC call: the output map, or the typed error for the server's status."""
+        if isinstance(procedure, str):
+            procedure = procedure.encode()
+        pairs = list(params.items() if isinstance(params, Mapping) else params)
+        head, body = self.request_http(encode_call(procedure, pairs, self._host_header, query))
+        return decode_answer(head, body)
+
+    # -- I/O core ---------------------------------------------------------------------------------
+
+    def _ready_socket(self) -> Any:
+        if self.broken:
+            raise KTConnectionError(f"connection to {self.address} is broken and cannot be reused",
+                                    request_sent=False)
+        return self._sock or self._connect()
+
+    def _send(self, sock: Any, data: bytes) -> None:
+        """Hand ``data`` to the kernel; errors before the first byte left say request_sent=False."""
+        try:
+            sent = sock.send(data)
+        except BaseException as exc:
+            self._fail()
+            raise self._transport_error(exc, "sending to", request_sent=False) from exc
+        if sent < len(data):
+            try:
+                sock.sendall(memoryview(data)[sent:])
+            except BaseException as exc:
+                self._fail()
+                raise self._transport_error(exc, "sending to", request_sent=True) from exc
+
+    def _send_only(self, data: bytes) -> None:
+        sock = self._ready_socket()
+        self._send(sock, data)
+        self.last_used = time.monotonic()
+
+    def _exchange(self, data: bytes, decode: Callable[[bytes], tuple[T, int]]) -> T:
+        sock = self._ready_socket()
+        self._send(sock, data)
+        try:
+            result = self._receive(sock, decode)
+        except BaseException as exc:
+            self._fail()
+            if isinstance(exc, KyotoTycoonException):
+                raise
+            err = self._transport_error(exc, "receiving from", request_sent=True)
+            if err is exc:
+                raise
+            raise err from exc
+        self.last_used = time.monotonic()
+        return result
+
+    def _receive(self, sock: Any, decode: Callable[[bytes], tuple[T, int]]) -> T:
+        view = self._view
+        size = len(view)
+        filled = 0
+        needed = 1
+        parsed_at = 0  # bytes held at the last failed decode attempt
+        while True:
+            if filled >= needed and (filled >= 2 * parsed_at or not self._more_pending(sock)):
+                data = bytes(view[:filled])
+                try:
+                    result, used = decode(data)
+                except Incomplete as inc:
+                    needed = max(inc.needed, filled + 1)
+                    parsed_at = filled
+                else:
+                    if used != filled:
+                        raise ProtocolError(f"{filled - used} unexpected bytes after the reply from {self.address}")
+                    return result
+            if needed > size or filled == size:
+                # A large reply: continue in a bigger private buffer (ours stays small).
+                size = max(needed, 2 * size)
+                grown = memoryview(bytearray(size))
+                grown[:filled] = view[:filled]
+                view = grown
+            n = sock.recv_into(view[filled:])
+            if not n:
+                at_eof = getattr(decode, "at_eof", None)
+                if at_eof is not None and filled:
+                    return at_eof(bytes(view[:filled]))
+                raise KTConnectionError(
+                    f"{self.address} closed the connection "
+                    + ("before replying" if not filled else f"after {filled} bytes of its reply"))
+            filled += n
+
+    def _more_pending(self, sock: Any) -> bool:
+        """Are more reply bytes already waiting?  Used to avoid re-decoding a large reply after
+        every small recv (the decoder restarts from the first byte each time)."""
+        try:
+            sock.settimeout(0.0)
+            try:
+                return bool(sock.recv(1, (self._socket_module or socket).MSG_PEEK))
+            finally:
+                sock.settimeout(self.timeout)
+        except (BlockingIOError, InterruptedError):
+            return False
+
+    def _transport_error(self, exc: BaseException, what: str, *, request_sent: bool) -> BaseException:
+        """The ktcluster error for a low-level failure (other BaseExceptions pass through)."""
+        mod = self._socket_module or socket
+        if isinstance(exc, KyotoTycoonException):
+            return exc
+        if isinstance(exc, (TimeoutError, mod.timeout)):
+            return SocketTimeoutError(f"{what} {self.address} timed out", request_sent=request_sent)
+        if isinstance(exc, OSError):
+            return KTConnectionError(f"{what} {self.address} failed: {exc}", request_sent=request_sent)
+        return exc

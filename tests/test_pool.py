@@ -1,0 +1,539 @@
+"""Connection (ktcluster.connection) and ConnectionPool (ktcluster.pool): framing over real
+sockets, failure hygiene (a connection is never reused after an error midway), pool
+bounds, LIFO reuse, retirement, liveness probes, threads and gevent.
+
+Servers: the KT server under test (embedded or $KT_SERVER_BIN) for normal traffic, and
+small scripted socket servers (below) for the faults a healthy KT never produces."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ktcluster.connection import Connection
+from ktcluster.errors import (
+    InvalidArgumentError,
+    KTConnectionError,
+    LogicalInconsistencyError,
+    PoolTimeoutError,
+    ProtocolError,
+    SocketTimeoutError,
+)
+from ktcluster.pool import ConnectionPool, PoolStats
+from ktcluster.protocol import binary
+
+OK_VOID = (b"HTTP/1.1 200 OK\r\nServer: KyotoTycoon/0.9.56b\r\nContent-Length: 0\r\n"
+           b"Content-Type: text/tab-separated-values\r\n\r\n")
+
+
+class ScriptedServer:
+    """Accepts connections on 127.0.0.1 and runs ``handler(conn, index)`` for each in a thread."""
+
+    def __init__(self, handler: Callable[[socket.socket, int], None]) -> None:
+        self.handler = handler
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.threads: list[threading.Thread] = []
+        self.conns: list[socket.socket] = []
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            index = self.accepted
+            self.accepted += 1
+            t = threading.Thread(target=self._run, args=(conn, index), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _run(self, conn: socket.socket, index: int) -> None:
+        try:
+            self.handler(conn, index)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._stop = True
+        for sock in [self.listener, *self.conns]:  # shutdown wakes threads blocked on these sockets
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for t in self.threads:
+            t.join(5)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[Callable[[socket.socket, int], None]], ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def make(handler: Callable[[socket.socket, int], None]) -> ScriptedServer:
+        srv = ScriptedServer(handler)
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.close()
+
+
+def read_request(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+# -- Connection against the server under test -------------------------------------------------
+
+
+def test_lazy_connect_nodelay_and_keepalive(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    assert not conn.connected and conn.generation == 0
+    assert conn.call("void") == {}
+    assert conn.connected and conn.generation == 1
+    assert conn._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    for _ in range(3):
+        assert conn.call(b"void") == {}
+    assert conn.generation == 1  # one socket for all calls
+    assert conn.is_alive()
+    conn.close()
+    assert not conn.connected and not conn.broken
+    assert conn.call("void") == {} and conn.generation == 2
+
+
+def test_call_roundtrips_any_bytes(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    params = [(b"", b""), (b"tab\tkey", b"line\nvalue\r"), (b"\xff\xfe", bytes(range(256))), (b"k", b"v" * 300)]
+    assert conn.call("echo", params) == dict(params)
+
+
+def test_call_raises_typed_errors_and_stays_usable(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    with pytest.raises(LogicalInconsistencyError) as info:
+        conn.call("get", [(b"key", b"missing")])
+    assert info.value.code == 450 and "no record" in info.value.message
+    with pytest.raises(InvalidArgumentError) as info:
+        conn.call("status", [(b"DB", b"nosuchdb")])
+    assert info.value.code == 400 and info.value.message == "no such database"
+    assert not conn.broken
+    assert conn.call("void") == {} and conn.generation == 1
+
+
+def test_binary_requests_share_the_connection_with_http(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    records = [(0, b"k%05d" % i, b"v" * (i % 50), binary.XT_NONE) for i in range(5000)]
+    hits = conn.request_binary(binary.encode_set_bulk(records),
+                               lambda b: binary.decode_count_reply(b, binary.MAGIC_SET_BULK))
+    assert hits == 5000
+    assert conn.call("status")[b"count"] == b"5000"
+    got = conn.request_binary(binary.encode_get_bulk([(0, k) for _, k, _, _ in records]),
+                              binary.decode_get_bulk_reply)
+    assert [(k, v) for _, k, v, _ in got] == [(k, v) for _, k, v, _ in records]
+    assert conn.request_binary(binary.encode_remove_bulk([(0, b"k00001")], binary.FLAG_NOREPLY),
+                               lambda b: binary.decode_count_reply(b, binary.MAGIC_REMOVE_BULK),
+                               noreply=True) is None
+    assert conn.call("check", [(b"key", b"k00002")])[b"vsiz"] == b"2"
+    with pytest.raises(LogicalInconsistencyError):
+        conn.call("check", [(b"key", b"k00001")])
+    assert conn.generation == 1
+
+
+def test_large_replies_grow_the_buffer(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    big = os.urandom(3 << 20)
+    conn.request_binary(binary.encode_set_bulk([(0, b"big", big, binary.XT_NONE)]),
+                        lambda b: binary.decode_count_reply(b, binary.MAGIC_SET_BULK))
+    assert conn.call("get", [(b"key", b"big")])[b"value"] == big
+    (_, key, value, _), = conn.request_binary(binary.encode_get_bulk([(0, b"big")]), binary.decode_get_bulk_reply)
+    assert value == big and len(conn._view) == 65536
+    assert conn.call("void") == {} and conn.generation == 1
+
+
+def test_binary_error_reply_breaks_the_connection(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    # a key size over 2^28: the server answers 0xBF and closes
+    bad = struct.pack(">BII", binary.MAGIC_SET_BULK, 0, 1) + struct.pack(">HIIq", 0, (1 << 28) + 1, 0, 0)
+    with pytest.raises(ProtocolError):
+        conn.request_binary(bad, lambda b: binary.decode_count_reply(b, binary.MAGIC_SET_BULK))
+    assert conn.broken and not conn.connected
+    with pytest.raises(KTConnectionError) as info:
+        conn.call("void")
+    assert info.value.request_sent is False
+
+
+def test_connection_close_answer_reconnects(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    head, _ = conn.request_http(b"GET /rpc/void HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert head.status == 200 and not head.keep_alive
+    assert not conn.connected and not conn.broken
+    assert conn.call("void") == {} and conn.generation == 2
+
+
+def test_head_request_has_no_body(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    conn.call("set", [(b"key", b"k"), (b"value", b"12345")])
+    head, body = conn.request_http(b"HEAD /k HTTP/1.1\r\n\r\n", head=True)
+    assert head.status == 200 and body == b"" and head.headers[b"content-length"] == b"5"
+    assert conn.call("void") == {} and conn.generation == 1
+
+
+def test_is_alive_detects_a_restarted_server(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    conn.call("void")
+    kt_server.restart()
+    deadline = time.monotonic() + 5
+    while conn.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert conn.broken and not conn.connected
+
+
+# -- Connection failures (scripted servers) ----------------------------------------------------
+
+
+def test_connect_refused_is_not_sent():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    conn = Connection("127.0.0.1", port, connect_timeout=1)
+    with pytest.raises(KTConnectionError) as info:
+        conn.call("void")
+    assert info.value.request_sent is False and conn.broken
+    assert "127.0.0.1:%d" % port in str(info.value)
+
+
+class _TimeoutSocketModule:
+    """A socket module whose connect times out."""
+
+    timeout = socket.timeout
+    IPPROTO_TCP = socket.IPPROTO_TCP
+    TCP_NODELAY = socket.TCP_NODELAY
+    MSG_PEEK = socket.MSG_PEEK
+
+    @staticmethod
+    def create_connection(address, timeout=None):
+        raise TimeoutError("timed out")
+
+
+def test_connect_timeout_is_not_sent():
+    conn = Connection("127.0.0.1", 1, connect_timeout=0.1, socket_module=_TimeoutSocketModule)  # type: ignore
+    with pytest.raises(SocketTimeoutError) as info:
+        conn.call("void")
+    assert info.value.request_sent is False and isinstance(info.value, KTConnectionError)
+
+
+def test_read_timeout_breaks_the_connection(scripted):
+    srv = scripted(lambda conn, i: (read_request(conn), conn.recv(1)))
+    conn = Connection("127.0.0.1", srv.port, timeout=0.2)
+    with pytest.raises(SocketTimeoutError) as info:
+        conn.call("void")
+    assert info.value.request_sent is True
+    assert conn.broken and not conn.connected
+    with pytest.raises(KTConnectionError):
+        conn.call("void")
+    assert srv.accepted == 1
+
+
+@pytest.mark.parametrize("reply", [b"", OK_VOID[:30], b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"])
+def test_eof_midway_breaks_the_connection(scripted, reply):
+    def handler(conn, i):
+        read_request(conn)
+        conn.sendall(reply)
+        conn.close()
+    srv = scripted(handler)
+    conn = Connection("127.0.0.1", srv.port)
+    with pytest.raises(KTConnectionError) as info:
+        conn.call("void")
+    assert info.value.request_sent is True and conn.broken
+
+
+def test_unexpected_bytes_are_a_protocol_error(scripted):
+    def handler(conn, i):
+        read_request(conn)
+        conn.sendall(OK_VOID + b"junk")
+        conn.recv(1)
+    srv = scripted(handler)
+    conn = Connection("127.0.0.1", srv.port)
+    with pytest.raises(ProtocolError):
+        conn.call("void")
+    assert conn.broken
+
+
+def test_garbage_status_line_is_a_protocol_error(scripted):
+    def handler(conn, i):
+        read_request(conn)
+        conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+        conn.recv(1)
+    srv = scripted(handler)
+    conn = Connection("127.0.0.1", srv.port)
+    with pytest.raises(ProtocolError):
+        conn.call("void")
+    assert conn.broken
+
+
+def test_fragmented_reply_is_reassembled(scripted):
+    reply = OK_VOID.replace(b"Content-Length: 0", b"Content-Length: 6") + b"a\tb\nc\t"
+
+    def handler(conn, i):
+        while True:
+            if not read_request(conn):
+                return
+            for byte in reply:
+                conn.sendall(bytes((byte,)))
+                time.sleep(0.001)
+    srv = scripted(handler)
+    conn = Connection("127.0.0.1", srv.port)
+    assert conn.call("void") == {b"a": b"b", b"c": b""}
+    assert conn.call("void") == {b"a": b"b", b"c": b""} and conn.generation == 1
+
+
+def test_body_until_eof_is_accepted(scripted):
+    def handler(conn, i):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/tab-separated-values\r\n\r\nk\tv\n")
+        conn.close()
+    srv = scripted(handler)
+    conn = Connection("127.0.0.1", srv.port)
+    assert conn.call("void") == {b"k": b"v"}
+    assert not conn.connected and not conn.broken
+
+
+def test_send_failure_before_the_first_byte_is_not_sent(scripted):
+    srv = scripted(lambda conn, i: conn.recv(1))
+    conn = Connection("127.0.0.1", srv.port)
+    conn.connect()
+
+    class FailingSocket:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def send(self, data):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def close(self):
+            self.sock.close()
+
+    conn._sock = FailingSocket(conn._sock)
+    with pytest.raises(KTConnectionError) as info:
+        conn.call("void")
+    assert info.value.request_sent is False and conn.broken
+
+
+def test_base_exception_midway_breaks_the_connection(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    conn.connect()
+    real = conn._sock
+
+    class Interrupting:
+        def send(self, data):
+            return real.send(data)
+
+        def recv_into(self, *a):
+            raise KeyboardInterrupt
+
+        def close(self):
+            real.close()
+
+    conn._sock = Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        conn.call("void")
+    assert conn.broken and not conn.connected
+
+
+# -- Pool --------------------------------------------------------------------------------------
+
+
+def test_pool_reuses_lifo_and_counts(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=3)
+    a = pool.checkout()
+    b = pool.checkout()
+    a.call("void")
+    b.call("void")
+    pool.checkin(a)
+    pool.checkin(b)
+    assert pool.checkout() is b  # most recently returned first
+    pool.checkin(b)
+    with pool.connection() as conn:
+        assert conn is b
+    stats = pool.stats()
+    assert isinstance(stats, PoolStats)
+    assert (stats.in_use, stats.idle, stats.created, stats.discarded, stats.checkouts) == (0, 2, 2, 0, 4)
+    pool.close()
+    assert pool.stats().idle == 0
+
+
+def test_pool_is_bounded_and_times_out(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=2, pool_timeout=0.2)
+    a, b = pool.checkout(), pool.checkout()
+    started = time.monotonic()
+    with pytest.raises(PoolTimeoutError) as info:
+        pool.checkout()
+    assert time.monotonic() - started >= 0.19
+    assert info.value.request_sent is False
+    threading.Timer(0.1, pool.checkin, args=(a,)).start()
+    assert pool.checkout(timeout=5) is a
+    stats = pool.stats()
+    assert stats.created == 2 and stats.in_use == 2 and stats.wait_time_max >= 0.05
+    pool.checkin(a)
+    pool.checkin(b)
+
+
+def test_pool_discards_on_errors_but_not_on_server_answers(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=2)
+    with pytest.raises(LogicalInconsistencyError):
+        with pool.connection() as conn:
+            conn.call("get", [(b"key", b"missing")])
+    assert pool.stats().idle == 1 and pool.stats().discarded == 0
+    with pytest.raises(ValueError):
+        with pool.connection() as conn2:
+            assert conn2 is conn
+            raise ValueError("caller bug while holding the connection")
+    assert pool.stats().idle == 0 and pool.stats().discarded == 1
+    assert not conn.connected
+    with pytest.raises(KeyboardInterrupt):
+        with pool.connection():
+            raise KeyboardInterrupt
+    assert pool.stats().discarded == 2
+    conn3 = pool.checkout()
+    conn3.call("void")
+    conn3.broken = True
+    pool.checkin(conn3)
+    assert pool.stats().discarded == 3 and pool.stats().idle == 0
+
+
+def test_pool_retires_old_and_idle_connections(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=2, idle_timeout=0.05, max_lifetime=None)
+    with pool.connection() as conn:
+        conn.call("void")
+    time.sleep(0.1)
+    with pool.connection() as conn2:
+        assert conn2 is not conn
+        conn2.call("void")
+    assert not conn.connected
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=2, idle_timeout=None, max_lifetime=0.05)
+    with pool.connection() as conn:
+        conn.call("void")
+    time.sleep(0.1)
+    with pool.connection() as conn2:
+        assert conn2 is not conn
+    assert pool.stats().discarded == 1
+
+
+def test_pool_probes_idle_connections(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=2, check_idle_after=0.0)
+    with pool.connection() as conn:
+        conn.call("void")
+    kt_server.restart()
+    time.sleep(0.1)
+    with pool.connection() as conn2:
+        assert conn2 is not conn
+        assert conn2.call("void") == {}
+    assert conn.broken
+
+
+def test_pool_close_discards_connections_in_use(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=2)
+    a = pool.checkout()
+    a.call("void")
+    with pool.connection() as b:
+        b.call("void")
+    pool.close()
+    assert not b.connected
+    pool.checkin(a)
+    assert not a.connected and pool.stats().idle == 0
+    with pool.connection() as c:
+        assert c.call("void") == {}
+
+
+def test_pool_under_threads(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=3, pool_timeout=30)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(40):
+                with pool.connection() as conn:
+                    key = b"t%d-%d" % (n, i)
+                    conn.call("set", [(b"key", key), (b"value", key)])
+                    assert conn.call("get", [(b"key", key)])[b"value"] == key
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    stats = pool.stats()
+    assert stats.created <= 3 and stats.checkouts == 320 and stats.in_use == 0
+    with pool.connection() as conn:
+        assert conn.call("status")[b"count"] == b"320"
+
+
+GEVENT_SCRIPT = r"""
+from gevent import monkey; monkey.patch_all()
+import sys, gevent, gevent.timeout
+from ktcluster.pool import ConnectionPool
+from ktcluster.errors import PoolTimeoutError
+host, port = sys.argv[1], int(sys.argv[2])
+pool = ConnectionPool(host, port, size=3, pool_timeout=30)
+def worker(n):
+    for i in range(30):
+        with pool.connection() as conn:
+            key = b"g%d-%d" % (n, i)
+            conn.call("set", [(b"key", key), (b"value", key)])
+            assert conn.call("get", [(b"key", key)])[b"value"] == key
+jobs = [gevent.spawn(worker, n) for n in range(10)]
+gevent.joinall(jobs, raise_error=True)
+s = pool.stats()
+assert s.created <= 3 and s.checkouts == 300, s
+# a gevent.Timeout while waiting for a reply breaks the connection, which is discarded
+with pool.connection() as conn:
+    conn.call("void")
+try:
+    with gevent.Timeout(0.2):
+        with pool.connection() as conn:
+            conn.call("void", [(b"WAIT", b"never"), (b"WAITTIME", b"5")])
+except gevent.Timeout:
+    pass
+assert conn.broken and pool.stats().discarded == 1, pool.stats()
+# pool exhaustion blocks only the greenlet
+small = ConnectionPool(host, port, size=1, pool_timeout=0.1)
+held = small.checkout()
+try:
+    small.checkout()
+except PoolTimeoutError:
+    print("OK")
+"""
+
+
+def test_pool_under_gevent(kt_server):
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-c", GEVENT_SCRIPT, kt_server.host, str(kt_server.port)],
+                          capture_output=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.strip() == b"OK"

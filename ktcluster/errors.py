@@ -160,7 +160,18 @@ class ReplicationError(KyotoTycoonException):
 
 
 class ResyncRequiredError(ReplicationError):
-    """The master's update log no longer reaches back to the requested timestamp."""
+    """The master's update log may no longer reach back to the requested timestamp.
+
+    ``requested_ts`` is the position asked for, ``oldest_ts`` the first entry the
+    master still has: entries between the two may have been purged.  Resuming
+    from ``oldest_ts - 1`` accepts that gap; a full resync avoids it.
+    """
+
+    def __init__(self, message: str = "", code: int | None = None, *, requested_ts: int = 0,
+                 oldest_ts: int = 0, **kw: Any) -> None:
+        super().__init__(message, code, **kw)
+        self.requested_ts = requested_ts
+        self.oldest_ts = oldest_ts
 
 
 _STATUS_ERRORS: dict[int, type[KyotoTycoonException]] = {

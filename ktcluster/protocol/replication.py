@@ -8,14 +8,21 @@ Stream, master to client, after the one-byte 0xB1 accept:
   * ``B0 ts:u64`` -- heartbeat; the client must answer the single byte ``B1``
 Payload: ``sid:u16 dbid:u16 op:u8`` then for SET ``varnum ksiz, varnum vsiz, key, value``,
 for REMOVE ``varnum ksiz, key``, for CLEAR nothing.
+
+The master answers the handshake with ``B1`` (accepted) or ``BF`` (no update log,
+or its reader could not open one) and closes.  It never signals that history is
+missing: a ts older than its oldest remaining update-log file is accepted and the
+stream silently starts at that file.  :func:`parse_ulog_list` reads the
+``ulog_list`` RPC answer a client needs to detect that.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import NamedTuple
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, ReplicationError
 from .binary import MAGIC_ERROR, MAGIC_NOP, MAGIC_REPLICATION, XTMAX, Incomplete
 
 __all__ = [
@@ -23,9 +30,10 @@ __all__ = [
     "LogEntry", "StreamMessage",
     "encode_varnum", "decode_varnum",
     "encode_handshake", "decode_handshake",
-    "encode_log_message", "encode_nop", "decode_stream_message",
+    "decode_accept", "encode_log_message", "encode_nop", "decode_stream_message", "decode_stream_messages",
     "encode_log_entry", "decode_log_entry",
     "split_xt", "join_xt",
+    "UlogFile", "parse_ulog_list",
 ]
 
 OP_SET = 0xA1
@@ -107,6 +115,22 @@ def decode_handshake(buf: bytes) -> tuple[int, int, int]:
     return flags, ts, sid
 
 
+def decode_accept(buf: bytes) -> int:
+    """Check the master's one-byte answer to the handshake; returns the bytes used (1).
+
+    ``B1``: accepted.  ``BF``: :class:`ReplicationError` (the master has no update
+    log, or could not open it).  Anything else: :class:`ProtocolError`."""
+    if not buf:
+        raise Incomplete(1)
+    magic = buf[0]
+    if magic == MAGIC_REPLICATION:
+        return 1
+    if magic == MAGIC_ERROR:
+        raise ReplicationError("the master refused replication (0xBF): it has no update log "
+                               "or could not open it")
+    raise ProtocolError(f"unexpected byte 0x{magic:02x} in answer to a replication handshake")
+
+
 # -- stream messages --------------------------------------------------------------------------
 
 
@@ -138,9 +162,46 @@ def decode_stream_message(buf: bytes, pos: int = 0) -> tuple[StreamMessage, int]
         if end < pos + 9:
             raise Incomplete(pos + 9)
         return StreamMessage(True, _NOP.unpack_from(buf, pos)[1], b""), pos + 9
+    raise _bad_magic(magic)
+
+
+def _bad_magic(magic: int) -> ProtocolError:
     if magic == MAGIC_ERROR:
-        raise ProtocolError("the master refused replication (0xBF)")
-    raise ProtocolError(f"unexpected byte 0x{magic:02x} in the replication stream")
+        return ProtocolError("the master sent an error (0xBF) in the replication stream")
+    return ProtocolError(f"unexpected byte 0x{magic:02x} in the replication stream")
+
+
+def decode_stream_messages(buf: bytes, pos: int = 0) -> tuple[list[StreamMessage], int]:
+    """Every complete message from ``pos`` on: (messages, pos after the last one).
+
+    The bytes left over are the start of the next message (the list is empty
+    when not even one message is complete; :func:`decode_stream_message` then
+    says how many bytes it needs).  Errors as for :func:`decode_stream_message`.
+    """
+    out: list[StreamMessage] = []
+    append = out.append
+    end = len(buf)
+    log_head = _LOG_HEAD.unpack_from
+    nop = _NOP.unpack_from
+    while pos < end:
+        magic = buf[pos]
+        if magic == MAGIC_REPLICATION:
+            if end < pos + 13:
+                break
+            _, ts, size = log_head(buf, pos)
+            stop = pos + 13 + size
+            if end < stop:
+                break
+            append(StreamMessage(False, ts, buf[pos + 13:stop]))
+            pos = stop
+        elif magic == MAGIC_NOP:
+            if end < pos + 9:
+                break
+            append(StreamMessage(True, nop(buf, pos)[1], b""))
+            pos += 9
+        else:
+            raise _bad_magic(magic)
+    return out, pos
 
 
 # -- log entries ------------------------------------------------------------------------------
@@ -186,3 +247,30 @@ def split_xt(stored: bytes) -> tuple[int, bytes]:
 def join_xt(xt: int, value: bytes) -> bytes:
     """The stored form of a value with absolute expiry ``xt`` (XTMAX: never)."""
     return _XT5.pack(min(xt, XTMAX))[3:] + value
+
+
+# -- update-log files (the ulog_list RPC) -----------------------------------------------------
+
+
+class UlogFile(NamedTuple):
+    """One update-log file as ``ulog_list`` reports it."""
+
+    id: int  # the 10-digit number of NNNNNNNNNN.ulog; files are numbered from 1 and never reused
+    path: str
+    size: int
+    max_ts: int  # the highest ts written to the file
+
+
+def parse_ulog_list(fields: Iterable[tuple[bytes, bytes]]) -> list[UlogFile]:
+    """The files of a ``ulog_list`` answer (``<path>\t<size>:<max ts>`` per file), oldest first."""
+    files = []
+    for key, value in fields:
+        path = key.decode("utf-8", "replace")
+        name = path.rsplit("/", 1)[-1]
+        stem, dot, ext = name.partition(".")
+        size, colon, max_ts = value.partition(b":")
+        if not (dot and ext == "ulog" and stem.isdigit() and colon and size.isdigit() and max_ts.isdigit()):
+            raise ProtocolError(f"unexpected ulog_list entry {key!r}: {value!r}")
+        files.append(UlogFile(int(stem), path, int(size), int(max_ts)))
+    files.sort()
+    return files

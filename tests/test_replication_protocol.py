@@ -1,0 +1,192 @@
+"""Replication without a server: stream framing, handshake answer, ulog_list parsing, record
+decoding of the golden (real ktserver) stream, checkpoints and the tail JSON format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from golden_replay import load_cases, step_bytes
+
+from ktcluster.errors import InvalidArgumentError, ProtocolError, ReplicationError
+from ktcluster.protocol.binary import Incomplete
+from ktcluster.protocol.replication import (
+    OP_CLEAR,
+    OP_REMOVE,
+    OP_SET,
+    decode_accept,
+    decode_stream_message,
+    decode_stream_messages,
+    encode_log_entry,
+    encode_log_message,
+    encode_nop,
+    join_xt,
+    parse_ulog_list,
+)
+from ktcluster.replication import XT_NEVER, Checkpoint, KyotoSlave, record_to_json
+
+
+def golden_stream(case_name: str, conn: str = "r0") -> bytes:
+    """The bytes a real master sent on replication connection ``conn`` of a golden case."""
+    case = next(c for c in load_cases("replication") if c["name"] == case_name)
+    return b"".join(step_bytes(s, "recv") for s in case["steps"] if s.get("conn") == conn and "recv" in s)
+
+
+# -- framing ----------------------------------------------------------------------------------
+
+
+def test_decode_stream_messages_returns_complete_messages_and_leftover():
+    data = (encode_log_message(5, encode_log_entry(1, 0, OP_REMOVE, b"k")) + encode_nop(6)
+            + encode_log_message(7, b""))
+    whole, _ = decode_stream_messages(data)
+    for cut in range(len(data) + 1):
+        msgs, pos = decode_stream_messages(data[:cut])
+        assert pos <= cut and msgs == whole[:len(msgs)]
+        rest, end = decode_stream_messages(data[pos:])  # the leftover, then the bytes after the cut
+        assert msgs + rest == whole and pos + end == len(data)
+    msgs, pos = decode_stream_messages(data)
+    assert pos == len(data)
+    assert [(m.is_nop, m.ts, m.payload) for m in msgs] == [
+        (False, 5, encode_log_entry(1, 0, OP_REMOVE, b"k")), (True, 6, b""), (False, 7, b"")]
+
+
+def test_decode_stream_messages_agrees_with_the_single_message_decoder():
+    data = golden_stream("stream-all-operations-from-ts0")[1:]
+    msgs, pos = decode_stream_messages(data)
+    single, at = [], 0
+    while at < pos:
+        msg, at = decode_stream_message(data, at)
+        single.append(msg)
+    assert msgs == single and len(msgs) > 10
+
+
+@pytest.mark.parametrize("byte", [b"\xbf", b"\x00", b"\xb4"])
+def test_bad_byte_in_the_stream_is_a_protocol_error(byte):
+    with pytest.raises(ProtocolError):
+        decode_stream_messages(encode_nop(1) + byte)
+
+
+def test_decode_accept():
+    assert decode_accept(b"\xb1\xb0") == 1
+    with pytest.raises(Incomplete):
+        decode_accept(b"")
+    with pytest.raises(ReplicationError):
+        decode_accept(b"\xbf")
+    with pytest.raises(ProtocolError):
+        decode_accept(b"H")
+
+
+def test_decode_accept_of_the_golden_refusal():
+    case = next(c for c in load_cases("replication") if c["name"] == "no-update-log")
+    with pytest.raises(ReplicationError):
+        decode_accept(step_bytes(case["steps"][0], "recv"))
+
+
+def test_parse_ulog_list():
+    files = parse_ulog_list([(b"ulog/0000000004.ulog", b"3217:1795714605077000007"),
+                             (b"/abs/ulog/0000000003.ulog", b"17:0")])
+    assert [(f.id, f.size, f.max_ts) for f in files] == [(3, 17, 0), (4, 3217, 1795714605077000007)]
+    assert files[0].path == "/abs/ulog/0000000003.ulog"
+    assert parse_ulog_list([]) == []
+    for bad in [(b"ulog/x.ulog", b"1:2"), (b"ulog/0000000001.ulog", b"12"), (b"ulog/0000000001.log", b"1:2")]:
+        with pytest.raises(ProtocolError):
+            parse_ulog_list([bad])
+
+
+# -- records ----------------------------------------------------------------------------------
+
+
+def decode(data: bytes, persistent: dict[int, bool], sid: int = 2, whitesid: bool = False) -> list:
+    assert decode_accept(data) == 1
+    msgs, _ = decode_stream_messages(data[1:])
+    return KyotoSlave(sid, whitesid=whitesid)._decode(msgs, persistent)
+
+
+def strip_ts(items: list) -> list:
+    return [{k: v for k, v in item.items() if k != "ts"} for item in items if isinstance(item, dict)]
+
+
+def test_golden_stream_of_every_operation():
+    items = decode(golden_stream("stream-all-operations-from-ts0"), {0: False})
+    records = strip_ts(items)
+    assert records[0] == {"sid": 1, "db": 0, "op": OP_SET, "key": b"a", "expires": XT_NEVER, "value": b"A"}
+    assert {"sid": 1, "db": 0, "op": OP_REMOVE, "key": b"nothere"} in records
+    assert {"sid": 1, "db": 0, "op": OP_CLEAR} in records
+    assert isinstance(items[-1], int)  # a heartbeat after the backlog
+    stamps = [item["ts"] for item in items if isinstance(item, dict)]
+    assert stamps == sorted(set(stamps)) and items[-1] >= stamps[-1]
+
+
+def test_golden_stream_of_a_ktopts_p_database_keeps_the_whole_value():
+    records = strip_ts(decode(golden_stream("log-format-variants"), {0: False, 1: True}))
+    assert records[0] == {"sid": 1, "db": 0, "op": OP_SET, "key": b"k", "expires": XT_NEVER, "value": b"in db0"}
+    assert records[1] == {"sid": 1, "db": 1, "op": OP_SET, "key": b"k", "expires": XT_NEVER,
+                          "value": b"in db1 (persistent)"}
+    long_set = records[2]
+    assert len(long_set["key"]) > 127 and len(long_set["value"]) > 127  # multi-byte varnums
+
+
+def test_golden_dummy_record_is_progress_only():
+    # 300 entries of sid 1 read as sid 1: all filtered, one size-0 dummy after 256, then a heartbeat
+    items = decode(golden_stream("sid-filtering", "same"), {0: False}, sid=1)
+    assert len(items) == 2 and all(isinstance(i, int) for i in items) and items[0] < items[1]
+    white = decode(golden_stream("sid-filtering", "white1"), {0: False}, sid=1, whitesid=True)
+    records = [i for i in white if isinstance(i, dict)]
+    assert len(records) == 301 and records[0]["key"] == b"k000"
+
+
+def test_expiry_and_unknown_ops():
+    msgs, _ = decode_stream_messages(
+        encode_log_message(10, encode_log_entry(1, 0, OP_SET, b"k", join_xt(1234567890, b"v")))
+        + encode_log_message(11, encode_log_entry(1, 0, 0xA7)))
+    items = KyotoSlave(2)._decode(msgs, {0: False})
+    assert items == [{"sid": 1, "db": 0, "op": OP_SET, "key": b"k", "expires": 1234567890, "value": b"v",
+                      "ts": 10}, 11]
+
+
+def test_entries_the_filter_should_have_dropped_are_protocol_errors():
+    msgs, _ = decode_stream_messages(encode_log_message(10, encode_log_entry(2, 0, OP_CLEAR)))
+    with pytest.raises(ProtocolError):
+        KyotoSlave(2)._decode(msgs, {})
+    with pytest.raises(ProtocolError):
+        KyotoSlave(3, whitesid=True)._decode(msgs, {})
+    assert KyotoSlave(2, whitesid=True)._decode(msgs, {})[0]["op"] == OP_CLEAR
+
+
+def test_bad_sid_raises_value_error_like_ng():
+    for sid in (-1, 65536, "1"):
+        with pytest.raises(ValueError):
+            KyotoSlave(sid)  # type: ignore[arg-type]
+
+
+# -- checkpoints and JSON lines ---------------------------------------------------------------
+
+
+def test_checkpoint_round_trips(tmp_path):
+    cp = Checkpoint({"a:1": 2**63 + 5, "b:2": 0})
+    assert Checkpoint.from_json(cp.to_json()) == cp
+    assert Checkpoint.from_dict(json.loads(json.dumps(cp.to_dict()))) == cp
+    path = tmp_path / "cp.json"
+    cp.save(path)
+    assert Checkpoint.load(path) == cp
+    Checkpoint({"a:1": 1}).save(path)
+    assert Checkpoint.load(path).positions == {"a:1": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["cp.json"]  # no temporary file left
+
+
+@pytest.mark.parametrize("text", ["[]", "{}", '{"version": 2, "positions": {}}', "nope",
+                                  '{"version": 1, "positions": {"a": -1}}', '{"version": 1, "positions": {"a": "1"}}',
+                                  '{"version": 1, "positions": {"a": true}}', '{"version": 1, "positions": []}'])
+def test_bad_checkpoints_are_rejected(text):
+    with pytest.raises(InvalidArgumentError):
+        Checkpoint.from_json(text)
+
+
+def test_record_to_json():
+    line = record_to_json({"sid": 1, "db": 0, "op": OP_SET, "key": b"k\xff", "expires": XT_NEVER,
+                           "value": "é".encode(), "ts": 7, "node": "n1"})
+    assert json.loads(line) == {"node": "n1", "ts": 7, "sid": 1, "db": 0, "op": "set", "key_b64": "a/8=",
+                                "value": "é", "expires": None}
+    assert json.loads(record_to_json({"sid": 1, "db": 2, "op": OP_CLEAR, "ts": 8, "node": "n"}))["op"] == "clear"
+    assert json.loads(record_to_json({"sid": 1, "db": 0, "op": OP_SET, "key": b"k", "expires": 99,
+                                      "value": b"", "ts": 9}))["expires"] == 99

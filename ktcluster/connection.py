@@ -153,6 +153,12 @@ class Connection:
         self.created_at = self.last_used = time.monotonic()
         return sock
 
+    def set_timeout(self, timeout: float | None) -> None:
+        """Change the send/receive timeout (e.g. around a request expected to block)."""
+        self.timeout = timeout
+        if self._sock is not None:
+            self._sock.settimeout(timeout)
+
     def close(self) -> None:
         """Close the socket.  The connection may connect again later unless it is broken."""
         sock, self._sock = self._sock, None

@@ -7,6 +7,7 @@ from "we do not know whether the write happened"::
 
     KyotoTycoonException                  code, message
     +-- InvalidArgumentError              400: bad or missing parameter, no such DB/cursor
+    |   +-- ArgumentError                 refused by the client before sending (also a ValueError)
     +-- LogicalInconsistencyError         450: no record, duplicate, cas mismatch...
     +-- ServerError                       500: the database failed
     +-- NoImplementationError             501: unknown procedure or unsupported operation
@@ -34,6 +35,7 @@ from typing import Any
 __all__ = [
     "KyotoTycoonException",
     "InvalidArgumentError",
+    "ArgumentError",
     "LogicalInconsistencyError",
     "ServerError",
     "NoImplementationError",
@@ -80,6 +82,15 @@ class KyotoTycoonException(Exception):
 
 class InvalidArgumentError(KyotoTycoonException):
     """400: a missing or bad parameter, an unknown database or cursor."""
+
+
+class ArgumentError(InvalidArgumentError, ValueError):
+    """The client refused an argument before sending anything (a wrong type, a missing
+    value...).  Also a ValueError: python-kyototycoon-ng raised ValueError there."""
+
+    def __init__(self, message: str = "", code: int | None = None, **kw: Any) -> None:
+        kw.setdefault("request_sent", False)
+        super().__init__(message, code, **kw)
 
 
 class LogicalInconsistencyError(KyotoTycoonException):

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from ..errors import ProtocolError
 from .binary import Incomplete
+from .kcnum import atoi, atoih
 
 __all__ = [
     "SERVER_NAME", "LINE_MAX", "BODY_MAX", "reason", "http_date",
@@ -213,21 +214,6 @@ class RequestHead(NamedTuple):
         return self.method not in (b"GET", b"HEAD", b"DELETE")
 
 
-def _atoi(data: bytes) -> int:
-    """kc::atoi: leading spaces, optional sign, leading digits; anything else is 0."""
-    data = data.lstrip(b" \t\r\n\v\f")
-    sign = 1
-    if data[:1] in (b"-", b"+"):
-        sign = -1 if data[:1] == b"-" else 1
-        data = data[1:]
-    num = 0
-    for c in data:
-        if not 0x30 <= c <= 0x39:
-            break
-        num = num * 10 + c - 0x30
-    return sign * num
-
-
 def parse_request_head(buf: bytes, pos: int = 0) -> RequestHead:
     """Parse a request line and headers at ``pos``."""
     line, pos = read_line(buf, pos)
@@ -269,27 +255,13 @@ def parse_request_head(buf: bytes, pos: int = 0) -> RequestHead:
             elif value.lower() == b"keep-alive":
                 keep = True
         elif name == b"content-length":
-            clen = _atoi(value)
+            clen = atoi(value)
         elif name == b"transfer-encoding":
             if value.lower() == b"chunked":
                 chunked = True
         headers[name] = value
     return RequestHead(method, target, path, query if qmark else None, version, headers,
                        keep, clen, chunked, pos)
-
-
-def _atoih(data: bytes) -> int:
-    """kc::atoih: a hexadecimal prefix (after spaces and an optional 0x); junk ends it."""
-    data = data.lstrip(b" \t\r\n\v\f")
-    if data[:2] in (b"0x", b"0X"):
-        data = data[2:]
-    num = 0
-    for c in data:
-        d = int(chr(c), 16) if chr(c) in "0123456789abcdefABCDEF" else -1
-        if d < 0:
-            break
-        num = num * 16 + d
-    return num
 
 
 def read_request_body(buf: bytes, head: RequestHead) -> tuple[bytes, int]:
@@ -316,7 +288,7 @@ def read_request_body(buf: bytes, head: RequestHead) -> tuple[bytes, int]:
         line, pos = read_line(buf, pos)
         if not _cstr(line):
             break
-        csiz = _atoih(_cstr(line))
+        csiz = atoih(_cstr(line))
         if size + csiz > BODY_MAX:
             raise HTTPError(413, "request entity too large")
         end = pos + csiz

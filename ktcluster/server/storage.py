@@ -1,0 +1,1602 @@
+"""The record store: one :class:`Database` per database given on the command line.
+
+A :class:`Database` behaves as ktserver's ``kt::TimedDB`` wrapped around the Kyoto
+Cabinet database type named by its spec, down to the details the wire shows:
+
+* **expiry** -- each record carries an absolute expiration time (``xt``, XTMAX = never);
+  every write sets it from its own ``xt`` parameter; expired records are invisible but
+  stay counted (and matched by ``match_*``) until the lazy garbage collector removes
+  them.  The collector is driven exactly as kttimeddb.h drives it: each operation adds a
+  score (256 per write, 32 per read), and every 2048 points a GC cursor advances over
+  ``score/256`` records in database order.  ``ktcapcnt``/``ktcapsiz`` evict from the GC
+  cursor at the same moments.  ``ktopts=p`` stores no expiry at all.
+* **order** -- tree types (``+ % .kct .kcf``) iterate by key; hash types in the order of
+  their Kyoto Cabinet counterpart: StashDB ``:`` and CacheDB ``*`` by MurmurHash bucket,
+  ProtoHashDB ``-`` by the libstdc++ tr1 hash bucket, HashDB ``.kch`` in insertion
+  order, DirDB ``.kcd`` in the directory's readdir order.  Cursors
+  (:class:`Cursor`) follow the per-type rules of their Kyoto Cabinet cursor.
+* **update log** -- every write that ktserver logs is logged here, with the stored
+  value (5-byte xt prefix + value, or the bare value with ``ktopts=p``), under the same
+  lock as the write.
+* **persistence** -- file databases write each change through to disk
+  (:mod:`ktcluster.server.persistence`).
+
+Public API (used by the RPC, REST and binary front ends, and meant for the memcached
+listener, the Lua ``kt.db`` object and the replication slave): :meth:`Database.get`,
+``check``, ``set``, ``add``, ``replace``, ``append``, ``increment``,
+``increment_double``, ``cas``, ``remove``, ``seize``, ``set_bulk``, ``remove_bulk``,
+``get_bulk``, ``clear``, ``count``, ``size``, ``status``, ``vacuum``, ``synchronize``,
+``match_prefix``, ``match_regex``, ``match_similar``, ``cursor``, ``accept`` (atomic
+read-modify-write of one record, KT's visitor), ``iterate``, and
+``apply_replicated`` (for a slave).  Failures raise :class:`DBError` carrying Kyoto
+Cabinet's error code and message; reads return None for a missing record.
+Every method is thread-safe (one re-entrant lock per database).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Protocol
+
+from ..protocol.kcnum import INT64MAX, INT64MIN, atoix, to_int64
+from ..protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, encode_log_entry
+from .hashing import murmur, tr1_fnv
+from .persistence import Journal, RecordFiles, StorageError
+from .sortedlist import SortedList
+
+__all__ = [
+    "XTMAX", "XT_NONE", "NOP", "REMOVE", "DBError", "DBSpec", "Database", "Cursor",
+    "UpdateSink", "StorageError",
+    "NOIMPL", "INVALID", "NOPERM", "DUPREC", "NOREC", "LOGIC", "SYSTEM",
+]
+
+#: the stored "never expires" time (2^40 - 1).
+XTMAX = (1 << 40) - 1
+#: the ``xt`` parameter value meaning "no expiration" (INT64MAX).
+XT_NONE = INT64MAX
+
+# Kyoto Cabinet error codes (kcdb.h BasicDB::Error::Code) and their names.
+NOIMPL, INVALID, NOPERM, DUPREC, NOREC, LOGIC, SYSTEM = 1, 2, 4, 6, 7, 8, 9
+_ERROR_NAMES = {1: "not implemented", 2: "invalid operation", 3: "file not found", 4: "no permission",
+                5: "broken file", 6: "record duplication", 7: "no record", 8: "logical inconsistency",
+                9: "system error", 15: "miscellaneous error"}
+
+
+class DBError(Exception):
+    """A Kyoto Cabinet database error: ``str()`` is ktserver's ``DB: code: name: message``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    @property
+    def name(self) -> str:
+        return _ERROR_NAMES.get(code := self.code, "unknown error" if code else "success")
+
+    def __str__(self) -> str:
+        return f"DB: {self.code}: {self.name}: {self.message}"
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: visitor result: leave the record alone.
+NOP: Any = _Marker("NOP")
+#: visitor result: remove the record.
+REMOVE: Any = _Marker("REMOVE")
+
+#: a visit_full callback: (key, value, absolute xt) -> NOP | REMOVE | (new value, xt param)
+VisitFull = Callable[[bytes, bytes, int], Any]
+#: a visit_empty callback: (key) -> NOP | REMOVE | (new value, xt param)
+VisitEmpty = Callable[[bytes], Any]
+
+_XT5 = struct.Struct(">Q")
+_I64 = struct.Struct(">q")
+_I64PAIR = struct.Struct(">qq")
+_XTSCUNIT = 256          # GC score per write
+_XTREADFREQ = 8          # a read scores 1/8 of a write
+_XTITERFREQ = 4
+_XTUNIT = 8              # GC runs once the score reaches XTSCUNIT * XTUNIT
+_DECUNIT = 10 ** 15      # increment_double fixed-point unit
+_PHASH_BUCKETS = 1056323  # buckets of ProtoHashDB's tr1::unordered_map after rehash(1048583)
+_SEQ_BITS = 40
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def modify_exptime(xt: int, now: int) -> int:
+    """kttimeddb.h modify_exptime: an ``xt`` parameter (>= 0 relative, < 0 absolute) as
+    the absolute time stored, capped at XTMAX."""
+    if xt < 0:
+        xt = -max(xt, INT64MIN // 2)
+    else:
+        xt = min(xt, INT64MAX // 2) + now
+    return xt if xt < XTMAX else XTMAX
+
+
+def _xt5(xt: int) -> bytes:
+    return _XT5.pack(xt)[3:]
+
+
+def _nearbyprime(num: int) -> int:
+    """kc::nearbyprime: the smallest prime of Kyoto Cabinet's table >= num."""
+    for prime in _PRIMES:
+        if prime >= num:
+            return prime
+    return num
+
+
+_PRIMES = (
+    2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 79, 97, 107, 131,
+    157, 181, 223, 257, 307, 367, 431, 521, 613, 727, 863, 1031, 1217, 1451, 1723, 2053, 2437, 2897,
+    3449, 4099, 4871, 5801, 6899, 8209, 9743, 11587, 13781, 16411, 19483, 23173, 27581, 32771, 38971,
+    46349, 55109, 65537, 77951, 92681, 110221, 131101, 155887, 185363, 220447, 262147, 311743, 370759,
+    440893, 524309, 623521, 741457, 881743, 1048583, 1246997, 1482919, 1763491, 2097169, 2493949,
+    2965847, 3526987, 4194319, 4987901, 5931641, 7053971, 8388617, 9975803, 11863289, 14107921,
+    16777259, 19951597, 23726569, 28215809, 33554467, 39903197, 47453149, 56431657, 67108879,
+    79806341, 94906297, 112863217, 134217757, 159612679, 189812533, 225726419, 268435459,
+    319225391, 379625083, 451452839, 536870923, 638450719, 759250133, 902905657, 1073741827,
+    1276901429, 1518500279, 1805811341, 2147483659, 2553802871, 3037000507, 3611622607, 4294967311)
+
+
+# -- database specs ---------------------------------------------------------------------------
+
+#: Kyoto Cabinet type of each kind: (type number, iteration family).
+_KINDS = {
+    "phash": (16, "phash"), "ptree": (17, "ptree"), "stash": (24, "hash"), "cache": (32, "hash"),
+    "grass": (33, "plant"), "hash": (48, "hash"), "tree": (49, "plant"), "dir": (64, "dir"),
+    "forest": (65, "plant"), "void": (128, "void"),
+}
+_MEMORY_KINDS = {"-": "phash", "+": "ptree", ":": "stash", "*": "cache", "%": "grass"}
+_FILE_KINDS = {".kch": "hash", ".kct": "tree", ".kcd": "dir", ".kcf": "forest"}
+
+
+@dataclass
+class DBSpec:
+    """A database spec of the command line: ``path#name=value#...``.
+
+    ``path`` is ``-``, ``+``, ``:``, ``*``, ``%`` (memory) or a file name whose extension
+    chooses the type (``.kch .kct .kcd .kcf``; ``#type=`` overrides it).  Tuning
+    parameters are kept as given; the ones with a visible effect are read by
+    :class:`Database` (``ktopts``, ``ktcapcnt``, ``ktcapsiz``, ``bnum``, ``capcnt``,
+    ``capsiz``)."""
+
+    path: str
+    kind: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> DBSpec:
+        """Parse a spec; raises ValueError for a type Kyoto Cabinet cannot open."""
+        path, *tunings = spec.split("#")
+        params: dict[str, str] = {}
+        for tuning in tunings:
+            name, sep, value = tuning.partition("=")
+            if sep:
+                params[name] = value.split("=")[0]
+        kind = _MEMORY_KINDS.get(path)
+        type_name = params.get("type", "").lower()
+        if type_name:
+            kind = _TYPE_ALIASES.get(type_name)
+        elif kind is None:
+            ext = os.path.splitext(path)[1].lower()
+            kind = _FILE_KINDS.get(ext)
+        if kind is None:
+            raise ValueError(f"{spec}: unknown database type")
+        return cls(path, kind, params)
+
+    @property
+    def name(self) -> str:
+        """The name RPC ``DB=`` and REST ``/name/key`` select it by (base name of the path)."""
+        return self.path.rsplit("/", 1)[-1]
+
+    def int_param(self, *names: str, default: int = -1) -> int:
+        for name in names:
+            if name in self.params:
+                return atoix(self.params[name].encode())
+        return default
+
+
+_TYPE_ALIASES = {
+    "-": "phash", "phash": "phash", "+": "ptree", "ptree": "ptree", ":": "stash", "stash": "stash",
+    "*": "cache", "cache": "cache", "%": "grass", "grass": "grass", "kch": "hash", "hash": "hash",
+    "kct": "tree", "tree": "tree", "kcd": "dir", "dir": "dir", "kcf": "forest", "forest": "forest",
+}
+
+
+class UpdateSink(Protocol):
+    """Where a database writes its update-log entries (the server's update log).
+
+    ``write(payload)`` receives an encoded log message (origin sid, dbid, op ...) and is
+    called with the database lock held, so the log order is the write order."""
+
+    def write(self, payload: bytes) -> int: ...
+
+
+# -- the raw record store (the Kyoto Cabinet database under the TimedDB) ---------------------
+
+
+class _Store:
+    """The raw records of one database, in Kyoto Cabinet's iteration order.
+
+    ``recs`` maps key -> [value, xt, okey]: the user value, the absolute xt (INT64MAX in
+    persistent databases) and the order key.  ``order`` holds the order keys sorted; for
+    tree types the order key is the key itself, for hash types an integer
+    ``bucket << 40 | sequence`` resolved through ``by_okey``.  DirDB keeps no order here:
+    its cursors read the directory (:class:`_DirCursor`), ``dir_names`` maps file names to
+    keys.  Every mutation is written through to ``disk`` when there is one.
+    """
+
+    def __init__(self, spec: DBSpec, persist: bool, disk: Journal | RecordFiles | None) -> None:
+        self.kind = kind = spec.kind
+        self.family = _KINDS[kind][1]
+        self.tree = self.family in ("ptree", "plant")
+        self.void = kind == "void"
+        self.persist = persist
+        self.disk = disk
+        self.recs: dict[bytes, list[Any]] = {}
+        self.order: SortedList | None = None if self.family == "dir" else SortedList()
+        self.by_okey: dict[Any, bytes] = {}
+        self.dir_names: dict[str, bytes] = {}
+        self.seq = 0
+        self.raw_size = 0
+        self.epoch = 0           # bumped by clear(): cursors positioned before are invalid
+        self.xt_width = 0 if persist else 5
+        bnum = spec.int_param("bnum")
+        self.bnum = (_nearbyprime(bnum) if bnum > 32767 else bnum) if bnum > 0 else 1048583
+        self.cache_slots: list[list[int]] = []
+        if kind == "cache":
+            self.cache_capcnt = spec.int_param("capcnt", "capcount", "cap_count")
+            self.cache_capsiz = spec.int_param("capsiz", "capsize", "cap_size")
+            self._slot_capcnt = self.cache_capcnt // 16 + 1 if self.cache_capcnt > 0 else 1 << 62
+            self._slot_capsiz = (max(self.cache_capsiz // 16 + 1 - 116, 1) if self.cache_capsiz > 0
+                                 else 1 << 62)
+            self.cache_slots = [[0, 0] for _ in range(16)]  # per slot: [count, bytes]
+
+    def stored(self, value: bytes, xt: int) -> bytes:
+        """The value as Kyoto Cabinet stores it: 5-byte xt prefix unless ktopts=p."""
+        return value if self.persist else _XT5.pack(xt)[3:] + value
+
+    def _new_okey(self, key: bytes) -> Any:
+        if self.tree:
+            return key
+        self.seq += 1
+        kind = self.kind
+        if kind == "stash":
+            return (murmur(key) % self.bnum) << _SEQ_BITS | self.seq
+        if kind == "cache":
+            return (murmur(key) & 15) << _SEQ_BITS | self.seq
+        if kind == "phash":
+            return (tr1_fnv(key) % _PHASH_BUCKETS) << _SEQ_BITS | ((1 << _SEQ_BITS) - 1 - self.seq)
+        if kind == "dir":
+            return RecordFiles.name_of(key)
+        return self.seq  # HashDB: insertion order
+
+    def key_of(self, okey: Any) -> bytes:
+        return okey if self.tree else self.by_okey[okey]
+
+    def has_okey(self, okey: Any) -> bool:
+        return okey in self.recs if self.tree else okey in self.by_okey
+
+    def insert(self, key: bytes, value: bytes, xt: int) -> None:
+        if self.void:
+            return
+        okey = self._new_okey(key)
+        self.recs[key] = [value, xt, okey]
+        if self.order is not None:
+            self.order.add(okey)
+            if not self.tree:
+                self.by_okey[okey] = key
+        elif self.kind == "dir":
+            self.dir_names[okey] = key
+        size = len(key) + len(value) + self.xt_width
+        self.raw_size += size
+        if self.disk is not None:
+            self.disk.record_set(key, self.stored(value, xt))
+            self.after_write()
+        if self.cache_slots:
+            slot = self.cache_slots[okey >> _SEQ_BITS]
+            slot[0] += 1
+            slot[1] += 40 + size
+            self._adjust_cache_slot(okey >> _SEQ_BITS)
+
+    def update(self, key: bytes, rec: list[Any], value: bytes, xt: int) -> None:
+        grow = len(value) - len(rec[0])
+        self.raw_size += grow
+        rec[0] = value
+        rec[1] = xt
+        if self.disk is not None:
+            self.disk.record_set(key, self.stored(value, xt))
+            self.after_write()
+        if self.cache_slots:
+            self.cache_slots[rec[2] >> _SEQ_BITS][1] += grow
+            if grow > 0:
+                self._adjust_cache_slot(rec[2] >> _SEQ_BITS)
+
+    def delete(self, key: bytes) -> None:
+        rec = self.recs.pop(key)
+        okey = rec[2]
+        if self.order is not None:
+            self.order.discard(okey)
+            if not self.tree:
+                del self.by_okey[okey]
+        elif self.kind == "dir":
+            del self.dir_names[okey]
+        size = len(key) + len(rec[0]) + self.xt_width
+        self.raw_size -= size
+        if self.disk is not None:
+            self.disk.record_remove(key)
+        if self.cache_slots:
+            slot = self.cache_slots[okey >> _SEQ_BITS]
+            slot[0] -= 1
+            slot[1] -= 40 + size
+
+    def touch(self, key: bytes, rec: list[Any]) -> None:
+        """CacheDB moves a record to the end of its slot's LRU list on every access."""
+        okey = rec[2]
+        self.order.discard(okey)
+        del self.by_okey[okey]
+        self.seq += 1
+        okey = (okey >> _SEQ_BITS) << _SEQ_BITS | self.seq
+        rec[2] = okey
+        self.order.add(okey)
+        self.by_okey[okey] = key
+
+    def _adjust_cache_slot(self, sidx: int) -> None:
+        """CacheDB adjust_slot_capacity: drop the least recently used record of a full slot."""
+        slot = self.cache_slots[sidx]
+        if slot[0] > self._slot_capcnt or slot[1] > self._slot_capsiz:
+            okey = self.order.ceiling(sidx << _SEQ_BITS)
+            if okey is not None and okey >> _SEQ_BITS == sidx:
+                self.delete(self.by_okey[okey])
+
+    def clear(self) -> None:
+        self.recs.clear()
+        self.by_okey.clear()
+        self.dir_names.clear()
+        if self.order is not None:
+            self.order.clear()
+        self.raw_size = 0
+        self.epoch += 1
+        for slot in self.cache_slots:
+            slot[0] = slot[1] = 0
+        if self.disk is not None:
+            self.disk.record_clear()
+
+    def ordered_keys(self) -> list[bytes]:
+        """Every key in database order (DirDB: the directory's current order)."""
+        if self.order is None:
+            names = self.dir_names
+            return [names[n] for n in self.disk.names() if n in names]
+        if self.tree:
+            return list(self.order)
+        by_okey = self.by_okey
+        return [by_okey[okey] for okey in self.order]
+
+    def cursor(self) -> _RawCursor | _DirCursor:
+        return _DirCursor(self) if self.kind == "dir" else _RawCursor(self)
+
+    def live_records(self) -> Iterator[tuple[bytes, bytes]]:
+        """(key, stored value) of every record, for rewriting a journal."""
+        return ((k, self.stored(r[0], r[1])) for k, r in self.recs.items())
+
+    def after_write(self, running: bool = True) -> None:
+        """Compact the journal once it is mostly dead records."""
+        if self.disk is not None:
+            self.disk.maybe_compact(self.raw_size, self.live_records, running)
+
+
+def _norec() -> DBError:
+    return DBError(NOREC, "no record")
+
+
+def _noimpl() -> DBError:
+    return DBError(NOIMPL, "not implemented")
+
+
+#: a raw visitor of a cursor: (key, record) -> NOP | REMOVE | (new value, absolute xt)
+_RawVisit = Callable[[bytes, list[Any]], Any]
+
+
+class _RawCursor:
+    """A Kyoto Cabinet cursor on the raw store, with the rules of its database type.
+
+    ``pos`` is the order key of the current record (None: not positioned; for ProtoTree
+    and ProtoHash also "the end").  Hash-type and ProtoTree cursors move to the next
+    record when theirs is removed (resolved lazily: a vanished position means "the next
+    order key"); PlantDB cursors (GrassDB, TreeDB, ForestDB) remember the key and land
+    on the first record >= it, and after a removal in backward mode on the previous one.
+    """
+
+    __slots__ = ("store", "pos", "back", "epoch")
+
+    def __init__(self, store: _Store) -> None:
+        self.store = store
+        self.pos: Any = None
+        self.back = False      # PlantDB's own direction flag
+        self.epoch = store.epoch
+
+    def current(self) -> Any:
+        """The order key of the record the cursor stands on, or None."""
+        store = self.store
+        if self.epoch != store.epoch:
+            self.epoch = store.epoch
+            self.pos = None
+        pos = self.pos
+        if pos is None or store.has_okey(pos):
+            return pos
+        nxt = store.order.ceiling(pos)
+        if store.family != "plant":
+            self.pos = nxt
+        return nxt
+
+    def _first(self) -> Any:
+        self.epoch = self.store.epoch
+        return self.store.order.first()
+
+    def jump(self, key: bytes | None = None) -> None:
+        store = self.store
+        order = store.order
+        self.back = False
+        self.epoch = store.epoch
+        if key is None:
+            self.pos = order.first()
+        elif store.tree:
+            self.pos = order.ceiling(key)
+        else:
+            rec = store.recs.get(key)
+            self.pos = rec[2] if rec is not None else None
+        if self.pos is None:
+            raise _norec()
+
+    def jump_back(self, key: bytes | None = None) -> None:
+        store = self.store
+        order = store.order
+        family = store.family
+        self.epoch = store.epoch
+        if family == "hash":
+            raise _noimpl()
+        if family == "phash":
+            if key is not None and key in store.recs:
+                self.pos = store.recs[key][2]
+                return
+            self.pos = None
+            raise _norec() if not store.recs else _noimpl()
+        self.back = True
+        if key is None:
+            self.pos = order.last()
+            if self.pos is None:
+                raise _norec()
+            return
+        found = order.ceiling(key)
+        if found is None:
+            self.pos = order.last()
+        elif key < found:
+            if family == "ptree" and found == order.first():
+                self.pos = None
+            else:
+                self.pos = order.lower(found)
+        else:
+            self.pos = found
+        if self.pos is None:
+            raise _norec()
+
+    def step(self) -> None:
+        if self.store.family == "plant":
+            self.back = False
+            self.accept(lambda key, rec: NOP, True)
+            if self.pos is None:
+                raise _norec()
+            return
+        pos = self.current()
+        if pos is None:
+            raise _norec()
+        self.pos = self.store.order.higher(pos)
+        if self.pos is None:
+            raise _norec()
+
+    def step_back(self) -> None:
+        store = self.store
+        family = store.family
+        order = store.order
+        if family == "hash":
+            raise _noimpl()
+        if family == "plant":
+            self.current()
+            if self.pos is None:
+                raise _norec()
+            self.back = True
+            self.pos = order.lower(self.pos)
+            if self.pos is None:
+                raise _norec()
+            return
+        pos = self.current()
+        if pos == order.first():
+            self.pos = None
+            raise _norec()
+        if family == "phash":
+            self.pos = None
+            raise _noimpl()
+        self.pos = order.last() if pos is None else order.lower(pos)
+
+    def accept(self, visit: _RawVisit, step: bool) -> None:
+        """Visit the current record and apply the visitor's answer (KC Cursor::accept)."""
+        store = self.store
+        order = store.order
+        pos = self.current()
+        if pos is None:
+            self.pos = None
+            raise _norec()
+        key = store.key_of(pos)
+        rec = store.recs[key]
+        result = visit(key, rec)
+        plant_back = store.family == "plant" and self.back
+        if result is REMOVE:
+            store.delete(key)
+            self.pos = order.lower(pos) if plant_back else order.ceiling(pos)
+            return
+        if result is not NOP:
+            store.update(key, rec, result[0], result[1])
+        if step:
+            self.pos = order.lower(pos) if plant_back else order.higher(pos)
+        else:
+            self.pos = pos
+
+    # the garbage collector's cursor moves forward only
+    def gc_key(self) -> bytes | None:
+        self.pos = pos = self.current()
+        return None if pos is None else self.store.key_of(pos)
+
+    def gc_advance(self) -> None:
+        self.pos = self.store.order.higher(self.pos)
+
+    def gc_remove(self) -> bool:
+        pos = self.current()
+        if pos is None:
+            return False
+        self.store.delete(self.store.key_of(pos))
+        self.pos = self.store.order.ceiling(pos)
+        return True
+
+    def gc_jump(self) -> None:
+        self.epoch = self.store.epoch
+        self.pos = self.store.order.first()
+
+
+class _DirCursor:
+    """A DirDB cursor: it walks the directory listing taken when it jumped (readdir
+    order), skipping files removed since."""
+
+    __slots__ = ("store", "names", "idx", "epoch")
+
+    def __init__(self, store: _Store) -> None:
+        self.store = store
+        self.names: list[str] = []
+        self.idx = -1
+        self.epoch = store.epoch
+
+    def current(self) -> str | None:
+        store = self.store
+        if self.epoch != store.epoch:
+            self.epoch = store.epoch
+            self.idx = -1
+        if self.idx < 0:
+            return None
+        names, live = self.names, store.dir_names
+        idx = self.idx
+        while idx < len(names) and names[idx] not in live:
+            idx += 1
+        if idx >= len(names):
+            self.idx = -1
+            return None
+        self.idx = idx
+        return names[idx]
+
+    def jump(self, key: bytes | None = None) -> None:
+        store = self.store
+        self.epoch = store.epoch
+        self.names = store.disk.names()
+        if key is None:
+            self.idx = 0
+        else:
+            rec = store.recs.get(key)
+            self.idx = self.names.index(rec[2]) if rec is not None and rec[2] in self.names else -1
+        if self.current() is None:
+            raise _norec()
+
+    def jump_back(self, key: bytes | None = None) -> None:
+        raise _noimpl()
+
+    def step(self) -> None:
+        if self.current() is None:
+            raise _norec()
+        self.idx += 1
+        if self.current() is None:
+            raise _norec()
+
+    def step_back(self) -> None:
+        raise _noimpl()
+
+    def accept(self, visit: _RawVisit, step: bool) -> None:
+        name = self.current()
+        if name is None:
+            raise _norec()
+        store = self.store
+        key = store.dir_names[name]
+        rec = store.recs[key]
+        result = visit(key, rec)
+        if result is REMOVE:
+            store.delete(key)
+            return
+        if result is not NOP:
+            store.update(key, rec, result[0], result[1])
+        if step:
+            self.idx += 1
+
+    def gc_key(self) -> bytes | None:
+        name = self.current()
+        return None if name is None else self.store.dir_names[name]
+
+    def gc_advance(self) -> None:
+        self.idx += 1
+
+    def gc_remove(self) -> bool:
+        key = self.gc_key()
+        if key is None:
+            return False
+        self.store.delete(key)
+        return True
+
+    def gc_jump(self) -> None:
+        self.epoch = self.store.epoch
+        self.names = self.store.disk.names()
+        self.idx = 0
+
+
+# -- numeric record formats -------------------------------------------------------------------
+
+
+def _ld_to_i64(num: float) -> int:
+    """C's (int64_t) of a long double on x86-64: out of range gives INT64MIN."""
+    return int(num) if -9.223372036854775808e18 <= num < 9.223372036854775808e18 else INT64MIN
+
+
+def _ld_mul_trunc(frac: float, unit: int = _DECUNIT) -> int:
+    """(int64_t)(frac * unit) computed in x87 long double (64-bit mantissa, round half even)."""
+    exact = Fraction(frac) * unit
+    if not exact:
+        return 0
+    mag = abs(exact)
+    exp = mag.numerator.bit_length() - mag.denominator.bit_length()
+    if Fraction(2) ** exp > mag:
+        exp -= 1
+    scale = Fraction(2) ** (63 - exp)
+    rounded = Fraction(round(mag * scale)) / scale
+    return int(rounded) if exact > 0 else -int(rounded)
+
+
+def _fixed_to_float(integ: int, fract: int) -> float:
+    return float(integ) + fract / 1e15
+
+
+# -- the timed database -----------------------------------------------------------------------
+
+
+class Database:
+    """One database of the server, with ktserver's TimedDB semantics (see the module doc).
+
+    ``spec`` is a :class:`DBSpec` or its text; ``index`` the position on the command line
+    (the ``dbid`` of its update-log entries).  ``writable`` False opens it read-only
+    (``-ord``: writes raise NOPERM), ``void`` gives ktplugdbvoid's database that stores
+    nothing, ``sink``/``sid`` receive the update log.  Raises :class:`StorageError` if
+    its file cannot be opened.
+    """
+
+    def __init__(self, spec: DBSpec | str, index: int = 0, *, writable: bool = True, void: bool = False,
+                 sink: UpdateSink | None = None, sid: int = 0) -> None:
+        if isinstance(spec, str):
+            spec = DBSpec.parse(spec)
+        self.spec = spec
+        self.index = index
+        self.path = spec.path
+        self.name = spec.name
+        self.writable = writable
+        self.lock = threading.RLock()
+        self._sink = sink
+        self._sid = sid
+        persist = "p" in spec.params.get("ktopts", spec.params.get("ktoptions", ""))
+        self.capcnt = spec.int_param("ktcapcnt", "ktcapcount", "ktcap_count")
+        self.capsiz = spec.int_param("ktcapsiz", "ktcapsize", "ktcap_size")
+        disk: Journal | RecordFiles | None = None
+        kind = "void" if void else spec.kind
+        if kind in ("hash", "tree"):
+            disk = Journal(spec.path, writable, 2 if persist else 0)
+        elif kind == "forest":
+            if not os.path.isdir(spec.path):
+                if not writable:
+                    raise StorageError(f"{spec.path}: no such directory")
+                os.mkdir(spec.path)
+            disk = Journal(os.path.join(spec.path, "journal"), writable, 2 if persist else 0)
+        elif kind == "dir":
+            disk = RecordFiles(spec.path, writable, 2 if persist else 0)
+        if disk is not None:
+            persist = bool(disk.opts & 2)
+        self.persistent = persist
+        self._store = _Store(DBSpec(spec.path, kind, spec.params), persist, disk)
+        if disk is not None:
+            self._load(disk)
+        self._gc = writable and not persist
+        self._xsc = 0
+        self._xcur = self._store.cursor()
+        if self._gc and self._store.recs:
+            self._xcur.gc_jump()
+
+    def _load(self, disk: Journal | RecordFiles) -> None:
+        store = self._store
+        store.disk = None  # replay without writing back
+        try:
+            for op, key, stored in disk.replay():
+                if op == OP_SET:
+                    value, xt = self._unpack(stored)
+                    rec = store.recs.get(key)
+                    if rec is None:
+                        store.insert(key, value, xt)
+                    else:
+                        store.update(key, rec, value, xt)
+                elif op == OP_REMOVE:
+                    if key in store.recs:
+                        store.delete(key)
+                elif op == OP_CLEAR:
+                    store.clear()
+        finally:
+            store.disk = disk
+        store.after_write(running=False)
+
+    def _unpack(self, stored: bytes) -> tuple[bytes, int]:
+        """(value, absolute xt) of a stored value (a value shorter than the xt prefix is
+        treated as already expired)."""
+        if self.persistent:
+            return stored, INT64MAX
+        if len(stored) < 5:
+            return stored, 0
+        return stored[5:], _XT5.unpack(b"\0\0\0" + stored[:5])[0]
+
+    def close(self) -> None:
+        """Flush and release the database file (compacting it when worthwhile)."""
+        with self.lock:
+            disk = self._store.disk
+            if disk is None:
+                return
+            store = self._store
+            store.after_write(running=False)
+            disk.close()
+            store.disk = None
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _log_set(self, key: bytes, value: bytes, xt: int, sid: int | None = None) -> None:
+        stored = value if self.persistent else _XT5.pack(xt)[3:] + value
+        self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_SET, key, stored))
+
+    def _log_remove(self, key: bytes, sid: int | None = None) -> None:
+        self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_REMOVE, key))
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise DBError(NOPERM, "permission denied")
+
+    def _score(self, score: int) -> None:
+        """kttimeddb.h expire_records: accumulate the GC score, run the GC every 2048."""
+        xsc = self._xsc + score
+        if xsc < _XTSCUNIT * _XTUNIT:
+            self._xsc = xsc
+            return
+        step = xsc // _XTSCUNIT
+        self._xsc = xsc - step * _XTSCUNIT
+        self._expire(step)
+
+    def _expire(self, step: int) -> None:
+        store = self._store
+        recs = store.recs
+        cur = self._xcur
+        now = _now()
+        done = 0
+        while done < step:
+            key = cur.gc_key()
+            if key is None:
+                cur.gc_jump()
+                self._xsc = 0
+                break
+            if now > recs[key][1]:
+                store.delete(key)
+            else:
+                cur.gc_advance()
+            done += 1
+        if self.capcnt > 0:
+            count = len(recs)
+            while count > self.capcnt:
+                if not cur.gc_remove():
+                    cur.gc_jump()
+                    break
+                count -= 1
+        if self.capsiz > 0 and self.size() > self.capsiz:
+            for _ in range(min(step, len(recs) + 1)):
+                if not cur.gc_remove():
+                    cur.gc_jump()
+                    break
+
+    def _apply(self, key: bytes, rec: list[Any] | None, result: Any, now: int) -> None:
+        """Carry out a visitor's answer on one record, logging it (TimedVisitor)."""
+        if result is NOP:
+            return
+        store = self._store
+        if result is REMOVE:
+            if self._sink is not None:
+                self._log_remove(key)
+            if rec is not None:
+                store.delete(key)
+            return
+        value, xt = result
+        xt = INT64MAX if self.persistent else modify_exptime(xt, now)
+        if self._sink is not None:
+            self._log_set(key, value, xt)
+        if rec is None:
+            store.insert(key, value, xt)
+        else:
+            store.update(key, rec, value, xt)
+
+    def _visit(self, key: bytes, visit_full: VisitFull, visit_empty: VisitEmpty, writable: bool) -> Any:
+        """One record through a visitor, expired records counting as absent (lock held)."""
+        store = self._store
+        rec = store.recs.get(key)
+        now = _now()
+        if rec is None:
+            result = visit_empty(key)
+        else:
+            if store.cache_slots:
+                store.touch(key, rec)
+            if self.persistent:
+                result = visit_full(key, rec[0], INT64MAX)
+            elif now > rec[1]:
+                result = visit_empty(key)
+            else:
+                result = visit_full(key, rec[0], rec[1])
+        self._apply(key, rec, result, now)
+        if self._gc:
+            self._score(_XTSCUNIT if writable else _XTSCUNIT // _XTREADFREQ)
+        return result
+
+    # -- single records -----------------------------------------------------------------------
+
+    def accept(self, key: bytes, visit_full: VisitFull, visit_empty: VisitEmpty, writable: bool = True) -> Any:
+        """Atomic read-modify-write of one record (KT's ``TimedDB::accept``).
+
+        ``visit_full(key, value, xt)`` is called for a live record (``xt`` absolute,
+        XTMAX when it never expires, INT64MAX in ``ktopts=p`` databases),
+        ``visit_empty(key)`` when it is absent or expired.  Each returns :data:`NOP`,
+        :data:`REMOVE`, or ``(new value, xt)`` with ``xt`` as in RPC (:data:`XT_NONE`:
+        no expiry, >= 0 relative, < 0 absolute; pass ``-old_xt`` to keep an expiry).
+        The change is logged; the visitor's answer is returned."""
+        with self.lock:
+            if writable:
+                self._check_writable()
+            return self._visit(key, visit_full, visit_empty, writable)
+
+    def _get(self, key: bytes) -> tuple[bytes, int] | None:
+        """A live record's (value, absolute xt), without GC scoring (lock held)."""
+        store = self._store
+        rec = store.recs.get(key)
+        if rec is None:
+            return None
+        if store.cache_slots:
+            store.touch(key, rec)
+        if self.persistent:
+            return rec[0], INT64MAX
+        if _now() > rec[1]:
+            return None
+        return rec[0], rec[1]
+
+    def get(self, key: bytes) -> tuple[bytes, int] | None:
+        """(value, absolute xt) of a live record, or None."""
+        with self.lock:
+            result = self._get(key)
+            if self._gc:
+                self._score(_XTSCUNIT // _XTREADFREQ)
+            return result
+
+    def check(self, key: bytes) -> tuple[int, int] | None:
+        """(value size, absolute xt) of a live record, or None."""
+        got = self.get(key)
+        return None if got is None else (len(got[0]), got[1])
+
+    def set(self, key: bytes, value: bytes, xt: int = XT_NONE) -> None:
+        """Store a record (replacing any), expiring per ``xt`` (RPC convention)."""
+        with self.lock:
+            self._check_writable()
+            store = self._store
+            rec = store.recs.get(key)
+            now = _now()
+            if self.persistent:
+                axt = INT64MAX
+            elif xt == XT_NONE:
+                axt = XTMAX
+            else:
+                axt = modify_exptime(xt, now)
+            if self._sink is not None:
+                self._log_set(key, value, axt)
+            if rec is None:
+                store.insert(key, value, axt)
+            else:
+                if store.cache_slots:
+                    store.touch(key, rec)
+                store.update(key, rec, value, axt)
+            if self._gc:
+                self._score(_XTSCUNIT)
+
+    def add(self, key: bytes, value: bytes, xt: int = XT_NONE) -> None:
+        """Store a record that is absent (or expired); DUPREC otherwise."""
+        result = self.accept(key, lambda k, v, x: NOP, lambda k: (value, xt))
+        if result is NOP:
+            raise DBError(DUPREC, "record duplication")
+
+    def replace(self, key: bytes, value: bytes, xt: int = XT_NONE) -> None:
+        """Overwrite a live record; NOREC if there is none."""
+        result = self.accept(key, lambda k, v, x: (value, xt), lambda k: NOP)
+        if result is NOP:
+            raise _norec()
+
+    def append(self, key: bytes, value: bytes, xt: int = XT_NONE) -> None:
+        """Append to a record's value (creating it if absent)."""
+        self.accept(key, lambda k, v, x: (v + value, xt), lambda k: (value, xt))
+
+    def increment(self, key: bytes, num: int, orig: int = 0, xt: int = XT_NONE) -> int:
+        """Add to an 8-byte big-endian integer record (TimedDB::increment).  ``orig`` is the
+        initial value when absent; INT64MIN ("try") fails then, INT64MAX ("set") stores
+        ``num`` whatever the record holds.  LOGIC error for a value that is not 8 bytes."""
+        out = [0]
+
+        def full(k: bytes, v: bytes, x: int) -> Any:
+            if len(v) != 8:
+                out[0] = INT64MIN
+                return NOP
+            if orig == INT64MAX:
+                onum = 0
+            else:
+                onum = _I64.unpack(v)[0]
+                if num == 0:
+                    out[0] = onum
+                    return NOP
+            out[0] = to_int64(num + onum)
+            return _I64.pack(out[0]), xt
+
+        def empty(k: bytes) -> Any:
+            if orig == INT64MIN:
+                out[0] = INT64MIN
+                return NOP
+            out[0] = num if orig == INT64MAX else to_int64(num + orig)
+            return _I64.pack(out[0]), xt
+
+        self.accept(key, full, empty, num != 0 or orig != INT64MIN)
+        if out[0] == INT64MIN:
+            raise DBError(LOGIC, "logical inconsistency")
+        return out[0]
+
+    def increment_double(self, key: bytes, num: float, orig: float = 0.0, xt: int = XT_NONE) -> float:
+        """Add to a 16-byte fixed-point record (TimedDB::increment_double): big-endian int64
+        integral part and int64 fraction x 10^15.  ``orig`` -inf ("try") fails when
+        absent, +inf ("set") overwrites.  LOGIC error for a value that is not 16 bytes."""
+        out = [math.nan]
+        set_mode = math.isinf(orig) and orig > 0
+
+        def full(k: bytes, v: bytes, x: int) -> Any:
+            if len(v) != 16:
+                return NOP
+            integ, fract = (0, 0) if set_mode else _I64PAIR.unpack(v)
+            if integ == INT64MIN and fract == INT64MIN:
+                return NOP
+            if integ == INT64MAX:
+                out[0] = math.inf
+                return NOP
+            if integ == INT64MIN:
+                out[0] = -math.inf
+                return NOP
+            if num == 0.0 and not set_mode:
+                out[0] = _fixed_to_float(integ, fract)
+                return NOP
+            dfract, dinteg = math.modf(num)
+            if math.isnan(dinteg):
+                integ = fract = INT64MIN
+            elif math.isinf(dinteg):
+                integ, fract = (INT64MAX if dinteg > 0 else INT64MIN), 0
+                out[0] = dinteg
+            else:
+                integ = to_int64(integ + _ld_to_i64(dinteg))
+                fract = to_int64(fract + _ld_mul_trunc(dfract))
+                if fract >= _DECUNIT:
+                    integ = to_int64(integ + 1)
+                    fract -= _DECUNIT
+                out[0] = _fixed_to_float(integ, fract)
+            return _I64PAIR.pack(integ, fract), xt
+
+        def empty(k: bytes) -> Any:
+            if math.isnan(orig) or (math.isinf(orig) and orig < 0):
+                return NOP
+            total = num if math.isinf(orig) else num + orig
+            dfract, dinteg = math.modf(total)
+            if math.isnan(dinteg):
+                integ = fract = INT64MIN
+            elif math.isinf(dinteg):
+                integ, fract = (INT64MAX if dinteg > 0 else INT64MIN), 0
+            else:
+                integ, fract = _ld_to_i64(dinteg), _ld_mul_trunc(dfract)
+            out[0] = total
+            return _I64PAIR.pack(integ, fract), xt
+
+        self.accept(key, full, empty)
+        if math.isnan(out[0]):
+            raise DBError(LOGIC, "logical inconsistency")
+        return out[0]
+
+    def cas(self, key: bytes, oval: bytes | None, nval: bytes | None, xt: int = XT_NONE) -> None:
+        """Compare and swap: ``oval`` None = must be absent, ``nval`` None = remove.
+        LOGIC error ("status conflict") when the record does not match."""
+        ok = [False]
+
+        def full(k: bytes, v: bytes, x: int) -> Any:
+            if oval is None or v != oval:
+                return NOP
+            ok[0] = True
+            return REMOVE if nval is None else (nval, xt)
+
+        def empty(k: bytes) -> Any:
+            if oval is not None:
+                return NOP
+            ok[0] = True
+            return NOP if nval is None else (nval, xt)
+
+        self.accept(key, full, empty)
+        if not ok[0]:
+            raise DBError(LOGIC, "status conflict")
+
+    def _remove(self, key: bytes, score: bool = True) -> bool:
+        """Remove a record (lock held); False if it was absent or expired.  A REMOVE is
+        logged either way, as ktserver does."""
+        store = self._store
+        rec = store.recs.get(key)
+        if self._sink is not None:
+            self._log_remove(key)
+        if rec is None:
+            found = False
+        else:
+            found = self.persistent or _now() <= rec[1]
+            store.delete(key)
+        if score and self._gc:
+            self._score(_XTSCUNIT)
+        return found
+
+    def remove(self, key: bytes) -> None:
+        """Remove a record; NOREC if it was absent (the removal is logged anyway)."""
+        with self.lock:
+            self._check_writable()
+            if not self._remove(key):
+                raise _norec()
+
+    def seize(self, key: bytes) -> tuple[bytes, int]:
+        """Remove a live record and return (value, absolute xt); NOREC if absent."""
+        got: list[tuple[bytes, int]] = []
+
+        def full(k: bytes, v: bytes, x: int) -> Any:
+            got.append((v, x))
+            return REMOVE
+
+        self.accept(key, full, lambda k: NOP)
+        if not got:
+            raise _norec()
+        return got[0]
+
+    # -- bulk ---------------------------------------------------------------------------------
+
+    def set_bulk(self, records: Iterable[tuple[bytes, bytes]], xt: int = XT_NONE, atomic: bool = False) -> int:
+        """Store records in the given order; the number stored.  ``atomic`` scores them as
+        one operation (KT accept_bulk); otherwise each is a separate set."""
+        with self.lock:
+            self._check_writable()
+            count = 0
+            if atomic:
+                now = _now()
+                recs = self._store.recs
+                for key, value in records:
+                    self._apply(key, recs.get(key), (value, xt), now)
+                    count += 1
+                if self._gc:
+                    self._score(_XTSCUNIT)
+            else:
+                for key, value in records:
+                    self.set(key, value, xt)
+                    count += 1
+            return count
+
+    def remove_bulk(self, keys: Iterable[bytes], atomic: bool = False) -> int:
+        """Remove records; the number that existed (every key is logged as a removal)."""
+        with self.lock:
+            self._check_writable()
+            count = 0
+            for key in keys:
+                count += self._remove(key, not atomic)
+            if atomic and self._gc:
+                self._score(_XTSCUNIT)
+            return count
+
+    def get_bulk(self, keys: Iterable[bytes], atomic: bool = False) -> dict[bytes, bytes]:
+        """The values of the live records among ``keys``."""
+        with self.lock:
+            out: dict[bytes, bytes] = {}
+            read = self._get if atomic else self.get
+            for key in keys:
+                got = read(key)
+                if got is not None:
+                    out[key] = got[0]
+            if atomic and self._gc:
+                self._score(_XTSCUNIT // _XTREADFREQ)
+            return out
+
+    # -- whole database -----------------------------------------------------------------------
+
+    def clear(self) -> None:
+        """Remove every record (logged as one CLEAR); every cursor becomes invalid."""
+        with self.lock:
+            self._check_writable()
+            if self._sink is not None:
+                self._sink.write(encode_log_entry(self._sid, self.index, OP_CLEAR))
+            self._store.clear()
+
+    def count(self) -> int:
+        """Number of records, expired ones not yet collected included."""
+        return len(self._store.recs)
+
+    def _cusage(self) -> int:
+        return 8 + 8 * len(self._store.recs) + self._store.raw_size
+
+    def size(self) -> int:
+        """The database size as its Kyoto Cabinet type reports it."""
+        store = self._store
+        kind = store.kind
+        count = len(store.recs)
+        raw = store.raw_size
+        if kind == "stash":
+            return store.bnum * 8 + count * 12 + raw
+        if kind == "cache":
+            return 1856 + 16 * _nearbyprime(store.bnum // 16) * 8 + 40 * count + raw
+        if kind in ("phash", "ptree"):
+            return raw
+        if kind == "grass":
+            return 526625 + self._cusage()
+        if kind == "hash":
+            return 6297720 + raw + 16 * count
+        if kind == "tree":
+            return max(400128, store.disk.file_size if store.disk else 0)
+        if kind == "dir":
+            return raw + 36 * count
+        if kind == "forest":
+            return 89 + self._cusage()
+        return 0
+
+    def status(self) -> dict[str, str]:
+        """The ``status`` procedure's fields (Kyoto Cabinet's plus ktopts/ktcapcnt/ktcapsiz)."""
+        with self.lock:
+            store = self._store
+            kind = store.kind
+            type_num = _KINDS[kind][0]
+            out: dict[str, Any] = {"count": len(store.recs), "path": self.path, "size": self.size(),
+                                   "type": type_num}
+            if kind != "void":
+                out["realtype"] = type_num
+            common = {"librev": 13, "libver": 16, "fmtver": 5, "opts": 0, "recovered": 0, "reorganized": 0}
+            plant = {"bnum": self.spec.int_param("bnum", default=65536), "cusage": self._cusage(), "first": 1,
+                     "last": 1, "icnt": 0, "lcnt": 1, "pccap": 67108864, "pnum": 2, "psiz": 8192,
+                     "rcomp": "lexical", "root": 1}
+            if kind == "cache":
+                out.update(common, bnum=store.bnum, capcnt=store.cache_capcnt, capsiz=store.cache_capsiz,
+                           chksum=255)
+            elif kind == "grass":
+                out.update(common, **plant, capcnt=-1, capsiz=-1, chksum=255)
+            elif kind == "hash":
+                out.update(common, apow=3, bnum=store.bnum, chksum=188, dfunit=0, flags=1, fpow=10, frgcnt=0,
+                           msiz=67108864, realsize=out["size"], trimmed=0)
+            elif kind == "tree":
+                out.update(common, **plant, apow=8, chksum=188, dfunit=0, flags=1, fpow=10, frgcnt=0,
+                           msiz=67108864, realsize=out["size"], trimmed=0)
+            elif kind == "dir":
+                out.update(common, chksum=184, flags=0)
+            elif kind == "forest":
+                out.update(common, **plant, chksum=184, flags=0)
+            out["ktopts"] = 2 if self.persistent else 0
+            out["ktcapcnt"] = self.capcnt
+            out["ktcapsiz"] = self.capsiz
+            return {k: str(v) for k, v in out.items()}
+
+    def vacuum(self, step: int = 0) -> None:
+        """Collect expired records: ``step`` > 1 advances the GC by that many steps,
+        otherwise the whole database is scanned."""
+        with self.lock:
+            if not self._gc:
+                return
+            if step > 1:
+                self._score(min(step, INT64MAX // _XTSCUNIT) * _XTSCUNIT)
+            else:
+                self._xcur.gc_jump()
+                self._xsc = 0
+                self._expire(len(self._store.recs) + 1)
+                self._xsc = 0
+
+    def synchronize(self, hard: bool = False,
+                    postprocess: Callable[[str, int, int], bool] | None = None) -> None:
+        """Flush the file (``hard``: to the device), then call ``postprocess(path, count,
+        size)``; its False answer is the LOGIC error "postprocessing failed"."""
+        with self.lock:
+            if self._store.disk is not None:
+                self._store.disk.sync(hard)
+            if postprocess is not None and not postprocess(self.path, self.count(), self.size()):
+                raise DBError(LOGIC, "postprocessing failed")
+
+    # -- matching (raw scans: expired records not yet collected match too) ---------------------
+
+    def match_prefix(self, prefix: bytes, max: int = -1) -> list[bytes]:
+        """Keys starting with ``prefix`` in database order (at most ``max`` if >= 0)."""
+        limit = INT64MAX if max < 0 else max
+        out: list[bytes] = []
+        with self.lock:
+            store = self._store
+            if limit == 0:
+                return out
+            if store.tree:
+                for key in store.order.irange(prefix):
+                    if not key.startswith(prefix):
+                        break
+                    out.append(key)
+                    if len(out) >= limit:
+                        break
+                return out
+            for key in store.ordered_keys():
+                if key.startswith(prefix):
+                    out.append(key)
+                    if len(out) >= limit:
+                        break
+            return out
+
+    def match_regex(self, regex: bytes, max: int = -1) -> list[bytes]:
+        """Keys matching a POSIX extended regular expression (LOGIC error if invalid)."""
+        try:
+            pattern = re.compile(_ere_to_python(regex), re.DOTALL)
+        except (re.error, ValueError):
+            raise DBError(LOGIC, "compilation failed") from None
+        limit = INT64MAX if max < 0 else max
+        out: list[bytes] = []
+        with self.lock:
+            if limit == 0:
+                return out
+            search = pattern.search
+            for key in self._store.ordered_keys():
+                nul = key.find(b"\0")
+                if search(key if nul < 0 else key[:nul]) is not None:
+                    out.append(key)
+                    if len(out) >= limit:
+                        break
+            return out
+
+    def match_similar(self, origin: bytes, range: int = 1, utf: bool = False, max: int = -1) -> list[bytes]:
+        """Keys within Levenshtein distance ``range`` of ``origin`` (bytes, or code points
+        when ``utf``), nearest first, then by key."""
+        limit = INT64MAX if max < 0 else max
+        if limit == 0:
+            return []
+        if utf:
+            nul = origin.find(b"\0")
+            oseq: Any = _ucs(origin if nul < 0 else origin[:nul])
+        else:
+            oseq = origin
+        found: list[tuple[int, bytes]] = []
+        with self.lock:
+            for key in self._store.ordered_keys():
+                kseq: Any = _ucs(key) if utf else key
+                if abs(len(oseq) - len(kseq)) > range:
+                    continue
+                dist = _levenshtein(oseq, kseq)
+                if dist <= range:
+                    found.append((dist, key))
+        found.sort()
+        return [key for _, key in found[:limit]]
+
+    # -- cursors and iteration ----------------------------------------------------------------
+
+    def cursor(self) -> Cursor:
+        """A new, unpositioned cursor."""
+        return Cursor(self)
+
+    def iterate(self, visit_full: VisitFull, writable: bool = True) -> None:
+        """Visit every live record in database order, atomically (TimedDB::iterate); the
+        visitor answers as for :meth:`accept`."""
+        with self.lock:
+            if writable:
+                self._check_writable()
+            store = self._store
+            now = _now()
+            for key in store.ordered_keys():
+                rec = store.recs.get(key)
+                if rec is None:
+                    continue
+                if self.persistent:
+                    result = visit_full(key, rec[0], INT64MAX)
+                elif now > rec[1]:
+                    continue
+                else:
+                    result = visit_full(key, rec[0], rec[1])
+                self._apply(key, rec, result, now)
+            if self._gc:
+                score = _XTSCUNIT if writable else _XTSCUNIT // _XTREADFREQ
+                count = len(store.recs)
+                self._score(score * (count // _XTITERFREQ) if count > 0 else score)
+
+    # -- replication --------------------------------------------------------------------------
+
+    def apply_replicated(self, op: int, key: bytes, stored: bytes, origin_sid: int) -> None:
+        """Apply one update-log entry received from a master (TimedDB::recover): write the
+        raw stored value (``OP_SET``, xt prefix included unless ktopts=p), remove
+        (``OP_REMOVE``) or clear (``OP_CLEAR``) without any expiry logic, and log it
+        again under the *origin* sid so that other masters do not echo it back.
+        Unknown ops are ignored.  Works on read-only databases too, as a slave must."""
+        with self.lock:
+            store = self._store
+            if op == OP_SET:
+                value, xt = self._unpack(stored)
+                rec = store.recs.get(key)
+                if rec is None:
+                    store.insert(key, value, xt)
+                else:
+                    store.update(key, rec, value, xt)
+                if self._sink is not None:
+                    self._sink.write(encode_log_entry(origin_sid, self.index, OP_SET, key, stored))
+            elif op == OP_REMOVE:
+                if key in store.recs:
+                    store.delete(key)
+                if self._sink is not None:
+                    self._log_remove(key, origin_sid)
+            elif op == OP_CLEAR:
+                store.clear()
+                if self._sink is not None:
+                    self._sink.write(encode_log_entry(origin_sid, self.index, OP_CLEAR))
+            else:
+                return
+            if self._gc:
+                self._score(_XTSCUNIT)
+
+
+class Cursor:
+    """A cursor with TimedDB semantics: reads and writes skip expired records, writes set
+    the expiry from their ``xt`` and are logged.  Positioning errors raise
+    :class:`DBError` (NOREC past either end or when unpositioned, NOIMPL for backward
+    moves on hash databases), as the type's Kyoto Cabinet cursor does."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._raw = db._store.cursor()
+        self._back = False
+
+    def jump(self, key: bytes | None = None) -> None:
+        """To the first record (hash DBs: the record ``key``; tree DBs: the first >= key)."""
+        with self.db.lock:
+            self._raw.jump(key)
+            self._back = False
+
+    def jump_back(self, key: bytes | None = None) -> None:
+        """To the last record (tree DBs: the last <= key); NOIMPL on hash databases."""
+        with self.db.lock:
+            self._raw.jump_back(key)
+            self._back = True
+
+    def step(self) -> None:
+        with self.db.lock:
+            self._raw.step()
+            self._back = False
+
+    def step_back(self) -> None:
+        with self.db.lock:
+            self._raw.step_back()
+            self._back = True
+
+    def _accept(self, visitor: VisitFull, writable: bool, step: bool) -> None:
+        db = self.db
+        raw = self._raw
+        with db.lock:
+            if writable:
+                db._check_writable()
+            now = _now()
+            persist = db.persistent
+            again = [False]
+
+            def visit(key: bytes, rec: list[Any]) -> Any:
+                xt = INT64MAX if persist else rec[1]
+                if not persist and now > xt:
+                    again[0] = True
+                    return NOP
+                result = visitor(key, rec[0], xt)
+                if result is NOP:
+                    return NOP
+                if result is REMOVE:
+                    if db._sink is not None:
+                        db._log_remove(key)
+                    return REMOVE
+                value, xtp = result
+                axt = INT64MAX if persist else modify_exptime(xtp, now)
+                if db._sink is not None:
+                    db._log_set(key, value, axt)
+                return value, axt
+
+            try:
+                while True:
+                    again[0] = False
+                    raw.accept(visit, step)
+                    if not again[0]:
+                        break
+                    if not step:
+                        if self._back:
+                            raw.step_back()
+                        else:
+                            raw.step()
+            finally:
+                if db._gc:
+                    db._score(_XTSCUNIT if writable else _XTSCUNIT // _XTREADFREQ)
+
+    def get(self, step: bool = False) -> tuple[bytes, bytes, int]:
+        """(key, value, absolute xt) of the current record; ``step`` moves on after."""
+        got: list[tuple[bytes, bytes, int]] = []
+
+        def visit(k: bytes, v: bytes, x: int) -> Any:
+            got.append((k, v, x))
+            return NOP
+
+        self._accept(visit, False, step)
+        return got[0]
+
+    def get_key(self, step: bool = False) -> bytes:
+        return self.get(step)[0]
+
+    def get_value(self, step: bool = False) -> bytes:
+        return self.get(step)[1]
+
+    def set_value(self, value: bytes, xt: int = XT_NONE, step: bool = False) -> None:
+        """Replace the current record's value (and expiry)."""
+        self._accept(lambda k, v, x: (value, xt), True, step)
+
+    def remove(self) -> None:
+        """Remove the current record; the cursor moves to the next one."""
+        self._accept(lambda k, v, x: REMOVE, True, False)
+
+    def seize(self) -> tuple[bytes, bytes, int]:
+        """Remove the current record and return (key, value, absolute xt)."""
+        got: list[tuple[bytes, bytes, int]] = []
+
+        def visit(k: bytes, v: bytes, x: int) -> Any:
+            got.append((k, v, x))
+            return REMOVE
+
+        self._accept(visit, True, False)
+        return got[0]
+
+
+# -- match helpers ----------------------------------------------------------------------------
+
+
+def _ucs(data: bytes) -> list[int]:
+    """kc::strutftoucs: Kyoto Cabinet's lenient UTF-8 decoder (bad sequences are skipped)."""
+    out: list[int] = []
+    n = len(data)
+    i = 0
+    while i < n:
+        c = data[i]
+        if c < 0x80:
+            out.append(c)
+        else:
+            width = 1 if c < 0xE0 else 2 if c < 0xF0 else 3 if c < 0xF8 else 4 if c < 0xFC else 5 if c < 0xFE else 0
+            tail = data[i + 1:i + 1 + width]
+            if width and len(tail) == width and 0 not in tail:
+                mask = (0x1F, 0x0F, 0x07, 0x03, 0x01)[width - 1]
+                code = c & mask
+                for t in tail:
+                    code = code << 6 | (t & 0x3F)
+                if code >= (0x80, 0x800, 0x10000, 0x200000, 0x4000000)[width - 1]:
+                    out.append(code)
+                i += width
+        i += 1
+    return out
+
+
+def _levenshtein(a: Any, b: Any) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+_POSIX_CLASSES = {
+    b"alpha": rb"a-zA-Z", b"digit": rb"0-9", b"alnum": rb"a-zA-Z0-9", b"upper": rb"A-Z", b"lower": rb"a-z",
+    b"space": rb" \t\n\r\f\v", b"blank": rb" \t", b"punct": rb"!-/:-@\[-`{-~", b"xdigit": rb"0-9A-Fa-f",
+    b"cntrl": rb"\x00-\x1f\x7f", b"print": rb" -~", b"graph": rb"!-~",
+}
+
+
+_GNU_ESCAPES = {b"w": rb"\w", b"W": rb"\W", b"s": rb"\s", b"S": rb"\S", b"b": rb"\b", b"B": rb"\B",
+                b"<": rb"\b", b">": rb"\b", b"`": rb"\A", b"'": rb"\Z"}
+
+
+def _ere_to_python(regex: bytes) -> bytes:
+    """Translate a POSIX extended regular expression into Python's syntax: bracket
+    expressions with ``[:class:]`` and literal backslashes, no Python-only escapes."""
+    nul = regex.find(b"\0")
+    if nul >= 0:
+        regex = regex[:nul]
+    out = bytearray()
+    i, n = 0, len(regex)
+    while i < n:
+        c = regex[i]
+        if c == 0x5B:  # '[' bracket expression
+            j = i + 1
+            body = bytearray()
+            if j < n and regex[j] == 0x5E:
+                body += b"^"
+                j += 1
+            first = True
+            while j < n and (first or regex[j] != 0x5D):
+                first = False
+                if regex[j:j + 2] == b"[:":
+                    end = regex.find(b":]", j + 2)
+                    if end < 0 or regex[j + 2:end] not in _POSIX_CLASSES:
+                        raise ValueError("bad character class")
+                    body += _POSIX_CLASSES[regex[j + 2:end]]
+                    j = end + 2
+                    continue
+                body += re.escape(bytes((regex[j],))) if regex[j] not in b"-" else b"-"
+                j += 1
+            if j >= n:
+                raise ValueError("unterminated bracket")
+            out += b"[" + bytes(body) + b"]"
+            i = j + 1
+        elif c == 0x5C:  # backslash: a GNU operator or the next byte literally
+            if i + 1 >= n:
+                raise ValueError("trailing backslash")
+            nxt = bytes((regex[i + 1],))
+            out += _GNU_ESCAPES.get(nxt) or re.escape(nxt)
+            i += 2
+        elif c == 0x7B:  # '{' interval: valid only after an atom, digits inside
+            end = regex.find(b"}", i)
+            if end < 0 or not re.fullmatch(rb"\d+(,\d*)?", regex[i + 1:end]):
+                raise ValueError("bad interval")
+            out += regex[i:end + 1]
+            i = end + 1
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)

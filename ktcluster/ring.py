@@ -6,8 +6,9 @@ scaled by weight) over node **names**.  Names, not addresses, are hashed, so a
 box can be replaced without moving keys; with names equal to ``"host:port"``
 the ring agrees with libketama clients configured with the same servers.
 
-Keys are hashed as bytes: ``str`` keys as their UTF-8 encoding, ``bytes`` as
-themselves, so ``"a"`` and ``b"a"`` land on the same node.  (uhashring itself
+Keys are hashed as the bytes the client stores them as
+(:func:`ktcluster.client.key_bytes`: ``str`` as UTF-8, ``bytes`` as
+themselves), so ``"a"`` and ``b"a"`` land on the same node.  (uhashring itself
 hashes ``str(key)``, which would turn ``b"a"`` into the text ``"b'a'"``, so
 lookups are done here, on the continuum uhashring built.)  A key owns the
 first point at or after its hash, wrapping at 2**32 (libketama's rule).
@@ -27,9 +28,10 @@ from hashlib import md5
 
 from uhashring import HashRing
 
-from .errors import InvalidArgumentError
+from .client import key_bytes
+from .errors import ArgumentError
 
-__all__ = ["Key", "Ring", "RingDiff", "key_bytes", "key_hash", "VNODES", "REPLICAS"]
+__all__ = ["Key", "Ring", "RingDiff", "key_hash", "VNODES", "REPLICAS"]
 
 #: libketama's constants: point groups per node (at equal weights), points per group.
 VNODES = 40
@@ -37,15 +39,6 @@ REPLICAS = 4
 _SPACE = 1 << 32
 
 Key = str | bytes | bytearray | memoryview
-
-
-def key_bytes(key: Key) -> bytes:
-    """The bytes a key is hashed (and stored) as: UTF-8 for ``str``."""
-    if isinstance(key, str):
-        return key.encode("utf-8")
-    if isinstance(key, (bytes, bytearray, memoryview)):
-        return bytes(key)
-    raise InvalidArgumentError(f"a key must be str or bytes, not {type(key).__name__}")
 
 
 def key_hash(key: Key) -> int:
@@ -87,19 +80,19 @@ class Ring:
     def __init__(self, nodes: Iterable[str] | Mapping[str, int]) -> None:
         weights = dict(nodes) if isinstance(nodes, Mapping) else {name: 1 for name in nodes}
         if not weights:
-            raise InvalidArgumentError("a ring needs at least one node")
+            raise ArgumentError("a ring needs at least one node")
         for name, weight in weights.items():
             if not isinstance(name, str) or not name:
-                raise InvalidArgumentError(f"node names must be non-empty strings, got {name!r}")
+                raise ArgumentError(f"node names must be non-empty strings, got {name!r}")
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-                raise InvalidArgumentError(f"weight of node {name!r} must be a positive int, got {weight!r}")
+                raise ArgumentError(f"weight of node {name!r} must be a positive int, got {weight!r}")
         self._weights = weights
         built = HashRing(nodes={name: {"weight": w} for name, w in weights.items()},
                          hash_fn="ketama", vnodes=VNODES, replicas=REPLICAS)
         points = built.get_points()
         missing = set(weights) - {name for _, name in points}
         if missing:
-            raise InvalidArgumentError(f"weights too small to give nodes any point on the ring: {sorted(missing)}")
+            raise ArgumentError(f"weights too small to give nodes any point on the ring: {sorted(missing)}")
         self._points = [p for p, _ in points]
         self._owners = [name for _, name in points]
 
@@ -143,7 +136,7 @@ class Ring:
     def without_node(self, name: str) -> Ring:
         """A new ring without ``name``."""
         if name not in self._weights:
-            raise InvalidArgumentError(f"no node named {name!r} in the ring")
+            raise ArgumentError(f"no node named {name!r} in the ring")
         return Ring({n: w for n, w in self._weights.items() if n != name})
 
     def shares(self) -> dict[str, float]:

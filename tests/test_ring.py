@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from uhashring import HashRing
 
+from ktcluster.client import key_bytes
 from ktcluster.errors import InvalidArgumentError
-from ktcluster.ring import Ring, key_bytes, key_hash
+from ktcluster.ring import Ring, key_hash
 
 VECTORS = Path(__file__).with_name("ring_vectors.json")
 
@@ -130,6 +131,8 @@ def test_str_and_bytes_forms_of_a_key_land_on_the_same_node():
         assert ring.node_for(text) == ring.node_for(raw) == ring.node_for(bytearray(raw)) \
             == ring.node_for(memoryview(raw))
     assert key_hash("a") == key_hash(b"a") != key_hash("b'a'")
+    raw = b"\xff\xfekey"           # not UTF-8: read back as str with surrogateescape, it must route alike
+    assert ring.node_for(raw.decode("utf-8", "surrogateescape")) == ring.node_for(raw)
 
 
 def test_uses_uhashring_continuum_for_text_keys():

@@ -1,0 +1,637 @@
+"""``Cluster``: many KT servers behind one client, sharded by a ketama ring.
+
+    cluster = Cluster(["kt1:1978", "kt2:1978", "kt3:1978"])
+    cluster.set_bulk({"a": 1, "b": 2, "c": 3})    # one bulk call per node, all nodes at once
+    cluster.get("a")                              # routed to the node that owns "a"
+
+KT is a database, not a cache, so the cluster never moves a key on its own:
+
+* **Routing** -- each key has exactly one node, ``node_for(key)`` (see
+  :mod:`ktcluster.ring`).  The ring changes only through :meth:`add_node` /
+  :meth:`remove_node`, which swap in a new immutable topology and report the
+  share of keys that moves (:class:`~ktcluster.ring.RingDiff`; moving the data
+  is the operator's job).
+* **Dead nodes** -- a per-node circuit breaker (:mod:`ktcluster.health`) turns
+  a dead node into fast :class:`~ktcluster.errors.NodeDownError` failures for
+  its keys only.  With ``failover={"kt1": "kt1b:1978"}`` a down node's traffic
+  goes to its configured partner (a KT dual-master pair), for the operation
+  classes in ``failover_ops`` (reads and idempotent writes by default).
+* **Retries** -- per operation class (:mod:`ktcluster.retry`): reads and
+  idempotent writes retry transport errors; increment, append, add, cas, seize
+  and play_script retry only when the request provably never left, and
+  otherwise raise :class:`~ktcluster.errors.OutcomeUnknownError`.
+* **Bulk calls** -- keys are grouped by node, each node gets one bulk call per
+  ``bulk_chunk`` records, and all nodes run at once (:mod:`ktcluster.fanout`)
+  under one deadline (``retry.deadline``).  Results keep the caller's key order.
+  If some nodes fail, :class:`~ktcluster.errors.PartialFailureError` carries
+  what the others did (``results``), each failed node's exception (``errors``)
+  and the keys whose outcome is not known to be done (``failed_keys``).
+
+Each node has one :class:`~ktcluster.client.KyotoTycoon` (and so one bounded
+connection pool).  With ``binary=True`` (the default) get/set/remove and the
+bulk calls use KT's binary protocol and everything else HTTP, over the same
+pool.  A Cluster is safe to share between threads and between greenlets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .client import Cursor, KyotoTycoon, key_bytes
+from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection
+from .errors import ArgumentError, KyotoTycoonException, NodeDownError, PartialFailureError
+from .expiry import Expire
+from .fanout import DeadlineExceeded, Fanout
+from .health import CircuitBreaker, Health, HealthConfig, Listener
+from .packers import KT_PACKER_PICKLE
+from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
+from .retry import OpClass, RetryPolicy, op_class
+from .ring import Key, Ring, RingDiff
+
+__all__ = ["Cluster", "Node", "Address", "DEFAULT_PORT"]
+
+T = TypeVar("T")
+log = logging.getLogger("ktcluster.cluster")
+
+#: KT's default port, used for an address given without one.
+DEFAULT_PORT = 1978
+
+Address = str | tuple[str, int]
+
+
+def parse_address(address: Address) -> tuple[str, int]:
+    """``"host:port"``, ``"host"``, ``"[v6]:port"`` or ``(host, port)`` -> ``(host, port)``."""
+    if isinstance(address, tuple) and len(address) == 2:
+        host, port = address
+    elif isinstance(address, str) and address:
+        host, sep, port_text = address.rpartition(":")
+        if not sep or "]" in port_text:
+            host, port_text = address, str(DEFAULT_PORT)
+        host = host.strip("[]")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ArgumentError(f"bad port in address {address!r}") from None
+    else:
+        raise ArgumentError(f"an address is 'host:port' or (host, port), not {address!r}")
+    if not isinstance(host, str) or not host or not isinstance(port, int) or not 0 < port < 65536:
+        raise ArgumentError(f"bad address {address!r}")
+    return host, port
+
+
+@dataclass(frozen=True)
+class Node:
+    """A configured node: its ring name, where it listens, and its ring weight."""
+
+    name: str
+    host: str
+    port: int
+    weight: int = 1
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class _Member:
+    """A node at run time: its clients (HTTP, and the binary view over the same pool) and breaker."""
+
+    __slots__ = ("node", "name", "http", "fast", "breaker", "_probe_timeouts")
+
+    def __init__(self, node: Node, name: str, http: KyotoTycoon, binary: bool, breaker: CircuitBreaker,
+                 probe_timeouts: tuple[float | None, float | None]) -> None:
+        self.node = node
+        self.name = name
+        self.http = http
+        if binary:
+            self.fast = http.with_options()   # a view sharing the pool and the packer
+            self.fast.binary, self.fast.atomic = True, False
+        else:
+            self.fast = http
+        self.breaker = breaker
+        self._probe_timeouts = probe_timeouts
+
+    def bulk_client(self, atomic: bool | None) -> KyotoTycoon:
+        """The binary client, unless an atomic (HTTP-only) bulk call was asked for."""
+        return self.http if atomic else self.fast
+
+    def probe(self) -> None:
+        """A cheap liveness check on a fresh connection (pooled ones may be stale)."""
+        connect_timeout, timeout = self._probe_timeouts
+        conn = Connection(self.node.host, self.node.port, connect_timeout=connect_timeout, timeout=timeout)
+        try:
+            conn.call(b"void")
+        finally:
+            conn.close()
+
+
+@dataclass(frozen=True)
+class _Topology:
+    """What one call sees, swapped atomically by add_node/remove_node."""
+
+    ring: Ring
+    members: dict[str, _Member]
+    partners: dict[str, _Member]
+
+
+class _Shard:
+    """What one node did in a bulk call: results of its completed chunks, and what failed."""
+
+    __slots__ = ("results", "error", "failed")
+
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+        self.error: BaseException | None = None
+        self.failed: list[Any] = []
+
+
+class Cluster:
+    """A sharded KT cluster; see the module docstring.
+
+    ``servers``: ``"host:port"`` strings or ``(host, port)`` tuples (the node
+    name is then ``"host:port"``, as libketama clients name servers), or a
+    mapping of node name -> address (names, not addresses, are hashed, so a box
+    can be replaced without moving keys).  ``weights`` maps names to positive
+    ints (relative; default 1).
+
+    ``binary``, ``pack_type``, ``custom_packer`` and ``decode_keys`` are
+    :class:`~ktcluster.client.KyotoTycoon`'s; ``pool_size``, ``pool_timeout``,
+    ``connect_timeout`` and ``timeout`` configure each node's pool.  ``retry``
+    is the :class:`~ktcluster.retry.RetryPolicy` (its ``deadline`` bounds every
+    call, fan-outs included), ``health`` the breaker tuning, ``on_node_event``
+    a callback ``(node, old_state, new_state, error)`` for breaker changes.
+    ``failover`` maps a node name to the address of its partner; ``bulk_chunk``
+    caps the records per bulk request; ``fanout_workers`` bounds the thread
+    pool used when gevent is not active.
+    """
+
+    def __init__(self, servers: Sequence[Address] | Mapping[str, Address], *, binary: bool = True,
+                 pack_type: int = KT_PACKER_PICKLE, custom_packer: Any = None, decode_keys: bool = True,
+                 weights: Mapping[str, int] | None = None, pool_size: int = DEFAULT_POOL_SIZE,
+                 pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
+                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+                 timeout: float | None = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
+                 health: HealthConfig | None = None, on_node_event: Listener | None = None,
+                 failover: Mapping[str, Address] | None = None,
+                 failover_ops: Iterable[OpClass] = (OpClass.READ, OpClass.IDEMPOTENT),
+                 bulk_chunk: int = 1000, fanout_workers: int = 16) -> None:
+        if bulk_chunk < 1:
+            raise ArgumentError("bulk_chunk must be at least 1")
+        self.binary = binary
+        self.retry = retry or RetryPolicy()
+        self.health = Health(health, on_node_event)
+        self.failover_ops = frozenset(failover_ops)
+        self.bulk_chunk = bulk_chunk
+        self._client_options = dict(pack_type=pack_type, custom_packer=custom_packer, decode_keys=decode_keys,
+                                    pool_size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout)
+        self._timeout = timeout
+        self._probe_timeouts = (connect_timeout, 1.0 if timeout is None else min(timeout, 1.0))
+        self._fanout = Fanout(fanout_workers)
+        self._reconfigure = threading.Lock()
+        self._counters = {"retries": 0, "failovers": 0, "partial_failures": 0}
+        nodes = self._parse_servers(servers, weights or {})
+        members = {n.name: self._member(n, n.name) for n in nodes}
+        partners = {}
+        for name, address in (failover or {}).items():
+            if name not in members:
+                raise ArgumentError(f"failover names unknown node {name!r}")
+            host, port = parse_address(address)
+            partner = Node(f"{host}:{port}", host, port)
+            partners[name] = self._member(partner, f"{name}~{partner.address}")
+        self._topology = _Topology(Ring({n.name: n.weight for n in nodes}), members, partners)
+
+    @staticmethod
+    def _parse_servers(servers: Sequence[Address] | Mapping[str, Address],
+                       weights: Mapping[str, int]) -> list[Node]:
+        if isinstance(servers, (str, bytes)):
+            raise ArgumentError("servers must be a list of addresses or a mapping of name -> address")
+        if isinstance(servers, Mapping):
+            named = [(name, parse_address(addr)) for name, addr in servers.items()]
+        else:
+            named = [(f"{h}:{p}", (h, p)) for h, p in map(parse_address, servers)]
+        if not named:
+            raise ArgumentError("a cluster needs at least one server")
+        names = [name for name, _ in named]
+        if len(set(names)) != len(names):
+            raise ArgumentError(f"duplicate node names: {names}")
+        unknown = set(weights) - set(names)
+        if unknown:
+            raise ArgumentError(f"weights for unknown nodes: {sorted(unknown)}")
+        return [Node(name, host, port, weights.get(name, 1)) for name, (host, port) in named]
+
+    def _member(self, node: Node, name: str) -> _Member:
+        http = KyotoTycoon(binary=False, **self._client_options)  # type: ignore[arg-type]
+        http.open(node.host, node.port, timeout=self._timeout)
+        return _Member(node, name, http, self.binary, self.health[name], self._probe_timeouts)
+
+    # -- topology ---------------------------------------------------------------------------------
+
+    @property
+    def ring(self) -> Ring:
+        """The current ring (immutable)."""
+        return self._topology.ring
+
+    @property
+    def nodes(self) -> dict[str, str]:
+        """Node name -> ``"host:port"``, in configuration order."""
+        return {name: m.node.address for name, m in self._topology.members.items()}
+
+    def node_for(self, key: Key) -> str:
+        """The name of the node that owns ``key``."""
+        return self._topology.ring.node_for(key)
+
+    def client(self, node: str) -> KyotoTycoon:
+        """The single-server client of a node (HTTP; shares the node's pool)."""
+        return self._member_named(node).http
+
+    def _member_named(self, node: str) -> _Member:
+        member = self._topology.members.get(node)
+        if member is None:
+            raise ArgumentError(f"no node named {node!r}; nodes: {list(self._topology.members)}")
+        return member
+
+    def add_node(self, name: str, address: Address | None = None, weight: int = 1, *,
+                 dry_run: bool = False) -> RingDiff:
+        """Add a node (``address`` defaults to ``name``) or change its weight; returns the
+        ring diff.  With ``dry_run`` nothing changes.  No data is moved."""
+        with self._reconfigure:
+            topo = self._topology
+            ring = topo.ring.with_node(name, weight)
+            diff = topo.ring.diff(ring)
+            if dry_run:
+                return diff
+            members = dict(topo.members)
+            if name not in members:
+                host, port = parse_address(address if address is not None else name)
+                members[name] = self._member(Node(name, host, port, weight), name)
+            elif address is not None and parse_address(address) != (members[name].node.host,
+                                                                     members[name].node.port):
+                raise ArgumentError(f"node {name!r} exists with another address; remove it first")
+            self._topology = _Topology(ring, members, topo.partners)
+        log.info("ring changed (add %s): %s", name, diff)
+        return diff
+
+    def remove_node(self, name: str, *, dry_run: bool = False) -> RingDiff:
+        """Remove a node from the ring (its keys go to their next owners); returns the ring
+        diff.  With ``dry_run`` nothing changes.  No data is moved."""
+        with self._reconfigure:
+            topo = self._topology
+            if name not in topo.members:
+                raise ArgumentError(f"no node named {name!r}")
+            if len(topo.members) == 1:
+                raise ArgumentError("cannot remove the last node")
+            ring = topo.ring.without_node(name)
+            diff = topo.ring.diff(ring)
+            if dry_run:
+                return diff
+            members = {n: m for n, m in topo.members.items() if n != name}
+            partner = topo.partners.get(name)
+            self._topology = _Topology(ring, members, {n: p for n, p in topo.partners.items() if n != name})
+        for gone in [topo.members[name]] + ([partner] if partner else []):
+            gone.http.close()
+            self.health.forget(gone.name)
+        log.info("ring changed (remove %s): %s", name, diff)
+        return diff
+
+    # -- execution core ---------------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.retry.deadline
+
+    def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Callable[[_Member], T],
+                 deadline: float) -> T:
+        """Run ``call`` on ``node`` under the retry policy, its breaker and its failover."""
+        def attempt() -> T:
+            member = topo.members[node]
+            try:
+                return self._guarded(member, call)
+            except NodeDownError:
+                partner = topo.partners.get(node)
+                if partner is None or cls not in self.failover_ops:
+                    raise
+                self._counters["failovers"] += 1
+                return self._guarded(partner, call)
+
+        def on_retry(attempt_no: int, exc: BaseException, wait: float) -> None:
+            self._counters["retries"] += 1
+            log.debug("retrying on %s after attempt %d (%s); waiting %.3fs", node, attempt_no, exc, wait)
+
+        return self.retry.run(cls, attempt, deadline, on_retry)
+
+    @staticmethod
+    def _guarded(member: _Member, call: Callable[[_Member], T]) -> T:
+        try:
+            return member.breaker.call(lambda: call(member), member.probe)
+        except KyotoTycoonException as exc:
+            if exc.node is None:
+                exc.node = member.name
+            raise
+
+    def _keyed(self, op: str, key: Key, call: Callable[[_Member], T]) -> T:
+        topo = self._topology
+        return self._execute(op_class(op), topo, topo.ring.node_for(key), call, self._deadline())
+
+    def _bulk(self, op: str, items: list[T], key_of: Callable[[T], Key],
+              run: Callable[[_Member, list[T]], Any]) -> tuple[dict[str, _Shard], list[T]]:
+        """Group ``items`` by node and run ``run(member, chunk)`` for every chunk, all nodes
+        at once.  Returns the shards and the items whose outcome is not known to be done."""
+        topo = self._topology
+        deadline = self._deadline()
+        cls = op_class(op)
+        groups: dict[str, list[T]] = {}
+        node_for = topo.ring.node_for
+        for item in items:
+            groups.setdefault(node_for(key_of(item)), []).append(item)
+        chunk = self.bulk_chunk
+
+        def shard_task(node: str, part: list[T]) -> Callable[[], _Shard]:
+            def task() -> _Shard:
+                shard = _Shard()
+                for start in range(0, len(part), chunk):
+                    piece = part[start:start + chunk]
+                    try:
+                        if time.monotonic() >= deadline:
+                            raise DeadlineExceeded("the call's deadline passed before this chunk was sent",
+                                                   request_sent=False, node=node)
+                        shard.results.append(self._execute(cls, topo, node, lambda m, p=piece: run(m, p),
+                                                           deadline))
+                    except Exception as exc:
+                        shard.error, shard.failed = exc, part[start:]
+                        break
+                return shard
+            return task
+
+        done, errors = self._fanout.run({n: shard_task(n, part) for n, part in groups.items()}, deadline)
+        for node, exc in errors.items():
+            shard = done[node] = _Shard()
+            shard.error, shard.failed = exc, groups[node]
+        failed = [item for shard in done.values() for item in shard.failed]
+        return done, failed
+
+    def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any]) -> PartialFailureError:
+        errors = {node: s.error for node, s in shards.items() if s.error is not None}
+        self._counters["partial_failures"] += 1
+        summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
+        return PartialFailureError(f"{op} failed on {len(errors)} of {len(shards)} nodes ({summary})",
+                                   results, errors, failed)  # type: ignore[arg-type]
+
+    def _each(self, op: str, call: Callable[[_Member], T], nodes: Iterable[str] | None = None) -> dict[str, T]:
+        """Run ``call`` on every node (or ``nodes``) at once: ``{node: result}`` in ring order."""
+        topo = self._topology
+        names = list(topo.members) if nodes is None else [self._member_named(n).name for n in nodes]
+        deadline = self._deadline()
+        cls = op_class(op)
+        results, errors = self._fanout.run(
+            {n: (lambda n=n: self._execute(cls, topo, n, call, deadline)) for n in names}, deadline)
+        if errors:
+            self._counters["partial_failures"] += 1
+            summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
+            raise PartialFailureError(f"{op} failed on {len(errors)} of {len(names)} nodes ({summary})",
+                                      {n: results[n] for n in names if n in results}, errors)
+        return {n: results[n] for n in names}
+
+    # -- single records ---------------------------------------------------------------------------
+
+    def get(self, key: Key, db: Any = 0) -> Any:
+        """The value of a record, or None."""
+        return self._keyed("get", key, lambda m: m.fast.get(key, db))
+
+    def get_with_expiry(self, key: Key, db: Any = 0) -> tuple[Any, int | None] | None:
+        """``(value, expires)`` or None; see KyotoTycoon.get_with_expiry."""
+        return self._keyed("get_with_expiry", key, lambda m: m.fast.get_with_expiry(key, db))
+
+    def get_int(self, key: Key, db: Any = 0) -> int:
+        return self._keyed("get_int", key, lambda m: m.http.get_int(key, db))
+
+    def check(self, key: Key, db: Any = 0) -> bool:
+        return self._keyed("check", key, lambda m: m.http.check(key, db))
+
+    def set(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
+        return self._keyed("set", key, lambda m: m.fast.set(key, value, expire, db))
+
+    def add(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
+        return self._keyed("add", key, lambda m: m.http.add(key, value, expire, db))
+
+    def replace(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
+        return self._keyed("replace", key, lambda m: m.http.replace(key, value, expire, db))
+
+    def append(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
+        return self._keyed("append", key, lambda m: m.http.append(key, value, expire, db))
+
+    def increment(self, key: Key, delta: int = 1, expire: Expire = None, db: Any = 0, *,
+                  orig: int | str | None = None) -> int:
+        return self._keyed("increment", key, lambda m: m.http.increment(key, delta, expire, db, orig=orig))
+
+    def increment_double(self, key: Key, delta: float = 1.0, expire: Expire = None, db: Any = 0, *,
+                         orig: float | str | None = None) -> float:
+        return self._keyed("increment_double", key,
+                           lambda m: m.http.increment_double(key, delta, expire, db, orig=orig))
+
+    def cas(self, key: Key, old_val: Any = None, new_val: Any = None, expire: Expire = None, db: Any = 0) -> bool:
+        return self._keyed("cas", key, lambda m: m.http.cas(key, old_val, new_val, expire, db))
+
+    def remove(self, key: Key, db: Any = 0) -> bool:
+        return self._keyed("remove", key, lambda m: m.fast.remove(key, db))
+
+    def seize(self, key: Key, db: Any = 0) -> Any:
+        return self._keyed("seize", key, lambda m: m.http.seize(key, db))
+
+    # -- bulk -------------------------------------------------------------------------------------
+
+    def get_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> dict[Any, Any]:
+        """``{key: value}`` for the keys that exist, in the caller's order.  ``atomic``
+        applies per node (HTTP)."""
+        keys = list(keys)
+        shards, failed = self._bulk("get_bulk", keys, _same,
+                                    lambda m, part: m.bulk_client(atomic).get_bulk(part, atomic, db))
+        found: dict[Any, Any] = {}
+        for shard in shards.values():
+            for part in shard.results:
+                found.update(part)
+        ordered = {k: found[k] for k in keys if k in found}
+        if failed:
+            raise self._partial("get_bulk", shards, ordered, failed)
+        return ordered
+
+    def set_bulk(self, kv_dict: Mapping[Key, Any], expire: Expire = None, atomic: bool | None = None,
+                 db: Any = 0) -> int:
+        """Store records on their nodes; returns how many were stored.  On partial failure
+        ``results`` maps each node to the records it stored."""
+        shards, failed = self._bulk("set_bulk", list(kv_dict.items()), _first,
+                                    lambda m, part: m.bulk_client(atomic).set_bulk(dict(part), expire, atomic, db))
+        if failed:
+            counts = {n: sum(s.results) for n, s in shards.items()}
+            raise self._partial("set_bulk", shards, counts, [k for k, _ in failed])
+        return sum(sum(s.results) for s in shards.values())
+
+    def remove_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> int:
+        """Remove records from their nodes; returns how many existed.  On partial failure
+        ``results`` maps each node to the records it removed."""
+        shards, failed = self._bulk("remove_bulk", list(keys), _same,
+                                    lambda m, part: m.bulk_client(atomic).remove_bulk(part, atomic, db))
+        if failed:
+            raise self._partial("remove_bulk", shards, {n: sum(s.results) for n, s in shards.items()}, failed)
+        return sum(sum(s.results) for s in shards.values())
+
+    # -- whole-cluster operations -------------------------------------------------------------------
+
+    def per_node(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Call a KyotoTycoon method on every node at once: ``{node: result}``.  Retried
+        as its operation class allows; PartialFailureError when some nodes fail."""
+        if method.startswith("_") or not callable(getattr(KyotoTycoon, method, None)):
+            raise ArgumentError(f"KyotoTycoon has no method {method!r}")
+        return self._each(method, lambda m: getattr(m.http, method)(*args, **kwargs))
+
+    def count(self, db: Any = 0) -> int:
+        """Records in the database, over all nodes."""
+        return sum(self._each("count", lambda m: m.http.count(db)).values())
+
+    def size(self, db: Any = 0) -> int:
+        """Database size in bytes, over all nodes."""
+        return sum(self._each("size", lambda m: m.http.size(db)).values())
+
+    def status(self, db: Any = 0) -> dict[str, Any]:
+        """The database's status merged over nodes: numeric fields summed, and each
+        node's own (typed) status under ``"nodes"``."""
+        return _merge(self._each("status", lambda m: m.http.status(db, typed=True)))
+
+    def report(self) -> dict[str, Any]:
+        """The servers' reports merged like :meth:`status`."""
+        return _merge(self._each("report", lambda m: m.http.report(typed=True)))
+
+    def clear(self, db: Any = 0) -> bool:
+        """Remove every record on every node."""
+        self._each("clear", lambda m: m.http.clear(db))
+        return True
+
+    def vacuum(self, db: Any = 0, *, step: int | None = None) -> bool:
+        self._each("vacuum", lambda m: m.http.vacuum(db, step=step))
+        return True
+
+    def match_prefix(self, prefix: Key, limit: int | None = None, db: Any = 0) -> list[Any]:
+        """Keys starting with ``prefix`` on any node, sorted.  ``limit`` caps the result;
+        which keys it keeps follows each node's DB order (tree DBs: the first ones)."""
+        per_node = self._each("match_prefix", lambda m: m.http.match_prefix(prefix, limit, db))
+        return _sorted_union(per_node.values(), limit)
+
+    def match_regex(self, regex: Key, limit: int | None = None, db: Any = 0) -> list[Any]:
+        """Keys matching ``regex`` on any node, sorted; ``limit`` as for match_prefix."""
+        per_node = self._each("match_regex", lambda m: m.http.match_regex(regex, limit, db))
+        return _sorted_union(per_node.values(), limit)
+
+    def match_similar(self, origin: Key, distance: int | None = 0, limit: int | None = None, db: Any = 0, *,
+                      utf: bool | None = None) -> list[Any]:
+        """Keys within ``distance`` of ``origin`` on any node, nearest first (ties in key
+        order).  KT does not return distances, so the merge recomputes them (in
+        characters with ``utf``, the default for a str origin, else in bytes)."""
+        per_node = self._each("match_similar",
+                              lambda m: m.http.match_similar(origin, distance, limit, db, utf=utf))
+        chars = utf if utf is not None else isinstance(origin, str)
+        norm: Callable[[Any], Any] = (lambda k: k if isinstance(k, str) else key_bytes(k).decode("utf-8", "replace")) \
+            if chars else key_bytes
+        target = norm(origin)
+        merged = sorted({k for keys in per_node.values() for k in keys},
+                        key=lambda k: (_levenshtein(norm(k), target), key_bytes(k)))
+        return merged[:limit] if limit else merged
+
+    def play_script(self, name: str | bytes, kv_dict: Mapping[Any, Any] | None = None, *,
+                    node: str | None = None, key: Key | None = None) -> dict[Any, bytes]:
+        """Run a Lua procedure on ``node``, or on the node that owns ``key``."""
+        if (node is None) == (key is None):
+            raise ArgumentError("play_script needs exactly one of node= or key=")
+        topo = self._topology
+        target = topo.ring.node_for(key) if key is not None else self._member_named(node).name  # type: ignore
+        return self._execute(op_class("play_script"), topo, target, lambda m: m.fast.play_script(name, kv_dict),
+                             self._deadline())
+
+    # -- cursors ----------------------------------------------------------------------------------
+
+    def cursor(self, node: str) -> Cursor:
+        """A cursor on one node (cursors live on a server; no retries, no failover)."""
+        return self._member_named(node).http.cursor()
+
+    def iterate(self, db: Any = 0) -> Iterator[tuple[Any, Any]]:
+        """Every ``(key, value)`` of the cluster, node after node (each node in its DB's
+        order).  Not a snapshot: concurrent writes may or may not be seen."""
+        for name in list(self._topology.members):
+            with self.cursor(name) as cur:
+                if not cur.jump(db=db):
+                    continue
+                while True:
+                    key, value = cur.get()
+                    if key is None:
+                        break
+                    yield key, value
+                    if not cur.step():
+                        break
+
+    # -- observability and lifecycle --------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Per-node breaker and pool counters, and cluster-wide retry/failover counts."""
+        topo = self._topology
+        breakers = self.health.stats()
+        nodes = {}
+        for member in list(topo.members.values()) + list(topo.partners.values()):
+            nodes[member.name] = {"address": member.node.address, "health": breakers.get(member.name),
+                                  "pool": member.http.pool.stats()}
+        budget = self.retry.budget
+        return {"nodes": nodes, **self._counters, "down": self.health.down(),
+                "retry_budget": None if budget is None else {"tokens": budget.tokens, "denied": budget.denied}}
+
+    def close(self) -> None:
+        """Close every pool and stop the fan-out threads.  Calls after close reconnect."""
+        topo = self._topology
+        for member in list(topo.members.values()) + list(topo.partners.values()):
+            member.http.close()
+        self._fanout.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Cluster {list(self.nodes.values())} binary={self.binary} down={self.health.down()}>"
+
+
+def _same(item: T) -> T:
+    return item
+
+
+def _first(item: tuple[Any, Any]) -> Any:
+    return item[0]
+
+
+def _sorted_union(lists: Iterable[list[Any]], limit: int | None) -> list[Any]:
+    merged = sorted({k for keys in lists for k in keys})
+    return merged[:limit] if limit else merged
+
+
+def _levenshtein(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Edit distance between two strings (or byte strings)."""
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def _merge(per_node: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Sum the numeric fields every node reports; keep each node's dict under "nodes"."""
+    merged: dict[str, Any] = {}
+    dicts = list(per_node.values())
+    for field in dicts[0] if dicts else ():
+        values = [d.get(field) for d in dicts]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            merged[field] = sum(values)  # type: ignore[arg-type]
+    merged["nodes"] = per_node
+    return merged

@@ -10,9 +10,10 @@ reading of a value.  All functions take bytes and treat them as C strings (a NUL
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 
-__all__ = ["INT64MAX", "INT64MIN", "to_int64", "atoi", "atoix", "atoih", "atof", "strmktime", "timegm"]
+__all__ = ["INT64MAX", "INT64MIN", "to_int64", "atoi", "atoin", "atoix", "atoih", "atof", "strmktime", "timegm"]
 
 INT64MAX = (1 << 63) - 1
 INT64MIN = -(1 << 63)
@@ -42,19 +43,51 @@ def _sign(data: bytes, pos: int) -> tuple[int, int]:
     return 1, pos
 
 
+#: int() converts at most 4300 digits at once: longer runs are converted in two pieces.
+_INT_DIGITS = 4000
+#: digit runs longer than this overflow even a long double (max ~1.19e4932).
+_EXACT_DIGITS = 4932
+#: stands for "a number too large for any C type": a multiple of 2^64 (so int64
+#: wrapping still sees the exact low 64 bits) that overflows a long double.
+_HUGE = 10 ** 4950
+_DIGIT_RUN = re.compile(rb"[0-9]*")
+
+
 def _digits(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(value, digit count, new pos) of the decimal digits at pos."""
+    """(value, digit count, new pos) of the decimal digits at pos.
+
+    A run of more than _EXACT_DIGITS significant digits is worth ``_HUGE`` plus its
+    last 64 digits: the same low 64 bits as the exact value (10^64 is a multiple of
+    2^64), and larger than anything the callers saturate or overflow at."""
     start = pos
-    end = len(data)
-    while pos < end and 0x30 <= data[pos] <= 0x39:
-        pos += 1
-    return (int(data[start:pos]) if pos > start else 0), pos - start, pos
+    pos = _DIGIT_RUN.match(data, pos).end()
+    digits = data[start:pos]
+    if len(digits) > _INT_DIGITS:
+        digits = digits.lstrip(b"0")
+        if len(digits) > _EXACT_DIGITS:
+            return _HUGE + int(digits[-64:]), pos - start, pos
+        if len(digits) > _INT_DIGITS:
+            return (int(digits[:-_INT_DIGITS]) * 10 ** _INT_DIGITS + int(digits[-_INT_DIGITS:]),
+                    pos - start, pos)
+    return (int(digits) if digits else 0), pos - start, pos
 
 
 def atoi(data: bytes) -> int:
     """kc::atoi: blanks, optional sign, decimal digits; anything else ends the number
     (no digits: 0).  The result wraps like int64 arithmetic."""
     pos = _skip_blanks(data)
+    sign, pos = _sign(data, pos)
+    num, _, _ = _digits(data, pos)
+    return to_int64(sign * num)
+
+
+def atoin(data: bytes) -> int:
+    """kc::atoin: atoi over a byte array rather than a C string: the leading bytes
+    skipped are 0x00-0x20 (NULs included) and a NUL after them ends the number."""
+    pos = 0
+    end = len(data)
+    while pos < end and data[pos] <= 0x20:
+        pos += 1
     sign, pos = _sign(data, pos)
     num, _, _ = _digits(data, pos)
     return to_int64(sign * num)
@@ -71,7 +104,8 @@ def atoix(data: bytes) -> int:
         frac_start = pos + 1
         _, count, pos = _digits(data, frac_start)
         if count:
-            value = num + Fraction(int(data[frac_start:pos]), 10 ** count)
+            count = min(count, 40)  # beyond a long double's precision
+            value = num + Fraction(int(data[frac_start:frac_start + count]), 10 ** count)
     value = value * sign
     pos = _skip_blanks(data, pos)
     if pos < len(data):
@@ -108,7 +142,7 @@ def atof(data: bytes) -> float:
     if word == b"nan":
         return math.nan
     num, _, ipos = _digits(data, pos)
-    col = len(str(num)) if num else 0
+    col = len(data[pos:ipos].lstrip(b"0"))
     value: Fraction = Fraction(num)
     pos = ipos
     if pos < len(data) and data[pos] == 0x2E:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from email.utils import formatdate
 from typing import NamedTuple
 
 from ..errors import ProtocolError
@@ -22,7 +21,7 @@ from .binary import Incomplete
 from .kcnum import atoi, atoih
 
 __all__ = [
-    "SERVER_NAME", "LINE_MAX", "BODY_MAX", "reason", "http_date",
+    "SERVER_NAME", "LINE_MAX", "BODY_MAX", "reason", "http_date", "format_http_date",
     "encode_request", "ResponseHead", "parse_response_head",
     "RequestHead", "BadRequest", "HTTPError", "read_line", "parse_request_head",
     "read_request_body", "encode_response", "encode_error_response",
@@ -67,15 +66,30 @@ def reason(code: int) -> str:
     return "Unknown Status"
 
 
+_DAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
+
+
+def format_http_date(t: int) -> bytes:
+    """ktutil datestrhttp with no offset: ``Www, DD Mon YYYY hh:mm:ss GMT`` for any epoch
+    second (X-Kt-Xt may lie far beyond the year 9999)."""
+    try:
+        tm = time.gmtime(t)
+    except (OverflowError, OSError, ValueError):
+        tm = time.gmtime(0)
+    return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (_DAYS[tm.tm_wday], tm.tm_mday, _MONTHS[tm.tm_mon - 1],
+                                                   tm.tm_year, tm.tm_hour, tm.tm_min, tm.tm_sec)
+
+
 _date_cache: tuple[int, bytes] = (0, b"")
 
 
 def http_date(now: float | None = None) -> bytes:
-    """RFC 1123 date in GMT, e.g. ``Thu, 26 Nov 2026 16:53:53 GMT`` (cached per second)."""
+    """The RFC 1123 ``Date`` of now, in GMT (cached per second)."""
     global _date_cache
     sec = int(time.time() if now is None else now)
     if _date_cache[0] != sec:
-        _date_cache = (sec, formatdate(sec, usegmt=True).encode())
+        _date_cache = (sec, format_http_date(sec))
     return _date_cache[1]
 
 
@@ -111,24 +125,30 @@ def parse_response_head(buf: bytes, pos: int = 0, *, head_request: bool = False)
         raise Incomplete(len(buf) + 1)
     lines = buf[pos:end].split(b"\r\n")
     status_line = lines[0]
-    try:
-        version, code = status_line.split(b" ", 2)[:2]
-        status = int(code)
-    except ValueError:
-        raise ProtocolError(f"malformed HTTP status line {status_line[:80]!r}") from None
-    if not version.startswith(b"HTTP/1."):
-        raise ProtocolError(f"malformed HTTP status line {status_line[:80]!r}")
+    if status_line[:9] == b"HTTP/1.1 " and status_line[9:12].isdigit() and status_line[12:13] in (b" ", b""):
+        status = int(status_line[9:12])  # the usual case, without the general parse below
+        keep_alive = True
+    else:
+        try:
+            version, code = status_line.split(b" ", 2)[:2]
+            status = int(code)
+        except ValueError:
+            raise ProtocolError(f"malformed HTTP status line {status_line[:80]!r}") from None
+        if not version.startswith(b"HTTP/1."):
+            raise ProtocolError(f"malformed HTTP status line {status_line[:80]!r}")
+        keep_alive = version == b"HTTP/1.1"
     headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if sep:
             headers[name.strip().lower()] = value.strip()
-    keep_alive = version == b"HTTP/1.1"
-    conn = headers.get(b"connection", b"").lower()
-    if conn == b"close":
-        keep_alive = False
-    elif conn == b"keep-alive":
-        keep_alive = True
+    conn = headers.get(b"connection")
+    if conn is not None:
+        conn = conn.lower()
+        if conn == b"close":
+            keep_alive = False
+        elif conn == b"keep-alive":
+            keep_alive = True
     length: int | None
     if head_request or status in (204, 304) or 100 <= status < 200:
         length = 0

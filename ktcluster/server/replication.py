@@ -1,0 +1,110 @@
+"""The replication master: the 0xB1 request (ktserver do_bin_replication).
+
+After the 14 bytes ``flags:u32 ts:u64 sid:u16`` the master answers 0xB1 and streams
+every update-log entry with a time stamp > ``ts``: by default all but those whose
+origin sid is the requester's; with the WHITESID flag only those.  Every 256 entries
+filtered out in a row it sends a size-0 dummy record carrying the last skipped time
+stamp.  At the end of the log it sends a 0xB0 heartbeat with
+``max(now - 1 s, highest time stamp read)``, waits for the single byte 0xB1 (anything
+else ends the session), sleeps 0.1 s and looks again.
+
+A requested time stamp older than the oldest remaining update-log file is not an error:
+as with ktserver, the stream starts at the oldest file and the entries of removed files
+are silently missing.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ..protocol.binary import MAGIC_ERROR, MAGIC_REPLICATION
+from ..protocol.replication import FLAG_WHITESID, encode_log_message, encode_nop
+from .config import LOG_ERROR, LOG_INFO, LOG_SYSTEM
+from .ulog import UlogError, clock_pure
+
+if TYPE_CHECKING:
+    from .server import Session
+
+__all__ = ["serve", "DUMMY_FREQ"]
+
+#: a dummy record is sent after this many entries filtered out in a row
+DUMMY_FREQ = 256
+_REQUEST = struct.Struct(">IQH")
+_SID = struct.Struct(">H")
+_BATCH = 1 << 16
+
+
+def serve(session: Session) -> bool:
+    """Stream the update log to a slave until it fails or the server stops."""
+    server = session.server
+    data = session.read(_REQUEST.size)
+    if data is None:
+        return False
+    flags, ts, sid = _REQUEST.unpack(data)
+    white = bool(flags & FLAG_WHITESID)
+    if server.ulog is None:
+        session.send(bytes((MAGIC_ERROR,)))
+        server.log(LOG_INFO, "no update log allows no replication")
+        return False
+    try:
+        reader = server.ulog.reader(ts)
+    except (UlogError, OSError):
+        server.log(LOG_ERROR, "opening an update log reader failed")
+        session.send(bytes((MAGIC_ERROR,)))
+        return False
+    try:
+        if not session.send(bytes((MAGIC_REPLICATION,))):
+            return False
+        server.log(LOG_SYSTEM, f"a slave was connected: ts={ts} sid={sid}")
+        _stream(session, reader, sid, white)
+        server.log(LOG_SYSTEM, f"a slave was disconnected: sid={sid}")
+    finally:
+        reader.close()
+    return False
+
+
+def _stream(session: Session, reader, sid: int, white: bool) -> None:
+    server = session.server
+    stopping = server.stopping
+    highest = 0
+    missed = 0
+    out: list[bytes] = []
+    pending = 0
+    while not stopping.is_set():
+        entry = reader.read()
+        if entry is not None:
+            message, mts = entry
+            origin = _SID.unpack_from(message)[0] if len(message) >= 4 else None
+            wanted = origin is not None and ((origin == sid) if white else (origin != sid))
+            if wanted:
+                missed = 0
+                chunk = encode_log_message(mts, message)
+            else:
+                missed += 1
+                chunk = b""
+                if missed >= DUMMY_FREQ:
+                    chunk = encode_log_message(mts, b"")
+                    missed = 0
+            if chunk:
+                out.append(chunk)
+                pending += len(chunk)
+                if pending >= _BATCH:
+                    if not session.send(b"".join(out)):
+                        return
+                    out, pending = [], 0
+            if mts > highest:
+                highest = mts
+            continue
+        now = clock_pure()
+        if now > 1000000000:
+            now -= 1000000000
+        out.append(encode_nop(max(now, highest)))
+        if not session.send(b"".join(out)):
+            return
+        out, pending = [], 0
+        ack = session.read(1)
+        if ack != bytes((MAGIC_REPLICATION,)):
+            return
+        if stopping.wait(0.1):
+            return

@@ -1,0 +1,625 @@
+"""The server: listener, one thread per connection, first-byte dispatch, the HTTP loop.
+
+Each connection gets a :class:`Session` running in its own thread with a blocking socket
+(the fastest arrangement in CPython for a few busy connections; a ``WAIT`` or a slow
+client just blocks its own thread).  Every request starts by looking at one byte:
+``0x00`` or ``>= 0x80`` is the binary protocol (:mod:`.binary`, :mod:`.replication`),
+anything else an HTTP request (:mod:`.rpc` under ``/rpc/``, :mod:`.rest` otherwise).
+The two may alternate and be pipelined on one connection.
+
+Timeouts are ktserver's: ``-tout`` bounds every blocking read *inside* a request, while
+an idle keep-alive connection waits for its next request indefinitely.
+
+Hooks for the parts other modules add (all optional, looked up lazily):
+
+* ``server.scripting`` -- the Lua engine of ``-scr``: an object with
+  ``call(name: bytes, inmap: dict[bytes, bytes]) -> (rv: int, outmap: dict)`` and
+  ``reload()``; built by ``ktcluster.server.scripting.create_engine(server, path)``.
+  None: play_script answers as a ktserver without a script.
+* ``server.slave`` -- the replication slave of ``-mhost``/``-rts``: an object with
+  ``start()``, ``stop()``, ``tune(host, port, ts, iv)`` (ts/iv None = keep),
+  ``report_fields() -> dict[str, str]`` (the ``repl_*`` fields of ``report``, empty
+  while no master is set), and attributes ``host`` (str, "" = none) and ``rts`` (the
+  last applied time stamp, used by ``synchronize``); built by
+  ``ktcluster.server.slave.create_slave(server)`` when ``-rts`` is given.
+* ``server.plugins`` -- listeners started and stopped with the server (``-plsv``):
+  objects with ``start()`` and ``stop()``; ``ktplugservmemc.so`` is built by
+  ``ktcluster.server.memcached.create_plugin(server, expr)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol.binary import Incomplete
+from ..protocol.http import (
+    BODY_MAX,
+    BadRequest,
+    HTTPError,
+    encode_error_response,
+    parse_request_head,
+    read_request_body,
+)
+from ..protocol.rpc import RPC_PREFIX
+from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM, ConfigError, ServerConfig
+from .storage import Cursor, Database, StorageError
+from .ulog import UlogError, UpdateLog
+
+__all__ = ["Server", "Session", "Conditions", "Logger", "Counter"]
+
+#: the largest request head we buffer before giving up on a client (ktserver has no limit,
+#: but each of its lines is at most 8191 bytes; this bounds memory per connection)
+HEAD_MAX = 1 << 20
+_RECV_SIZE = 65536
+
+
+class Counter:
+    """Indices of the ``cnt_*`` operation counters of ``report``."""
+
+    SET, SET_MISS, REMOVE, REMOVE_MISS, GET, GET_MISS, SCRIPT, MISC = range(8)
+    NAMES = ("cnt_set", "cnt_set_misses", "cnt_remove", "cnt_remove_misses", "cnt_get", "cnt_get_misses",
+             "cnt_script", "cnt_misc")
+
+
+class Logger:
+    """ktserver's log: ``DATE: [KIND]: message`` lines, filtered by the -li/-ls/-le/-lz
+    kinds.  Nothing is written unless a -log path is given (``-`` = stdout)."""
+
+    _NAMES = {LOG_DEBUG: "DEBUG", LOG_INFO: "INFO", LOG_SYSTEM: "SYSTEM", LOG_ERROR: "ERROR"}
+
+    def __init__(self, path: str | None, kinds: int) -> None:
+        self.path = path
+        self.kinds = kinds if path else 0
+        self._lock = threading.Lock()
+        self._stream: Any = None
+        self.open()
+
+    def open(self) -> None:
+        if not self.path:
+            return
+        if self.path == "-":
+            self._stream = sys.stdout
+        else:
+            try:
+                self._stream = open(self.path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+            except OSError:
+                raise ConfigError(f"{self.path}: could not open the log file") from None
+
+    def reopen(self) -> None:
+        """SIGUSR1 / SIGHUP as daemon: reopen the log file (for log rotation)."""
+        with self._lock:
+            self.close()
+            self.open()
+
+    def close(self) -> None:
+        if self._stream is not None and self._stream is not sys.stdout:
+            self._stream.close()
+        self._stream = None
+
+    def log(self, kind: int, message: str) -> None:
+        if not kind & self.kinds or self._stream is None:
+            return
+        now = time.time()
+        local = time.localtime(now)
+        offset = local.tm_gmtoff // 60
+        zone = "Z" if offset == 0 else "%s%02d:%02d" % ("+" if offset > 0 else "-", abs(offset) // 60,
+                                                        abs(offset) % 60)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", local) + ".%06d" % int(now % 1 * 1e6) + zone
+        with self._lock:
+            try:
+                self._stream.write(f"{stamp}: [{self._NAMES.get(kind, 'MISC')}]: {message}\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+class Conditions:
+    """Named condition variables for WAIT/SIGNAL (kc::CondMap): a signal wakes one
+    waiter, a broadcast all of them; signals are not queued."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._counts: dict[bytes, list[int]] = {}  # name -> [waiting, wakes pending]
+
+    def wait(self, name: bytes, timeout: float) -> bool:
+        """Wait for a signal on ``name``; False when none came in ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            count = self._counts.setdefault(name, [0, 0])
+            count[0] += 1
+            try:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                    if count[1] > 0:
+                        count[1] -= 1
+                        return True
+            finally:
+                count[0] -= 1
+                if count[0] < 1:
+                    del self._counts[name]
+
+    def signal(self, name: bytes) -> int:
+        """Wake one waiter; returns how many were waiting."""
+        with self._cond:
+            count = self._counts.get(name)
+            if count is None or count[0] < 1:
+                return 0
+            if count[1] < count[0]:
+                count[1] += 1
+            self._cond.notify_all()
+            return count[0]
+
+    def broadcast(self, name: bytes) -> int:
+        """Wake every waiter; returns how many were waiting."""
+        with self._cond:
+            count = self._counts.get(name)
+            if count is None or count[0] < 1:
+                return 0
+            count[1] = count[0]
+            self._cond.notify_all()
+            return count[0]
+
+    def broadcast_all(self) -> None:
+        with self._cond:
+            for count in self._counts.values():
+                count[1] = count[0]
+            self._cond.notify_all()
+
+
+class Session:
+    """One client connection: its read buffer, its cursors, its counters."""
+
+    def __init__(self, server: Server, sock: socket.socket, addr: Any) -> None:
+        self.server = server
+        self.sock = sock
+        self.addr = addr
+        self.buf = b""
+        self.pos = 0
+        self.cursors: dict[int, Cursor] = {}
+        self.counts = [0] * 8
+        self.binary_failed = False  # set by the binary front end when a request was cut short
+        self.timeout = server.config.timeout if server.config.timeout > 0 else None
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def recv_more(self) -> bool:
+        """Read more bytes (waiting at most -tout); False on EOF, timeout or error."""
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except OSError:
+            return False
+        if not data:
+            return False
+        if self.pos:
+            self.buf = self.buf[self.pos:] + data
+            self.pos = 0
+        else:
+            self.buf += data
+        return True
+
+    def ensure(self, size: int) -> bool:
+        """Make ``size`` unread bytes available (False if they never come).  Large reads
+        are collected in pieces and joined once, never preallocated."""
+        have = len(self.buf) - self.pos
+        if have >= size:
+            return True
+        parts = [self.buf[self.pos:]]
+        recv = self.sock.recv
+        try:
+            while have < size:
+                data = recv(max(_RECV_SIZE, min(size - have, 1 << 20)))
+                if not data:
+                    break
+                parts.append(data)
+                have += len(data)
+        except OSError:
+            pass
+        self.buf = b"".join(parts)
+        self.pos = 0
+        return have >= size
+
+    def read(self, size: int) -> bytes | None:
+        """Exactly ``size`` bytes, or None if the connection fails first."""
+        pos = self.pos
+        end = pos + size
+        if end > len(self.buf):
+            if not self.ensure(size):
+                return None
+            pos, end = 0, size
+        self.pos = end
+        return self.buf[pos:end]
+
+    def wait_request(self) -> int | None:
+        """The first byte of the next request, waiting as long as it takes (an idle
+        keep-alive connection never times out); None when the connection is done."""
+        if self.pos < len(self.buf):
+            return self.buf[self.pos]
+        stopping = self.server.stopping
+        while not stopping.is_set():
+            try:
+                data = self.sock.recv(_RECV_SIZE)
+            except TimeoutError:
+                continue
+            except OSError:
+                return None
+            if not data:
+                return None
+            self.buf = data
+            self.pos = 0
+            return data[0]
+        return None
+
+    def send(self, data: bytes) -> bool:
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        server = self.server
+        binary = server.binary_handler
+        while True:
+            first = self.wait_request()
+            if first is None:
+                return
+            server.task_started()
+            try:
+                if first == 0 or first >= 0x80:
+                    keep = binary(self, first)
+                else:
+                    keep = self.handle_http()
+            finally:
+                server.task_finished()
+            if not keep:
+                return
+
+    def handle_http(self) -> bool:
+        """One HTTP request and its answer; whether the connection stays open."""
+        while True:
+            try:
+                head = parse_request_head(self.buf, self.pos)
+                break
+            except Incomplete:
+                if len(self.buf) - self.pos > HEAD_MAX or not self.recv_more():
+                    return False
+            except BadRequest:
+                return False
+        body = b""
+        if head.reads_body:
+            if head.content_length >= 0:
+                if head.content_length > BODY_MAX:
+                    self.send(encode_error_response(413, "request entity too large"))
+                    return False
+                self.pos = head.body_start
+                data = self.read(head.content_length)
+                if data is None:
+                    self.send(encode_error_response(400, "receiving data failed"))
+                    return False
+                body = data
+            elif head.chunked:
+                while True:
+                    try:
+                        body, end = read_request_body(self.buf, head)
+                        self.pos = end
+                        break
+                    except Incomplete:
+                        if not self.recv_more():
+                            self.send(encode_error_response(400, "receiving data failed"))
+                            return False
+                    except HTTPError as exc:
+                        self.send(encode_error_response(exc.code, exc.message))
+                        return False
+            else:
+                self.pos = head.body_start
+        else:
+            self.pos = head.body_start
+        if head.path.startswith(RPC_PREFIX):
+            response = self.server.rpc_handler(self, head, body)
+        else:
+            response = self.server.rest_handler(self, head, body)
+        if not self.send(response):
+            return False
+        return head.keep_alive
+
+    def close(self) -> None:
+        self.cursors.clear()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _load_hook(module: str, factory: str) -> Callable[..., Any] | None:
+    """A factory of an optional module built by another part of the project, or None."""
+    try:
+        mod = importlib.import_module(f"{__package__}.{module}")
+    except ImportError:
+        return None
+    return getattr(mod, factory, None)
+
+
+class Server:
+    """A running embedded Kyoto Tycoon server.
+
+    ``Server(config)`` opens the update log and the databases and binds the port;
+    :meth:`serve_forever` accepts connections until :meth:`stop`; :meth:`close`
+    releases everything.  Attributes used by the front ends and the hooks: ``config``,
+    ``dbs`` (list of :class:`~.storage.Database`), ``db_index`` (name -> index), ``ulog``
+    (:class:`~.ulog.UpdateLog` or None), ``conditions``, ``logger``, ``scripting``,
+    ``slave``, ``plugins``, ``stopping`` (an Event), ``start_time``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        from . import binary, rest, rpc  # the front ends import this module's types
+
+        self.config = config
+        self.logger = Logger(config.log_path, config.log_kinds)
+        self.start_time = time.time()
+        self.pid = os.getpid()
+        self.stopping = threading.Event()
+        self.conditions = Conditions()
+        self.scripting: Any = None
+        self.slave: Any = None
+        self.plugins: list[Any] = []
+        self.ulog: UpdateLog | None = None
+        self.dbs: list[Database] = []
+        self.db_index: dict[str, int] = {}
+        self.binary_handler = binary.handle
+        self.rpc_handler = rpc.handle
+        self.rest_handler = rest.handle
+        self.name = f"localhost:{config.port}" if config.port != 80 else "localhost"
+        self._sessions: dict[int, Session] = {}
+        self._sessions_lock = threading.Lock()
+        self._finished_counts = [0] * 8
+        self._tasks = 0
+        self._tasks_lock = threading.Lock()
+        self._last_event = time.monotonic()
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self.log(LOG_SYSTEM, f"================ [START]: pid={self.pid}")
+        try:
+            self._open(config)
+        except BaseException:
+            self.close()
+            raise
+
+    def log(self, kind: int, message: str) -> None:
+        self.logger.log(kind, message)
+
+    def _open(self, config: ServerConfig) -> None:
+        if config.plugin_db_path and not config.void_db:
+            self.log(LOG_ERROR, f"could not load a plug-in database file: {config.plugin_db_path}")
+            raise ConfigError(f"{config.plugin_db_path}: could not load a plug-in database file")
+        if config.ulog_path:
+            self.log(LOG_SYSTEM, f"opening the update log: path={config.ulog_path} sid={config.sid}")
+            try:
+                self.ulog = UpdateLog(config.ulog_path, config.ulog_limit, config.ulog_sync_interval)
+            except UlogError as exc:
+                self.log(LOG_ERROR, f"could not open the update log: {config.ulog_path}")
+                raise ConfigError(f"could not open the update log: {exc}") from None
+        for index, spec in enumerate(config.dbs):
+            self.log(LOG_SYSTEM, f"opening a database: path={spec.path}")
+            try:
+                db = Database(spec, index, writable=not config.read_only, void=config.void_db,
+                              sink=self.ulog, sid=config.sid)
+            except (StorageError, OSError) as exc:
+                self.log(LOG_ERROR, f"could not open a database file: {spec.path}: {exc}")
+                raise ConfigError(f"could not open a database file: {spec.path}: {exc}") from None
+            self.dbs.append(db)
+            self.db_index[db.name] = index
+        if config.script_path:
+            self.log(LOG_SYSTEM, f"loading a script file: path={config.script_path}")
+            create_engine = _load_hook("scripting", "create_engine")
+            if create_engine is not None:
+                self.scripting = create_engine(self, config.script_path)
+            else:
+                self.log(LOG_ERROR, "the scripting extension is not available")
+        if config.rts_path:
+            create_slave = _load_hook("slave", "create_slave")
+            if create_slave is not None:
+                self.slave = create_slave(self)
+            else:
+                self.log(LOG_ERROR, "the replication slave is not available")
+        if config.plugin_server_path:
+            self.log(LOG_SYSTEM, f"loading a plug-in server file: path={config.plugin_server_path}")
+            create_plugin = None
+            if os.path.basename(config.plugin_server_path) == "ktplugservmemc.so":
+                create_plugin = _load_hook("memcached", "create_plugin")
+            if create_plugin is None:
+                self.log(LOG_ERROR, f"could not load a plug-in server file: {config.plugin_server_path}")
+                raise ConfigError(f"{config.plugin_server_path}: could not load a plug-in server file")
+            self.plugins.append(create_plugin(self, config.plugin_server_expr))
+        host = config.host
+        if host:
+            try:
+                host = socket.gethostbyname(host)
+            except OSError:
+                self.log(LOG_ERROR, f"unknown host: {config.host}")
+                raise ConfigError(f"unknown host: {config.host}") from None
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((host or "0.0.0.0", config.port))
+            listener.listen(128)
+        except OSError as exc:
+            listener.close()
+            self.log(LOG_ERROR, f"socket error: {exc}")
+            raise ConfigError(f"could not listen on port {config.port}: {exc.strerror}") from None
+        listener.settimeout(0.25)
+        self._listener = listener
+        self.log(LOG_SYSTEM, f"server socket opened: expr={host or ''}:{config.port} timeout={config.timeout:.1f}")
+
+    # -- counters and tasks -------------------------------------------------------------------
+
+    def task_started(self) -> None:
+        with self._tasks_lock:
+            self._tasks += 1
+        self._last_event = time.monotonic()
+
+    def task_finished(self) -> None:
+        with self._tasks_lock:
+            self._tasks -= 1
+        self._last_event = time.monotonic()
+
+    def task_count(self) -> int:
+        return self._tasks
+
+    def connection_count(self) -> int:
+        return len(self._sessions)
+
+    def counts(self) -> list[int]:
+        """The ``cnt_*`` totals over every connection served."""
+        with self._sessions_lock:
+            total = list(self._finished_counts)
+            for session in self._sessions.values():
+                for i, value in enumerate(session.counts):
+                    total[i] += value
+        return total
+
+    def db_by_expr(self, expr: bytes) -> Database | None:
+        """The database an RPC ``DB`` value or REST path segment names: a decimal index
+        when it starts with a digit (kc::atoi), else an exact name; empty = DB 0."""
+        if not expr:
+            return self.dbs[0] if self.dbs else None
+        if 0x30 <= expr[0] <= 0x39:
+            end = 1
+            while end < len(expr) and 0x30 <= expr[end] <= 0x39:
+                end += 1
+            index = int(expr[:end])
+        else:
+            nul = expr.find(b"\0")
+            index = self.db_index.get((expr if nul < 0 else expr[:nul]).decode("utf-8", "surrogateescape"), -1)
+        return self.dbs[index] if 0 <= index < len(self.dbs) else None
+
+    # -- serving ------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Accept connections until :meth:`stop`; then wake every waiter."""
+        listener = self._listener
+        assert listener is not None
+        for plugin in self.plugins:
+            plugin.start()
+        if self.slave is not None:
+            self.slave.start()
+        timer = threading.Thread(target=self._timer_loop, name="kt-timer", daemon=True)
+        timer.start()
+        self.log(LOG_SYSTEM, f"listening server socket started: fd={listener.fileno()}")
+        try:
+            while not self.stopping.is_set():
+                try:
+                    sock, addr = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    if self.stopping.is_set():
+                        break
+                    time.sleep(0.01)
+                    continue
+                self._last_event = time.monotonic()
+                self._spawn(sock, addr)
+        finally:
+            self.stopping.set()
+            self.conditions.broadcast_all()
+            self.log(LOG_SYSTEM, "server stopped")
+            timer.join()
+
+    def _spawn(self, sock: socket.socket, addr: Any) -> None:
+        sock.settimeout(self.config.timeout if self.config.timeout > 0 else None)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        session = Session(self, sock, addr)
+        thread = threading.Thread(target=self._serve_session, args=(session,), daemon=True,
+                                  name=f"kt-conn-{addr}")
+        with self._sessions_lock:
+            self._sessions[id(session)] = session
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def _serve_session(self, session: Session) -> None:
+        self.log(LOG_INFO, f"connected: expr={session.addr[0]}:{session.addr[1]}")
+        try:
+            session.run()
+        except Exception as exc:  # a bug in one connection must not take the server down
+            self.log(LOG_ERROR, f"unexpected error in a session: {exc!r}")
+        finally:
+            session.close()
+            with self._sessions_lock:
+                self._sessions.pop(id(session), None)
+                for i, value in enumerate(session.counts):
+                    self._finished_counts[i] += value
+            self.log(LOG_INFO, f"disconnecting: expr={session.addr[0]}:{session.addr[1]}")
+
+    def _timer_loop(self) -> None:
+        """ktserver's idle and timer events: while no request has been running for 0.1 s
+        the garbage collector of one database advances (round robin); -asi synchronises."""
+        idle_count = 0
+        next_sync = time.time() + self.config.sync_interval
+        while not self.stopping.wait(0.1):
+            if (self._tasks == 0 and time.monotonic() - self._last_event >= 0.1 and self.dbs
+                    and not self.config.read_only):
+                db = self.dbs[idle_count % len(self.dbs)]
+                idle_count += 1
+                for _ in range(4):
+                    if self._tasks > 0:
+                        break
+                    db.vacuum(2)
+            if self.config.sync_interval > 0 and time.time() >= next_sync:
+                for db in self.dbs:
+                    db.synchronize(self.config.sync_hard)
+                next_sync = time.time() + self.config.sync_interval
+
+    def stop(self) -> None:
+        """Stop accepting and end every connection (safe from a signal handler)."""
+        self.stopping.set()
+        with self._sessions_lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            try:
+                session.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def restart(self) -> None:
+        """SIGUSR1 (or SIGHUP as a daemon): reopen the log and reload the script."""
+        self.logger.reopen()
+        if self.scripting is not None and hasattr(self.scripting, "reload"):
+            self.log(LOG_SYSTEM, f"reloading a script file: path={self.config.script_path}")
+            self.scripting.reload()
+
+    def close(self) -> None:
+        """Stop the slave and plug-ins, close the databases and the update log."""
+        self.stopping.set()
+        for plugin in self.plugins:
+            plugin.stop()
+        if self.slave is not None:
+            self.slave.stop()
+        with self._sessions_lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(2.0)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for db in self.dbs:
+            self.log(LOG_SYSTEM, f"closing a database: path={db.path}")
+            db.close()
+        if self.ulog is not None:
+            self.ulog.close()
+            self.ulog = None
+        self.log(LOG_SYSTEM, f"================ [FINISH]: pid={self.pid}")
+        self.logger.close()

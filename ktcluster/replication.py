@@ -111,11 +111,10 @@ from .protocol.replication import (
     OP_CLEAR,
     OP_REMOVE,
     OP_SET,
-    StreamMessage,
+    LogRecord,
     decode_accept,
-    decode_log_entry,
+    decode_log_stream,
     decode_stream_message,
-    decode_stream_messages,
     encode_handshake,
     parse_ulog_list,
     split_xt,
@@ -189,17 +188,16 @@ class _Link:
         used = decode_accept(self._buf)
         self._buf = self._buf[used:]
 
-    def read(self) -> list[StreamMessage]:
-        """The next messages (at least one); heartbeats are acknowledged at once."""
+    def read(self) -> list[LogRecord | int]:
+        """The next items of :func:`decode_log_stream` (at least one); heartbeats are acknowledged."""
         buf = self._buf
         while True:
-            msgs, pos = decode_stream_messages(buf)
-            if msgs:
+            items, pos, heartbeats = decode_log_stream(buf)
+            if items:
                 self._buf = buf[pos:]
-                for msg in msgs:
-                    if msg.is_nop:
-                        self._send(ACK)
-                return msgs
+                if heartbeats:
+                    self._send(ACK * heartbeats)
+                return items
             need = _bytes_needed(buf)
             chunks = [buf]
             have = len(buf)
@@ -404,43 +402,41 @@ class KyotoSlave:
         link = self._link()
         try:
             link.handshake(0, self.sid, flags)
-            return link.read()[0].ts
+            first = link.read()[0]
+            return first if type(first) is int else first[0]
         finally:
             self._drop(link)
 
-    def _decode(self, msgs: list[StreamMessage], persistent: dict[int, bool]) -> list[_Item]:
-        """Records (ng's dict keys plus ``ts``) and the ts of heartbeats and dummies."""
+    def _decode(self, items: list[LogRecord | int], persistent: dict[int, bool]) -> list[_Item]:
+        """Records (ng's dict keys plus ``ts``); progress-only ints pass through."""
         out: list[_Item] = []
         append = out.append
         sid = self.sid
         whitesid = self.whitesid
-        for msg in msgs:
-            payload = msg.payload
-            if not payload:  # heartbeat or dummy: progress only
-                append(msg.ts)
+        for item in items:
+            if type(item) is int:  # heartbeat or dummy
+                append(item)
                 continue
-            entry = decode_log_entry(payload)
-            if (entry.sid == sid) != whitesid:
-                raise ProtocolError(f"{self.address} sent an entry of sid {entry.sid} to sid {sid} "
+            ts, origin, dbid, op, key, value = item  # type: ignore[misc]
+            if (origin == sid) != whitesid:
+                raise ProtocolError(f"{self.address} sent an entry of sid {origin} to sid {sid} "
                                     f"({'whitesid' if whitesid else 'default'} filter)")
-            op = entry.op
             if op == OP_SET:
-                dbid = entry.dbid
                 keep = persistent.get(dbid)
                 if keep is None:
                     keep = persistent[dbid] = self._is_persistent(dbid)
                 if keep:
-                    expires, value = XT_NEVER, entry.value
+                    expires = XT_NEVER
                 else:
-                    expires, value = split_xt(entry.value)
-                append({"sid": entry.sid, "db": dbid, "op": op, "key": entry.key, "expires": expires,
-                        "value": value, "ts": msg.ts})
+                    expires, value = split_xt(value)
+                append({"sid": origin, "db": dbid, "op": op, "key": key, "expires": expires, "value": value,
+                        "ts": ts})
             elif op == OP_REMOVE:
-                append({"sid": entry.sid, "db": entry.dbid, "op": op, "key": entry.key, "ts": msg.ts})
+                append({"sid": origin, "db": dbid, "op": op, "key": key, "ts": ts})
             elif op == OP_CLEAR:
-                append({"sid": entry.sid, "db": entry.dbid, "op": op, "ts": msg.ts})
+                append({"sid": origin, "db": dbid, "op": op, "ts": ts})
             else:  # never written by KT; ktserver's slave skips unknown ops too
-                append(msg.ts)
+                append(ts)
         return out
 
     def _is_persistent(self, dbid: int) -> bool:

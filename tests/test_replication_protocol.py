@@ -15,8 +15,9 @@ from ktcluster.protocol.replication import (
     OP_REMOVE,
     OP_SET,
     decode_accept,
+    decode_log_entry,
+    decode_log_stream,
     decode_stream_message,
-    decode_stream_messages,
     encode_log_entry,
     encode_log_message,
     encode_nop,
@@ -35,35 +36,52 @@ def golden_stream(case_name: str, conn: str = "r0") -> bytes:
 # -- framing ----------------------------------------------------------------------------------
 
 
-def test_decode_stream_messages_returns_complete_messages_and_leftover():
-    data = (encode_log_message(5, encode_log_entry(1, 0, OP_REMOVE, b"k")) + encode_nop(6)
-            + encode_log_message(7, b""))
-    whole, _ = decode_stream_messages(data)
+def test_decode_log_stream_returns_complete_messages_and_leftover():
+    entry = encode_log_entry(1, 0, OP_REMOVE, b"k")
+    data = encode_log_message(5, entry) + encode_nop(6) + encode_log_message(7, b"") + encode_nop(8)
+    whole, pos, heartbeats = decode_log_stream(data)
+    assert whole == [(5, 1, 0, OP_REMOVE, b"k", b""), 6, 7, 8] and pos == len(data) and heartbeats == 2
     for cut in range(len(data) + 1):
-        msgs, pos = decode_stream_messages(data[:cut])
-        assert pos <= cut and msgs == whole[:len(msgs)]
-        rest, end = decode_stream_messages(data[pos:])  # the leftover, then the bytes after the cut
-        assert msgs + rest == whole and pos + end == len(data)
-    msgs, pos = decode_stream_messages(data)
-    assert pos == len(data)
-    assert [(m.is_nop, m.ts, m.payload) for m in msgs] == [
-        (False, 5, encode_log_entry(1, 0, OP_REMOVE, b"k")), (True, 6, b""), (False, 7, b"")]
+        items, pos, beats = decode_log_stream(data[:cut])
+        assert pos <= cut and items == whole[:len(items)]
+        if pos < cut:
+            with pytest.raises(Incomplete):  # what is left is the start of one message
+                decode_stream_message(data[pos:cut])
+        rest, end, more = decode_log_stream(data[pos:])  # the leftover, then the bytes after the cut
+        assert items + rest == whole and pos + end == len(data) and beats + more == 2
 
 
-def test_decode_stream_messages_agrees_with_the_single_message_decoder():
+def test_decode_log_stream_agrees_with_the_single_message_decoders():
     data = golden_stream("stream-all-operations-from-ts0")[1:]
-    msgs, pos = decode_stream_messages(data)
+    items, pos, _ = decode_log_stream(data)
     single, at = [], 0
     while at < pos:
         msg, at = decode_stream_message(data, at)
-        single.append(msg)
-    assert msgs == single and len(msgs) > 10
+        single.append(msg.ts if msg.is_nop or not msg.payload else (msg.ts, *decode_log_entry(msg.payload)))
+    assert items == single and len(items) > 10
+
+
+@pytest.mark.parametrize("payload", [b"\x00\x01\x00\x00", b"\x00\x01\x00\x00\xa1\x81",
+                                     b"\x00\x01\x00\x00\xa1\x02\x01k", b"\x00\x01\x00\x00\xa2\x05k"])
+def test_truncated_entries_are_protocol_errors(payload):
+    # a varnum or key running past the message must not read the next message's bytes
+    data = encode_log_message(1, payload) + encode_nop(2)
+    with pytest.raises(ProtocolError):
+        decode_log_stream(data)
+    with pytest.raises(ProtocolError):
+        decode_log_entry(payload)
+
+
+def test_long_sizes_use_multi_byte_varnums():
+    entry = encode_log_entry(3, 1, OP_SET, b"K" * 200, b"V" * 70000)
+    assert decode_log_entry(entry) == (3, 1, OP_SET, b"K" * 200, b"V" * 70000)
+    assert decode_log_stream(encode_log_message(9, entry))[0] == [(9, 3, 1, OP_SET, b"K" * 200, b"V" * 70000)]
 
 
 @pytest.mark.parametrize("byte", [b"\xbf", b"\x00", b"\xb4"])
 def test_bad_byte_in_the_stream_is_a_protocol_error(byte):
     with pytest.raises(ProtocolError):
-        decode_stream_messages(encode_nop(1) + byte)
+        decode_log_stream(encode_nop(1) + byte)
 
 
 def test_decode_accept():
@@ -98,8 +116,8 @@ def test_parse_ulog_list():
 
 def decode(data: bytes, persistent: dict[int, bool], sid: int = 2, whitesid: bool = False) -> list:
     assert decode_accept(data) == 1
-    msgs, _ = decode_stream_messages(data[1:])
-    return KyotoSlave(sid, whitesid=whitesid)._decode(msgs, persistent)
+    items, _, _ = decode_log_stream(data[1:])
+    return KyotoSlave(sid, whitesid=whitesid)._decode(items, persistent)
 
 
 def strip_ts(items: list) -> list:
@@ -136,7 +154,7 @@ def test_golden_dummy_record_is_progress_only():
 
 
 def test_expiry_and_unknown_ops():
-    msgs, _ = decode_stream_messages(
+    msgs, _, _ = decode_log_stream(
         encode_log_message(10, encode_log_entry(1, 0, OP_SET, b"k", join_xt(1234567890, b"v")))
         + encode_log_message(11, encode_log_entry(1, 0, 0xA7)))
     items = KyotoSlave(2)._decode(msgs, {0: False})
@@ -145,7 +163,7 @@ def test_expiry_and_unknown_ops():
 
 
 def test_entries_the_filter_should_have_dropped_are_protocol_errors():
-    msgs, _ = decode_stream_messages(encode_log_message(10, encode_log_entry(2, 0, OP_CLEAR)))
+    msgs, _, _ = decode_log_stream(encode_log_message(10, encode_log_entry(2, 0, OP_CLEAR)))
     with pytest.raises(ProtocolError):
         KyotoSlave(2)._decode(msgs, {})
     with pytest.raises(ProtocolError):

@@ -30,7 +30,7 @@ __all__ = [
     "LogEntry", "StreamMessage",
     "encode_varnum", "decode_varnum",
     "encode_handshake", "decode_handshake",
-    "decode_accept", "encode_log_message", "encode_nop", "decode_stream_message", "decode_stream_messages",
+    "decode_accept", "encode_log_message", "encode_nop", "decode_stream_message", "LogRecord", "decode_log_stream",
     "encode_log_entry", "decode_log_entry",
     "split_xt", "join_xt",
     "UlogFile", "parse_ulog_list",
@@ -85,10 +85,11 @@ def encode_varnum(num: int) -> bytes:
     return bytes(reversed(out))
 
 
-def decode_varnum(buf: bytes, pos: int) -> tuple[int, int]:
-    """(value, new pos); raises ProtocolError when the buffer ends mid-number."""
+def decode_varnum(buf: bytes, pos: int, end: int | None = None) -> tuple[int, int]:
+    """(value, new pos); raises ProtocolError when the buffer (or ``end``) comes mid-number."""
     num = 0
-    end = len(buf)
+    if end is None:
+        end = len(buf)
     while True:
         if pos >= end:
             raise ProtocolError("truncated varnum in a replication log entry")
@@ -171,18 +172,27 @@ def _bad_magic(magic: int) -> ProtocolError:
     return ProtocolError(f"unexpected byte 0x{magic:02x} in the replication stream")
 
 
-def decode_stream_messages(buf: bytes, pos: int = 0) -> tuple[list[StreamMessage], int]:
-    """Every complete message from ``pos`` on: (messages, pos after the last one).
+#: A decoded data message: (ts, sid, dbid, op, key, value) -- value as stored, see LogEntry.
+LogRecord = tuple[int, int, int, int, bytes, bytes]
 
-    The bytes left over are the start of the next message (the list is empty
-    when not even one message is complete; :func:`decode_stream_message` then
-    says how many bytes it needs).  Errors as for :func:`decode_stream_message`.
+
+def decode_log_stream(buf: bytes, pos: int = 0) -> tuple[list[LogRecord | int], int, int]:
+    """Every complete message from ``pos`` on, entries parsed: (items, new pos, heartbeats).
+
+    An item is a :data:`LogRecord` tuple for a log entry, or the bare ts (an int)
+    of a heartbeat or of a size-0 dummy (progress only).  ``heartbeats`` counts
+    the heartbeats, each of which the client must acknowledge with :data:`ACK`.
+    The bytes after ``new pos`` are the start of an incomplete message (the list
+    is empty when not even one message is complete; :func:`decode_stream_message`
+    then says how many bytes it needs).  Errors as for :func:`decode_stream_message`.
+    Plain tuples, parsed in place: this is the consumers' hot path.
     """
-    out: list[StreamMessage] = []
+    out: list[LogRecord | int] = []
     append = out.append
     end = len(buf)
     log_head = _LOG_HEAD.unpack_from
     nop = _NOP.unpack_from
+    heartbeats = 0
     while pos < end:
         magic = buf[pos]
         if magic == MAGIC_REPLICATION:
@@ -192,16 +202,17 @@ def decode_stream_messages(buf: bytes, pos: int = 0) -> tuple[list[StreamMessage
             stop = pos + 13 + size
             if end < stop:
                 break
-            append(StreamMessage(False, ts, buf[pos + 13:stop]))
+            append(_parse_entry(buf, pos + 13, stop, ts) if size else ts)
             pos = stop
         elif magic == MAGIC_NOP:
             if end < pos + 9:
                 break
-            append(StreamMessage(True, nop(buf, pos)[1], b""))
+            append(nop(buf, pos)[1])
+            heartbeats += 1
             pos += 9
         else:
             raise _bad_magic(magic)
-    return out, pos
+    return out, pos, heartbeats
 
 
 # -- log entries ------------------------------------------------------------------------------
@@ -219,21 +230,36 @@ def encode_log_entry(sid: int, dbid: int, op: int, key: bytes = b"", value: byte
 
 def decode_log_entry(payload: bytes) -> LogEntry:
     """Parse one entry; unknown op codes come back with empty key and value."""
-    if len(payload) < 5:
+    return LogEntry(*_parse_entry(payload, 0, len(payload), 0)[1:])
+
+
+def _parse_entry(buf: bytes, pos: int, end: int, ts: int) -> LogRecord:
+    """The entry in ``buf[pos:end]`` as (ts, sid, dbid, op, key, value)."""
+    if end - pos < 5:
         raise ProtocolError("replication log entry shorter than its 5-byte header")
-    sid, dbid, op = _ENTRY_HEAD.unpack_from(payload)
-    if op == OP_SET:
-        ksiz, pos = decode_varnum(payload, 5)
-        vsiz, pos = decode_varnum(payload, pos)
-        if pos + ksiz + vsiz > len(payload):
-            raise ProtocolError("truncated SET entry in the replication stream")
-        return LogEntry(sid, dbid, op, payload[pos:pos + ksiz], payload[pos + ksiz:pos + ksiz + vsiz])
+    sid, dbid, op = _ENTRY_HEAD.unpack_from(buf, pos)
+    if op != OP_SET and op != OP_REMOVE:
+        return ts, sid, dbid, op, b"", b""
+    pos += 5
+    # sizes below 128 take one byte: decoded inline (the hot path), longer ones by decode_varnum
+    if pos < end and buf[pos] < 0x80:
+        ksiz = buf[pos]
+        pos += 1
+    else:
+        ksiz, pos = decode_varnum(buf, pos, end)
     if op == OP_REMOVE:
-        ksiz, pos = decode_varnum(payload, 5)
-        if pos + ksiz > len(payload):
+        if pos + ksiz > end:
             raise ProtocolError("truncated REMOVE entry in the replication stream")
-        return LogEntry(sid, dbid, op, payload[pos:pos + ksiz], b"")
-    return LogEntry(sid, dbid, op, b"", b"")
+        return ts, sid, dbid, op, buf[pos:pos + ksiz], b""
+    if pos < end and buf[pos] < 0x80:
+        vsiz = buf[pos]
+        pos += 1
+    else:
+        vsiz, pos = decode_varnum(buf, pos, end)
+    kend = pos + ksiz
+    if kend + vsiz > end:
+        raise ProtocolError("truncated SET entry in the replication stream")
+    return ts, sid, dbid, op, buf[pos:kend], buf[kend:kend + vsiz]
 
 
 def split_xt(stored: bytes) -> tuple[int, bytes]:
@@ -241,7 +267,7 @@ def split_xt(stored: bytes) -> tuple[int, bytes]:
     xt is XTMAX when the record never expires."""
     if len(stored) < 5:
         raise ProtocolError("stored value shorter than its 5-byte expiration prefix")
-    return _XT5.unpack(b"\0\0\0" + stored[:5])[0], stored[5:]
+    return int.from_bytes(stored[:5], "big"), stored[5:]
 
 
 def join_xt(xt: int, value: bytes) -> bytes:

@@ -1,0 +1,137 @@
+"""A gevent WSGI app: every request shares one ktcluster.Cluster.
+
+Run it with gevent's own server::
+
+    python examples/gevent_app.py --listen 127.0.0.1:8080 kt1:1978 kt2:1978 kt3:1978
+
+or under gunicorn's gevent worker (which monkey-patches before loading the app)::
+
+    KT_SERVERS=kt1:1978,kt2:1978 gunicorn -k gevent -w 2 'gevent_app:app_from_env()'
+
+The Cluster is created after ``monkey.patch_all()``, so its pools block greenlets,
+and its bulk calls fan out as greenlets.  One Cluster per process is the intended
+use: the pools, breakers and retry budget are shared by all requests.
+
+Endpoints (values are raw bytes)::
+
+    GET    /kv/<key>             200 value | 404
+    PUT    /kv/<key>             204 (body = value)
+    DELETE /kv/<key>             204 | 404
+    POST   /incr/<key>?by=N      200 new value
+    POST   /bulk                 200 {"stored": n}   (body: JSON object key -> text value)
+    GET    /bulk?key=a&key=b     200 {key: value} of the keys found
+    GET    /health               200 {"down": [...], "nodes": {name: breaker state}}
+
+Errors map to status codes: a down or unreachable node 503, an unknown outcome 504, a timeout
+504, a partial bulk failure 502 with ``{"results": ..., "failed_keys": [...]}``.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
+from urllib.parse import parse_qs, unquote  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+
+from ktcluster import KT_PACKER_BYTES  # noqa: E402
+from ktcluster.cluster import Cluster  # noqa: E402
+from ktcluster.errors import (  # noqa: E402
+    KTConnectionError,
+    KTTimeoutError,
+    OutcomeUnknownError,
+    PartialFailureError,
+)
+
+Environ = dict
+StartResponse = Callable[..., object]
+
+
+def _reply(start: StartResponse, status: str, body: bytes = b"", ctype: str = "application/octet-stream"
+           ) -> Iterable[bytes]:
+    start(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _json(start: StartResponse, status: str, obj: object) -> Iterable[bytes]:
+    return _reply(start, status, json.dumps(obj).encode(), "application/json")
+
+
+def make_app(cluster: Cluster) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+    """The WSGI callable serving ``cluster``."""
+
+    def app(environ: Environ, start: StartResponse) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO", "")
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        try:
+            if path.startswith("/kv/"):
+                key = unquote(path[4:])
+                if method == "GET":
+                    value = cluster.get(key)
+                    return _reply(start, "404 Not Found") if value is None else _reply(start, "200 OK", value)
+                if method == "PUT":
+                    size = int(environ.get("CONTENT_LENGTH") or 0)
+                    cluster.set(key, environ["wsgi.input"].read(size))
+                    return _reply(start, "204 No Content")
+                if method == "DELETE":
+                    return _reply(start, "204 No Content" if cluster.remove(key) else "404 Not Found")
+            elif path.startswith("/incr/") and method == "POST":
+                value = cluster.increment(unquote(path[6:]), int(query.get("by", ["1"])[0]))
+                return _reply(start, "200 OK", str(value).encode(), "text/plain")
+            elif path == "/bulk" and method == "POST":
+                size = int(environ.get("CONTENT_LENGTH") or 0)
+                records = json.loads(environ["wsgi.input"].read(size))
+                stored = cluster.set_bulk({k: v.encode() for k, v in records.items()})
+                return _json(start, "200 OK", {"stored": stored})
+            elif path == "/bulk" and method == "GET":
+                found = cluster.get_bulk(query.get("key", []))
+                return _json(start, "200 OK", {k: v.decode() for k, v in found.items()})
+            elif path == "/health":
+                return _json(start, "200 OK", {"down": cluster.health.down(),
+                                               "nodes": {n: cluster.health[n].state.value for n in cluster.nodes}})
+            return _reply(start, "404 Not Found")
+        except PartialFailureError as exc:
+            results = exc.results
+            if isinstance(results, dict) and all(isinstance(v, bytes) for v in results.values()):
+                results = {k: v.decode() for k, v in results.items()}
+            return _json(start, "502 Bad Gateway", {"error": str(exc), "results": results,
+                                                    "failed_keys": exc.failed_keys})
+        except (OutcomeUnknownError, KTTimeoutError) as exc:
+            return _json(start, "504 Gateway Timeout", {"error": str(exc)})
+        except KTConnectionError as exc:  # NodeDownError included
+            return _json(start, "503 Service Unavailable", {"error": str(exc)})
+
+    return app
+
+
+def app_from_env() -> Callable[[Environ, StartResponse], Iterable[bytes]]:
+    """For gunicorn: the servers come from ``KT_SERVERS`` (comma-separated host:port)."""
+    servers = [s for s in os.environ.get("KT_SERVERS", "127.0.0.1:1978").split(",") if s]
+    return make_app(Cluster(servers, pack_type=KT_PACKER_BYTES))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
+    parser.add_argument("--timeout", type=float, default=2.0, help="socket timeout towards KT (seconds)")
+    parser.add_argument("servers", nargs="+", help="KT servers, host:port")
+    args = parser.parse_args(argv)
+    cluster = Cluster(args.servers, pack_type=KT_PACKER_BYTES, timeout=args.timeout)
+    host, port = args.listen.rsplit(":", 1)
+    server = WSGIServer((host, int(port)), make_app(cluster), log=None)
+    gevent.signal_handler(signal.SIGTERM, server.stop, 1)
+    try:
+        server.serve_forever()
+    finally:
+        cluster.close()
+
+
+if __name__ == "__main__":
+    main()

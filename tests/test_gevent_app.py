@@ -1,0 +1,116 @@
+"""examples/gevent_app.py: a gevent WSGI server sharing one Cluster, driven by concurrent
+requests; one node then dies and the app answers with the right status codes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from ktcluster.cluster import Cluster
+from ktcluster.testing import KTServer, free_port, start_cluster
+
+APP = Path(__file__).parent.parent / "examples" / "gevent_app.py"
+
+
+class App:
+    def __init__(self, servers: list[str]) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, str(APP), "--listen", f"127.0.0.1:{self.port}",
+                                      "--timeout", "1", *servers], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the example app did not start")
+            time.sleep(0.05)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            conn.request(method, path, body=body)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[KTServer]]:
+    with start_cluster(3) as srvs:
+        yield srvs
+
+
+@pytest.fixture
+def app(servers) -> Iterator[App]:
+    running = App([s.address for s in servers])
+    yield running
+    running.stop()
+
+
+def test_concurrent_requests_share_one_cluster(app, servers):
+    def client(worker: int) -> None:
+        for i in range(15):
+            key = quote(f"w{worker}/k{i}", safe="")
+            assert app.request("PUT", f"/kv/{key}", f"v{worker}-{i}".encode())[0] == 204
+            assert app.request("GET", f"/kv/{key}") == (200, f"v{worker}-{i}".encode())
+            assert app.request("POST", "/incr/counter")[0] == 200
+        records = {f"b{worker}:{j}": str(j) for j in range(20)}
+        assert json.loads(app.request("POST", "/bulk", json.dumps(records).encode())[1]) == {"stored": 20}
+        query = "&".join(f"key={quote(k)}" for k in list(records) + ["absent"])
+        status, body = app.request("GET", f"/bulk?{query}")
+        assert status == 200 and json.loads(body) == records
+
+    with ThreadPoolExecutor(24) as pool:
+        list(pool.map(client, range(24)))
+    status, body = app.request("POST", "/incr/counter?by=0")
+    assert (status, body) == (200, str(24 * 15).encode())
+    assert app.request("GET", "/kv/nothing-here")[0] == 404
+    assert app.request("DELETE", f"/kv/{quote('w0/k0', safe='')}")[0] == 204
+    # every key went to its own node
+    check = Cluster([s.address for s in servers])
+    assert sum(check.per_node("count").values()) == 24 * 15 - 1 + 1 + 24 * 20
+    check.close()
+
+
+def test_a_dead_node_maps_to_http_errors(app, servers):
+    ring = Cluster([s.address for s in servers])
+    dead = servers[0]
+    groups: dict[str, list[str]] = {}
+    for i in range(60):
+        groups.setdefault(ring.node_for(f"x{i}"), []).append(f"x{i}")
+    ring.close()
+    records = {k: "v" for keys in groups.values() for k in keys}
+    assert app.request("POST", "/bulk", json.dumps(records).encode())[0] == 200
+    dead.kill()
+    status, body = app.request("GET", f"/kv/{groups[dead.address][0]}")
+    assert status == 503 and b"marked down" in body
+    status, body = app.request("GET", "/bulk?" + "&".join(f"key={k}" for k in records))
+    report = json.loads(body)
+    assert status == 502 and sorted(report["failed_keys"]) == sorted(groups[dead.address])
+    assert report["results"] == {k: "v" for k in records if k not in groups[dead.address]}
+    health = json.loads(app.request("GET", "/health")[1])
+    assert health["down"] == [dead.address]

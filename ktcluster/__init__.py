@@ -17,7 +17,7 @@ __all__ = [
     "KT_PACKER_CUSTOM", "KT_PACKER_PICKLE", "KT_PACKER_JSON", "KT_PACKER_STRING", "KT_PACKER_BYTES",
     "MemcachePacker", "SimpleMemcachePacker",
     "KEEP", "ExpireAt",
-    "KyotoSlave", "OP_SET", "OP_REMOVE", "OP_CLEAR",
+    "KyotoSlave", "OP_SET", "OP_REMOVE", "OP_CLEAR", "ReplicationStream", "Checkpoint",
 ]
 
 #: public name -> module (relative to this package) that defines it
@@ -38,6 +38,8 @@ _EXPORTS = {
     "OP_SET": "replication",
     "OP_REMOVE": "replication",
     "OP_CLEAR": "replication",
+    "ReplicationStream": "replication",
+    "Checkpoint": "replication",
 }
 
 
@@ -67,4 +69,4 @@ if TYPE_CHECKING:
         MemcachePacker,
         SimpleMemcachePacker,
     )
-    from .replication import OP_CLEAR, OP_REMOVE, OP_SET, KyotoSlave
+    from .replication import OP_CLEAR, OP_REMOVE, OP_SET, Checkpoint, KyotoSlave, ReplicationStream

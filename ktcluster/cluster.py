@@ -50,6 +50,7 @@ from .fanout import DeadlineExceeded, Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
 from .packers import KT_PACKER_PICKLE
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
+from .replication import ReplicationStream
 from .retry import OpClass, RetryPolicy, op_class
 from .ring import Key, Ring, RingDiff
 
@@ -569,6 +570,16 @@ class Cluster:
                     yield key, value
                     if not cur.step():
                         break
+
+    # -- replication ------------------------------------------------------------------------------
+
+    def replication(self, sid: int, since: Any = None, **options: Any) -> ReplicationStream:
+        """Every node's update log merged into one stream ordered by ``(ts, node)``:
+        ``ReplicationStream(self.nodes, sid, since, **options)`` (see
+        :mod:`ktcluster.replication` for ``since``, the options and the guarantees).
+        Failover partners are not read: writes made on a partner while its node was
+        down are in the partner's log (stream them with ``origin_sids``)."""
+        return ReplicationStream(self.nodes, sid, since, **options)
 
     # -- observability and lifecycle --------------------------------------------------------------
 

@@ -16,7 +16,7 @@ record's KT timestamp, so a consumer can resume exactly after it with
 * a closed or broken connection raises :class:`~ktcluster.errors.KTConnectionError`
   (ng: ``IOError``), a refusal (no update log) :class:`~ktcluster.errors.ReplicationError`,
   and garbage :class:`~ktcluster.errors.ProtocolError` -- all KyotoTycoonException;
-  a bad ``sid`` still raises ``ValueError`` as in ng;
+  a bad ``sid`` raises :class:`~ktcluster.errors.ArgumentError`, a ``ValueError`` as in ng;
 * ``close()`` ends ``consume()`` cleanly, from any thread;
 * op codes other than SET/REMOVE/CLEAR (KT never writes them) are skipped, as
   ktserver's own slave does, instead of raising;
@@ -97,6 +97,7 @@ from typing import IO, Any
 
 from .connection import Connection
 from .errors import (
+    ArgumentError,
     InvalidArgumentError,
     KTConnectionError,
     ProtocolError,
@@ -147,7 +148,7 @@ def ts_from_seconds(seconds: float) -> int:
 
 def _check_sid(sid: int) -> int:
     if not isinstance(sid, int) or not 0 <= sid <= 65535:
-        raise ValueError("SID must fit in a 16-bit unsigned integer")
+        raise ArgumentError("SID must fit in a 16-bit unsigned integer")
     return sid
 
 
@@ -473,7 +474,7 @@ class Checkpoint:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Checkpoint:
-        """Parse :meth:`to_dict` output; anything else raises InvalidArgumentError."""
+        """Parse :meth:`to_dict` output; anything else raises ArgumentError."""
         try:
             if data.get("version") != cls.VERSION:
                 raise ValueError(f"unknown checkpoint version {data.get('version')!r}")
@@ -483,7 +484,7 @@ class Checkpoint:
                     raise ValueError(f"bad position {node!r}: {ts!r}")
                 positions[node] = ts
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise InvalidArgumentError(f"not a replication checkpoint: {exc}") from exc
+            raise ArgumentError(f"not a replication checkpoint: {exc}") from exc
         return cls(positions)
 
     def to_json(self) -> str:
@@ -494,9 +495,9 @@ class Checkpoint:
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise InvalidArgumentError(f"not a replication checkpoint: {exc}") from exc
+            raise ArgumentError(f"not a replication checkpoint: {exc}") from exc
         if not isinstance(data, dict):
-            raise InvalidArgumentError("not a replication checkpoint: not a JSON object")
+            raise ArgumentError("not a replication checkpoint: not a JSON object")
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -525,23 +526,21 @@ class Checkpoint:
 
 def _master_addresses(masters: Sequence[str | tuple[str, int]] | Mapping[str, str | tuple[str, int]]
                       ) -> list[tuple[str, str, int]]:
-    """(name, host, port) per master; names are "host:port" unless a mapping gives them."""
-    items = list(masters.items()) if isinstance(masters, Mapping) else [(None, m) for m in masters]
-    out = []
-    for name, addr in items:
-        if isinstance(addr, str):
-            host, sep, port = addr.rpartition(":")
-            if not sep or not port.isdigit():
-                raise InvalidArgumentError(f"master address {addr!r} is not host:port")
-            host, port_no = host.strip("[]"), int(port)
-        else:
-            host, port_no = addr[0], int(addr[1])
-        out.append((name or f"{host}:{port_no}", host, port_no))
-    if not out:
-        raise InvalidArgumentError("a replication stream needs at least one master")
-    if len({name for name, _, _ in out}) != len(out):
-        raise InvalidArgumentError("master names must be unique")
-    return out
+    """(name, host, port) per master; names are "host:port" unless a mapping gives them
+    (the same rules as Cluster's ``servers``)."""
+    from .cluster import parse_address  # not at module level: KyotoSlave users need no ring
+
+    if isinstance(masters, (str, bytes)):
+        raise ArgumentError("masters must be a list of addresses or a mapping of name -> address")
+    if isinstance(masters, Mapping):
+        named = [(name, parse_address(addr)) for name, addr in masters.items()]
+    else:
+        named = [(f"{host}:{port}", (host, port)) for host, port in map(parse_address, masters)]
+    if not named:
+        raise ArgumentError("a replication stream needs at least one master")
+    if len({name for name, _ in named}) != len(named):
+        raise ArgumentError(f"duplicate master names: {[name for name, _ in named]}")
+    return [(name, host, port) for name, (host, port) in named]
 
 
 class _Source:
@@ -616,7 +615,7 @@ class ReplicationStream:
                  on_idle: Callable[[str, bool], None] | None = None) -> None:
         self.sid = _check_sid(sid)
         if idle_timeout <= 0:
-            raise InvalidArgumentError("idle_timeout must be positive")
+            raise ArgumentError("idle_timeout must be positive")
         self.idle_timeout = idle_timeout
         self.on_idle = on_idle
         self.late_records = 0
@@ -624,7 +623,7 @@ class ReplicationStream:
         origin_sids = dict(origin_sids or {})
         unknown = set(origin_sids) - {name for name, _, _ in addresses}
         if unknown:
-            raise InvalidArgumentError(f"origin_sids names unknown masters: {sorted(unknown)}")
+            raise ArgumentError(f"origin_sids names unknown masters: {sorted(unknown)}")
         if isinstance(since, Mapping):
             since = Checkpoint.from_dict(since)
         self._carried: dict[str, int] = {}

@@ -53,6 +53,9 @@ _REASONS = {
 }
 
 
+_REASON_BYTES = {code: text.encode() for code, text in _REASONS.items()}
+
+
 def reason(code: int) -> str:
     """kthttp.h status_name."""
     name = _REASONS.get(code)
@@ -234,10 +237,8 @@ class RequestHead(NamedTuple):
         return self.method not in (b"GET", b"HEAD", b"DELETE")
 
 
-def parse_request_head(buf: bytes, pos: int = 0) -> RequestHead:
-    """Parse a request line and headers at ``pos``."""
-    line, pos = read_line(buf, pos)
-    line = _cstr(line)
+def _request_line(line: bytes) -> tuple[bytes, bytes, bytes, bytes | None, int]:
+    """(method, target, path, query, version) of a request line, or BadRequest."""
     method, sp, rest = line.partition(b" ")
     if not sp:
         raise BadRequest("no space in the request line")
@@ -247,21 +248,23 @@ def parse_request_head(buf: bytes, pos: int = 0) -> RequestHead:
     path, qmark, query = target.partition(b"?")
     if not path:
         raise BadRequest("empty request target")
-    if version_text == b"HTTP/1.0":
-        version = 0
-    elif version_text == b"HTTP/1.1":
+    if version_text == b"HTTP/1.1":
         version = 1
+    elif version_text == b"HTTP/1.0":
+        version = 0
     else:
         raise BadRequest("unsupported HTTP version")
+    return method, target, path, query if qmark else None, version
+
+
+def _request_head(request: tuple[bytes, bytes, bytes, bytes | None, int], lines: list[bytes],
+                  body_start: int) -> RequestHead:
+    method, target, path, query, version = request
     keep = version >= 1
     clen = -1
     chunked = False
     headers: dict[bytes, bytes] = {}
-    while True:
-        line, pos = read_line(buf, pos)
-        line = _cstr(line)
-        if not line:
-            break
+    for line in lines:
         name, colon, value = line.partition(b":")
         if not colon:
             continue
@@ -269,19 +272,41 @@ def parse_request_head(buf: bytes, pos: int = 0) -> RequestHead:
         if not name:
             continue
         value = value.lstrip(b" ")
-        if name == b"connection":
+        if name == b"content-length":
+            clen = int(value) if value.isdigit() and len(value) < 18 else atoi(value)
+        elif name == b"connection":
             if value.lower() == b"close":
                 keep = False
             elif value.lower() == b"keep-alive":
                 keep = True
-        elif name == b"content-length":
-            clen = atoi(value)
         elif name == b"transfer-encoding":
             if value.lower() == b"chunked":
                 chunked = True
         headers[name] = value
-    return RequestHead(method, target, path, query if qmark else None, version, headers,
-                       keep, clen, chunked, pos)
+    return RequestHead(method, target, path, query, version, headers, keep, clen, chunked, body_start)
+
+
+def parse_request_head(buf: bytes, pos: int = 0) -> RequestHead:
+    """Parse a request line and headers at ``pos``."""
+    end = buf.find(b"\r\n\r\n", pos)
+    if 0 <= end - pos < LINE_MAX:
+        # Fast path: a short head with plain CRLF line ends and no NUL reads the same
+        # as line by line below.
+        head = buf[pos:end]
+        crlf = head.count(b"\r\n")
+        if head.count(b"\n") == crlf and head.count(b"\r") == crlf and b"\0" not in head:
+            lines = head.split(b"\r\n")
+            return _request_head(_request_line(lines[0]), lines[1:], end + 4)
+    line, pos = read_line(buf, pos)
+    request = _request_line(_cstr(line))
+    lines = []
+    while True:
+        line, pos = read_line(buf, pos)
+        line = _cstr(line)
+        if not line:
+            break
+        lines.append(line)
+    return _request_head(request, lines, pos)
 
 
 def read_request_body(buf: bytes, head: RequestHead) -> tuple[bytes, int]:
@@ -336,6 +361,21 @@ def _capitalize(name: bytes) -> bytes:
     return bytes(out)
 
 
+_HEADER_LINES: dict[bytes, bytes | None] = {}
+
+
+def _header_prefix(name: bytes) -> bytes | None:
+    """``Capitalized-Name: `` of a header name as kthttp send_result writes it (None:
+    a name it drops), memoised."""
+    prefix = _HEADER_LINES.get(name, b"")
+    if prefix == b"":
+        norm = b" ".join(name.split()).lower()
+        prefix = _capitalize(norm) + b": " if norm and b":" not in norm and b" " not in norm else None
+        if len(_HEADER_LINES) < 1024:
+            _HEADER_LINES[name] = prefix
+    return prefix
+
+
 def encode_response(code: int, headers: Mapping[bytes, bytes], body: bytes, *, keep_alive: bool,
                     head_request: bool = False, now: float | None = None) -> bytes:
     """kthttp send_result: status line, Server, Date, Connection: close (when not keeping
@@ -343,14 +383,15 @@ def encode_response(code: int, headers: Mapping[bytes, bytes], body: bytes, *, k
     name and capitalised, blank line, body."""
     has_body = not head_request and code != 304
     parts = [b"HTTP/1.1 %d %s\r\nServer: %s\r\nDate: %s\r\n"
-             % (code, reason(code).encode(), SERVER_NAME, http_date(now))]
+             % (code, _REASON_BYTES.get(code) or reason(code).encode(), SERVER_NAME, http_date(now))]
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
     if has_body:
         parts.append(b"Content-Length: %d\r\n" % len(body))
-    for name, value in sorted((b" ".join(n.split()).lower(), v) for n, v in headers.items()):
-        if name and b":" not in name and b" " not in name:
-            parts.append(_capitalize(name) + b": " + b" ".join(value.split()) + b"\r\n")
+    for name, value in sorted(headers.items()) if len(headers) > 1 else headers.items():
+        prefix = _header_prefix(name)
+        if prefix is not None:
+            parts.append(prefix + b" ".join(value.split()) + b"\r\n")
     parts.append(b"\r\n")
     if has_body:
         parts.append(body)

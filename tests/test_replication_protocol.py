@@ -8,7 +8,7 @@ import json
 import pytest
 from golden_replay import load_cases, step_bytes
 
-from ktcluster.errors import InvalidArgumentError, ProtocolError, ReplicationError
+from ktcluster.errors import ArgumentError, ProtocolError, ReplicationError
 from ktcluster.protocol.binary import Incomplete
 from ktcluster.protocol.replication import (
     OP_CLEAR,
@@ -196,7 +196,7 @@ def test_checkpoint_round_trips(tmp_path):
                                   '{"version": 1, "positions": {"a": -1}}', '{"version": 1, "positions": {"a": "1"}}',
                                   '{"version": 1, "positions": {"a": true}}', '{"version": 1, "positions": []}'])
 def test_bad_checkpoints_are_rejected(text):
-    with pytest.raises(InvalidArgumentError):
+    with pytest.raises(ArgumentError):
         Checkpoint.from_json(text)
 
 

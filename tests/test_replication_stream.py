@@ -12,8 +12,11 @@ from collections import Counter
 
 import pytest
 
+from ktcluster import KT_PACKER_BYTES, Checkpoint, ReplicationStream
+from ktcluster.cli import main as cli_main
+from ktcluster.cluster import Cluster
 from ktcluster.connection import Connection
-from ktcluster.replication import Checkpoint, ReplicationStream, tail
+from ktcluster.replication import tail
 from ktcluster.testing import KTServer, start_cluster
 
 FLUSH = 0.3  # KT flushes its update log every 0.1 s
@@ -25,24 +28,17 @@ def masters():
         yield servers
 
 
-def write(servers: list[KTServer], keys: list[bytes], value: bytes = b"v") -> dict[bytes, str]:
-    """Write each key to one master (key i to master i % n) from one thread per master;
-    returns key -> the master's address."""
-    owner = {key: servers[i % len(servers)].address for i, key in enumerate(keys)}
-
-    def writer(srv: KTServer) -> None:
-        conn = Connection(srv.host, srv.port)
-        for key in keys:
-            if owner[key] == srv.address:
-                conn.call("set", {b"key": key, b"value": value})
-        conn.close()
-
-    threads = [threading.Thread(target=writer, args=(srv,)) for srv in servers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return owner
+def write(servers: list[KTServer], keys: list[bytes], value: bytes = b"v", writers: int = 4) -> dict[bytes, str]:
+    """Set every key through a Cluster of ``servers``, from ``writers`` threads at once;
+    returns key -> the node (``host:port``) that owns it."""
+    with Cluster([s.address for s in servers], pack_type=KT_PACKER_BYTES) as cluster:
+        threads = [threading.Thread(target=lambda part: [cluster.set(k, value) for k in part], args=(keys[i::writers],))
+                   for i in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return {key: cluster.node_for(key) for key in keys}
 
 
 class Consumer:
@@ -95,12 +91,14 @@ def keys_of(records: list[dict]) -> Counter:
 
 def test_every_write_once_in_order(masters):
     keys = [b"k%04d" % i for i in range(900)]
-    stream = ReplicationStream([s.address for s in masters], sid=99)
+    with Cluster([s.address for s in masters]) as cluster:
+        stream = cluster.replication(99)
     consumer = Consumer(stream, n=len(keys))
     time.sleep(0.5)  # the stream starts "now": let it connect first
     owner = write(masters, keys)
     records = consumer.wait_for(len(keys))
     consumer.stop()
+    assert len({owner[k] for k in keys}) == 3  # the ring spread the keys over every master
     assert consumer.error is None
     assert keys_of(records) == Counter((owner[k], k) for k in keys)
     check_order(records)
@@ -135,8 +133,7 @@ def test_a_master_killed_and_restarted(masters):
     assert len(consumer.wait_for(len(first))) == len(first)
     time.sleep(FLUSH)  # a SIGKILLed ktserver loses the update-log entries it has not flushed
     masters[1].kill()
-    write([masters[0], masters[2]], [b"b%03d" % i for i in range(20)])
-    owner.update({b"b%03d" % i: [masters[0], masters[2]][i % 2].address for i in range(20)})
+    owner.update(write([masters[0], masters[2]], [b"b%03d" % i for i in range(20)]))
     time.sleep(1.5)
     masters[1].restart()
     second = [b"c%03d" % i for i in range(90)]
@@ -313,3 +310,17 @@ def test_tail_prints_json_lines_and_resumes_from_its_checkpoint_file(masters, tm
     assert Counter((line["node"], line["key"].encode()) for line in lines) == Counter((owner[k], k) for k in keys)
     assert all(line["op"] == "set" and line["value"] == "v" and line["expires"] is None for line in lines)
     assert Checkpoint.load(path).positions.keys() == set(nodes)
+
+
+def test_cli_tail(masters, tmp_path, capsys):
+    keys = [b"c%02d" % i for i in range(12)]
+    owner = write(masters, keys)
+    time.sleep(FLUSH)
+    path = str(tmp_path / "cli.json")
+    names = [f"n{i}={s.address}" for i, s in enumerate(masters)]
+    assert cli_main(["tail", *names, "--since", "0", "--checkpoint-file", path, "--count", "12"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    name = {s.address: f"n{i}" for i, s in enumerate(masters)}
+    assert Counter((line["node"], line["key"]) for line in lines) == \
+        Counter((name[owner[k]], k.decode()) for k in keys)
+    assert Checkpoint.load(path).positions.keys() == set(name.values())

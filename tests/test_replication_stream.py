@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -16,10 +17,12 @@ from ktcluster import KT_PACKER_BYTES, Checkpoint, ReplicationStream
 from ktcluster.cli import main as cli_main
 from ktcluster.cluster import Cluster
 from ktcluster.connection import Connection
+from ktcluster.fanout import gevent_active
 from ktcluster.replication import tail
 from ktcluster.testing import KTServer, start_cluster
 
 FLUSH = 0.3  # KT flushes its update log every 0.1 s
+UNDER_GEVENT = bool(os.environ.get("KTCLUSTER_GEVENT_RUN"))  # set by test_replication_gevent.py
 
 
 @pytest.fixture
@@ -87,6 +90,10 @@ def check_order(records: list[dict]) -> None:
 
 def keys_of(records: list[dict]) -> Counter:
     return Counter((rec["node"], rec["key"]) for rec in records)
+
+
+def test_runs_in_the_expected_concurrency_mode():
+    assert gevent_active() == UNDER_GEVENT
 
 
 def test_every_write_once_in_order(masters):

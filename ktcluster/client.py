@@ -374,7 +374,10 @@ class KyotoTycoon:
         """The REST target for a key, or None when REST cannot carry this call."""
         if self._options:
             return None
-        target = _rest.rest_target(b"" if db == 0 and type(db) is int else self._db_param(db), key)
+        if db == 0 and type(db) is int:
+            target = b"/0/" + _rest.quote_path(key)
+        else:
+            target = _rest.rest_target(self._db_param(db), key)
         return target if len(target) <= _rest.MAX_TARGET else None
 
     def _read_raw(self, key: bytes, db: Any) -> tuple[bytes, int | None] | None:
@@ -922,7 +925,9 @@ class Cursor:
         try:
             out = conn.call(procedure, params)
         except BaseException as exc:
-            if not server_answered(exc):
+            if server_answered(exc):
+                self._generation = conn.generation
+            else:
                 self._release(discard=True)
             raise
         self._generation = conn.generation

@@ -34,7 +34,7 @@ import datetime as _dt
 import math
 from typing import Any, Final
 
-from .errors import InvalidArgumentError
+from .errors import ArgumentError
 from .protocol.binary import XT_NONE, XTMAX
 
 __all__ = ["KEEP", "ExpireAt", "Expire", "xt_of", "binary_xt", "expires_at"]
@@ -68,7 +68,7 @@ class ExpireAt:
 
     def __init__(self, epoch: float) -> None:
         if isinstance(epoch, bool) or not isinstance(epoch, (int, float)) or epoch != epoch:
-            raise InvalidArgumentError(f"ExpireAt needs epoch seconds, not {epoch!r}")
+            raise ArgumentError(f"ExpireAt needs epoch seconds, not {epoch!r}")
         self.epoch = epoch
 
     def __repr__(self) -> str:
@@ -100,7 +100,7 @@ def _xt_of(expire: Expire) -> int:
     kind = type(expire)
     if kind is float:
         if expire != expire or expire in (math.inf, -math.inf):
-            raise InvalidArgumentError(f"expire must be a finite number of seconds, not {expire!r}")
+            raise ArgumentError(f"expire must be a finite number of seconds, not {expire!r}")
         return math.ceil(expire) if expire >= 0 else -math.ceil(-expire)
     if isinstance(expire, ExpireAt):
         return -max(1, math.ceil(expire.epoch))
@@ -113,7 +113,7 @@ def _xt_of(expire: Expire) -> int:
         return math.ceil(seconds)
     if kind is not bool and isinstance(expire, int):
         return int(expire)
-    raise InvalidArgumentError(
+    raise ArgumentError(
         f"expire must be None, seconds, a datetime, a timedelta, ExpireAt or KEEP, not {expire!r}")
 
 

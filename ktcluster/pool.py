@@ -31,6 +31,8 @@ from types import ModuleType, TracebackType
 from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection
 from .errors import KyotoTycoonException, PoolTimeoutError
 
+_monotonic = time.monotonic
+
 __all__ = ["ConnectionPool", "PoolStats", "DEFAULT_POOL_SIZE", "DEFAULT_POOL_TIMEOUT"]
 
 DEFAULT_POOL_SIZE = 16
@@ -104,7 +106,9 @@ class ConnectionPool:
         self.max_lifetime = max_lifetime
         self.check_idle_after = check_idle_after
         self.socket_module = socket_module
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiters = 0
         self._idle: list[Connection] = []
         self._in_use: set[Connection] = set()
         self._created = 0
@@ -133,37 +137,46 @@ class ConnectionPool:
         waits forever) for one to become free."""
         if timeout is None:
             timeout = self.pool_timeout
-        cond = self._cond
-        started = 0.0
         while True:
-            with cond:
-                while True:
-                    if self._idle:
-                        conn = self._idle.pop()
-                        reused = True
-                        break
-                    if len(self._in_use) < self.size:
-                        conn = self._new_connection()
-                        reused = False
-                        break
-                    now = time.monotonic()
-                    if not started:
-                        started = now
-                    remaining = None if timeout is None else started + timeout - now
-                    if remaining is not None and remaining <= 0:
-                        waited = now - started
-                        self._record_wait(waited)
-                        raise PoolTimeoutError(
-                            f"no connection to {self.address} became free within {timeout:g} s "
-                            f"({self.size} in use)")
-                    cond.wait(remaining)
+            with self._lock:
+                if self._idle:
+                    conn = self._idle.pop()
+                    reused = True
+                elif len(self._in_use) < self.size:
+                    conn = self._new_connection()
+                    reused = False
+                else:
+                    conn, reused = self._wait_for_connection(timeout)
                 self._in_use.add(conn)
                 self._checkouts += 1
-                if started:
-                    self._record_wait(time.monotonic() - started)
             if not reused or self._usable(conn):
                 return conn
             self.checkin(conn, discard=True)
+
+    def _wait_for_connection(self, timeout: float | None) -> tuple[Connection, bool]:
+        """Called with the lock held when the pool is exhausted: wait for a checkin."""
+        started = time.monotonic()
+        self._waiters += 1
+        try:
+            while True:
+                now = time.monotonic()
+                remaining = None if timeout is None else started + timeout - now
+                if remaining is not None and remaining <= 0:
+                    self._record_wait(now - started)
+                    raise PoolTimeoutError(
+                        f"no connection to {self.address} became free within {timeout:g} s "
+                        f"({self.size} in use)")
+                self._cond.wait(remaining)
+                if self._idle:
+                    conn, reused = self._idle.pop(), True
+                    break
+                if len(self._in_use) < self.size:
+                    conn, reused = self._new_connection(), False
+                    break
+        finally:
+            self._waiters -= 1
+        self._record_wait(time.monotonic() - started)
+        return conn, reused
 
     def _record_wait(self, waited: float) -> None:
         self._wait_total += waited
@@ -176,7 +189,7 @@ class ConnectionPool:
             return False
         if not conn.connected:
             return True
-        now = time.monotonic()
+        now = _monotonic()
         idle = now - conn.last_used
         if self.idle_timeout is not None and idle > self.idle_timeout:
             return False
@@ -189,7 +202,7 @@ class ConnectionPool:
     def checkin(self, conn: Connection, *, discard: bool = False) -> None:
         """Return a connection.  It is closed instead of pooled when ``discard`` is set,
         when it is broken, or when the pool was closed since it was checked out."""
-        with self._cond:
+        with self._lock:
             if conn in self._in_use:
                 self._in_use.remove(conn)
                 if discard or conn.broken:
@@ -197,7 +210,8 @@ class ConnectionPool:
                 else:
                     self._idle.append(conn)
                     conn = None  # type: ignore[assignment]
-                self._cond.notify()
+                if self._waiters:
+                    self._cond.notify()
         if conn is not None:
             conn.close()
 
@@ -208,14 +222,14 @@ class ConnectionPool:
 
     def stats(self) -> PoolStats:
         """Current counters."""
-        with self._cond:
+        with self._lock:
             return PoolStats(len(self._in_use), len(self._idle), self._created, self._discarded,
                              self._checkouts, self._wait_total, self._wait_max)
 
     def close(self) -> None:
         """Close the idle connections; those in use are closed when they come back.
         The pool stays usable: later checkouts open new connections."""
-        with self._cond:
+        with self._lock:
             idle, self._idle = self._idle, []
             self._discarded += len(idle) + len(self._in_use)
             self._in_use = set()

@@ -3,9 +3,9 @@
 Pure functions over bytes.  REST moves a value as the raw HTTP body (no TSV
 column encoding), which makes it the cheapest HTTP path for single records.
 
-* The target is ``/`` + URL-encoded DB expression + ``/`` + URL-encoded key
-  (ktserver URL-decodes both; a raw ``/`` or ``+`` in a key would be misread,
-  so everything outside ``[A-Za-z0-9_.~-]`` is escaped).  The whole request
+* The target is ``/`` + DB expression + ``/`` + key, both URL-escaped where
+  ktserver would misread them (it URL-decodes both parts, dropping raw control,
+  space and non-ASCII bytes, so those, ``%``, ``+``, ``/``, ``?`` and ``#`` are escaped).  The whole request
   line must fit in :data:`~ktcluster.protocol.http.LINE_MAX` bytes:
   :data:`MAX_TARGET` is the longest target that always fits.
 * ``X-Kt-Xt`` on PUT is an **absolute** epoch; values that are not in
@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from ..errors import KyotoTycoonException, LogicalInconsistencyError, error_for_status
 from .http import LINE_MAX, ResponseHead
-from .tsv import url_encode
 
 __all__ = [
-    "MAX_TARGET", "rest_target", "encode_get", "encode_head", "encode_put", "encode_delete",
+    "MAX_TARGET", "quote_path", "rest_target", "encode_get", "encode_head", "encode_put", "encode_delete",
     "MODE_SET", "MODE_ADD", "MODE_REPLACE", "rest_error",
 ]
 
@@ -34,10 +33,24 @@ MODE_ADD = b"add"
 MODE_REPLACE = b"replace"
 
 
+# Bytes ktserver's REST path decoding keeps as they are: printable ASCII except '%' and '+'
+# (escapes), '/' (the DB separator), '?' (the query) and '#'.
+_PATH_SAFE = bytes(c for c in range(0x21, 0x7F) if c not in b"%+/?#")
+_PATH_TABLE = [bytes((c,)) if c in _PATH_SAFE else b"%%%02x" % c for c in range(256)]
+
+
+def quote_path(data: bytes) -> bytes:
+    """Escape a key or DB name for a REST target (only what ktserver would misread)."""
+    if not data.translate(None, _PATH_SAFE):
+        return data
+    table = _PATH_TABLE
+    return b"".join([table[c] for c in data])
+
+
 def rest_target(db: bytes, key: bytes) -> bytes:
-    """``/db/key`` with both parts URL-encoded; ``db`` is the DB expression as RPC's
+    """``/db/key`` with both parts escaped; ``db`` is the DB expression as RPC's
     ``DB`` takes it (index digits or name), b"" meaning DB 0."""
-    return b"/" + url_encode(db) + b"/" + url_encode(key)
+    return b"/" + quote_path(db) + b"/" + quote_path(key)
 
 
 def encode_get(target: bytes, host: bytes) -> bytes:

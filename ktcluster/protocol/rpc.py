@@ -33,13 +33,14 @@ _B64_CONTENT_TYPE = b"Content-Type: text/tab-separated-values; colenc=B\r\n"
 _RAW_CONTENT_TYPE = b"Content-Type: text/tab-separated-values\r\n"
 
 
-def _raw_safe(params: Sequence[tuple[bytes, bytes]]) -> bool:
-    """Can these fields travel as raw TSV?  (No TAB/LF in keys, no LF in values, no
-    value ending in CR, which the server would strip.)"""
-    for key, value in params:
-        if b"\t" in key or b"\n" in key or b"\n" in value or value[-1:] == b"\r" or key[-1:] == b"\r":
-            return False
-    return True
+def _raw_safe(params: Sequence[tuple[bytes, bytes]], body: bytes) -> bool:
+    """Can these fields travel as the raw TSV ``body`` (``encode_map(params)``)?  Not when a
+    key holds TAB or LF, a value holds LF, or a value ends in CR (the server strips it);
+    any CR LF in the body is treated as the last case."""
+    if body.count(b"\n") != len(params) or b"\r\n" in body:
+        return False
+    keys = b"".join([key for key, _ in params])
+    return b"\t" not in keys and b"\n" not in keys
 
 
 def encode_call(procedure: bytes, params: Sequence[tuple[bytes, bytes]], host: bytes = b"localhost",
@@ -49,8 +50,9 @@ def encode_call(procedure: bytes, params: Sequence[tuple[bytes, bytes]], host: b
     Fields go in the body, raw when they can, else Base64 (``colenc=B``);
     ``query`` (already URL-encoded, without '?') is only for parameters a
     caller wants visible in the request line."""
-    if _raw_safe(params):
-        ctype, body = _RAW_CONTENT_TYPE, encode_map(params)
+    body = encode_map(params)
+    if _raw_safe(params, body):
+        ctype = _RAW_CONTENT_TYPE
     else:
         ctype, body = _B64_CONTENT_TYPE, encode_map(params, b"B")
     target = RPC_PREFIX + procedure + (b"?" + query if query else b"")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Iterable, Mapping
+from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "TSV_CONTENT_TYPE",
@@ -35,30 +36,36 @@ TSV_CONTENT_TYPE = b"text/tab-separated-values"
 # -- URL encoding -----------------------------------------------------------------------------
 
 _URL_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.~")
+_URL_SAFE_BYTES = bytes(sorted(_URL_SAFE))
 _URL_TABLE = [chr(c).encode() if c in _URL_SAFE else b"%%%02x" % c for c in range(256)]
 _HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 
 
 def url_encode(data: bytes) -> bytes:
     """kc::urlencode: keep ``[A-Za-z0-9_.~-]``, everything else ``%xx`` in lower-case hex."""
-    if not data.translate(None, bytes(_URL_SAFE)):
+    if not data.translate(None, _URL_SAFE_BYTES):
         return data
     table = _URL_TABLE
     return b"".join([table[c] for c in data])
 
 
-_URL_PLAIN = re.compile(rb"[^%+\x00-\x20\x7f]*")
+_URL_PLAIN = re.compile(rb"[^%+\x00-\x20\x7f-\xff]*")
+# Well-formed escapes only (what ktserver's encoder writes): the stdlib decoder agrees.
+_URL_CANONICAL = re.compile(rb"(?:[^%+\x00-\x20\x7f-\xff]|%[0-9A-Fa-f]{2})*")
 
 
 def url_decode(data: bytes) -> bytes:
     """kc::urldecode: ``%XX`` (any case; bad hex digits count as 0), ``+`` is a space,
-    raw bytes <= 0x20 and 0x7F are dropped, a truncated escape ends the input.
-    The input ends at its first NUL (KC works on C strings)."""
+    raw bytes <= 0x20, 0x7F and >= 0x80 are dropped (KC compares a signed ``char``),
+    a truncated escape ends the input.  The input ends at its first NUL (KC works on
+    C strings)."""
     nul = data.find(b"\0")
     if nul >= 0:
         data = data[:nul]
     if _URL_PLAIN.fullmatch(data):
         return data
+    if _URL_CANONICAL.fullmatch(data):
+        return unquote_to_bytes(data)
     out = bytearray()
     i, n = 0, len(data)
     while i < n:
@@ -76,7 +83,7 @@ def url_decode(data: bytes) -> bytes:
         elif c == 0x2B:  # '+'
             out.append(0x20)
             i += 1
-        elif c <= 0x20 or c == 0x7F:
+        elif c <= 0x20 or c >= 0x7F:
             i += 1
         else:
             out.append(c)
@@ -93,7 +100,8 @@ def quote_encode(data: bytes) -> bytes:
 
 
 def quote_decode(data: bytes) -> bytes:
-    """kc::quotedecode: ``=XX``, soft line breaks, control bytes dropped; stops at NUL."""
+    """kc::quotedecode: ``=XX``, soft line breaks; control bytes, 0x7F and bytes >= 0x80
+    (a signed ``char`` in KC) are dropped; stops at NUL."""
     nul = data.find(b"\0")
     if nul >= 0:
         data = data[:nul]
@@ -123,7 +131,7 @@ def quote_decode(data: bytes) -> bytes:
                 num = num * 16 + _HEX[d] if d in _HEX else num
                 out.append(num & 0xFF)
                 i += 1
-        elif c < 0x20 or c == 0x7F:
+        elif c < 0x20 or c >= 0x7F:
             i += 1
         else:
             out.append(c)
@@ -258,11 +266,17 @@ def dump_tsv(output: Mapping[bytes, bytes]) -> tuple[bytes, bytes]:
     return ctype, encode_map(output, colenc, sort=True)
 
 
+# A line with a TAB: the key runs to the first TAB, the value to the end of the line.
+_TSV_LINE = re.compile(rb"^([^\t\n]*)\t([^\n]*)", re.M)
+
+
 def parse_tsv(body: bytes) -> list[tuple[bytes, bytes]]:
     """ktutil tsvtomap without the map: the (key, value) lines in order.
 
     Lines split on LF, one trailing CR dropped, key before the first TAB,
     value after it; lines without a TAB are ignored."""
+    if b"\r" not in body:
+        return _TSV_LINE.findall(body)
     out = []
     for line in body.split(b"\n"):
         if line.endswith(b"\r"):

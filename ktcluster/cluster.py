@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from .client import Cursor, KyotoTycoon, key_bytes
@@ -55,6 +56,8 @@ from .retry import OpClass, RetryPolicy, op_class
 from .ring import Key, Ring, RingDiff
 
 __all__ = ["Cluster", "Node", "Address", "DEFAULT_PORT"]
+
+_READ, _IDEMPOTENT, _UNSAFE = OpClass.READ, OpClass.IDEMPOTENT, OpClass.UNSAFE
 
 T = TypeVar("T")
 log = logging.getLogger("ktcluster.cluster")
@@ -195,6 +198,7 @@ class Cluster:
         self._fanout = Fanout(fanout_workers)
         self._reconfigure = threading.Lock()
         self._counters = {"retries": 0, "failovers": 0, "partial_failures": 0}
+        self._counter_lock = threading.Lock()
         nodes = self._parse_servers(servers, weights or {})
         members = {n.name: self._member(n, n.name) for n in nodes}
         partners = {}
@@ -307,22 +311,27 @@ class Cluster:
     def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Callable[[_Member], T],
                  deadline: float) -> T:
         """Run ``call`` on ``node`` under the retry policy, its breaker and its failover."""
+        member = topo.members[node]
+
         def attempt() -> T:
-            member = topo.members[node]
             try:
                 return self._guarded(member, call)
             except NodeDownError:
                 partner = topo.partners.get(node)
                 if partner is None or cls not in self.failover_ops:
                     raise
-                self._counters["failovers"] += 1
+                self._count("failovers")
                 return self._guarded(partner, call)
 
-        def on_retry(attempt_no: int, exc: BaseException, wait: float) -> None:
-            self._counters["retries"] += 1
-            log.debug("retrying on %s after attempt %d (%s); waiting %.3fs", node, attempt_no, exc, wait)
+        return self.retry.run(cls, attempt, deadline, self._on_retry)
 
-        return self.retry.run(cls, attempt, deadline, on_retry)
+    def _on_retry(self, attempt_no: int, exc: BaseException, wait: float) -> None:
+        self._count("retries")
+        log.debug("retrying after attempt %d (%s); waiting %.3fs", attempt_no, exc, wait)
+
+    def _count(self, counter: str) -> None:
+        with self._counter_lock:
+            self._counters[counter] += 1
 
     @staticmethod
     def _guarded(member: _Member, call: Callable[[_Member], T]) -> T:
@@ -333,21 +342,18 @@ class Cluster:
                 exc.node = member.name
             raise
 
-    def _keyed(self, op: str, key: Key, call: Callable[[_Member], T]) -> T:
+    def _keyed(self, cls: OpClass, key: Key, call: Callable[[_Member], T]) -> T:
         topo = self._topology
-        return self._execute(op_class(op), topo, topo.ring.node_for(key), call, self._deadline())
+        return self._execute(cls, topo, topo.ring.node_for(key), call, time.monotonic() + self.retry.deadline)
 
-    def _bulk(self, op: str, items: list[T], key_of: Callable[[T], Key],
+    def _bulk(self, op: str, items: list[T], key_of: Callable[[T], Key] | None,
               run: Callable[[_Member, list[T]], Any]) -> tuple[dict[str, _Shard], list[T]]:
         """Group ``items`` by node and run ``run(member, chunk)`` for every chunk, all nodes
         at once.  Returns the shards and the items whose outcome is not known to be done."""
         topo = self._topology
         deadline = self._deadline()
         cls = op_class(op)
-        groups: dict[str, list[T]] = {}
-        node_for = topo.ring.node_for
-        for item in items:
-            groups.setdefault(node_for(key_of(item)), []).append(item)
+        groups = topo.ring.partition(items, key_of)
         chunk = self.bulk_chunk
 
         def shard_task(node: str, part: list[T]) -> Callable[[], _Shard]:
@@ -376,7 +382,7 @@ class Cluster:
 
     def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any]) -> PartialFailureError:
         errors = {node: s.error for node, s in shards.items() if s.error is not None}
-        self._counters["partial_failures"] += 1
+        self._count("partial_failures")
         summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
         return PartialFailureError(f"{op} failed on {len(errors)} of {len(shards)} nodes ({summary})",
                                    results, errors, failed)  # type: ignore[arg-type]
@@ -390,7 +396,7 @@ class Cluster:
         results, errors = self._fanout.run(
             {n: (lambda n=n: self._execute(cls, topo, n, call, deadline)) for n in names}, deadline)
         if errors:
-            self._counters["partial_failures"] += 1
+            self._count("partial_failures")
             summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
             raise PartialFailureError(f"{op} failed on {len(errors)} of {len(names)} nodes ({summary})",
                                       {n: results[n] for n in names if n in results}, errors)
@@ -400,47 +406,47 @@ class Cluster:
 
     def get(self, key: Key, db: Any = 0) -> Any:
         """The value of a record, or None."""
-        return self._keyed("get", key, lambda m: m.fast.get(key, db))
+        return self._keyed(_READ, key, lambda m: m.fast.get(key, db))
 
     def get_with_expiry(self, key: Key, db: Any = 0) -> tuple[Any, int | None] | None:
         """``(value, expires)`` or None; see KyotoTycoon.get_with_expiry."""
-        return self._keyed("get_with_expiry", key, lambda m: m.fast.get_with_expiry(key, db))
+        return self._keyed(_READ, key, lambda m: m.fast.get_with_expiry(key, db))
 
     def get_int(self, key: Key, db: Any = 0) -> int:
-        return self._keyed("get_int", key, lambda m: m.http.get_int(key, db))
+        return self._keyed(_READ, key, lambda m: m.http.get_int(key, db))
 
     def check(self, key: Key, db: Any = 0) -> bool:
-        return self._keyed("check", key, lambda m: m.http.check(key, db))
+        return self._keyed(_READ, key, lambda m: m.http.check(key, db))
 
     def set(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed("set", key, lambda m: m.fast.set(key, value, expire, db))
+        return self._keyed(_IDEMPOTENT, key, lambda m: m.fast.set(key, value, expire, db))
 
     def add(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed("add", key, lambda m: m.http.add(key, value, expire, db))
+        return self._keyed(_UNSAFE, key, lambda m: m.http.add(key, value, expire, db))
 
     def replace(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed("replace", key, lambda m: m.http.replace(key, value, expire, db))
+        return self._keyed(_IDEMPOTENT, key, lambda m: m.http.replace(key, value, expire, db))
 
     def append(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed("append", key, lambda m: m.http.append(key, value, expire, db))
+        return self._keyed(_UNSAFE, key, lambda m: m.http.append(key, value, expire, db))
 
     def increment(self, key: Key, delta: int = 1, expire: Expire = None, db: Any = 0, *,
                   orig: int | str | None = None) -> int:
-        return self._keyed("increment", key, lambda m: m.http.increment(key, delta, expire, db, orig=orig))
+        return self._keyed(_UNSAFE, key, lambda m: m.http.increment(key, delta, expire, db, orig=orig))
 
     def increment_double(self, key: Key, delta: float = 1.0, expire: Expire = None, db: Any = 0, *,
                          orig: float | str | None = None) -> float:
-        return self._keyed("increment_double", key,
+        return self._keyed(_UNSAFE, key,
                            lambda m: m.http.increment_double(key, delta, expire, db, orig=orig))
 
     def cas(self, key: Key, old_val: Any = None, new_val: Any = None, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed("cas", key, lambda m: m.http.cas(key, old_val, new_val, expire, db))
+        return self._keyed(_UNSAFE, key, lambda m: m.http.cas(key, old_val, new_val, expire, db))
 
     def remove(self, key: Key, db: Any = 0) -> bool:
-        return self._keyed("remove", key, lambda m: m.fast.remove(key, db))
+        return self._keyed(_IDEMPOTENT, key, lambda m: m.fast.remove(key, db))
 
     def seize(self, key: Key, db: Any = 0) -> Any:
-        return self._keyed("seize", key, lambda m: m.http.seize(key, db))
+        return self._keyed(_UNSAFE, key, lambda m: m.http.seize(key, db))
 
     # -- bulk -------------------------------------------------------------------------------------
 
@@ -448,7 +454,7 @@ class Cluster:
         """``{key: value}`` for the keys that exist, in the caller's order.  ``atomic``
         applies per node (HTTP)."""
         keys = list(keys)
-        shards, failed = self._bulk("get_bulk", keys, _same,
+        shards, failed = self._bulk("get_bulk", keys, None,
                                     lambda m, part: m.bulk_client(atomic).get_bulk(part, atomic, db))
         found: dict[Any, Any] = {}
         for shard in shards.values():
@@ -463,7 +469,7 @@ class Cluster:
                  db: Any = 0) -> int:
         """Store records on their nodes; returns how many were stored.  On partial failure
         ``results`` maps each node to the records it stored."""
-        shards, failed = self._bulk("set_bulk", list(kv_dict.items()), _first,
+        shards, failed = self._bulk("set_bulk", list(kv_dict.items()), itemgetter(0),
                                     lambda m, part: m.bulk_client(atomic).set_bulk(dict(part), expire, atomic, db))
         if failed:
             counts = {n: sum(s.results) for n, s in shards.items()}
@@ -473,7 +479,7 @@ class Cluster:
     def remove_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> int:
         """Remove records from their nodes; returns how many existed.  On partial failure
         ``results`` maps each node to the records it removed."""
-        shards, failed = self._bulk("remove_bulk", list(keys), _same,
+        shards, failed = self._bulk("remove_bulk", list(keys), None,
                                     lambda m, part: m.bulk_client(atomic).remove_bulk(part, atomic, db))
         if failed:
             raise self._partial("remove_bulk", shards, {n: sum(s.results) for n, s in shards.items()}, failed)
@@ -610,14 +616,6 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<Cluster {list(self.nodes.values())} binary={self.binary} down={self.health.down()}>"
-
-
-def _same(item: T) -> T:
-    return item
-
-
-def _first(item: tuple[Any, Any]) -> Any:
-    return item[0]
 
 
 def _sorted_union(lists: Iterable[list[Any]], limit: int | None) -> list[Any]:

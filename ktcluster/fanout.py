@@ -4,13 +4,13 @@
 errors)``: every task ends up in exactly one of the two.  How it runs:
 
 * under gevent (the ``socket`` module is monkey-patched): one greenlet per
-  task; at the deadline the unfinished ones are killed (their connections are
-  discarded by the pool, as after any interruption);
-* otherwise: the caller's thread runs one task itself and a bounded, lazily
-  started thread pool runs the others; at the deadline the caller stops
-  waiting, cancels tasks that have not started and reports the rest as timed
-  out (their threads finish on their own socket timeouts, which callers clamp
-  to the deadline).
+  task (a lone task runs in the caller's greenlet); at the deadline the
+  unfinished ones are interrupted (their connections are discarded by the
+  pool, as after any interruption);
+* otherwise: a bounded, lazily started thread pool runs the tasks (a lone
+  task runs in the caller's thread); at the deadline the caller stops waiting,
+  cancels tasks that have not started and reports the rest as timed out
+  (their threads finish on their own socket timeouts).
 
 A task that missed the deadline gets a :class:`DeadlineExceeded` error, with
 ``request_sent=False`` only when it provably never started.
@@ -79,35 +79,36 @@ class Fanout:
                      deadline: float) -> tuple[dict[K, T], dict[K, BaseException]]:
         results: dict[K, T] = {}
         errors: dict[K, BaseException] = {}
-        items = list(tasks.items())
-        (own_key, own_task), others = items[0], items[1:]
-        futures: dict[Future[T], K] = {}
-        if others:
-            pool = self._pool()
-            futures = {pool.submit(task): key for key, task in others}
+        if len(tasks) == 1:  # no thread hop for a lone task (bounded by its socket timeouts)
+            ((key, task),) = tasks.items()
+            try:
+                results[key] = task()
+            except Exception as exc:
+                errors[key] = exc
+            return results, errors
+        pool = self._pool()
+        futures: dict[Future[T], K] = {pool.submit(task): key for key, task in tasks.items()}
         try:
-            results[own_key] = own_task()
-        except Exception as exc:
-            errors[own_key] = exc
+            _, pending = wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
         except BaseException:
             for fut in futures:
                 fut.cancel()
             raise
-        if futures:
-            _, pending = wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
-            for fut in pending:
-                never_ran = fut.cancel()
-                errors[futures[fut]] = DeadlineExceeded(
-                    "the call's deadline passed before this shard " + ("started" if never_ran else "finished"),
-                    request_sent=not never_ran)
+        for fut in pending:
+            never_ran = fut.cancel()
+            errors[futures[fut]] = DeadlineExceeded(
+                "the call's deadline passed before this shard " + ("started" if never_ran else "finished"),
+                request_sent=not never_ran)
         for fut, key in futures.items():
             if key in errors:
                 continue
             exc = fut.exception()
             if exc is None:
                 results[key] = fut.result()
-            else:
+            elif isinstance(exc, Exception):
                 errors[key] = exc
+            else:
+                raise exc  # KeyboardInterrupt, SystemExit...: not a shard failure
         return results, errors
 
     # -- gevent -------------------------------------------------------------------------------------
@@ -117,6 +118,14 @@ class Fanout:
                        deadline: float) -> tuple[dict[K, T], dict[K, BaseException]]:
         import gevent
 
+        if len(tasks) == 1:  # no greenlet to spawn: run it here, under the deadline
+            ((key, task),) = tasks.items()
+            late = DeadlineExceeded("the call's deadline passed before this shard finished")
+            try:
+                with gevent.Timeout(max(0.0, deadline - time.monotonic()), late):
+                    return {key: task()}, {}
+            except Exception as exc:
+                return {}, {key: exc}
         greenlets = {key: gevent.spawn(task) for key, task in tasks.items()}
         try:
             gevent.joinall(list(greenlets.values()), timeout=max(0.0, deadline - time.monotonic()))

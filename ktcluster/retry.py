@@ -59,8 +59,8 @@ class OpClass(str, Enum):
 
 
 OPERATIONS: dict[str, OpClass] = {
-    **dict.fromkeys(["get", "get_bulk", "get_int", "check", "match_prefix", "match_regex", "match_similar",
-                     "count", "size", "status", "report", "cursor", "void", "echo"], OpClass.READ),
+    **dict.fromkeys(["get", "get_with_expiry", "get_bulk", "get_int", "check", "match_prefix", "match_regex",
+                     "match_similar", "count", "size", "status", "report", "cursor", "void", "echo"], OpClass.READ),
     **dict.fromkeys(["set", "set_bulk", "replace", "remove", "remove_bulk", "clear", "vacuum"],
                     OpClass.IDEMPOTENT),
     **dict.fromkeys(["increment", "increment_double", "append", "add", "cas", "seize", "play_script"],
@@ -108,9 +108,9 @@ class RetryBudget:
         self.denied = 0
 
     def deposit(self) -> None:
-        """Account for one first attempt."""
-        with self._lock:
-            self._tokens = min(self.cap, self._tokens + self.ratio)
+        """Account for one first attempt.  Lock-free on the hot path: a deposit lost to a
+        concurrent update only makes the budget slightly stricter."""
+        self._tokens = min(self.cap, self._tokens + self.ratio)
 
     def withdraw(self) -> bool:
         """Take a token for a retry; False (and nothing taken) when the budget is spent."""

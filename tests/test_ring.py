@@ -145,6 +145,19 @@ def test_uses_uhashring_continuum_for_text_keys():
             assert ring.node_for(key) == uh.get_node(key)
 
 
+def test_partition_groups_items_like_node_for():
+    ring = Ring({"a": 1, "b": 2, "c": 1})
+    keys = [f"k{i}" for i in range(500)] + [b"k1", "k1"]
+    groups = ring.partition(keys)
+    assert sorted(map(repr, (k for g in groups.values() for k in g))) == sorted(map(repr, keys))
+    for node, part in groups.items():
+        assert all(ring.node_for(k) == node for k in part)
+        assert part == [k for k in keys if ring.node_for(k) == node]
+    pairs = [(k, i) for i, k in enumerate(keys)]
+    assert ring.partition(pairs, key=lambda kv: kv[0]) == {
+        n: [(k, i) for k, i in pairs if ring.node_for(k) == n] for n in groups}
+
+
 def test_bad_keys_and_configs_raise_typed_errors():
     ring = Ring(["a"])
     for bad in [1, None, 2.5, ("a",)]:

@@ -9,10 +9,11 @@ registry per cluster::
     half-open ──(probe or trial fails)──> open, with a longer backoff
 
 * A **hard** failure is a refused/failed connect (the node is not listening):
-  it opens the breaker at once.  A **soft** failure is a timeout or a
+  it opens the breaker at once.  A **soft** failure is a socket timeout or a
   connection broken mid-request.  Answers from the server, even errors
   (450, 500, 501...), prove the node is alive and count as successes; local
-  congestion (:class:`~ktcluster.errors.PoolTimeoutError`) counts as neither.
+  congestion (:class:`~ktcluster.errors.PoolTimeoutError`), a call's deadline
+  and interruptions count as neither.
 * While open, calls raise :class:`~ktcluster.errors.NodeDownError` without
   touching the network (``request_sent=False``, so even non-idempotent writes
   may go elsewhere).  The ring does not change: keys are never rehashed.
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
-from .errors import KTConnectionError, KTTimeoutError, NodeDownError
+from .errors import KTConnectionError, KTTimeoutError, KyotoTycoonException, NodeDownError, ProtocolError
 
 __all__ = ["BreakerState", "FailureKind", "classify_failure", "CircuitBreaker", "Health", "HealthConfig"]
 
@@ -65,6 +66,11 @@ def classify_failure(exc: BaseException) -> FailureKind | None:
     if isinstance(exc, KTTimeoutError) or exc.request_sent:
         return FailureKind.SOFT
     return FailureKind.HARD
+
+
+def _answered(exc: BaseException) -> bool:
+    """Did the server answer (a status code, or bytes we could not parse)?"""
+    return isinstance(exc, KyotoTycoonException) and (exc.code is not None or isinstance(exc, ProtocolError))
 
 
 @dataclass(frozen=True)
@@ -146,14 +152,18 @@ class CircuitBreaker:
         """Account for one call's outcome (``exc`` None: success)."""
         kind = classify_failure(exc) if exc is not None else None
         if trial:
-            # The trial decides; an interrupted trial (gevent.Timeout, a bug) counts as failed.
-            if exc is None or (kind is None and isinstance(exc, Exception)):
+            # The trial (after a good probe) decides.  Timeouts of any kind (a deadline, a
+            # saturated pool) and interruptions (gevent.Timeout, KeyboardInterrupt) prove
+            # nothing, so they count as failed; anything else the node said, even 450, is life.
+            if exc is None or (kind is None and isinstance(exc, Exception) and not isinstance(exc, KTTimeoutError)):
                 self._close()
             else:
                 self._reopen(exc)
             return
         if kind is None:
-            if self._failures:
+            # Only an answer from the server resets the count: a deadline or an interruption
+            # ends the call without telling anything about the node.
+            if self._failures and (exc is None or _answered(exc)):
                 with self._lock:
                     self._failures = 0
             return

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from ktcluster.errors import (
+    ArgumentError,
     InvalidArgumentError,
     KTConnectionError,
     LogicalInconsistencyError,
@@ -105,6 +106,24 @@ def test_server_answers_prove_the_node_alive():
         with pytest.raises(type(exc)):
             b.call(fail(exc))
     assert b.state is BreakerState.CLOSED
+
+
+def test_deadlines_and_interruptions_neither_reset_nor_count():
+    health, clock, _ = make_health(failure_threshold=2)
+    b = health["kt1"]
+    with pytest.raises(SocketTimeoutError):
+        b.call(fail(timed_out()))
+    for neutral in [DeadlineExceeded("late"), KeyboardInterrupt(), PoolTimeoutError("busy"), ArgumentError("bad")]:
+        with pytest.raises(type(neutral)):
+            b.call(fail(neutral))
+    assert b.stats()["consecutive_failures"] == 1
+    with pytest.raises(SocketTimeoutError):
+        b.call(fail(timed_out()))
+    assert b.state is BreakerState.OPEN
+    clock.now += 10
+    with pytest.raises(DeadlineExceeded):      # a trial cut short by the deadline proves nothing
+        b.call(fail(DeadlineExceeded("late")), probe=lambda: None)
+    assert b.state is BreakerState.OPEN
 
 
 def test_half_open_single_trial_with_probe_then_close():

@@ -271,6 +271,19 @@ def test_journal_is_compacted():
     assert Database("big.kch").get(b"k") == (b"x" * 1000, XTMAX)
 
 
+def test_snapshots_of_memory_databases():
+    db = Database("+")
+    db.set(b"a", b"1", -4102444800)
+    db.set(b"b", b"2")
+    db.dump_snapshot("00000000.ktss")
+    again = Database("+")
+    again.load_snapshot("00000000.ktss")
+    assert walk(again) == [b"a", b"b"]
+    assert again.get(b"a") == (b"1", 4102444800)
+    with pytest.raises(StorageError):
+        again.load_snapshot("missing.ktss")
+
+
 def test_ktopts_is_kept_in_the_file():
     Database("o.kct#ktopts=p").close()
     assert Database("o.kct").persistent

@@ -86,6 +86,11 @@ class ServerConfig:
                 raise ConfigError("replication requires the replication time stamp file")
         if self.sid < 0:
             self.sid = 0
+        if self.snapshot_path and not os.path.isdir(self.snapshot_path):
+            try:
+                os.mkdir(self.snapshot_path)
+            except OSError:
+                raise ConfigError(f"{self.snapshot_path}: could not open the directory") from None
         if not os.path.isdir(self.cmd_path):
             raise ConfigError(f"{self.cmd_path}: no such directory")
         if self.script_path and not os.path.exists(self.script_path):

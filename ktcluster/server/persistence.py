@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from ..protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, decode_log_entry, encode_log_entry
 from .hashing import hashpath
 
-__all__ = ["Journal", "RecordFiles", "StorageError"]
+__all__ = ["Journal", "RecordFiles", "StorageError", "write_snapshot", "read_snapshot"]
 
 _MAGIC = b"KTCLUSTER-JOURNAL-1\n"
 _LEN = struct.Struct(">I")
@@ -43,6 +43,60 @@ class StorageError(Exception):
 
 def _lock(fd: int, writable: bool) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX if writable else fcntl.LOCK_SH)
+
+
+def _encode(opts: int, records: Iterator[tuple[bytes, bytes]]) -> bytes:
+    """A whole journal holding ``records`` ((key, stored value) pairs)."""
+    parts = [_MAGIC + bytes((opts,))]
+    for key, stored in records:
+        payload = encode_log_entry(0, 0, OP_SET, key, stored)
+        parts.append(_LEN.pack(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def _decode(data: bytes, off: int, found: list[tuple[int, bytes, bytes]]) -> int:
+    """Append the complete change records of ``data`` from ``off`` to ``found``; the
+    offset after the last complete one."""
+    end = len(data)
+    while off + 4 <= end:
+        (length,) = _LEN.unpack_from(data, off)
+        if off + 4 + length > end:
+            break
+        entry = decode_log_entry(data[off + 4:off + 4 + length])
+        off += 4 + length
+        found.append((entry.op, entry.key, entry.value))
+    return off
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def write_snapshot(path: str, opts: int, records: Iterator[tuple[bytes, bytes]]) -> None:
+    """Dump records ((key, stored value) pairs) to a snapshot file (``-bgs``), atomically."""
+    _write_atomically(path, _encode(opts, records))
+
+
+def read_snapshot(path: str) -> list[tuple[int, bytes, bytes]]:
+    """The (op, key, stored value) records of a snapshot file; StorageError if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise StorageError(f"{path}: {exc.strerror}") from None
+    if data[:len(_MAGIC)] != _MAGIC or len(data) <= len(_MAGIC):
+        raise StorageError(f"{path}: not a snapshot file")
+    found: list[tuple[int, bytes, bytes]] = []
+    _decode(data, len(_MAGIC) + 1, found)
+    return found
 
 
 class Journal:
@@ -78,16 +132,10 @@ class Journal:
         record (the process died while writing it) is dropped and truncated away."""
         pos = len(_MAGIC) + 1
         data = os.pread(self._fd, self._size - pos, pos) if self._size > pos else b""
-        off = 0
-        end = len(data)
-        while off + 4 <= end:
-            (length,) = _LEN.unpack_from(data, off)
-            if off + 4 + length > end:
-                break
-            entry = decode_log_entry(data[off + 4:off + 4 + length])
-            off += 4 + length
-            yield entry.op, entry.key, entry.value
-        if off != end and self.writable:
+        found: list[tuple[int, bytes, bytes]] = []
+        off = _decode(data, 0, found)
+        yield from found
+        if off != len(data) and self.writable:
             os.ftruncate(self._fd, pos + off)
             self._size = pos + off
 
@@ -118,20 +166,8 @@ class Journal:
         self._compact(records())
 
     def _compact(self, records: Iterator[tuple[bytes, bytes]]) -> None:
-        tmp = self.path + ".compact"
-        parts = [_MAGIC + bytes((self.opts,))]
-        for key, stored in records:
-            payload = encode_log_entry(0, 0, OP_SET, key, stored)
-            parts.append(_LEN.pack(len(payload)))
-            parts.append(payload)
-        data = b"".join(parts)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        data = _encode(self.opts, records)
+        _write_atomically(self.path, data)
         old, self._fd = self._fd, os.open(self.path, os.O_RDWR)
         _lock(self._fd, True)
         os.close(old)

@@ -419,6 +419,8 @@ class Server:
                 raise ConfigError(f"could not open a database file: {spec.path}: {exc}") from None
             self.dbs.append(db)
             self.db_index[db.name] = index
+        if config.snapshot_path:
+            self._load_snapshots(config.snapshot_path)
         if config.script_path:
             self.log(LOG_SYSTEM, f"loading a script file: path={config.script_path}")
             create_engine = _load_hook("scripting", "create_engine")
@@ -460,6 +462,34 @@ class Server:
         listener.settimeout(0.25)
         self._listener = listener
         self.log(LOG_SYSTEM, f"server socket opened: expr={host or ''}:{config.port} timeout={config.timeout:.1f}")
+
+    # -- snapshots (-bgs) ---------------------------------------------------------------------
+
+    def _snapshot_file(self, index: int) -> str:
+        return os.path.join(self.config.snapshot_path or ".", "%08d.ktss" % index)
+
+    def _load_snapshots(self, directory: str) -> None:
+        """Load ``NNNNNNNN.ktss`` files into the databases of those indexes."""
+        for name in sorted(os.listdir(directory)):
+            stem, dot, ext = name.rpartition(".")
+            if not (dot and stem[:1].isdigit() and ext.lower() == "ktss"):
+                continue
+            index = int(stem) if stem.isdigit() else -1
+            if 0 <= index < len(self.dbs):
+                self.log(LOG_SYSTEM, f"applying a snapshot file: db={index}")
+                try:
+                    self.dbs[index].load_snapshot(os.path.join(directory, name))
+                except StorageError as exc:
+                    self.log(LOG_ERROR, f"could not apply a snapshot: {exc}")
+
+    def dump_snapshots(self) -> None:
+        """Snapshot every database to the -bgs directory."""
+        self.log(LOG_INFO, "snapshotting databases")
+        for index, db in enumerate(self.dbs):
+            try:
+                db.dump_snapshot(self._snapshot_file(index))
+            except OSError as exc:
+                self.log(LOG_ERROR, f"snapshotting a database failed: {exc}")
 
     # -- counters and tasks -------------------------------------------------------------------
 
@@ -566,9 +596,11 @@ class Server:
 
     def _timer_loop(self) -> None:
         """ktserver's idle and timer events: while no request has been running for 0.1 s
-        the garbage collector of one database advances (round robin); -asi synchronises."""
+        the garbage collector of one database advances (round robin); -asi synchronises
+        the databases and -bgs snapshots them periodically."""
         idle_count = 0
         next_sync = time.time() + self.config.sync_interval
+        next_snapshot = time.time() + self.config.snapshot_interval
         while not self.stopping.wait(0.1):
             if (self._tasks == 0 and time.monotonic() - self._last_event >= 0.1 and self.dbs
                     and not self.config.read_only):
@@ -582,6 +614,9 @@ class Server:
                 for db in self.dbs:
                     db.synchronize(self.config.sync_hard)
                 next_sync = time.time() + self.config.sync_interval
+            if self.config.snapshot_path and self.config.snapshot_interval > 0 and time.time() >= next_snapshot:
+                self.dump_snapshots()
+                next_snapshot = time.time() + self.config.snapshot_interval
 
     def stop(self) -> None:
         """Stop accepting and end every connection (safe from a signal handler)."""
@@ -615,6 +650,8 @@ class Server:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self.config.snapshot_path and self.dbs:
+            self.dump_snapshots()
         for db in self.dbs:
             self.log(LOG_SYSTEM, f"closing a database: path={db.path}")
             db.close()

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 from ..protocol.kcnum import INT64MAX, INT64MIN, atoix, to_int64
 from ..protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, encode_log_entry
 from .hashing import murmur, tr1_fnv
-from .persistence import Journal, RecordFiles, StorageError
+from .persistence import Journal, RecordFiles, StorageError, read_snapshot, write_snapshot
 from .sortedlist import SortedList
 
 __all__ = [
@@ -778,6 +778,27 @@ class Database:
         if len(stored) < 5:
             return stored, 0
         return stored[5:], _XT5.unpack(b"\0\0\0" + stored[:5])[0]
+
+    def dump_snapshot(self, path: str) -> None:
+        """Write every record to a snapshot file (``-bgs``), atomically."""
+        with self.lock:
+            write_snapshot(path, 2 if self.persistent else 0, self._store.live_records())
+
+    def load_snapshot(self, path: str) -> None:
+        """Store the records of a snapshot file (raw, not logged; StorageError if unreadable)."""
+        records = read_snapshot(path)
+        with self.lock:
+            store = self._store
+            for op, key, stored in records:
+                if op == OP_SET:
+                    value, xt = self._unpack(stored)
+                    rec = store.recs.get(key)
+                    if rec is None:
+                        store.insert(key, value, xt)
+                    else:
+                        store.update(key, rec, value, xt)
+            if self._gc and store.recs:
+                self._xcur.gc_jump()
 
     def close(self) -> None:
         """Flush and release the database file (compacting it when worthwhile)."""

@@ -41,7 +41,7 @@ from .errors import (
     ProtocolError,
 )
 from .expiry import KEEP, Expire, binary_xt, expires_at, xt_of
-from .packers import KT_PACKER_PICKLE, make_packer
+from .packers import KT_PACKER_PICKLE, BytesPacker, make_packer
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool, server_answered
 from .protocol import binary as _bin
 from .protocol import rest as _rest
@@ -78,6 +78,16 @@ def key_bytes(key: Any) -> bytes:
     if isinstance(key, str):
         return str(key).encode("utf-8", "surrogateescape")
     raise ArgumentError(f"keys must be str or bytes, not {kind.__name__}")
+
+
+def keys_bytes(keys: Iterable[Any]) -> list[bytes]:
+    """:func:`key_bytes` of many keys (fast when they are all plain UTF-8 str)."""
+    if not isinstance(keys, (list, tuple)):
+        keys = list(keys)
+    try:
+        return [key.encode() for key in keys]
+    except (AttributeError, UnicodeEncodeError):
+        return [key_bytes(key) for key in keys]
 
 
 def _decode_key(key: bytes) -> str:
@@ -178,6 +188,7 @@ class KyotoTycoon:
         self._pack = packer.pack
         self._unpack = packer.unpack
         self._concatenates = bool(getattr(packer, "concatenates", False))
+        self._raw_values = isinstance(packer, BytesPacker)  # unpack is the identity
         self._key_out = _decode_key if decode_keys else _keep_bytes
         self.decode_keys = decode_keys
         self._pool_options = dict(size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
@@ -457,9 +468,10 @@ class KyotoTycoon:
 
     def get(self, key: Any, db: Any = 0) -> Any:
         """The unpacked value of a record, or None when it does not exist."""
-        kb = key_bytes(key)
+        kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
         if self.binary and not self._options:
-            recs = self._binary(_bin.encode_get_bulk(((self._db_index(db), kb),)), _bin.decode_get_bulk_reply)
+            dbidx = db if db == 0 and type(db) is int else self._db_index(db)
+            recs = self._binary(_bin.encode_get_bulk(((dbidx, kb),)), _bin.decode_get_bulk_reply)
             if not recs:
                 return None
             if recs[0][1] != kb:
@@ -561,8 +573,10 @@ class KyotoTycoon:
         if expire is KEEP:
             return self._write_keeping(key, db, lambda raw: self._pack(value), create=True)
         if self.binary and not self._options:
-            rec = ((self._db_index(db), key_bytes(key), self._pack(value), binary_xt(xt_of(expire))),)
-            return self._binary(_bin.encode_set_bulk(rec), _decode_set_reply) > 0
+            dbidx = db if db == 0 and type(db) is int else self._db_index(db)
+            kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
+            xt = _bin.XT_NONE if expire is None else binary_xt(xt_of(expire))
+            return self._binary(_bin.encode_set_bulk(((dbidx, kb, self._pack(value), xt),)), _decode_set_reply) > 0
         return self._put(_rest.MODE_SET, key, value, expire, db)
 
     def add(self, key: Any, value: Any, expire: Expire = None, db: Any = 0) -> bool:
@@ -746,27 +760,33 @@ class KyotoTycoon:
             return 0
         xt = xt_of(expire)
         pack = self._pack
+        kbs = keys_bytes(kv_dict)
+        values = [pack(v) for v in kv_dict.values()]
         if self.binary and not self._options:
             dbidx = self._db_index(db)
             bxt = binary_xt(xt)
-            recs = [(dbidx, key_bytes(k), pack(v), bxt) for k, v in kv_dict.items()]
-            return self._binary(_bin.encode_set_bulk(recs), _decode_set_reply)
+            if max(map(len, values)) > _bin.DATAMAXSIZ:
+                raise ArgumentError(f"a value is larger than the server's limit of {_bin.DATAMAXSIZ} bytes")
+            recs = [(dbidx, kb, v, bxt) for kb, v in zip(kbs, values, strict=True)]
+            request = _bin.set_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_set_bulk(recs)
+            return self._binary(request, _decode_set_reply)
         params = [(b"atomic", _FLAG)] if atomic else []
         self._xt_params(params, xt)
-        params.extend([(b"_" + key_bytes(k), pack(v)) for k, v in kv_dict.items()])
+        params += zip([b"_" + kb for kb in kbs], values, strict=True)
         return int(self._rpc(b"set_bulk", params, db)[b"num"])
 
     def remove_bulk(self, keys: Iterable[Any], atomic: bool | None = None, db: Any = 0) -> int:
         """Remove several records; returns how many existed."""
         atomic = self._check_atomic(atomic)
-        kbs = [key_bytes(k) for k in keys]
+        kbs = keys_bytes(keys)
         if not kbs:
             return 0
         if self.binary and not self._options:
-            dbidx = self._db_index(db)
-            return self._binary(_bin.encode_remove_bulk([(dbidx, kb) for kb in kbs]), _decode_remove_reply)
+            recs = list(zip(itertools.repeat(self._db_index(db)), kbs))
+            request = _bin.remove_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_remove_bulk(recs)
+            return self._binary(request, _decode_remove_reply)
         params = [(b"atomic", _FLAG)] if atomic else []
-        params.extend([(b"_" + kb, _FLAG) for kb in kbs])
+        params += zip([b"_" + kb for kb in kbs], itertools.repeat(_FLAG))
         return int(self._rpc(b"remove_bulk", params, db)[b"num"])
 
     def get_bulk(self, keys: Iterable[Any], atomic: bool | None = None, db: Any = 0) -> dict[Any, Any]:
@@ -776,18 +796,21 @@ class KyotoTycoon:
         keys = list(keys)
         if not keys:
             return {}
-        kbs = [key_bytes(k) for k in keys]
-        unpack = self._unpack
+        kbs = keys_bytes(keys)
         if self.binary and not self._options:
-            dbidx = self._db_index(db)
-            recs = self._binary(_bin.encode_get_bulk([(dbidx, kb) for kb in kbs]), _bin.decode_get_bulk_reply)
-            found = {rec[1]: rec[2] for rec in recs}
+            recs = list(zip(itertools.repeat(self._db_index(db)), kbs))
+            request = _bin.get_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_get_bulk(recs)
+            found = {rec[1]: rec[2] for rec in self._binary(request, _bin.decode_get_bulk_reply)}
         else:
+            kbs = [b"_" + kb for kb in kbs]  # the answer's keys carry the same prefix
             params = [(b"atomic", _FLAG)] if atomic else []
-            params.extend([(b"_" + kb, _FLAG) for kb in kbs])
-            out = self._rpc(b"get_bulk", params, db)
-            found = {k[1:]: v for k, v in out.items() if k[:1] == b"_"}
-        return {key: unpack(found[kb]) for key, kb in zip(keys, kbs, strict=True) if kb in found}
+            params += zip(kbs, itertools.repeat(_FLAG))
+            found = self._rpc(b"get_bulk", params, db)
+        values = map(found.get, kbs)
+        if self._raw_values:
+            return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
+        unpack = self._unpack
+        return {key: unpack(value) for key, value in zip(keys, values, strict=True) if value is not None}
 
     # -- matching ---------------------------------------------------------------------------------
 

@@ -209,10 +209,15 @@ class Connection:
             self.close()
         return head_obj, body
 
-    def request_binary(self, data: bytes, decode: Callable[[bytes], tuple[T, int]], *,
+    def request_binary(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]], *,
                        noreply: bool = False) -> T:
         """Send one binary-protocol request and decode its reply with a
-        ``protocol.binary`` decoder; with ``noreply`` nothing is read and None comes back."""
+        ``protocol.binary`` decoder; with ``noreply`` nothing is read and None comes back.
+
+        ``data`` may also be an iterable of pieces (``protocol.binary.*_chunks``): each is
+        sent as soon as it is produced, so the server works on the first records while
+        the rest are encoded.  The pieces must not fail midway (encode and check the
+        records first): a request cut short breaks the connection."""
         if noreply:
             self._send_only(data)
             return None  # type: ignore[return-value]
@@ -249,14 +254,38 @@ class Connection:
                 self._fail()
                 raise self._transport_error(exc, "sending to", request_sent=True) from exc
 
-    def _send_only(self, data: bytes) -> None:
+    def _send_pieces(self, sock: Any, pieces: Iterable[bytes]) -> None:
+        sent = False
+        try:
+            for piece in pieces:
+                if not sent:
+                    self._send(sock, piece)
+                    sent = True
+                else:
+                    sock.sendall(piece)
+        except BaseException as exc:
+            if not sent:
+                raise
+            self._fail()
+            err = self._transport_error(exc, "sending to", request_sent=True)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def _send_only(self, data: bytes | Iterable[bytes]) -> None:
         sock = self._ready_socket()
-        self._send(sock, data)
+        if isinstance(data, bytes):
+            self._send(sock, data)
+        else:
+            self._send_pieces(sock, data)
         self.last_used = time.monotonic()
 
-    def _exchange(self, data: bytes, decode: Callable[[bytes], tuple[T, int]]) -> T:
+    def _exchange(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]]) -> T:
         sock = self._ready_socket()
-        self._send(sock, data)
+        if isinstance(data, bytes):
+            self._send(sock, data)
+        else:
+            self._send_pieces(sock, data)
         try:
             result = self._receive(sock, decode)
         except BaseException as exc:

@@ -537,3 +537,30 @@ def test_pool_under_gevent(kt_server):
                           capture_output=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert proc.stdout.strip() == b"OK"
+
+
+def test_binary_request_in_pieces(kt_server):
+    conn = Connection(kt_server.host, kt_server.port)
+    records = [(0, b"p%04d" % i, b"v" * i, binary.XT_NONE) for i in range(200)]
+    hits = conn.request_binary(binary.set_bulk_chunks(records, per_chunk=16),
+                               lambda b: binary.decode_count_reply(b, binary.MAGIC_SET_BULK))
+    assert hits == 200
+    got = conn.request_binary(binary.get_bulk_chunks([(0, k) for _, k, _, _ in records], per_chunk=7),
+                              binary.decode_get_bulk_reply)
+    assert [v for _, _, v, _ in got] == [v for _, _, v, _ in records]
+
+    def failing_before_sending():
+        raise ValueError("bad record")
+        yield b""  # pragma: no cover
+
+    with pytest.raises(ValueError):
+        conn.request_binary(failing_before_sending(), binary.decode_get_bulk_reply)
+    assert not conn.broken and conn.call("void") == {}
+
+    def failing_midway():
+        yield binary.encode_set_bulk(records)[:50]
+        raise ValueError("bad record")
+
+    with pytest.raises(ValueError):
+        conn.request_binary(failing_midway(), binary.decode_get_bulk_reply)
+    assert conn.broken and not conn.connected  # half a request went out: never reused

@@ -10,7 +10,8 @@ needs at least; sizes over KT's limit raise :class:`~ktcluster.errors.ProtocolEr
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from ..errors import ProtocolError
 
@@ -19,6 +20,7 @@ __all__ = [
     "MAGIC_REMOVE_BULK", "MAGIC_GET_BULK", "MAGIC_ERROR", "FLAG_NOREPLY",
     "XT_NONE", "XTMAX", "DATAMAXSIZ", "Incomplete",
     "encode_set_bulk", "encode_remove_bulk", "encode_get_bulk", "encode_play_script",
+    "CHUNK_RECORDS", "set_bulk_chunks", "remove_bulk_chunks", "get_bulk_chunks",
     "decode_count_reply", "decode_get_bulk_reply", "decode_play_script_reply",
     "decode_request_header", "decode_set_record", "decode_key_record",
     "decode_play_script_header", "decode_script_record",
@@ -66,40 +68,66 @@ def _check_size(size: int) -> None:
 # -- requests (client encodes) ----------------------------------------------------------------
 
 
+#: records per piece when a bulk request is sent in pieces (``*_chunks``): ktserver applies
+#: the records of a bulk request as they arrive, so it works while the client encodes the rest.
+CHUNK_RECORDS = 64
+
+
+def _set_records(records: Iterable[tuple[int, bytes, bytes, int]]) -> bytes:
+    pack = _SET_REC.pack
+    return b"".join([pack(dbidx, len(key), len(value), xt) + key + value for dbidx, key, value, xt in records])
+
+
+def _key_records(records: Iterable[tuple[int, bytes]]) -> bytes:
+    pack = _KEY_REC.pack
+    return b"".join([pack(dbidx, len(key)) + key for dbidx, key in records])
+
+
+def _sequence(records: Iterable[Any]) -> Sequence[Any]:
+    return records if isinstance(records, (list, tuple)) else list(records)
+
+
 def encode_set_bulk(records: Iterable[tuple[int, bytes, bytes, int]], flags: int = 0) -> bytes:
     """0xB8 request; records are (dbidx, key, value, xt) with xt as in RPC (XT_NONE: none)."""
-    pack = _SET_REC.pack
-    parts = [b""]
-    n = 0
-    for dbidx, key, value, xt in records:
-        parts.append(pack(dbidx, len(key), len(value), xt))
-        parts.append(key)
-        parts.append(value)
-        n += 1
-    parts[0] = _HEADER.pack(MAGIC_SET_BULK, flags, n)
-    return b"".join(parts)
-
-
-def _encode_keys(magic: int, records: Iterable[tuple[int, bytes]], flags: int) -> bytes:
-    pack = _KEY_REC.pack
-    parts = [b""]
-    n = 0
-    for dbidx, key in records:
-        parts.append(pack(dbidx, len(key)))
-        parts.append(key)
-        n += 1
-    parts[0] = _HEADER.pack(magic, flags, n)
-    return b"".join(parts)
+    seq = _sequence(records)
+    return _HEADER.pack(MAGIC_SET_BULK, flags, len(seq)) + _set_records(seq)
 
 
 def encode_remove_bulk(records: Iterable[tuple[int, bytes]], flags: int = 0) -> bytes:
     """0xB9 request; records are (dbidx, key)."""
-    return _encode_keys(MAGIC_REMOVE_BULK, records, flags)
+    seq = _sequence(records)
+    return _HEADER.pack(MAGIC_REMOVE_BULK, flags, len(seq)) + _key_records(seq)
 
 
 def encode_get_bulk(records: Iterable[tuple[int, bytes]]) -> bytes:
     """0xBA request; records are (dbidx, key).  The server ignores flags here."""
-    return _encode_keys(MAGIC_GET_BULK, records, 0)
+    seq = _sequence(records)
+    return _HEADER.pack(MAGIC_GET_BULK, 0, len(seq)) + _key_records(seq)
+
+
+def set_bulk_chunks(records: Sequence[tuple[int, bytes, bytes, int]], flags: int = 0,
+                    per_chunk: int = CHUNK_RECORDS) -> Iterator[bytes]:
+    """:func:`encode_set_bulk` in pieces of ``per_chunk`` records (the first carries the header)."""
+    yield _HEADER.pack(MAGIC_SET_BULK, flags, len(records)) + _set_records(records[:per_chunk])
+    for start in range(per_chunk, len(records), per_chunk):
+        yield _set_records(records[start:start + per_chunk])
+
+
+def _key_chunks(magic: int, records: Sequence[tuple[int, bytes]], flags: int, per_chunk: int) -> Iterator[bytes]:
+    yield _HEADER.pack(magic, flags, len(records)) + _key_records(records[:per_chunk])
+    for start in range(per_chunk, len(records), per_chunk):
+        yield _key_records(records[start:start + per_chunk])
+
+
+def remove_bulk_chunks(records: Sequence[tuple[int, bytes]], flags: int = 0,
+                       per_chunk: int = CHUNK_RECORDS) -> Iterator[bytes]:
+    """:func:`encode_remove_bulk` in pieces of ``per_chunk`` records."""
+    return _key_chunks(MAGIC_REMOVE_BULK, records, flags, per_chunk)
+
+
+def get_bulk_chunks(records: Sequence[tuple[int, bytes]], per_chunk: int = CHUNK_RECORDS) -> Iterator[bytes]:
+    """:func:`encode_get_bulk` in pieces of ``per_chunk`` records."""
+    return _key_chunks(MAGIC_GET_BULK, records, 0, per_chunk)
 
 
 def encode_play_script(name: bytes, records: Iterable[tuple[bytes, bytes]], flags: int = 0) -> bytes:

@@ -253,7 +253,7 @@ def encode_map(items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]],
         pairs = [(enc(k), enc(v)) for k, v in pairs]
     if sort:
         pairs = sorted(pairs)
-    return b"".join([k + b"\t" + v + b"\n" for k, v in pairs])
+    return b"".join([b"%s\t%s\n" % (k, v) for k, v in pairs])
 
 
 def dump_tsv(output: Mapping[bytes, bytes]) -> tuple[bytes, bytes]:

@@ -1,0 +1,99 @@
+"""Shared helpers for the benchmark scripts: a server to measure against, interleaved
+best-of-N timing, and a ratio table.  Benchmarks print numbers; they never assert."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from ktcluster.testing import KTServer, server_command
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """--host/--port (an existing server) or a fresh one (embedded, or $KT_SERVER_BIN)."""
+    parser.add_argument("--host", default=None, help="measure an already running server")
+    parser.add_argument("--port", type=int, default=1978)
+    parser.add_argument("--duration", type=float, default=0.4, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best one counts")
+
+
+@contextlib.contextmanager
+def server(args: argparse.Namespace) -> Iterator[tuple[str, int, str]]:
+    """(host, port, description) of the server to measure."""
+    if args.host:
+        yield args.host, args.port, f"{args.host}:{args.port}"
+        return
+    with KTServer(":") as srv:
+        yield srv.host, srv.port, " ".join(server_command())
+
+
+def ops_per_second(fn: Callable[[], object], duration: float) -> float:
+    """Calls of ``fn`` per second over about ``duration`` seconds (GC paused)."""
+    fn()  # warm up (connect, caches)
+    gc.collect()
+    gc.disable()
+    try:
+        n = 0
+        batch = 1
+        start = time.perf_counter()
+        deadline = start + duration
+        while True:
+            for _ in range(batch):
+                fn()
+            n += batch
+            now = time.perf_counter()
+            if now >= deadline:
+                return n / (now - start)
+            batch = min(batch * 2, 256)
+    finally:
+        gc.enable()
+
+
+@dataclass
+class Case:
+    """One operation measured for several libraries: ``runs`` maps a library to a callable."""
+
+    name: str
+    runs: dict[str, Callable[[], object]]
+    best: dict[str, float] = field(default_factory=dict)
+
+
+def measure(cases: Sequence[Case], duration: float, rounds: int) -> None:
+    """Best of ``rounds`` for every (case, library), libraries interleaved in each round so
+    that background noise hits all of them alike."""
+    for _ in range(rounds):
+        for case in cases:
+            for lib, fn in case.runs.items():
+                rate = ops_per_second(fn, duration)
+                case.best[lib] = max(case.best.get(lib, 0.0), rate)
+
+
+def print_table(cases: Sequence[Case], libs: Sequence[str], ours: str,
+                targets: dict[tuple[str, str], float] | None = None) -> None:
+    """ops/s per library, then ``ours / lib`` ratios (and the target when one is set)."""
+    targets = targets or {}
+    others = [lib for lib in libs if lib != ours]
+    head = f"{'operation':<28}" + "".join(f"{lib + ' ops/s':>22}" for lib in libs)
+    head += "".join(f"{'vs ' + lib:>24}" for lib in others)
+    print(head)
+    print("-" * len(head))
+    for case in cases:
+        line = f"{case.name:<28}"
+        for lib in libs:
+            rate = case.best.get(lib)
+            line += f"{rate:>22,.0f}" if rate else f"{'-':>22}"
+        for lib in others:
+            mine, theirs = case.best.get(ours), case.best.get(lib)
+            if mine and theirs:
+                text = f"{mine / theirs:.2f}x"
+                target = targets.get((case.name, lib))
+                if target:
+                    text += f" (target {target:g}x)"
+            else:
+                text = "-"
+            line += f"{text:>24}"
+        print(line)

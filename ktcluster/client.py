@@ -2,9 +2,37 @@
 
 Change ``from kyototycoon import ...`` to ``from ktcluster import ...``: the class,
 constructor, method names, arguments, defaults, return values and exception
-root (:class:`~ktcluster.errors.KyotoTycoonException`) are ng's.  What differs
-is listed in README "Differences from python-kyototycoon-ng" and in the method
-docstrings; in short, ktcluster is correct where ng is broken.
+root (:class:`~ktcluster.errors.KyotoTycoonException`) are ng's.  Errors are
+subclasses of it that say what happened (and carry the server's text and status);
+where ng raised ValueError, ktcluster raises ArgumentError, which is both.
+
+Differences from python-kyototycoon-ng 0.7.5, all where ng is broken or silent:
+
+* Answers the server encodes in Base64 (binary-looking or >255-byte values, e.g.
+  most pickles in get_bulk) decode; ng crashes on Python >= 3.9 (decodestring).
+* Keys may be bytes or str with any content (TAB, LF, NUL, non-UTF-8, empty, and
+  long keys, which go over RPC instead of REST); ng only took UTF-8-encodable str.
+  ``Cursor.jump("")`` jumps to the empty key; ng treated "" like None (first record).
+* ``expire`` is measured on the server's clock (ng added the client's clock for
+  REST writes); ``increment``/``increment_double`` honour ``expire`` and take
+  ``orig`` (ng ignored both); ``increment_double`` sends full precision (ng: %f);
+  ``expire=0`` means "at the end of this second" everywhere (ng's cas and
+  cur_set_value read 0 as "never").  See :mod:`ktcluster.expiry`.
+* ``replace`` and ``remove`` return False only when the record is missing; other
+  failures (bad DB, server error) raise instead of returning False.
+* ``append`` with pickle/JSON/custom packers retries its cas when the record
+  changes meanwhile (ng raised) and reads from the given ``db`` (ng read DB 0);
+  with the bytes/string packers the server appends (same result, one round trip).
+* ``match_*`` keep the server's order (DB order; nearest first for similar);
+  ng returned them sorted by encoded key.
+* ``Cursor.get`` returns ``(None, None)`` on an invalid cursor, as ng intended
+  (it tested for 404; KT answers 450, so ng raised).  Cursors hold their own
+  connection, so concurrent calls cannot move them; switching ``db`` in
+  jump/jump_back uses a new server cursor (KT would silently stay on the old DB).
+* ``get_int`` on a missing or non-8-byte record raises LogicalInconsistencyError
+  (ng: KyotoTycoonException, or struct.error).
+* Binary mode resolves DB names to indexes (ng could only use indexes there).
+* One instance is safe to share between threads and greenlets (ng's was not).
 
 How requests travel (``binary=False``, the default):
 

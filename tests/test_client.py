@@ -805,3 +805,58 @@ def test_packers_are_byte_compatible_with_ng():
     assert MemcachePacker().pack(b"v") == b"v\x00\x00\x00\x00"
     assert MemcachePacker().unpack(b"v\x00\x00\x00\x01") == b"v"
     assert struct.unpack(">I", MemcachePacker(True, 1, 3).pack(b"abc")[-4:])[0] == 4
+
+
+GEVENT_CLIENT = r"""
+from gevent import monkey; monkey.patch_all()
+import sys, gevent
+from ktcluster import KyotoTycoon, KT_PACKER_BYTES
+from ktcluster.errors import SignalTimeoutError
+host, port = sys.argv[1], int(sys.argv[2])
+kt = KyotoTycoon(pack_type=KT_PACKER_BYTES, pool_size=4).connect(host, port)
+kb = KyotoTycoon(binary=True, pack_type=KT_PACKER_BYTES, pool_size=4).connect(host, port)
+kt.clear(); kt.clear(1)
+def worker(n):
+    for i in range(25):
+        key = b"g%d-%d" % (n, i)
+        (kb if i % 2 else kt).set(key, key)
+        assert kt.get(key) == key and kb.get(key) == key
+        assert kb.get_bulk([key, b"nope"]) == {key: key}
+def walker():
+    kt.set_bulk({b"w%03d" % i: b"" for i in range(100)}, db=1)
+    with kt.cursor() as cur:
+        cur.jump(db=1)
+        seen = 0
+        while True:
+            seen += 1
+            gevent.sleep(0)
+            if not cur.step():
+                break
+    assert seen == 100, seen
+# a greenlet waiting on a condition does not block the others
+waiter = gevent.spawn(lambda: kt.with_options(wait="go", wait_time=10).get(b"g0-0"))
+jobs = [gevent.spawn(worker, n) for n in range(8)] + [gevent.spawn(walker)]
+gevent.joinall(jobs, raise_error=True)
+while not waiter.ready():
+    kt.signal("go")
+    gevent.sleep(0.01)
+assert waiter.get() == b"g0-0"
+# gevent.Timeout midway: the connection is discarded, the client keeps working
+try:
+    with gevent.Timeout(0.2):
+        kt.wait("never", 5)
+except gevent.Timeout:
+    pass
+assert kt.get(b"g1-1") == b"g1-1"
+assert kt.pool.stats().discarded == 1, kt.pool.stats()
+print("OK")
+"""
+
+
+def test_client_under_gevent(server, kt):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", GEVENT_CLIENT, server.host, str(server.port)],
+                          capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert proc.stdout.strip() == b"OK"

@@ -1,6 +1,6 @@
 """Drop-in check: the same calls through python-kyototycoon-ng 0.7.5 and ktcluster, on the
 same server, give the same results and the same kinds of errors -- except where ng is
-broken (listed in README "Differences from python-kyototycoon-ng").  Data written by one
+broken (listed in the docstring of ktcluster.client).  Data written by one
 library reads back with the other."""
 
 from __future__ import annotations

@@ -302,3 +302,66 @@ def test_request_dribbled_byte_by_byte_is_answered(server):
                 assert status == 200
         assert answer == b"drip"
         assert rpc(sock, "get", b"key\tk2\n") == (200, b"value\tv2v\n")
+
+
+# -- the memcached plug-in ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def memc_port(kt_server_factory) -> int:
+    port = free_port()
+    plugin = os.path.join(libexec_dir(), "ktplugservmemc.so") if using_real_server() else "ktplugservmemc.so"
+    kt_server_factory(":", args=["-plsv", plugin, "-plex", f"port={port}#tout={TIMEOUT}"])
+    deadline = time.monotonic() + WAIT
+    while True:  # the plug-in listens a moment after the main port
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+            return port
+        except ConnectionRefusedError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def memc_exchange(port: int, data: bytes, *, half_close: bool = True) -> tuple[bytes, bool]:
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+        try:
+            sock.sendall(data)
+            if half_close:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        return read_to_close(sock)
+
+
+@pytest.mark.parametrize("data", [
+    b"set k 0 0 %d\r\n" % (DATAMAX + 1), b"set k 0 0 -1\r\n", b"add k 0 0 99999999999999999999\r\n",
+    b"set k 0 0 1\r\nab\r\n",
+], ids=["size-over-2^28", "negative-size", "wrapped-size", "bad-terminator"])
+def test_memcached_bad_data_block_closes_silently(memc_port, data):
+    assert memc_exchange(memc_port, data, half_close=False) == (b"", True)
+
+
+def test_memcached_stalled_block_times_out_while_others_are_served(memc_port):
+    with socket.create_connection(("127.0.0.1", memc_port), timeout=WAIT) as stalled, \
+            socket.create_connection(("127.0.0.1", memc_port), timeout=WAIT) as busy:
+        stalled.sendall(b"set k 0 0 10\r\nabc")
+        result: list[tuple[bytes, bool]] = []
+        waiter = threading.Thread(target=lambda: result.append(read_to_close(stalled)))
+        waiter.start()
+        served = 0
+        while waiter.is_alive() and served < 1000:
+            busy.sendall(b"set k 0 0 1\r\nx\r\n")
+            assert busy.recv(8) == b"STORED\r\n"
+            served += 1
+        waiter.join(WAIT)
+        assert result == [(b"", True)] and served > 0
+
+
+def test_memcached_random_bytes_then_eof_always_end_in_a_close(memc_port):
+    rng = random.Random(11211)
+    with socket.create_connection(("127.0.0.1", memc_port), timeout=WAIT) as bystander:
+        for _ in range(40):
+            data = rng.randbytes(rng.choice((1, 16, 300, 9000)))
+            assert memc_exchange(memc_port, data)[1], f"kept open after EOF: {data[:40]!r}"
+            bystander.sendall(b"version\r\n")
+            assert bystander.recv(64) == b"VERSION KyotoTycoon/0.9.56b\r\n"

@@ -178,8 +178,12 @@ class _Link:
             raise SocketTimeoutError(f"connecting to {self.address} timed out", request_sent=False) from exc
         except OSError as exc:
             raise KTConnectionError(f"connecting to {self.address} failed: {exc}", request_sent=False) from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            self.close()
+            raise KTConnectionError(f"connecting to {self.address} failed: {exc}", request_sent=False) from exc
 
     def handshake(self, ts: int, sid: int, flags: int) -> None:
         """Ask for the entries after ``ts``; raise unless the master accepts."""
@@ -797,11 +801,13 @@ class ReplicationStream:
                 self._add_batch(src, payload)
             elif type(payload) is tuple:
                 up, error = payload
-                if up and not src.connected and error is None and src.error is not None:
+                if up and src.error is not None:
                     src.reconnects += 1
+                elif not up:
+                    first = src.connected or src.error is None  # not a retry that failed again
+                    log.log(logging.WARNING if first else logging.DEBUG,
+                            "replication from %s interrupted: %s", src.name, error)
                 src.connected, src.error = up, error
-                if not up:
-                    log.warning("replication from %s interrupted: %s", src.name, error)
             else:
                 src.error = payload
                 raise payload
@@ -815,7 +821,17 @@ class ReplicationStream:
         ts = last if type(last) is int else last["ts"]  # type: ignore[index]
         if ts > src.watermark:
             src.watermark = ts
-        src.batches.append(batch)
+        if src.batches and all(type(item) is int for item in batch):
+            # progress only (heartbeats, dummies) behind records still pending: keep just the
+            # highest ts, so that a master held back by others uses no buffer for heartbeats
+            tail = src.batches[-1]
+            if type(tail[-1]) is int:
+                tail[-1] = max(tail[-1], ts)  # type: ignore[type-var]
+            else:
+                tail.append(ts)
+            src.permits.release()
+        else:
+            src.batches.append(batch)
         if not src.in_heap:
             head = src.head()
             if head is not None:

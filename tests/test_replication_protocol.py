@@ -1,14 +1,18 @@
 """Replication without a server: stream framing, handshake answer, ulog_list parsing, record
-decoding of the golden (real ktserver) stream, checkpoints and the tail JSON format."""
+decoding of the golden (real ktserver) stream, checkpoints, the tail JSON format, and the
+merge logic fed by hand."""
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
+import time
 
 import pytest
 from golden_replay import load_cases, step_bytes
 
-from ktcluster.errors import ArgumentError, ProtocolError, ReplicationError
+from ktcluster.errors import ArgumentError, ProtocolError, ReplicationError, ResyncRequiredError
 from ktcluster.protocol.binary import Incomplete
 from ktcluster.protocol.replication import (
     OP_CLEAR,
@@ -24,7 +28,8 @@ from ktcluster.protocol.replication import (
     join_xt,
     parse_ulog_list,
 )
-from ktcluster.replication import XT_NEVER, Checkpoint, KyotoSlave, record_to_json
+from ktcluster.replication import XT_NEVER, Checkpoint, KyotoSlave, ReplicationStream, record_to_json
+from ktcluster.testing import free_port
 
 
 def golden_stream(case_name: str, conn: str = "r0") -> bytes:
@@ -208,3 +213,62 @@ def test_record_to_json():
     assert json.loads(record_to_json({"sid": 1, "db": 2, "op": OP_CLEAR, "ts": 8, "node": "n"}))["op"] == "clear"
     assert json.loads(record_to_json({"sid": 1, "db": 0, "op": OP_SET, "key": b"k", "expires": 99,
                                       "value": b"", "ts": 9}))["expires"] == 99
+
+
+# -- the merge, fed by hand (the masters' ports are closed, so their readers only retry) -------
+
+
+def test_merge_orders_excludes_silent_masters_delivers_late_records_and_rejoins():
+    events = []
+    nodes = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    stream = ReplicationStream(nodes, 99, since=0, idle_timeout=0.3, max_backoff=0.05,
+                               on_idle=lambda node, excluded: events.append((node, excluded)))
+    it = iter(stream)
+    out: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [out.put(rec) for rec in it], daemon=True).start()
+
+    def feed(index: int, *items) -> None:  # what master ``index``'s reader thread would hand over
+        stream._sources[index].last_message = time.monotonic()
+        stream._inbox.put((index, [{"ts": i, "key": b"%d" % i} if i % 2 else i for i in items]))
+
+    def take(n: int) -> list[tuple[str, int]]:
+        return [(nodes.index((rec := out.get(timeout=5))["node"]), rec["ts"]) for _ in range(n)]
+
+    feed(0, 11, 21)  # odd: a record, even: a heartbeat
+    feed(1, 13, 19)
+    feed(2, 12)
+    assert take(1) == [(0, 11)]
+    time.sleep(0.1)
+    assert out.empty()  # 13 waits for master 2, which has only reached 12
+    feed(2, 14)
+    assert take(1) == [(1, 13)]  # released up to master 2's watermark; 19 waits
+    feed(1, 22)
+    assert stream.excluded == frozenset()
+    # master 2 goes silent: after idle_timeout it no longer holds the stream back
+    assert take(2) == [(1, 19), (0, 21)] and stream.excluded == {nodes[2]}
+    assert events == [(nodes[2], True)]
+    feed(2, 15)  # older than what was yielded: delivered at once, out of order
+    assert take(1) == [(2, 15)] and stream.late_records == 1 and stream.excluded == {nodes[2]}
+    feed(2, 22)  # caught up with the stream: orders it again
+    feed(0, 23)
+    feed(1, 24)
+    time.sleep(0.1)
+    assert stream.excluded == frozenset() and events[-1] == (nodes[2], False)
+    assert out.empty()  # 23 waits for master 2 again
+    feed(2, 26)
+    assert take(1) == [(0, 23)]
+    positions = stream.checkpoint().positions
+    assert positions == {nodes[0]: 23, nodes[1]: 24, nodes[2]: 26}
+    stream.close()
+
+
+def test_merge_raises_a_reader_error_and_stops(tmp_path):
+    stream = ReplicationStream([f"127.0.0.1:{free_port()}"], 99, since=0)
+    it = iter(stream)
+    stream._inbox.put((0, ResyncRequiredError("gone", requested_ts=1, oldest_ts=5)))
+    with pytest.raises(ResyncRequiredError):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+    with pytest.raises(ReplicationError):
+        next(iter(stream))  # iterated once already

@@ -41,6 +41,7 @@ import re
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -259,6 +260,7 @@ class _Store:
         self.seq = 0
         self.raw_size = 0
         self.epoch = 0           # bumped by clear(): cursors positioned before are invalid
+        self.cursors: weakref.WeakSet[_RawCursor | _DirCursor] = weakref.WeakSet()
         self.xt_width = 0 if persist else 5
         bnum = spec.int_param("bnum")
         self.bnum = (_nearbyprime(bnum) if bnum > 32767 else bnum) if bnum > 0 else 1048583
@@ -331,9 +333,18 @@ class _Store:
             if grow > 0:
                 self._adjust_cache_slot(rec[2] >> _SEQ_BITS)
 
+    def _escape(self, okey: Any) -> None:
+        """Move every cursor standing on a record that goes away to the next record, as
+        Kyoto Cabinet's iterator-like cursors are moved (PlantDB cursors remember keys)."""
+        if self.family != "plant":
+            for cur in list(self.cursors):
+                cur.escape(okey)
+
     def delete(self, key: bytes) -> None:
         rec = self.recs.pop(key)
         okey = rec[2]
+        if self.cursors:
+            self._escape(okey)
         if self.order is not None:
             self.order.discard(okey)
             if not self.tree:
@@ -352,6 +363,8 @@ class _Store:
     def touch(self, key: bytes, rec: list[Any]) -> None:
         """CacheDB moves a record to the end of its slot's LRU list on every access."""
         okey = rec[2]
+        if self.cursors:
+            self._escape(okey)
         self.order.discard(okey)
         del self.by_okey[okey]
         self.seq += 1
@@ -374,7 +387,8 @@ class _Store:
         self.dir_names.clear()
         if self.order is not None:
             self.order.clear()
-        self.raw_size = 0
+        if self.family not in ("phash", "ptree"):  # ProtoDB::clear forgets to reset its size
+            self.raw_size = 0
         self.epoch += 1
         for slot in self.cache_slots:
             slot[0] = slot[1] = 0
@@ -392,7 +406,9 @@ class _Store:
         return [by_okey[okey] for okey in self.order]
 
     def cursor(self) -> _RawCursor | _DirCursor:
-        return _DirCursor(self) if self.kind == "dir" else _RawCursor(self)
+        cur = _DirCursor(self) if self.kind == "dir" else _RawCursor(self)
+        self.cursors.add(cur)
+        return cur
 
     def live_records(self) -> Iterator[tuple[bytes, bytes]]:
         """(key, stored value) of every record, for rewriting a journal."""
@@ -426,13 +442,18 @@ class _RawCursor:
     on the first record >= it, and after a removal in backward mode on the previous one.
     """
 
-    __slots__ = ("store", "pos", "back", "epoch")
+    __slots__ = ("store", "pos", "back", "epoch", "__weakref__")
 
     def __init__(self, store: _Store) -> None:
         self.store = store
         self.pos: Any = None
         self.back = False      # PlantDB's own direction flag
         self.epoch = store.epoch
+
+    def escape(self, okey: Any) -> None:
+        """The record ``okey`` is about to go away (still in the order)."""
+        if self.pos == okey and self.epoch == self.store.epoch:
+            self.pos = self.store.order.higher(okey)
 
     def current(self) -> Any:
         """The order key of the record the cursor stands on, or None."""
@@ -471,9 +492,9 @@ class _RawCursor:
         store = self.store
         order = store.order
         family = store.family
-        self.epoch = store.epoch
         if family == "hash":
             raise _noimpl()
+        self.epoch = store.epoch
         if family == "phash":
             if key is not None and key in store.recs:
                 self.pos = store.recs[key][2]
@@ -585,13 +606,18 @@ class _DirCursor:
     """A DirDB cursor: it walks the directory listing taken when it jumped (readdir
     order), skipping files removed since."""
 
-    __slots__ = ("store", "names", "idx", "epoch")
+    __slots__ = ("store", "names", "idx", "epoch", "__weakref__")
 
     def __init__(self, store: _Store) -> None:
         self.store = store
         self.names: list[str] = []
         self.idx = -1
         self.epoch = store.epoch
+
+    def escape(self, name: str) -> None:
+        """The record file ``name`` is about to go away: read on to the next entry."""
+        if 0 <= self.idx < len(self.names) and self.names[self.idx] == name and self.epoch == self.store.epoch:
+            self.idx += 1
 
     def current(self) -> str | None:
         store = self.store

@@ -196,6 +196,19 @@ def test_checkpoint_keeps_unknown_masters_and_starts_new_ones_from_their_oldest_
     assert keys_of(records) == expected
 
 
+def test_masters_without_writes_only_delay_the_stream_by_their_heartbeats(masters):
+    events: list[tuple[str, bool]] = []
+    stream = ReplicationStream([s.address for s in masters], 99, idle_timeout=1.0,
+                               on_idle=lambda node, excluded: events.append((node, excluded)))
+    consumer = Consumer(stream, n=30)
+    time.sleep(0.5)
+    owner = write(masters[:1], [b"q%02d" % i for i in range(30)])  # masters 1 and 2 get nothing
+    records = consumer.wait_for(30)
+    consumer.stop()
+    assert keys_of(records) == Counter((node, key) for key, node in owner.items())
+    assert events == [] and stream.late_records == 0  # their heartbeats kept them in the ordering
+
+
 def test_an_unreachable_master_stops_holding_the_stream_back_after_the_idle_timeout(masters):
     events: list[tuple[str, bool]] = []
     stream = ReplicationStream([s.address for s in masters], 99, idle_timeout=1.0,

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResyncRequiredError as exc:
         print(f"ktcluster tail: {exc} (oldest ts kept: {exc.oldest_ts})", file=sys.stderr)
         return EXIT_RESYNC
-    except KyotoTycoonException as exc:
+    except (KyotoTycoonException, OSError) as exc:
         print(f"ktcluster tail: {exc}", file=sys.stderr)
         return 1
     return 0

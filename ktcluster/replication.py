@@ -892,6 +892,8 @@ def tail(masters: Sequence[str | tuple[str, int]] | Mapping[str, str | tuple[str
     start: float | Checkpoint | None = since
     if checkpoint_file and os.path.exists(checkpoint_file):
         start = Checkpoint.load(checkpoint_file)
+    elif checkpoint_file and not os.path.isdir(os.path.dirname(os.path.abspath(checkpoint_file))):
+        raise ArgumentError(f"no directory for the checkpoint file {checkpoint_file!r}")
 
     def on_idle(node: str, excluded: bool) -> None:
         err.write(json.dumps({"event": "idle" if excluded else "rejoined", "node": node}) + "\n")

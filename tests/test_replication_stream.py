@@ -12,11 +12,13 @@ import time
 from collections import Counter
 
 import pytest
+from test_replication_slave import purged_master
 
 from ktcluster import KT_PACKER_BYTES, Checkpoint, ReplicationStream
 from ktcluster.cli import main as cli_main
 from ktcluster.cluster import Cluster
 from ktcluster.connection import Connection
+from ktcluster.errors import ResyncRequiredError
 from ktcluster.fanout import gevent_active
 from ktcluster.replication import tail
 from ktcluster.testing import KTServer, start_cluster
@@ -346,3 +348,15 @@ def test_cli_tail(masters, tmp_path, capsys):
     assert Counter((line["node"], line["key"]) for line in lines) == \
         Counter((name[owner[k]], k.decode()) for k in keys)
     assert Checkpoint.load(path).positions.keys() == set(name.values())
+
+
+def test_a_purged_master_stops_the_stream_with_resync_required(kt_server_factory, capsys):
+    srv, records = purged_master(kt_server_factory)
+    since = Checkpoint({srv.address: records[0]["ts"]})
+    with ReplicationStream([srv.address], 99, since=since) as stream:
+        with pytest.raises(ResyncRequiredError) as info:
+            next(iter(stream))
+    assert info.value.node == srv.address and info.value.oldest_ts > records[0]["ts"]
+    assert stream.checkpoint() == since  # nothing was yielded
+    assert cli_main(["tail", srv.address, "--since", str(records[0]["ts"] / 1e9)]) == 3
+    assert "oldest ts kept" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from .kcnum import atoi, atoih
 __all__ = [
     "SERVER_NAME", "LINE_MAX", "BODY_MAX", "reason", "http_date", "format_http_date",
     "encode_request", "ResponseHead", "parse_response_head",
-    "RequestHead", "BadRequest", "HTTPError", "read_line", "parse_request_head",
+    "RequestHead", "BadRequest", "HTTPError", "IncompleteChunkEnd", "read_line", "parse_request_head",
     "read_request_body", "encode_response", "encode_error_response",
 ]
 
@@ -175,6 +175,11 @@ def parse_response_head(buf: bytes, pos: int = 0, *, head_request: bool = False)
 
 class BadRequest(Exception):
     """ktserver drops the connection without answering."""
+
+
+class IncompleteChunkEnd(Incomplete):
+    """The body stops where the CRLF after a chunk should be: if it never comes, ktserver
+    answers ``400 (invalid chunk)`` rather than ``400 (receiving data failed)``."""
 
 
 class HTTPError(Exception):
@@ -338,7 +343,9 @@ def read_request_body(buf: bytes, head: RequestHead) -> tuple[bytes, int]:
             raise HTTPError(413, "request entity too large")
         end = pos + csiz
         if len(buf) < end + 2:
-            raise Incomplete(end + 2)
+            if len(buf) > end and buf[end] != 0x0D:
+                raise HTTPError(400, "invalid chunk")
+            raise IncompleteChunkEnd(end + 2) if len(buf) >= end else Incomplete(end + 2)
         if buf[end:end + 2] != b"\r\n":
             raise HTTPError(400, "invalid chunk")
         if csiz < 1:

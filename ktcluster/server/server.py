@@ -43,6 +43,7 @@ from ..protocol.http import (
     BODY_MAX,
     BadRequest,
     HTTPError,
+    IncompleteChunkEnd,
     encode_error_response,
     parse_request_head,
     read_request_body,
@@ -315,9 +316,11 @@ class Session:
                         body, end = read_request_body(self.buf, head)
                         self.pos = end
                         break
-                    except Incomplete:
+                    except Incomplete as exc:
                         if not self.recv_more():
-                            self.send(encode_error_response(400, "receiving data failed"))
+                            chunk_end = isinstance(exc, IncompleteChunkEnd)
+                            self.send(encode_error_response(400, "invalid chunk" if chunk_end
+                                                            else "receiving data failed"))
                             return False
                     except HTTPError as exc:
                         self.send(encode_error_response(exc.code, exc.message))

@@ -115,6 +115,14 @@ def test_lazy_connect_nodelay_and_keepalive(kt_server):
     assert conn.call("void") == {}
     assert conn.connected and conn.generation == 1
     assert conn._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    # a blocking socket with kernel timeouts: no poll() before each send and recv
+    assert conn._sock.gettimeout() is None
+    sec, usec = struct.unpack("@ll", conn._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16))
+    assert (sec, usec) == (30, 0)
+    conn.set_timeout(0.25)
+    sec, usec = struct.unpack("@ll", conn._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16))
+    assert sec == 0 and abs(usec - 250000) < 10000  # the kernel rounds to its clock tick
+    conn.set_timeout(30)
     for _ in range(3):
         assert conn.call(b"void") == {}
     assert conn.generation == 1  # one socket for all calls

@@ -266,24 +266,20 @@ def dump_tsv(output: Mapping[bytes, bytes]) -> tuple[bytes, bytes]:
     return ctype, encode_map(output, colenc, sort=True)
 
 
-# A line with a TAB: the key runs to the first TAB, the value to the end of the line.
-_TSV_LINE = re.compile(rb"^([^\t\n]*)\t([^\n]*)", re.M)
-
-
 def parse_tsv(body: bytes) -> list[tuple[bytes, bytes]]:
     """ktutil tsvtomap without the map: the (key, value) lines in order.
 
     Lines split on LF, one trailing CR dropped, key before the first TAB,
     value after it; lines without a TAB are ignored."""
-    if b"\r" not in body:
-        return _TSV_LINE.findall(body)
     out = []
+    append = out.append
+    strip_cr = b"\r" in body
     for line in body.split(b"\n"):
-        if line.endswith(b"\r"):
+        if strip_cr and line.endswith(b"\r"):
             line = line[:-1]
         key, tab, value = line.partition(b"\t")
         if tab:
-            out.append((key, value))
+            append((key, value))
     return out
 
 

@@ -1,0 +1,887 @@
+"""The Python half of the Lua ``kt`` module: what ktserver's myscript.cc does in C.
+
+:mod:`ktcluster.server.scripting_kt.lua <ktcluster.server>` defines ``__kyototycoon__``
+in Lua (argument checks, defaults, the classes, conversions of Lua values to strings);
+:class:`KtHost` does the rest, one instance per Lua state: database and cursor
+operations on :mod:`.storage` (the server's databases, and those a script opens with
+``kt.DB``), byte-level helpers (``pack``, ``codec``, ``regex``, ``mapdump``...), the log
+and the clock.  Every primitive receives Lua values already converted by the Lua side
+(strings as bytes, numbers as int or float, None for nil) and returns what the Lua
+function returns; a failed database operation returns the failure value and records
+Kyoto Cabinet's error for ``db:error()``, as a TimedDB does per thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..errors import ProtocolError
+from ..protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix
+from ..protocol.replication import decode_varnum, encode_varnum
+from ..protocol.tsv import base64_decode, base64_encode, quote_decode, quote_encode, url_decode, url_encode
+from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM
+from .hashing import _fnv as hashfnv
+from .hashing import murmur
+from .storage import (
+    DUPREC,
+    INVALID,
+    LOGIC,
+    NOP,
+    NOREC,
+    REMOVE,
+    XT_NONE,
+    XTMAX,
+    Cursor,
+    Database,
+    DBError,
+    DBSpec,
+    StorageError,
+)
+from .storage import _ere_to_python as ere_to_python
+from .storage import _levenshtein as levenshtein
+from .storage import _ucs as utf_to_ucs
+
+__all__ = ["KtHost", "PRIMITIVES", "c_int64", "lua_list", "lua_pairs"]
+
+_U64 = (1 << 64) - 1
+_TWO63 = 9.223372036854775808e18
+_NOREPOS = 3
+_OWRITER, _OCREATE, _OTRUNCATE = 2, 4, 8
+_MSET, _MADD, _MREPLACE, _MAPPEND = 0, 1, 2, 3
+_LOG_KINDS = {b"info": LOG_INFO, b"system": LOG_SYSTEM, b"error": LOG_ERROR}
+
+#: the names of the primitives the Lua side calls as ``P.name(...)``.
+PRIMITIVES = (
+    "expired", "log", "time", "sleep",
+    "atoi", "atoix", "atof", "hash_murmur", "hash_fnv", "levdist", "pack", "unpack", "split", "codec", "bit",
+    "strstr", "strfwm", "strbwm", "regex", "arraydump", "arrayload", "mapdump", "mapload",
+    "new_db", "open", "close", "error", "describe", "get", "check", "set", "add", "replace", "append",
+    "increment", "increment_double", "cas", "remove", "seize", "set_bulk", "remove_bulk", "get_bulk",
+    "clear", "count", "size", "path", "status", "match_prefix", "match_regex", "match_similar",
+    "accept", "accept_bulk", "iterate", "synchronize", "occupy", "merge",
+    "cursor", "cur_jump", "cur_jump_back", "cur_step", "cur_step_back", "cur_get", "cur_get_key",
+    "cur_get_value", "cur_set_value", "cur_remove", "cur_seize", "cur_accept", "cur_disable", "cur_describe",
+)
+
+
+# -- C conversions (x86-64, as ktserver performs them) ------------------------------------------
+
+
+def c_int64(num: float) -> int:
+    """``(int64_t)`` of a Lua number: truncation; INT64MIN when out of range or NaN."""
+    if isinstance(num, float):
+        if not -_TWO63 <= num < _TWO63:  # NaN fails too
+            return INT64MIN
+        return int(num)
+    return num if INT64MIN <= num <= INT64MAX else INT64MIN
+
+
+def _c_int32(num: float) -> int:
+    """``(int32_t)`` (and the 8/16-bit conversions that go through it)."""
+    if isinstance(num, float) and not -2147483648.0 <= num < 2147483648.0:
+        return -(1 << 31)
+    value = int(num)
+    return value if -(1 << 31) <= value < (1 << 31) else -(1 << 31)
+
+
+def _c_uint64(num: float) -> int:
+    """``(uint64_t)`` of a double, gcc's sequence: negatives wrap, >= 2^64 gives 0."""
+    num = float(num)
+    if num >= _TWO63:
+        return int(num) if num < 2 * _TWO63 else 0
+    return c_int64(num) & _U64
+
+
+def lua_list(table: Any, count: int) -> list[Any]:
+    """The elements 1..count of a Lua array."""
+    return [table[i] for i in range(1, count + 1)]
+
+
+def lua_pairs(table: Any, count: int) -> list[tuple[Any, Any]]:
+    """The (key, value) pairs of a flat Lua array {k1, v1, k2, v2, ...} of ``count`` elements."""
+    flat = lua_list(table, count)
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _cstr(data: bytes) -> bytes:
+    """The C string a Lua string is for a ``const char*`` parameter (up to the first NUL)."""
+    nul = data.find(b"\0")
+    return data if nul < 0 else data[:nul]
+
+
+def _repeat(fmt: bytes, pos: int) -> tuple[int, int]:
+    """The repeat count after the format character at ``pos`` (``*`` = INT32MAX, digits as
+    strtol into an int32) and the position of the last byte it used."""
+    if fmt[pos + 1:pos + 2] == b"*":
+        return 0x7FFFFFFF, pos + 1
+    end = pos + 1
+    while end < len(fmt) and 0x30 <= fmt[end] <= 0x39:
+        end += 1
+    if end == pos + 1:
+        return 1, pos
+    count = min(int(fmt[pos + 1:end]), INT64MAX) & 0xFFFFFFFF
+    return (count - (1 << 32) if count >= (1 << 31) else count), end - 1
+
+
+def _pack_varnum(num: int) -> bytes:
+    """kt_pack's 'w': KC varnum, except that a 9-byte number skips bits 56..62 as ktserver does."""
+    if num < (1 << 56):
+        return encode_varnum(num)
+    out = [(num >> 63) | 0x80] + [((num >> shift) & 0x7F) | 0x80 for shift in range(49, 0, -7)]
+    return bytes(out + [num & 0x7F])
+
+
+def _pack_float(num: float) -> bytes:
+    try:
+        return struct.pack("<f", num)
+    except OverflowError:
+        return struct.pack("<f", math.copysign(math.inf, num))
+
+
+_PACKERS: dict[int, Callable[[float], bytes]] = {}
+for _chars, _func in (
+    (b"cC", lambda n: bytes((_c_int32(n) & 0xFF,))),
+    (b"sS", lambda n: struct.pack("<H", _c_int32(n) & 0xFFFF)),
+    (b"iI", lambda n: struct.pack("<I", c_int64(n) & 0xFFFFFFFF)),
+    (b"lL", lambda n: struct.pack("<Q", _c_uint64(n))),
+    (b"fF", _pack_float),
+    (b"dD", lambda n: struct.pack("<d", n)),
+    (b"n", lambda n: struct.pack(">H", _c_int32(n) & 0xFFFF)),
+    (b"N", lambda n: struct.pack(">I", c_int64(n) & 0xFFFFFFFF)),
+    (b"M", lambda n: struct.pack(">Q", _c_uint64(n))),
+    (b"wW", lambda n: _pack_varnum(_c_uint64(n))),
+):
+    for _char in _chars:
+        _PACKERS[_char] = _func
+
+#: kt_unpack's fixed-size formats: struct format per character
+_UNPACKERS = {ord(c): struct.Struct(f) for c, f in (
+    ("c", "<b"), ("C", "<B"), ("s", "<h"), ("S", "<H"), ("i", "<i"), ("I", "<I"), ("l", "<q"), ("L", "<Q"),
+    ("f", "<f"), ("F", "<f"), ("d", "<d"), ("D", "<d"), ("n", ">H"), ("N", ">I"), ("M", ">Q"))}
+_VARNUM_CHARS = b"wW"
+
+
+def _hexdecode(text: bytes) -> bytes:
+    """kc::hexdecode: pairs of hex digits, blanks skipped, a bad digit counts as nothing."""
+    out = bytearray()
+    i, n = 0, len(text)
+    while True:
+        while i < n and 0 < text[i] <= 0x20:
+            i += 1
+        if i >= n:
+            break
+        num = _hexval(text[i]) or 0
+        i += 1
+        if i >= n:
+            out.append(num)
+            break
+        low = _hexval(text[i])
+        i += 1
+        if low is not None:
+            num = num * 16 + low
+        out.append(num & 0xFF)
+    return bytes(out)
+
+
+def _hexval(c: int) -> int | None:
+    if 0x30 <= c <= 0x39:
+        return c - 0x30
+    if 0x61 <= c <= 0x66:
+        return c - 0x57
+    if 0x41 <= c <= 0x46:
+        return c - 0x37
+    return None
+
+
+_ZLIB_BITS = {b"zlib": -15, b"deflate": 15, b"gzip": 31}
+
+
+def _compress(data: bytes, wbits: int) -> bytes:
+    """kc::ZLIB::compress: level 6, memLevel 9; the raw ("zlib") form keeps a trailing NUL."""
+    comp = zlib.compressobj(6, zlib.DEFLATED, wbits, 9, zlib.Z_DEFAULT_STRATEGY)
+    out = comp.compress(data) + comp.flush()
+    return out + b"\0" if wbits < 0 else out
+
+
+def _decompress(data: bytes, wbits: int) -> bytes | None:
+    try:
+        decomp = zlib.decompressobj(wbits)
+        out = decomp.decompress(data)
+    except zlib.error:
+        return None
+    return out if decomp.eof else None
+
+
+def _regex_replace(text: bytes, pattern: re.Pattern[bytes], alt: bytes) -> bytes:
+    """kc::Regex::replace: every match from left to right, ``$0``-``$9`` and ``$&`` in
+    ``alt`` for the (sub)matches, ``$x`` for a literal x."""
+    if pattern.search(text) is None:
+        return text
+    out = bytearray()
+    pos, n = 0, len(text)
+    while pos < n:
+        m = pattern.search(text, pos)
+        if m is None:
+            break
+        out += text[pos:m.start()]
+        i = 0
+        while i < len(alt):
+            c = alt[i]
+            if c == 0x24 and i + 1 < len(alt):
+                i += 1
+                nxt = alt[i]
+                if 0x30 <= nxt <= 0x39:
+                    num = nxt - 0x30
+                    if num <= pattern.groups and m.group(num) is not None:
+                        out += m.group(num)
+                elif nxt == 0x26:
+                    out += m.group(0)
+                else:
+                    out.append(nxt)
+            elif c != 0x24:
+                out.append(c)
+            i += 1
+        advance = m.end() - pos
+        pos = m.end()
+        if advance < 1:
+            break
+    return bytes(out + text[pos:])
+
+
+# -- handles -------------------------------------------------------------------------------------
+
+
+class _DB:
+    """What a Lua DB object's ``db_ptr_`` holds: the database (None until a script's
+    ``kt.DB`` is opened) and this Lua state's last error on it."""
+
+    __slots__ = ("db", "owned", "code", "message")
+
+    def __init__(self, db: Database | None = None, owned: bool = True) -> None:
+        self.db = db
+        self.owned = owned
+        self.code = 0
+        self.message = b"no error"
+
+
+class _Cur:
+    """What a Lua cursor's ``cur_ptr_`` holds."""
+
+    __slots__ = ("handle", "cur")
+
+    def __init__(self, handle: _DB) -> None:
+        self.handle = handle
+        self.cur: Cursor | None = handle.db.cursor() if handle.db is not None else None
+
+
+def _not_opened() -> DBError:
+    return DBError(INVALID, "not opened")
+
+
+# -- the host ------------------------------------------------------------------------------------
+
+
+class KtHost:
+    """The primitives of one Lua state (see the module docstring).
+
+    ``server`` is the embedded server (its ``log`` and ``stopping``); ``table_from``
+    makes a Lua table from a Python list (lupa's ``LuaRuntime.table_from``).  After the
+    Lua side has run, :meth:`bind` receives its trampolines.  ``deadline`` (a
+    ``time.monotonic()`` value or None) is the end of the running call; ``timed_out``
+    tells that :meth:`expired` said so."""
+
+    def __init__(self, server: Any, table_from: Callable[..., Any]) -> None:
+        self._server = server
+        self._table = table_from
+        self._visit_full: Callable[..., Any] | None = None
+        self._visit_empty: Callable[..., Any] | None = None
+        self._file_process: Callable[..., Any] | None = None
+        self.deadline: float | None = None
+        self.timed_out = False
+
+    def primitives(self) -> dict[bytes, Callable[..., Any]]:
+        return {name.encode(): getattr(self, name) for name in PRIMITIVES}
+
+    def bind(self, visit_full: Callable[..., Any], visit_empty: Callable[..., Any],
+             file_process: Callable[..., Any]) -> None:
+        self._visit_full = visit_full
+        self._visit_empty = visit_empty
+        self._file_process = file_process
+
+    def server_handles(self) -> list[_DB]:
+        return [_DB(db, owned=False) for db in self._server.dbs]
+
+    # -- server, clock -----------------------------------------------------------------------
+
+    def expired(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.timed_out = True
+            return True
+        return False
+
+    def log(self, kind: bytes, message: bytes) -> None:
+        text = _cstr(message).decode("utf-8", "replace")
+        self._server.log(_LOG_KINDS.get(_cstr(kind).lower(), LOG_DEBUG), f"[SCRIPT]: {text}")
+
+    def time(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> bool:
+        """kt.sleep, cut short by the deadline (then True) or by the server stopping."""
+        seconds = float(seconds)
+        if not seconds > 0:
+            time.sleep(0)
+            return False
+        if self.deadline is not None and self.deadline - time.monotonic() < seconds:
+            self._server.stopping.wait(max(0.0, self.deadline - time.monotonic()))
+            return self.expired()
+        self._server.stopping.wait(min(seconds, threading.TIMEOUT_MAX))
+        return False
+
+    # -- module functions ------------------------------------------------------------------
+
+    def atoi(self, text: bytes) -> int:
+        return atoi(_cstr(text))
+
+    def atoix(self, text: bytes) -> int:
+        return atoix(_cstr(text))
+
+    def atof(self, text: bytes) -> float:
+        return atof(_cstr(text))
+
+    def hash_murmur(self, data: bytes) -> int:
+        return murmur(data) & ((1 << 48) - 1)
+
+    def hash_fnv(self, data: bytes) -> int:
+        return hashfnv(data) & ((1 << 48) - 1)
+
+    def levdist(self, a: bytes, b: bytes, utf: bool) -> int:
+        if utf:
+            return levenshtein(utf_to_ucs(a), utf_to_ucs(b))
+        return levenshtein(a, b)
+
+    def pack(self, fmt: bytes, table: Any, count: int) -> bytes:
+        values = lua_list(table, count)
+        fmt = _cstr(fmt)
+        out = bytearray()
+        index = 0
+        pos = 0
+        while pos < len(fmt):
+            char = fmt[pos]
+            loop, pos = _repeat(fmt, pos)
+            end = min(index + min(loop, count), count)
+            packer = _PACKERS.get(char)
+            while index < end:
+                if packer is not None:
+                    out += packer(values[index])
+                index += 1
+            pos += 1
+            if index >= count:
+                break
+        return bytes(out)
+
+    def unpack(self, fmt: bytes, data: bytes) -> Any:
+        fmt = _cstr(fmt)
+        out: list[float] = []
+        rp = 0
+        size = len(data)
+        pos = 0
+        while pos < len(fmt):
+            char = fmt[pos]
+            loop, pos = _repeat(fmt, pos)
+            loop = min(loop, size)
+            unpacker = _UNPACKERS.get(char)
+            if unpacker is not None:
+                width = unpacker.size
+                for _ in range(loop):
+                    if size <= 0:
+                        break
+                    if size < width:
+                        size = 0
+                        break
+                    out.append(float(unpacker.unpack_from(data, rp)[0]))
+                    rp += width
+                    size -= width
+            elif char in _VARNUM_CHARS:
+                for _ in range(loop):
+                    if size <= 0:
+                        break
+                    num = 0
+                    while True:
+                        c = data[rp]
+                        num = (num * 0x80 + (c & 0x7F)) & _U64
+                        rp += 1
+                        size -= 1
+                        if c < 0x80 or size <= 0:
+                            break
+                    out.append(float(num))
+            pos += 1
+            if size < 1:
+                break
+        return self._table(out)
+
+    def split(self, data: bytes, delims: bytes | None) -> Any:
+        if delims is None:
+            return self._table(data.split(b"\0"))
+        data, delims = _cstr(data), _cstr(delims)
+        parts = []
+        start = 0
+        for i, c in enumerate(data):
+            if c in delims:
+                parts.append(data[start:i])
+                start = i + 1
+        parts.append(data[start:])
+        return self._table(parts)
+
+    def codec(self, mode: bytes, data: bytes) -> bytes | None:
+        mode = _cstr(mode).lower()
+        if mode.startswith(b"~"):
+            mode = mode[1:]
+            if mode in _ZLIB_BITS:
+                return _decompress(data, _ZLIB_BITS[mode])
+            decoder = {b"url": url_decode, b"base": base64_decode, b"quote": quote_decode,
+                       b"hex": _hexdecode}.get(mode)
+            return None if decoder is None else decoder(_cstr(data))
+        if mode in _ZLIB_BITS:
+            return _compress(data, _ZLIB_BITS[mode])
+        encoder = {b"url": url_encode, b"base": base64_encode, b"quote": quote_encode,
+                   b"hex": lambda d: d.hex().encode()}.get(mode)
+        return None if encoder is None else encoder(data)
+
+    def bit(self, mode: bytes, num: float, aux: float) -> int:
+        value = c_int64(num) & 0xFFFFFFFF
+        other = c_int64(aux) & 0xFFFFFFFF
+        mode = _cstr(mode).lower()
+        if mode == b"and":
+            value &= other
+        elif mode == b"or":
+            value |= other
+        elif mode == b"xor":
+            value ^= other
+        elif mode == b"not":
+            value = ~value & 0xFFFFFFFF
+        elif mode == b"left":
+            value = (value << (other & 31)) & 0xFFFFFFFF
+        elif mode == b"right":
+            value >>= other & 31
+        return value
+
+    def strstr(self, text: bytes, pattern: bytes, alt: bytes | None) -> Any:
+        text, pattern = _cstr(text), _cstr(pattern)
+        if alt is None:
+            return text.find(pattern) + 1
+        return text.replace(pattern, _cstr(alt)) if pattern else text
+
+    def strfwm(self, text: bytes, pattern: bytes) -> bool:
+        return _cstr(text).startswith(_cstr(pattern))
+
+    def strbwm(self, text: bytes, pattern: bytes) -> bool:
+        return _cstr(text).endswith(_cstr(pattern))
+
+    def regex(self, text: bytes, pattern: bytes, alt: bytes | None) -> Any:
+        text = _cstr(text)
+        try:
+            compiled = re.compile(ere_to_python(pattern), re.DOTALL)
+        except (re.error, ValueError):
+            return False if alt is None else text
+        if alt is None:
+            return compiled.search(text) is not None
+        if not _cstr(pattern):
+            return text
+        return _regex_replace(text, compiled, _cstr(alt))
+
+    def arraydump(self, table: Any, count: int) -> bytes:
+        values = lua_list(table, count)
+        return b"".join(encode_varnum(len(v)) + v for v in values)
+
+    def arrayload(self, data: bytes) -> Any:
+        out = []
+        pos, n = 0, len(data)
+        while pos < n:
+            try:
+                size, pos = decode_varnum(data, pos)
+            except ProtocolError:
+                break
+            if size > n - pos:
+                break
+            out.append(data[pos:pos + size])
+            pos += size
+        return self._table(out)
+
+    def mapdump(self, table: Any, count: int) -> bytes:
+        return b"".join(encode_varnum(len(k)) + encode_varnum(len(v)) + k + v for k, v in lua_pairs(table, count))
+
+    def mapload(self, data: bytes) -> Any:
+        flat = []
+        pos, n = 0, len(data)
+        while n - pos > 1:
+            try:
+                ksiz, pos = decode_varnum(data, pos)
+                if n - pos < 1:
+                    break
+                vsiz, pos = decode_varnum(data, pos)
+            except ProtocolError:
+                break
+            if ksiz + vsiz > n - pos:
+                break
+            flat.append(data[pos:pos + ksiz])
+            flat.append(data[pos + ksiz:pos + ksiz + vsiz])
+            pos += ksiz + vsiz
+        return self._table(flat)
+
+    # -- databases -------------------------------------------------------------------------
+
+    def _run(self, handle: _DB, op: Callable[[Database], Any], fail: Any = False) -> Any:
+        """``op(db)``; on a Kyoto Cabinet error record it and return ``fail``."""
+        try:
+            db = handle.db
+            if db is None:
+                raise _not_opened()
+            return op(db)
+        except DBError as exc:
+            handle.code = exc.code
+            handle.message = exc.message.encode()
+            return fail
+
+    def _ok(self, handle: _DB, op: Callable[[Database], Any]) -> bool:
+        """``op(db)``: True, or False with the error recorded."""
+        def run(db: Database) -> bool:
+            op(db)
+            return True
+
+        return self._run(handle, run)
+
+    def _visitor(self, visitor: Any, writable: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """A storage visitor pair calling the Lua visitor through the trampolines."""
+        visit_full, visit_empty = self._visit_full, self._visit_empty
+        assert visit_full is not None and visit_empty is not None
+
+        def answer(result: Any, keep_xt: int) -> Any:
+            if result is None or not writable:
+                return NOP
+            if result is False:
+                return REMOVE
+            value, xt = result if isinstance(result, tuple) else (result, None)
+            return value, keep_xt if xt is None else c_int64(xt)
+
+        def full(key: bytes, value: bytes, xt: int) -> Any:
+            return answer(visit_full(visitor, key, value, min(xt, XTMAX)), -xt)
+
+        def empty(key: bytes) -> Any:
+            return answer(visit_empty(visitor, key), XT_NONE)
+
+        return full, empty
+
+    @staticmethod
+    def _xt(xt: float | None) -> int:
+        return XT_NONE if xt is None else c_int64(xt)
+
+    def _processor(self, proc: Any) -> Callable[[str, int, int], bool]:
+        file_process = self._file_process
+        assert file_process is not None
+        return lambda path, count, size: bool(file_process(proc, os.fsencode(path), count, size))
+
+    def new_db(self) -> _DB:
+        return _DB()
+
+    def open(self, handle: _DB, path: bytes, mode: float) -> bool:
+        """``kt.DB:open``: a database of the script's own (not logged, not the server's)."""
+        mode = c_int64(mode) & 0xFFFFFFFF
+        if handle.db is not None:
+            handle.code, handle.message = INVALID, b"already opened"
+            return False
+        try:
+            spec = DBSpec.parse(_cstr(path).decode("utf-8", "surrogateescape"))
+        except ValueError:
+            handle.code, handle.message = INVALID, b"unknown database type"
+            return False
+        if spec.path not in (":", "*", "-", "+", "%") and not mode & _OCREATE and not os.path.exists(spec.path):
+            handle.code, handle.message = _NOREPOS, b"no such file"
+            return False
+        try:
+            db = Database(spec, writable=bool(mode & _OWRITER))
+        except (StorageError, OSError) as exc:
+            handle.code, handle.message = _NOREPOS, str(exc).encode()
+            return False
+        if mode & _OTRUNCATE and mode & _OWRITER:
+            db.clear()
+        handle.db = db
+        handle.owned = True
+        return True
+
+    def close(self, handle: _DB) -> bool:
+        if handle.db is not None and not handle.owned:
+            handle.code, handle.message = INVALID, b"the server's databases stay open"
+            return False
+
+        def op(db: Database) -> bool:
+            db.close()
+            handle.db = None
+            return True
+
+        return self._run(handle, op)
+
+    def error(self, handle: _DB) -> tuple[int, bytes]:
+        return handle.code, handle.message
+
+    def describe(self, handle: _DB) -> bytes:
+        db = handle.db
+        if db is None:
+            return b"(nil): -1: -1"
+        return b"%s: %d: %d" % (os.fsencode(db.path) or b"(nil)", db.count(), db.size())
+
+    def get(self, handle: _DB, key: bytes) -> tuple[bytes, int] | None:
+        def op(db: Database) -> tuple[bytes, int] | None:
+            got = db.get(key)
+            if got is None:
+                raise DBError(NOREC, "no record")
+            return got[0], min(got[1], XTMAX)
+
+        return self._run(handle, op, None)
+
+    def check(self, handle: _DB, key: bytes) -> int:
+        def op(db: Database) -> int:
+            got = db.check(key)
+            if got is None:
+                raise DBError(NOREC, "no record")
+            return got[0]
+
+        return self._run(handle, op, -1)
+
+    def set(self, handle: _DB, key: bytes, value: bytes, xt: float | None) -> bool:
+        return self._ok(handle, lambda db: db.set(key, value, self._xt(xt)))
+
+    def add(self, handle: _DB, key: bytes, value: bytes, xt: float | None) -> bool:
+        return self._ok(handle, lambda db: db.add(key, value, self._xt(xt)))
+
+    def replace(self, handle: _DB, key: bytes, value: bytes, xt: float | None) -> bool:
+        return self._ok(handle, lambda db: db.replace(key, value, self._xt(xt)))
+
+    def append(self, handle: _DB, key: bytes, value: bytes, xt: float | None) -> bool:
+        return self._ok(handle, lambda db: db.append(key, value, self._xt(xt)))
+
+    def increment(self, handle: _DB, key: bytes, num: float, orig: float, xt: float | None) -> int | None:
+        if isinstance(orig, float) and math.isinf(orig):
+            start = INT64MAX if orig > 0 else INT64MIN
+        else:
+            start = c_int64(orig)
+        return self._run(handle, lambda db: db.increment(key, c_int64(num), start, self._xt(xt)), None)
+
+    def increment_double(self, handle: _DB, key: bytes, num: float, orig: float,
+                         xt: float | None) -> float | None:
+        return self._run(handle, lambda db: db.increment_double(key, float(num), float(orig), self._xt(xt)), None)
+
+    def cas(self, handle: _DB, key: bytes, oval: bytes | None, nval: bytes | None, xt: float | None) -> bool:
+        return self._ok(handle, lambda db: db.cas(key, oval, nval, self._xt(xt)))
+
+    def remove(self, handle: _DB, key: bytes) -> bool:
+        return self._ok(handle, lambda db: db.remove(key))
+
+    def seize(self, handle: _DB, key: bytes) -> tuple[bytes, int] | None:
+        def op(db: Database) -> tuple[bytes, int]:
+            value, xt = db.seize(key)
+            return value, min(xt, XTMAX)
+
+        return self._run(handle, op, None)
+
+    def set_bulk(self, handle: _DB, table: Any, count: int, xt: float | None, atomic: bool) -> int:
+        records = sorted(dict(lua_pairs(table, count)).items())
+        return self._run(handle, lambda db: db.set_bulk(records, self._xt(xt), atomic), -1)
+
+    def remove_bulk(self, handle: _DB, table: Any, count: int, atomic: bool) -> int:
+        keys = lua_list(table, count)
+        return self._run(handle, lambda db: db.remove_bulk(keys, atomic), -1)
+
+    def get_bulk(self, handle: _DB, table: Any, count: int, atomic: bool) -> Any:
+        keys = lua_list(table, count)
+
+        def op(db: Database) -> Any:
+            found = db.get_bulk(keys, atomic)
+            return self._table([part for item in sorted(found.items()) for part in item])
+
+        return self._run(handle, op, None)
+
+    def clear(self, handle: _DB) -> bool:
+        return self._ok(handle, lambda db: db.clear())
+
+    def count(self, handle: _DB) -> int:
+        return self._run(handle, lambda db: db.count(), -1)
+
+    def size(self, handle: _DB) -> int:
+        return self._run(handle, lambda db: db.size(), -1)
+
+    def path(self, handle: _DB) -> bytes | None:
+        db = handle.db
+        return (os.fsencode(db.path) or None) if db is not None else None
+
+    def status(self, handle: _DB) -> Any:
+        def op(db: Database) -> Any:
+            items = sorted((k.encode(), v.encode()) for k, v in db.status().items())
+            return self._table([part for item in items for part in item])
+
+        return self._run(handle, op, None)
+
+    def match_prefix(self, handle: _DB, prefix: bytes, max: float) -> Any:
+        return self._run(handle, lambda db: self._table(db.match_prefix(prefix, c_int64(max))), None)
+
+    def match_regex(self, handle: _DB, regex: bytes, max: float) -> Any:
+        return self._run(handle, lambda db: self._table(db.match_regex(regex, c_int64(max))), None)
+
+    def match_similar(self, handle: _DB, origin: bytes, range: float, utf: bool, max: float) -> Any:
+        span = c_int64(range) & _U64  # a size_t: -1 matches everything
+        return self._run(handle, lambda db: self._table(db.match_similar(origin, span, utf, c_int64(max))), None)
+
+    def accept(self, handle: _DB, key: bytes, visitor: Any, writable: bool) -> bool:
+        full, empty = self._visitor(visitor, writable)
+        return self._ok(handle, lambda db: db.accept(key, full, empty, writable))
+
+    def accept_bulk(self, handle: _DB, table: Any, count: int, visitor: Any, writable: bool) -> bool:
+        keys = lua_list(table, count)
+        full, empty = self._visitor(visitor, writable)
+
+        def op(db: Database) -> bool:
+            with db.lock:
+                for key in keys:
+                    db.accept(key, full, empty, writable)
+            return True
+
+        return self._run(handle, op)
+
+    def iterate(self, handle: _DB, visitor: Any, writable: bool) -> bool:
+        full, _ = self._visitor(visitor, writable)
+        return self._ok(handle, lambda db: db.iterate(full, writable))
+
+    def synchronize(self, handle: _DB, hard: bool, proc: Any) -> bool:
+        postprocess = None if proc is None else self._processor(proc)
+        return self._ok(handle, lambda db: db.synchronize(hard, postprocess))
+
+    def occupy(self, handle: _DB, writable: bool, proc: Any) -> bool:
+        def op(db: Database) -> bool:
+            with db.lock:
+                if proc is not None and not self._processor(proc)(db.path, db.count(), db.size()):
+                    raise DBError(LOGIC, "processing failed")
+            return True
+
+        return self._run(handle, op)
+
+    def merge(self, handle: _DB, table: Any, count: int, mode: float) -> bool:
+        """TimedDB::merge: the sources' records in key order (a k-way merge of their
+        cursors), each stored by ``mode`` with its expiration."""
+        sources = lua_list(table, count)
+        mode = c_int64(mode) & 0xFFFFFFFF
+
+        def records(src: Database) -> Iterable[tuple[bytes, bytes, int]]:
+            cur = src.cursor()
+            try:
+                cur.jump()
+                while True:
+                    yield cur.get(True)
+            except DBError:
+                return
+
+        def op(db: Database) -> bool:
+            streams = [records(src.db) for src in sources if isinstance(src, _DB) and src.db is not None]
+            for key, value, xt in heapq.merge(*streams, key=lambda rec: rec[0]):
+                try:
+                    if mode == _MSET:
+                        db.set(key, value, -xt)
+                    elif mode == _MADD:
+                        db.add(key, value, -xt)
+                    elif mode == _MREPLACE:
+                        db.replace(key, value, -xt)
+                    elif mode == _MAPPEND:
+                        db.append(key, value, -xt)
+                except DBError as exc:
+                    if not (mode == _MADD and exc.code == DUPREC or mode == _MREPLACE and exc.code == NOREC):
+                        raise
+            return True
+
+        return self._run(handle, op)
+
+    # -- cursors ---------------------------------------------------------------------------
+
+    def _cur_run(self, cur: _Cur, op: Callable[[Cursor], Any], fail: Any = False) -> Any:
+        try:
+            raw = cur.cur
+            if raw is None:
+                raise _not_opened()
+            return op(raw)
+        except DBError as exc:
+            cur.handle.code = exc.code
+            cur.handle.message = exc.message.encode()
+            return fail
+
+    def _cur_ok(self, cur: _Cur, op: Callable[[Cursor], Any]) -> bool:
+        def run(raw: Cursor) -> bool:
+            op(raw)
+            return True
+
+        return self._cur_run(cur, run)
+
+    def cursor(self, handle: _DB) -> _Cur:
+        return _Cur(handle)
+
+    def cur_jump(self, cur: _Cur, key: bytes | None) -> bool:
+        return self._cur_ok(cur, lambda raw: raw.jump(key))
+
+    def cur_jump_back(self, cur: _Cur, key: bytes | None) -> bool:
+        return self._cur_ok(cur, lambda raw: raw.jump_back(key))
+
+    def cur_step(self, cur: _Cur) -> bool:
+        return self._cur_ok(cur, lambda raw: raw.step())
+
+    def cur_step_back(self, cur: _Cur) -> bool:
+        return self._cur_ok(cur, lambda raw: raw.step_back())
+
+    def cur_get(self, cur: _Cur, step: bool) -> tuple[bytes, bytes, int] | None:
+        def op(raw: Cursor) -> tuple[bytes, bytes, int]:
+            key, value, xt = raw.get(step)
+            return key, value, min(xt, XTMAX)
+
+        return self._cur_run(cur, op, None)
+
+    def cur_get_key(self, cur: _Cur, step: bool) -> bytes | None:
+        return self._cur_run(cur, lambda raw: raw.get_key(step), None)
+
+    def cur_get_value(self, cur: _Cur, step: bool) -> bytes | None:
+        return self._cur_run(cur, lambda raw: raw.get_value(step), None)
+
+    def cur_set_value(self, cur: _Cur, value: bytes, xt: float | None, step: bool) -> bool:
+        """As ktserver does it: myscript.cc passes (step, xt) where the cursor takes (xt,
+        step), so the step flag becomes the expiration (false: now, true: one second
+        from now) and the expiration the step flag (the default, INT64MAX, steps)."""
+        real_step = xt is None or c_int64(xt) != 0
+        return self._cur_ok(cur, lambda raw: raw.set_value(value, int(step), real_step))
+
+    def cur_remove(self, cur: _Cur) -> bool:
+        return self._cur_ok(cur, lambda raw: raw.remove())
+
+    def cur_seize(self, cur: _Cur) -> tuple[bytes, bytes, int] | None:
+        def op(raw: Cursor) -> tuple[bytes, bytes, int]:
+            key, value, xt = raw.seize()
+            return key, value, min(xt, XTMAX)
+
+        return self._cur_run(cur, op, None)
+
+    def cur_accept(self, cur: _Cur, visitor: Any, writable: bool, step: bool) -> bool:
+        full, _ = self._visitor(visitor, writable)
+        # storage's Cursor has the visitor entry point the front ends never needed as _accept
+        return self._cur_ok(cur, lambda raw: raw._accept(full, writable, step))
+
+    def cur_disable(self, cur: _Cur) -> None:
+        cur.cur = None
+
+    def cur_describe(self, cur: _Cur) -> bytes:
+        db = cur.handle.db
+        path = os.fsencode(db.path) if db is not None else b""
+        key = self._cur_run(cur, lambda raw: raw.get_key(False), None)
+        return b"%s: %s" % (path or b"(nil)", b"(nil)" if key is None else key)

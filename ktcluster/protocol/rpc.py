@@ -8,6 +8,7 @@ output map as ktserver does (encoding chosen by checkmapenc, lines sorted).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 
 from ..errors import ProtocolError, error_for_status
 from .http import ResponseHead, encode_response
@@ -33,14 +34,20 @@ _B64_CONTENT_TYPE = b"Content-Type: text/tab-separated-values; colenc=B\r\n"
 _RAW_CONTENT_TYPE = b"Content-Type: text/tab-separated-values\r\n"
 
 
-def _raw_safe(params: Sequence[tuple[bytes, bytes]], body: bytes) -> bool:
-    """Can these fields travel as the raw TSV ``body`` (``encode_map(params)``)?  Not when a
-    key holds TAB or LF, a value holds LF, or a value ends in CR (the server strips it);
-    any CR LF in the body is treated as the last case."""
-    if body.count(b"\n") != len(params) or b"\r\n" in body:
+_KEY = itemgetter(0)
+_VALUE = itemgetter(1)
+
+
+def _raw_safe(params: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Can these fields travel as raw TSV?  Not when a key holds TAB or LF, a value holds
+    LF, or a value ends in CR (the server strips it).  (Joined first: one C-level scan.)"""
+    keys = b"".join(map(_KEY, params))
+    if b"\t" in keys or b"\n" in keys:
         return False
-    keys = b"".join([key for key, _ in params])
-    return b"\t" not in keys and b"\n" not in keys
+    values = b"".join(map(_VALUE, params))
+    if b"\n" in values:
+        return False
+    return b"\r" not in values or not any(value[-1:] == b"\r" for _, value in params)
 
 
 def encode_call(procedure: bytes, params: Sequence[tuple[bytes, bytes]], host: bytes = b"localhost",
@@ -50,9 +57,8 @@ def encode_call(procedure: bytes, params: Sequence[tuple[bytes, bytes]], host: b
     Fields go in the body, raw when they can, else Base64 (``colenc=B``);
     ``query`` (already URL-encoded, without '?') is only for parameters a
     caller wants visible in the request line."""
-    body = encode_map(params)
-    if _raw_safe(params, body):
-        ctype = _RAW_CONTENT_TYPE
+    if _raw_safe(params):
+        ctype, body = _RAW_CONTENT_TYPE, encode_map(params)
     else:
         ctype, body = _B64_CONTENT_TYPE, encode_map(params, b"B")
     target = RPC_PREFIX + procedure + (b"?" + query if query else b"")

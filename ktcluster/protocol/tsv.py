@@ -253,7 +253,8 @@ def encode_map(items: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]],
         pairs = [(enc(k), enc(v)) for k, v in pairs]
     if sort:
         pairs = sorted(pairs)
-    return b"".join([b"%s\t%s\n" % (k, v) for k, v in pairs])
+    lines = b"\n".join(map(b"\t".join, pairs))  # every line holds a TAB: empty only without pairs
+    return lines + b"\n" if lines else b""
 
 
 def dump_tsv(output: Mapping[bytes, bytes]) -> tuple[bytes, bytes]:

@@ -573,7 +573,10 @@ def do_vacuum(session, db, cur, inmap, outmap):
         return _no_db(outmap)
     text = inmap.get(b"step")
     session.counts[Counter.MISC] += 1
-    db.vacuum(atoi(text) if text is not None else 0)
+    try:
+        db.vacuum(atoi(text) if text is not None else 0)
+    except DBError as exc:
+        return _db_error(session, outmap, exc)
     return RV_SUCCESS
 
 

@@ -50,7 +50,7 @@ from ..protocol.http import (
 )
 from ..protocol.rpc import RPC_PREFIX
 from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM, ConfigError, ServerConfig
-from .storage import Cursor, Database, StorageError
+from .storage import Cursor, Database, DBError, StorageError
 from .ulog import UlogError, UpdateLog
 
 __all__ = ["Server", "Session", "Conditions", "Logger", "Counter"]
@@ -612,7 +612,10 @@ class Server:
                 for _ in range(4):
                     if self._tasks > 0:
                         break
-                    db.vacuum(2)
+                    try:
+                        db.vacuum(2)
+                    except DBError:
+                        break
             if self.config.sync_interval > 0 and time.time() >= next_sync:
                 for db in self.dbs:
                     db.synchronize(self.config.sync_hard)

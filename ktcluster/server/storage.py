@@ -265,6 +265,10 @@ class _Store:
         bnum = spec.int_param("bnum")
         self.bnum = (_nearbyprime(bnum) if bnum > 32767 else bnum) if bnum > 0 else 1048583
         self.cache_slots: list[list[int]] = []
+        if kind == "hash":
+            self.file_end = 0                          # HashDB: where the next record is appended
+            self.alloc: dict[int, int] = {}            # offset -> allocated record size
+            self.free_blocks = SortedList()            # (size, -offset): KC's free block pool
         if kind == "cache":
             self.cache_capcnt = spec.int_param("capcnt", "capcount", "cap_count")
             self.cache_capsiz = spec.int_param("capsiz", "capsize", "cap_size")
@@ -290,7 +294,7 @@ class _Store:
             return (tr1_fnv(key) % _PHASH_BUCKETS) << _SEQ_BITS | ((1 << _SEQ_BITS) - 1 - self.seq)
         if kind == "dir":
             return RecordFiles.name_of(key)
-        return self.seq  # HashDB: insertion order
+        raise AssertionError(kind)  # HashDB records get file offsets from _allocate
 
     def key_of(self, okey: Any) -> bytes:
         return okey if self.tree else self.by_okey[okey]
@@ -298,10 +302,83 @@ class _Store:
     def has_okey(self, okey: Any) -> bool:
         return okey in self.recs if self.tree else okey in self.by_okey
 
+    # HashDB (.kch) iterates in file order; its records are placed like Kyoto Cabinet
+    # places them (kchashdb.h): 8-byte aligned, appended or put in the smallest free
+    # block that fits (the pool keeps the 1024 largest), moved when they outgrow their
+    # block, their space freed when removed.
+    def _record_size(self, key: bytes, value: bytes) -> int:
+        vsiz = len(value) + self.xt_width
+        ksiz = len(key)
+        size = 14 + ksiz + vsiz
+        for n in (ksiz, vsiz):
+            size += 1 if n < 1 << 7 else 2 if n < 1 << 14 else 3 if n < 1 << 21 else 4 if n < 1 << 28 else 5
+        return size
+
+    def _allocate(self, size: int) -> int:
+        """The offset of a new record of ``size`` bytes (padded to 8)."""
+        block = self.free_blocks.ceiling((size, -(1 << 62)))
+        if block is not None:
+            self.free_blocks.discard(block)
+            offset = -block[1]
+            self.alloc[offset] = block[0]
+            if self.cursors:
+                self._escape(offset)
+            return offset
+        size += -size & 7
+        offset = self.file_end
+        self.file_end += size
+        self.alloc[offset] = size
+        return offset
+
+    def _free(self, offset: int) -> None:
+        size = self.alloc.pop(offset)
+        pool = self.free_blocks
+        if len(pool) >= 1024:
+            smallest = pool.first()
+            if size <= smallest[0]:
+                return
+            pool.discard(smallest)
+        pool.add((size, -offset))
+
+    def _relocate(self, key: bytes, rec: list[Any], value: bytes) -> None:
+        """A HashDB record that outgrows its block moves elsewhere."""
+        old = rec[2]
+        if self._record_size(key, value) <= self.alloc[old]:
+            return
+        if self.cursors:
+            self._escape(old)
+        self.order.discard(old)
+        del self.by_okey[old]
+        self._free(old)
+        okey = self._allocate(self._record_size(key, value))
+        rec[2] = okey
+        self.order.add(okey)
+        self.by_okey[okey] = key
+
+    def defragment(self) -> None:
+        """HashDB defrag: records shift down over the free space, order kept."""
+        if self.kind != "hash":
+            return
+        moved = {}
+        offset = 0
+        for old in list(self.order):
+            moved[old] = offset
+            offset += self.alloc[old]
+        self.alloc = {moved[o]: size for o, size in self.alloc.items()}
+        self.by_okey = {moved[o]: key for o, key in self.by_okey.items()}
+        for rec in self.recs.values():
+            rec[2] = moved[rec[2]]
+        self.order = SortedList(self.alloc)
+        self.free_blocks.clear()
+        self.file_end = offset
+        for cur in list(self.cursors):
+            if cur.pos is not None:
+                cur.pos = moved.get(cur.pos, self.order.ceiling(cur.pos))
+
     def insert(self, key: bytes, value: bytes, xt: int) -> None:
         if self.void:
             return
-        okey = self._new_okey(key)
+        okey = self._allocate(self._record_size(key, value)) if self.kind == "hash" else self._new_okey(key)
         self.recs[key] = [value, xt, okey]
         if self.order is not None:
             self.order.add(okey)
@@ -322,6 +399,8 @@ class _Store:
 
     def update(self, key: bytes, rec: list[Any], value: bytes, xt: int) -> None:
         grow = len(value) - len(rec[0])
+        if grow > 0 and self.kind == "hash":
+            self._relocate(key, rec, value)
         self.raw_size += grow
         rec[0] = value
         rec[1] = xt
@@ -349,6 +428,8 @@ class _Store:
             self.order.discard(okey)
             if not self.tree:
                 del self.by_okey[okey]
+            if self.kind == "hash":
+                self._free(okey)
         elif self.kind == "dir":
             del self.dir_names[okey]
         size = len(key) + len(rec[0]) + self.xt_width
@@ -389,6 +470,10 @@ class _Store:
             self.order.clear()
         if self.family not in ("phash", "ptree"):  # ProtoDB::clear forgets to reset its size
             self.raw_size = 0
+        if self.kind == "hash":
+            self.file_end = 0
+            self.alloc.clear()
+            self.free_blocks.clear()
         self.epoch += 1
         for slot in self.cache_slots:
             slot[0] = slot[1] = 0
@@ -411,8 +496,10 @@ class _Store:
         return cur
 
     def live_records(self) -> Iterator[tuple[bytes, bytes]]:
-        """(key, stored value) of every record, for rewriting a journal."""
-        return ((k, self.stored(r[0], r[1])) for k, r in self.recs.items())
+        """(key, stored value) of every record in database order, for rewriting a journal
+        (replaying it then rebuilds the same order)."""
+        recs = self.recs
+        return ((k, self.stored(recs[k][0], recs[k][1])) for k in self.ordered_keys())
 
     def after_write(self, running: bool = True) -> None:
         """Compact the journal once it is mostly dead records."""
@@ -1282,17 +1369,21 @@ class Database:
 
     def vacuum(self, step: int = 0) -> None:
         """Collect expired records: ``step`` > 1 advances the GC by that many steps,
-        otherwise the whole database is scanned."""
+        otherwise the whole database is scanned.  Then defragment the file (fully when
+        ``step`` < 1; partial steps, as the idle timer takes them, are not emulated)."""
         with self.lock:
-            if not self._gc:
-                return
-            if step > 1:
-                self._score(min(step, INT64MAX // _XTSCUNIT) * _XTSCUNIT)
-            else:
-                self._xcur.gc_jump()
-                self._xsc = 0
-                self._expire(len(self._store.recs) + 1)
-                self._xsc = 0
+            if self._gc:
+                if step > 1:
+                    self._score(min(step, INT64MAX // _XTSCUNIT) * _XTSCUNIT)
+                else:
+                    self._xcur.gc_jump()
+                    self._xsc = 0
+                    self._expire(len(self._store.recs) + 1)
+                    self._xsc = 0
+            if self._store.kind in ("hash", "tree") and not self.writable:
+                raise DBError(NOPERM, "permission denied")
+            if step < 1:
+                self._store.defragment()
 
     def synchronize(self, hard: bool = False,
                     postprocess: Callable[[str, int, int], bool] | None = None) -> None:

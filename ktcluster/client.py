@@ -397,7 +397,8 @@ class KyotoTycoon:
         if index is None:
             # ktserver's rule: a name is the DB path after its last '/'; the highest index wins.
             names: dict[bytes, int] = {}
-            for rkey, value in self._rpc(b"report", []).items():
+            report = decode_answer(*self._http(encode_call(b"report", [], self._host)))  # without view options
+            for rkey, value in report.items():
                 m = re.fullmatch(rb"db_(\d+)", rkey)
                 path = re.search(rb" path=(.*)\Z", value, re.S)
                 if m and path:

@@ -40,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any, TypeVar
 
 from .client import Cursor, KyotoTycoon, key_bytes
@@ -346,21 +345,21 @@ class Cluster:
         topo = self._topology
         return self._execute(cls, topo, topo.ring.node_for(key), call, time.monotonic() + self.retry.deadline)
 
-    def _bulk(self, op: str, items: list[T], key_of: Callable[[T], Key] | None,
-              run: Callable[[_Member, list[T]], Any]) -> tuple[dict[str, _Shard], list[T]]:
-        """Group ``items`` by node and run ``run(member, chunk)`` for every chunk, all nodes
-        at once.  Returns the shards and the items whose outcome is not known to be done."""
+    def _bulk(self, op: str, keys: list[Key], run: Callable[[_Member, list[Key]], Any]
+              ) -> tuple[dict[str, _Shard], list[Key]]:
+        """Group ``keys`` by node and run ``run(member, chunk)`` for every chunk, all nodes
+        at once.  Returns the shards and the keys whose outcome is not known to be done."""
         topo = self._topology
         deadline = self._deadline()
         cls = op_class(op)
-        groups = topo.ring.partition(items, key_of)
+        groups = topo.ring.partition(keys)
         chunk = self.bulk_chunk
 
-        def shard_task(node: str, part: list[T]) -> Callable[[], _Shard]:
+        def shard_task(node: str, part: list[Key]) -> Callable[[], _Shard]:
             def task() -> _Shard:
                 shard = _Shard()
                 for start in range(0, len(part), chunk):
-                    piece = part[start:start + chunk]
+                    piece = part if len(part) <= chunk else part[start:start + chunk]
                     try:
                         if time.monotonic() >= deadline:
                             raise DeadlineExceeded("the call's deadline passed before this chunk was sent",
@@ -377,7 +376,7 @@ class Cluster:
         for node, exc in errors.items():
             shard = done[node] = _Shard()
             shard.error, shard.failed = exc, groups[node]
-        failed = [item for shard in done.values() for item in shard.failed]
+        failed = [key for shard in done.values() for key in shard.failed]
         return done, failed
 
     def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any]) -> PartialFailureError:
@@ -454,12 +453,14 @@ class Cluster:
         """``{key: value}`` for the keys that exist, in the caller's order.  ``atomic``
         applies per node (HTTP)."""
         keys = list(keys)
-        shards, failed = self._bulk("get_bulk", keys, None,
+        shards, failed = self._bulk("get_bulk", keys,
                                     lambda m, part: m.bulk_client(atomic).get_bulk(part, atomic, db))
+        parts = [part for shard in shards.values() for part in shard.results]
+        if len(parts) == 1 and not failed:
+            return parts[0]  # one node, one chunk: already in the caller's order
         found: dict[Any, Any] = {}
-        for shard in shards.values():
-            for part in shard.results:
-                found.update(part)
+        for part in parts:
+            found.update(part)
         ordered = {k: found[k] for k in keys if k in found}
         if failed:
             raise self._partial("get_bulk", shards, ordered, failed)
@@ -469,17 +470,21 @@ class Cluster:
                  db: Any = 0) -> int:
         """Store records on their nodes; returns how many were stored.  On partial failure
         ``results`` maps each node to the records it stored."""
-        shards, failed = self._bulk("set_bulk", list(kv_dict.items()), itemgetter(0),
-                                    lambda m, part: m.bulk_client(atomic).set_bulk(dict(part), expire, atomic, db))
+        keys = list(kv_dict)
+
+        def run(member: _Member, part: list[Key]) -> int:
+            records = kv_dict if len(part) == len(keys) else {k: kv_dict[k] for k in part}
+            return member.bulk_client(atomic).set_bulk(records, expire, atomic, db)
+
+        shards, failed = self._bulk("set_bulk", keys, run)
         if failed:
-            counts = {n: sum(s.results) for n, s in shards.items()}
-            raise self._partial("set_bulk", shards, counts, [k for k, _ in failed])
+            raise self._partial("set_bulk", shards, {n: sum(s.results) for n, s in shards.items()}, failed)
         return sum(sum(s.results) for s in shards.values())
 
     def remove_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> int:
         """Remove records from their nodes; returns how many existed.  On partial failure
         ``results`` maps each node to the records it removed."""
-        shards, failed = self._bulk("remove_bulk", list(keys), None,
+        shards, failed = self._bulk("remove_bulk", list(keys),
                                     lambda m, part: m.bulk_client(atomic).remove_bulk(part, atomic, db))
         if failed:
             raise self._partial("remove_bulk", shards, {n: sum(s.results) for n, s in shards.items()}, failed)

@@ -114,7 +114,7 @@ class CircuitBreaker:
         Raises NodeDownError (nothing sent) while the breaker is open or another
         caller holds the half-open trial.  The trial holder runs ``probe`` first.
         """
-        trial = self._admit()
+        trial = False if self.state is BreakerState.CLOSED else self._admit()
         if trial and probe is not None:
             try:
                 probe()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -134,21 +134,21 @@ class Ring:
         i = bisect_left(self._points, h)
         return self._owners[i if i < len(self._points) else 0]
 
-    def partition(self, items: Iterable[T], key: Callable[[T], Key] | None = None) -> dict[str, list[T]]:
-        """``items`` grouped by the node owning ``key(item)`` (default: the item itself is
-        the key), input order kept inside each group.  The bulk-call hot path."""
+    def partition(self, keys: Iterable[T]) -> dict[str, list[T]]:
+        """``keys`` grouped by owning node, input order kept inside each group (the
+        bulk-call hot path; a one-node ring takes the keys as they are)."""
         if len(self._weights) == 1:
-            return {self._owners[0]: list(items)}   # the client checks the keys
+            return {self._owners[0]: keys if isinstance(keys, list) else list(keys)}
         groups: dict[str, list[T]] = {}
         points, owners, last = self._points, self._owners, len(self._points)
-        for item in items:
-            i = bisect_left(points, _LE32(md5(key_bytes(item if key is None else key(item))).digest())[0])
+        for key in keys:
+            i = bisect_left(points, _LE32(md5(key_bytes(key)).digest())[0])
             owner = owners[i if i < last else 0]
             group = groups.get(owner)
             if group is None:
-                groups[owner] = [item]
+                groups[owner] = [key]
             else:
-                group.append(item)
+                group.append(key)
         return groups
 
     def with_node(self, name: str, weight: int = 1) -> Ring:

@@ -1500,8 +1500,9 @@ class Database:
         raw stored value (``OP_SET``, xt prefix included unless ktopts=p), remove
         (``OP_REMOVE``) or clear (``OP_CLEAR``) without any expiry logic, and log it
         again under the *origin* sid so that other masters do not echo it back.
-        Unknown ops are ignored.  Works on read-only databases too, as a slave must."""
+        Unknown ops are ignored.  A read-only (``-ord``) database refuses with NOPERM."""
         with self.lock:
+            self._check_writable()
             store = self._store
             if op == OP_SET:
                 value, xt = self._unpack(stored)

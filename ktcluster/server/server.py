@@ -189,7 +189,6 @@ class Session:
         self.cursors: dict[int, Cursor] = {}
         self.counts = [0] * 8
         self.binary_failed = False  # set by the binary front end when a request was cut short
-        self.timeout = server.config.timeout if server.config.timeout > 0 else None
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -133,10 +133,6 @@ def modify_exptime(xt: int, now: int) -> int:
     return xt if xt < XTMAX else XTMAX
 
 
-def _xt5(xt: int) -> bytes:
-    return _XT5.pack(xt)[3:]
-
-
 def _nearbyprime(num: int) -> int:
     """kc::nearbyprime: the smallest prime of Kyoto Cabinet's table >= num."""
     for prime in _PRIMES:
@@ -555,10 +551,6 @@ class _RawCursor:
         if store.family != "plant":
             self.pos = nxt
         return nxt
-
-    def _first(self) -> Any:
-        self.epoch = self.store.epoch
-        return self.store.order.first()
 
     def jump(self, key: bytes | None = None) -> None:
         store = self.store

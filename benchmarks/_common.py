@@ -17,8 +17,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """--host/--port (an existing server) or a fresh one (embedded, or $KT_SERVER_BIN)."""
     parser.add_argument("--host", default=None, help="measure an already running server")
     parser.add_argument("--port", type=int, default=1978)
-    parser.add_argument("--duration", type=float, default=0.4, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the best one counts")
+    parser.add_argument("--batch", type=float, default=0.05, help="seconds per measured batch")
+    parser.add_argument("--rounds", type=int, default=20,
+                        help="interleaved rounds; the fastest batch of each library counts")
 
 
 @contextlib.contextmanager
@@ -32,9 +33,7 @@ def server(args: argparse.Namespace) -> Iterator[tuple[str, int, str]]:
 
 
 def ops_per_second(fn: Callable[[], object], duration: float) -> float:
-    """Calls of ``fn`` per second over about ``duration`` seconds (GC paused)."""
-    fn()  # warm up (connect, caches)
-    gc.collect()
+    """Calls of ``fn`` per second over a batch of about ``duration`` seconds (GC paused)."""
     gc.disable()
     try:
         n = 0
@@ -48,7 +47,7 @@ def ops_per_second(fn: Callable[[], object], duration: float) -> float:
             now = time.perf_counter()
             if now >= deadline:
                 return n / (now - start)
-            batch = min(batch * 2, 256)
+            batch = min(batch * 2, 64)
     finally:
         gc.enable()
 
@@ -63,8 +62,12 @@ class Case:
 
 
 def measure(cases: Sequence[Case], duration: float, rounds: int) -> None:
-    """Best of ``rounds`` for every (case, library), libraries interleaved in each round so
-    that background noise hits all of them alike."""
+    """The fastest of ``rounds`` short batches for every (case, library).  Libraries take
+    turns batch by batch, so load from other processes hits all of them alike, and the
+    fastest batch is the one least disturbed by it."""
+    for case in cases:
+        for fn in case.runs.values():
+            fn()  # warm up: connect, fill caches
     for _ in range(rounds):
         for case in cases:
             for lib, fn in case.runs.items():

@@ -70,7 +70,7 @@ def _check_size(size: int) -> None:
 
 #: records per piece when a bulk request is sent in pieces (``*_chunks``): ktserver applies
 #: the records of a bulk request as they arrive, so it works while the client encodes the rest.
-CHUNK_RECORDS = 64
+CHUNK_RECORDS = 128
 
 
 def _set_records(records: Iterable[tuple[int, bytes, bytes, int]]) -> bytes:

@@ -26,6 +26,11 @@ KT is a database, not a cache, so the cluster never moves a key on its own:
   If some nodes fail, :class:`~ktcluster.errors.PartialFailureError` carries
   what the others did (``results``), each failed node's exception (``errors``)
   and the keys whose outcome is not known to be done (``failed_keys``).
+* **Timeouts** -- ``connect_timeout`` bounds a TCP connect, ``timeout`` every
+  send and receive (default 5 s), ``pool_timeout`` the wait for a free pooled
+  connection, and ``retry.deadline`` (default 10 s) the whole call: no attempt
+  starts after it, a fan-out stops waiting at it (under gevent the late shards
+  are interrupted), and each error says which limit fired.
 
 Each node has one :class:`~ktcluster.client.KyotoTycoon` (and so one bounded
 connection pool).  With ``binary=True`` (the default) get/set/remove and the
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .client import Cursor, KyotoTycoon, key_bytes
-from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection
+from .connection import DEFAULT_CONNECT_TIMEOUT, Connection
 from .errors import ArgumentError, KyotoTycoonException, NodeDownError, PartialFailureError
 from .expiry import Expire
 from .fanout import DeadlineExceeded, Fanout
@@ -164,7 +169,7 @@ class Cluster:
 
     ``binary``, ``pack_type``, ``custom_packer`` and ``decode_keys`` are
     :class:`~ktcluster.client.KyotoTycoon`'s; ``pool_size``, ``pool_timeout``,
-    ``connect_timeout`` and ``timeout`` configure each node's pool.  ``retry``
+    ``connect_timeout`` and ``timeout`` (default 5 s) configure each node's pool.  ``retry``
     is the :class:`~ktcluster.retry.RetryPolicy` (its ``deadline`` bounds every
     call, fan-outs included), ``health`` the breaker tuning, ``on_node_event``
     a callback ``(node, old_state, new_state, error)`` for breaker changes.
@@ -178,7 +183,7 @@ class Cluster:
                  weights: Mapping[str, int] | None = None, pool_size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-                 timeout: float | None = DEFAULT_TIMEOUT, retry: RetryPolicy | None = None,
+                 timeout: float | None = 5.0, retry: RetryPolicy | None = None,
                  health: HealthConfig | None = None, on_node_event: Listener | None = None,
                  failover: Mapping[str, Address] | None = None,
                  failover_ops: Iterable[OpClass] = (OpClass.READ, OpClass.IDEMPOTENT),

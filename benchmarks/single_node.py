@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -21,8 +22,54 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import Case, add_server_arguments, measure, print_table, server  # noqa: E402
 
 from ktcluster import KT_PACKER_BYTES, KyotoTycoon  # noqa: E402
+from ktcluster.protocol import binary, rest  # noqa: E402
+from ktcluster.protocol.http import parse_response_head  # noqa: E402
+from ktcluster.protocol.rpc import encode_call  # noqa: E402
 
 BULK = 500
+
+
+class BareSocket:
+    """The floor: a pre-encoded request and its reply over a plain socket (no library)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def exchange(self, request: bytes):
+        sock = self.sock
+        sock.sendall(request)
+        reply = b""
+        while not self._complete(reply):
+            reply += sock.recv(1 << 20)
+        size = len(reply)
+        buf = bytearray(size)
+        view = memoryview(buf)
+
+        def run() -> None:
+            sock.sendall(request)
+            got = 0
+            while got < size:
+                got += sock.recv_into(view[got:])
+
+        return run
+
+    @staticmethod
+    def _complete(reply: bytes) -> bool:
+        if reply.startswith(b"HTTP/"):
+            try:
+                head = parse_response_head(reply)
+            except binary.Incomplete:
+                return False
+            return len(reply) >= head.body_start + (head.length or 0)
+        try:
+            if reply[:1] == bytes((binary.MAGIC_GET_BULK,)):
+                binary.decode_get_bulk_reply(reply)
+            else:
+                binary.decode_count_reply(reply, reply[0] if reply else 0)
+        except binary.Incomplete:
+            return False
+        return True
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +115,18 @@ def main(argv: list[str] | None = None) -> None:
             return out
 
         k0 = keys[0]
+        bkeys = [k.encode() for k in keys]
+        floor = BareSocket(host, port)
+        floor_requests = {
+            "get (binary)": binary.encode_get_bulk([(0, bkeys[0])]),
+            "set (binary)": binary.encode_set_bulk([(0, bkeys[0], value, binary.XT_NONE)]),
+            "get_bulk 500 (binary)": binary.encode_get_bulk([(0, k) for k in bkeys]),
+            "set_bulk 500 (binary)": binary.encode_set_bulk([(0, k, value, binary.XT_NONE) for k in bkeys]),
+            "get (http)": rest.encode_get(rest.rest_target(b"0", bkeys[0]), b"localhost"),
+            "set (http)": rest.encode_put(rest.rest_target(b"0", bkeys[0]), value, b"localhost"),
+            "get_bulk 500 (http)": encode_call(b"get_bulk", [(b"atomic", b"")] + [(b"_" + k, b"") for k in bkeys]),
+            "set_bulk 500 (http)": encode_call(b"set_bulk", [(b"atomic", b"")] + [(b"_" + k, value) for k in bkeys]),
+        }
         cases = [
             Case("get (binary)", runs(None, lambda c: c.get(k0), None, lambda u: u.get(k0), True)),
             Case("set (binary)", runs(None, lambda c: c.set(k0, value), None, lambda u: u.set(k0, value), True)),
@@ -82,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             Case("set_bulk 500 (http)", runs(lambda c: c.set_bulk(data), None,
                                              lambda u: u.set_bulk_http(data), None, False)),
         ]
+        for case in cases:
+            case.runs["bare socket"] = floor.exchange(floor_requests[case.name])
         print(f"server: {description}; value {args.value_size} bytes; "
               f"fastest of {args.rounds} batches of {args.batch:g} s per library")
         measure(cases, args.batch, args.rounds)
@@ -90,7 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         for case in cases:
             if case.name.endswith("(http)"):
                 targets[(case.name, "ng")] = 2.0
-        print_table(cases, list(libs), "ktcluster", targets)
+        print_table(cases, [*libs, "bare socket"], "ktcluster", targets)
+        print("bare socket: the pre-encoded request written and the reply read with a plain socket, no client "
+              "library at all -- the server's own limit; ktcluster / bare socket is the share of it reached.")
 
 
 if __name__ == "__main__":

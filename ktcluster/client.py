@@ -788,9 +788,11 @@ class KyotoTycoon:
         if not kv_dict:
             return 0
         xt = xt_of(expire)
-        pack = self._pack
         kbs = keys_bytes(kv_dict)
-        values = [pack(v) for v in kv_dict.values()]
+        values = list(kv_dict.values())
+        if not self._raw_values or not all(type(v) is bytes for v in values):
+            pack = self._pack
+            values = [pack(v) for v in values]
         if self.binary and not self._options:
             dbidx = self._db_index(db)
             bxt = binary_xt(xt)
@@ -829,7 +831,7 @@ class KyotoTycoon:
         if self.binary and not self._options:
             recs = list(zip(itertools.repeat(self._db_index(db)), kbs))
             request = _bin.get_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_get_bulk(recs)
-            found = {rec[1]: rec[2] for rec in self._binary(request, _bin.decode_get_bulk_reply)}
+            found = self._binary(request, _bin.decode_get_bulk_values)
         else:
             kbs = [b"_" + kb for kb in kbs]  # the answer's keys carry the same prefix
             params = [(b"atomic", _FLAG)] if atomic else []

@@ -229,3 +229,18 @@ def test_binary_frames_roundtrip():
         binary.decode_count_reply(b"\xb9\x00\x00\x00\x01", binary.MAGIC_SET_BULK)
     script = binary.encode_play_script_reply([(b"a", b"1")])
     assert binary.decode_play_script_reply(script) == ([(b"a", b"1")], len(script))
+
+
+def test_get_bulk_values_decodes_the_same_frame():
+    rng = random.Random(5)
+    for _ in range(200):
+        records = [(rng.randrange(3), random_bytes(rng, b"ab\x00", 5), random_bytes(rng, b"xy\n", 9),
+                    rng.randrange(1 << 40)) for _ in range(rng.randrange(6))]
+        reply = binary.encode_get_bulk_reply(records)
+        full, used = binary.decode_get_bulk_reply(reply)
+        assert binary.decode_get_bulk_values(reply) == ({k: v for _, k, v, _ in full}, used)
+        for cut in range(len(reply)):
+            with pytest.raises(binary.Incomplete):
+                binary.decode_get_bulk_values(reply[:cut])
+    with pytest.raises(ProtocolError):
+        binary.decode_get_bulk_values(b"\xbf")

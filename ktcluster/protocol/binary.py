@@ -21,7 +21,7 @@ __all__ = [
     "XT_NONE", "XTMAX", "DATAMAXSIZ", "Incomplete",
     "encode_set_bulk", "encode_remove_bulk", "encode_get_bulk", "encode_play_script",
     "CHUNK_RECORDS", "set_bulk_chunks", "remove_bulk_chunks", "get_bulk_chunks",
-    "decode_count_reply", "decode_get_bulk_reply", "decode_play_script_reply",
+    "decode_count_reply", "decode_get_bulk_reply", "decode_get_bulk_values", "decode_play_script_reply",
     "decode_request_header", "decode_set_record", "decode_key_record",
     "decode_play_script_header", "decode_script_record",
     "encode_count_reply", "encode_get_bulk_reply", "encode_play_script_reply",
@@ -50,6 +50,7 @@ _SET_REC = struct.Struct(">HIIq")      # dbidx, ksiz, vsiz, xt
 _KEY_REC = struct.Struct(">HI")        # dbidx, ksiz
 _SCRIPT_REC = struct.Struct(">II")     # ksiz, vsiz
 _REPLY = struct.Struct(">BI")          # magic, hits/rnum
+_SIZES = struct.Struct(">2xII8x")      # ksiz, vsiz of a get_bulk reply record
 
 
 class Incomplete(Exception):
@@ -183,6 +184,28 @@ def decode_get_bulk_reply(buf: bytes) -> tuple[list[tuple[int, bytes, bytes, int
             raise Incomplete(vend)
         out.append((dbidx, buf[pos:kend], buf[kend:vend], xt))
         pos = vend
+    return out, pos
+
+
+def decode_get_bulk_values(buf: bytes) -> tuple[dict[bytes, bytes], int]:
+    """The same reply as :func:`decode_get_bulk_reply` in the shape a client wants:
+    ({key: value}, bytes consumed); dbidx and xt are skipped, duplicate keys collapse."""
+    hits = _reply_header(buf, MAGIC_GET_BULK)
+    unpack = _SIZES.unpack_from
+    pos, end = 5, len(buf)
+    out = {}
+    for _ in range(hits):
+        if pos + 18 > end:
+            raise Incomplete(pos + 18)
+        ksiz, vsiz = unpack(buf, pos)
+        if ksiz > DATAMAXSIZ or vsiz > DATAMAXSIZ:
+            _check_size(max(ksiz, vsiz))
+        kpos = pos + 18
+        vpos = kpos + ksiz
+        pos = vpos + vsiz
+        if pos > end:
+            raise Incomplete(pos)
+        out[buf[kpos:vpos]] = buf[vpos:pos]
     return out, pos
 
 

@@ -200,6 +200,10 @@ def choose_encoding(items: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     """ktutil checkmapenc: None (raw TSV) unless some key or value holds a control
     byte or is longer than 255 bytes; then B if its estimated size is smaller than
     U's, else U.  Bytes >= 0x80 alone never force an encoding."""
+    items = items if isinstance(items, list) else list(items)
+    fields = [field for pair in items for field in pair]
+    if (not fields or max(map(len, fields)) <= 255) and not _CONTROL.search(b" ".join(fields)):
+        return None  # the usual case, decided without the size estimates below
     binary = False
     blen = ulen = 0
     for key, value in items:

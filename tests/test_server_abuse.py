@@ -365,3 +365,26 @@ def test_memcached_random_bytes_then_eof_always_end_in_a_close(memc_port):
             assert memc_exchange(memc_port, data)[1], f"kept open after EOF: {data[:40]!r}"
             bystander.sendall(b"version\r\n")
             assert bystander.recv(64) == b"VERSION KyotoTycoon/0.9.56b\r\n"
+
+
+# -- extreme parameter values -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("waittime", [b"1e400", b"9" * 30, b"1e18"])
+def test_huge_waittime_waits_for_a_signal(server, waittime):
+    with connect(server) as waiter, connect(server) as signaller:
+        body = b"WAIT\tgo\nWAITTIME\t%s\n" % waittime
+        waiter.sendall(b"POST /rpc/echo HTTP/1.1\r\nContent-Type: text/tab-separated-values\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        signaled = b""
+        deadline = time.monotonic() + WAIT
+        while signaled != b"SIGNALED\t1\n" and time.monotonic() < deadline:
+            signaled = rpc(signaller, "void", b"SIGNAL\tgo\n")[1]
+            time.sleep(0.05)
+        assert signaled == b"SIGNALED\t1\n"
+        assert read_http(waiter)[:2] == (200, body)
+
+
+def test_nan_waittime_gives_up_at_once(server):
+    with connect(server) as sock:
+        assert rpc(sock, "echo", b"WAIT\tgo\nWAITTIME\tnan\n") == (503, b"ERROR\tthe condition timed out\n")

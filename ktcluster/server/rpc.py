@@ -69,7 +69,7 @@ def call(session: Session, name: bytes, inmap: dict[bytes, bytes]) -> tuple[int,
     if wait is not None:
         text = inmap.get(b"WAITTIME")
         seconds = atof(text) if text is not None else 0.0
-        if not seconds > 0:
+        if seconds <= 0:  # NaN stays NaN: the wait then gives up at once, as in ktserver
             seconds = _DEFAULT_WAIT
         if not server.conditions.wait(wait, seconds) or server.stopping.is_set():
             outmap[b"ERROR"] = b"the condition timed out"

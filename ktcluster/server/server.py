@@ -130,7 +130,11 @@ class Conditions:
         self._counts: dict[bytes, list[int]] = {}  # name -> [waiting, wakes pending]
 
     def wait(self, name: bytes, timeout: float) -> bool:
-        """Wait for a signal on ``name``; False when none came in ``timeout`` seconds."""
+        """Wait for a signal on ``name``; False when none came in ``timeout`` seconds.
+        A NaN timeout gives up at once and a huge or infinite one waits for good, as
+        kc::CondMap does (``WAITTIME`` is any double)."""
+        if timeout != timeout:
+            return False
         deadline = time.monotonic() + timeout
         with self._cond:
             count = self._counts.setdefault(name, [0, 0])
@@ -140,7 +144,7 @@ class Conditions:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
-                    self._cond.wait(remaining)
+                    self._cond.wait(min(remaining, threading.TIMEOUT_MAX))
                     if count[1] > 0:
                         count[1] -= 1
                         return True

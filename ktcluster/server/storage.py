@@ -119,8 +119,11 @@ _PHASH_BUCKETS = 1056323  # buckets of ProtoHashDB's tr1::unordered_map after re
 _SEQ_BITS = 40
 
 
+_time = time.time
+
+
 def _now() -> int:
-    return int(time.time())
+    return int(_time())
 
 
 def modify_exptime(xt: int, now: int) -> int:
@@ -1036,16 +1039,21 @@ class Database:
             store.touch(key, rec)
         if self.persistent:
             return rec[0], INT64MAX
-        if _now() > rec[1]:
+        xt = rec[1]
+        if xt != XTMAX and _time() >= xt + 1:  # expired once int(now) > xt
             return None
-        return rec[0], rec[1]
+        return rec[0], xt
 
     def get(self, key: bytes) -> tuple[bytes, int] | None:
         """(value, absolute xt) of a live record, or None."""
         with self.lock:
             result = self._get(key)
             if self._gc:
-                self._score(_XTSCUNIT // _XTREADFREQ)
+                xsc = self._xsc + _XTSCUNIT // _XTREADFREQ
+                if xsc < _XTSCUNIT * _XTUNIT:  # the usual case of _score, inline
+                    self._xsc = xsc
+                else:
+                    self._score(_XTSCUNIT // _XTREADFREQ)
             return result
 
     def check(self, key: bytes) -> tuple[int, int] | None:
@@ -1059,13 +1067,12 @@ class Database:
             self._check_writable()
             store = self._store
             rec = store.recs.get(key)
-            now = _now()
             if self.persistent:
                 axt = INT64MAX
             elif xt == XT_NONE:
                 axt = XTMAX
             else:
-                axt = modify_exptime(xt, now)
+                axt = modify_exptime(xt, _now())
             if self._sink is not None:
                 self._log_set(key, value, axt)
             if rec is None:

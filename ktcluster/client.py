@@ -790,7 +790,7 @@ class KyotoTycoon:
         xt = xt_of(expire)
         kbs = keys_bytes(kv_dict)
         values = list(kv_dict.values())
-        if not self._raw_values or not all(type(v) is bytes for v in values):
+        if not self._raw_values or set(map(type, values)) != {bytes}:
             pack = self._pack
             values = [pack(v) for v in values]
         if self.binary and not self._options:

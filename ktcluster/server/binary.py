@@ -181,7 +181,7 @@ def _play_script(session: Session) -> bool:
     nul = name.find(b"\0")
     if nul >= 0:
         name = name[:nul]
-    inmap = dict(_records(session, rnum, decode_script_record))
+    inmap = dict(sorted(dict(_records(session, rnum, decode_script_record)).items()))
     if session.binary_failed:
         return False
     engine = session.server.scripting

@@ -134,6 +134,15 @@ def test_bulk_calls_split_by_node_and_keep_the_callers_order(make_cluster):
     assert cluster.get_bulk([]) == {} and cluster.set_bulk({}) == 0 and cluster.remove_bulk([]) == 0
 
 
+def test_one_node_bulk_calls_keep_the_callers_order_and_keys(make_cluster, servers):
+    cluster = make_cluster(addresses=[servers[0].address])
+    data = {f"z{i}": i for i in range(50)}
+    assert cluster.set_bulk(data) == 50
+    wanted = ["z7", b"z3", "absent", "z49", "z0"]
+    assert list(cluster.get_bulk(wanted).items()) == [("z7", 7), (b"z3", 3), ("z49", 49), ("z0", 0)]
+    assert cluster.remove_bulk(["z1", b"z2", "absent"]) == 2
+
+
 def test_bulk_with_atomic_uses_http_per_node(cluster):
     assert cluster.set_bulk({"x": 1, "y": 2, "z": 3}, atomic=True) == 3
     assert cluster.get_bulk(["x", "y", "z"], atomic=True) == {"x": 1, "y": 2, "z": 3}

@@ -230,13 +230,12 @@ class Slave:
             sock = socket.create_connection((host or "localhost", port), timeout=SESSION_TIMEOUT)
         except (OSError, ValueError, UnicodeError):
             return None
+        self._sock = sock  # from now on stop() can interrupt it
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(encode_handshake(self.rts, self.sid))
-            if sock.recv(1) == ACK:
-                self._sock = sock
-                if not self._stopping.is_set():
-                    return sock
+            if sock.recv(1) == ACK and not self._stopping.is_set():
+                return sock
         except OSError:
             pass
         self._sock = None

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from .binary import DATAMAXSIZ, Incomplete
-from .http import read_line
+from .http import SERVER_NAME, read_line
 from .kcnum import INT64MAX, atoi, atoin, to_int64
 
 __all__ = [
@@ -43,8 +43,8 @@ __all__ = [
     "encode_value", "encode_stats", "server_error",
 ]
 
-#: the version the plug-in reports (``version``, ``STAT version``).
-VERSION = b"KyotoTycoon/0.9.56b"
+#: the version the plug-in reports (``version``, ``STAT version``): the server's.
+VERSION = SERVER_NAME
 #: exptimes above this are absolute epoch seconds (2^24).
 RELATIVE_EXPTIME_MAX = 1 << 24
 

@@ -16,5 +16,8 @@ Modules, from the bottom up:
 * :mod:`.server` -- listener, one thread per connection, first-byte dispatch, the HTTP
   loop, WAIT/SIGNAL conditions, counters;
 * :mod:`.rpc`, :mod:`.rest`, :mod:`.binary`, :mod:`.replication` -- the protocol front
-  ends on top of the databases (encoding/decoding lives in :mod:`ktcluster.protocol`).
+  ends on top of the databases (encoding/decoding lives in :mod:`ktcluster.protocol`);
+* :mod:`.slave` -- the replication slave of ``-mhost``/``-rts`` (``server.slave``);
+* :mod:`.memcached` -- the memcached plug-in of ``-plsv ktplugservmemc.so``
+  (``server.plugins``).
 """

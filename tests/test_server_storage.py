@@ -74,6 +74,24 @@ def test_iteration_order_matches_kyoto_cabinet(spec):
     db.close()
 
 
+@pytest.mark.parametrize("spec, expected", [
+    # orders produced by a real ktserver for these keys
+    ("%#rcomp=dec", [b"-3.5", b"-3", b"abc", b"0.1", b"2", b"2.25", b"2.5", b" 7", b"9", b"10"]),
+    ("t.kct#rcomp=decdesc", [b"10", b"9", b" 7", b"2.5", b"2.25", b"2", b"0.1", b"abc", b"-3", b"-3.5"]),
+    ("%#rcomp=lexdesc", [b"abc", b"9", b"2.5", b"2.25", b"2", b"10", b"0.1", b"-3.5", b"-3", b" 7"]),
+])
+def test_tree_comparators(spec, expected):
+    db = Database(spec)
+    for key in (b"10", b"9", b"-3", b"2.5", b"2.25", b"abc", b"2", b"-3.5", b" 7", b"0.1"):
+        db.set(key, b"v")
+    assert walk(db) == expected
+    assert db.match_prefix(b"2") == [k for k in expected if k.startswith(b"2")]
+    cur = db.cursor()
+    cur.jump(expected[3])
+    assert cur.get_key() == expected[3]
+    db.close()
+
+
 def test_cache_db_moves_accessed_records_to_the_end_of_their_slot():
     db = Database("*")
     for key in KEYS:

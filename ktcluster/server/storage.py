@@ -231,6 +231,74 @@ class UpdateSink(Protocol):
     def write(self, payload: bytes) -> int: ...
 
 
+# -- comparators of the B+ tree types (#rcomp=) -------------------------------------------------
+
+
+def _decimal_parts(key: bytes) -> tuple[int, Fraction]:
+    """kc::DecimalComparator's reading of a key: the integer after blanks and an optional
+    minus, then (only if a digit follows) the fraction after a point, 16 digits at most."""
+    n = len(key)
+    i = 0
+    while i < n and (key[i] <= 0x20 or key[i] == 0x7F):
+        i += 1
+    sign = 1
+    if i < n and key[i] == 0x2D:
+        sign = -1
+        i += 1
+    start = i
+    while i < n and 0x30 <= key[i] <= 0x39:
+        i += 1
+    num = to_int64(int(key[start:i]) * sign) if i > start else 0
+    frac = Fraction(0)
+    if n - i > 1 and key[i] == 0x2E:
+        digits = bytearray()
+        for c in key[i + 1:i + 1 + 16]:
+            if not 0x30 <= c <= 0x39:
+                break
+            digits.append(c)
+        if digits:
+            frac = Fraction(int(digits), 10 ** len(digits)) * sign
+    return num, frac
+
+
+class _OrderKey:
+    """A tree order key for a non-lexical comparator; ``key`` is the record's key."""
+
+    __slots__ = ("key", "rank")
+
+    def __init__(self, key: bytes, rank: Any) -> None:
+        self.key = key
+        self.rank = rank
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _OrderKey) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __lt__(self, other: _OrderKey) -> bool:
+        return self.rank < other.rank
+
+
+class _Descending(_OrderKey):
+    __slots__ = ()
+
+    def __lt__(self, other: _OrderKey) -> bool:
+        return other.rank < self.rank
+
+
+#: ``#rcomp=`` values (kcpolydb.h) -> (name in ``status``, order key maker or None for lexical)
+_COMPARATORS: dict[str, tuple[str, Callable[[bytes], Any] | None]] = {
+    "lex": ("lexical", None), "lexical": ("lexical", None),
+    "dec": ("decimal", lambda k: _OrderKey(k, (*_decimal_parts(k), k))),
+    "decimal": ("decimal", lambda k: _OrderKey(k, (*_decimal_parts(k), k))),
+    "lexdesc": ("lexicaldesc", lambda k: _Descending(k, k)),
+    "lexicaldesc": ("lexicaldesc", lambda k: _Descending(k, k)),
+    "decdesc": ("decimaldesc", lambda k: _Descending(k, (*_decimal_parts(k), k))),
+    "decimaldesc": ("decimaldesc", lambda k: _Descending(k, (*_decimal_parts(k), k))),
+}
+
+
 # -- the raw record store (the Kyoto Cabinet database under the TimedDB) ---------------------
 
 
@@ -249,6 +317,8 @@ class _Store:
         self.kind = kind = spec.kind
         self.family = _KINDS[kind][1]
         self.tree = self.family in ("ptree", "plant")
+        rcomp = spec.params.get("rcomp", spec.params.get("comparator", "")) if self.family == "plant" else ""
+        self.comparator, self.rank_of = _COMPARATORS.get(rcomp, ("lexical", None))
         self.void = kind == "void"
         self.persist = persist
         self.disk = disk
@@ -280,9 +350,13 @@ class _Store:
         """The value as Kyoto Cabinet stores it: 5-byte xt prefix unless ktopts=p."""
         return value if self.persist else _XT5.pack(xt)[3:] + value
 
+    def probe(self, key: bytes) -> Any:
+        """The order key a tree key sorts as (the key itself unless #rcomp says otherwise)."""
+        return key if self.rank_of is None else self.rank_of(key)
+
     def _new_okey(self, key: bytes) -> Any:
         if self.tree:
-            return key
+            return self.probe(key)
         self.seq += 1
         kind = self.kind
         if kind == "stash":
@@ -296,10 +370,12 @@ class _Store:
         raise AssertionError(kind)  # HashDB records get file offsets from _allocate
 
     def key_of(self, okey: Any) -> bytes:
-        return okey if self.tree else self.by_okey[okey]
+        if self.tree:
+            return okey if self.rank_of is None else okey.key
+        return self.by_okey[okey]
 
     def has_okey(self, okey: Any) -> bool:
-        return okey in self.recs if self.tree else okey in self.by_okey
+        return self.key_of(okey) in self.recs if self.tree else okey in self.by_okey
 
     # HashDB (.kch) iterates in file order; its records are placed like Kyoto Cabinet
     # places them (kchashdb.h): 8-byte aligned, appended or put in the smallest free
@@ -485,7 +561,7 @@ class _Store:
             names = self.dir_names
             return [names[n] for n in self.disk.names() if n in names]
         if self.tree:
-            return list(self.order)
+            return list(self.order) if self.rank_of is None else [okey.key for okey in self.order]
         by_okey = self.by_okey
         return [by_okey[okey] for okey in self.order]
 
@@ -563,7 +639,7 @@ class _RawCursor:
         if key is None:
             self.pos = order.first()
         elif store.tree:
-            self.pos = order.ceiling(key)
+            self.pos = order.ceiling(store.probe(key))
         else:
             rec = store.recs.get(key)
             self.pos = rec[2] if rec is not None else None
@@ -589,10 +665,11 @@ class _RawCursor:
             if self.pos is None:
                 raise _norec()
             return
-        found = order.ceiling(key)
+        probe = store.probe(key)
+        found = order.ceiling(probe)
         if found is None:
             self.pos = order.last()
-        elif key < found:
+        elif probe < found:
             if family == "ptree" and found == order.first():
                 self.pos = None
             else:
@@ -1345,7 +1422,7 @@ class Database:
             common = {"librev": 13, "libver": 16, "fmtver": 5, "opts": 0, "recovered": 0, "reorganized": 0}
             plant = {"bnum": self.spec.int_param("bnum", default=65536), "cusage": self._cusage(), "first": 1,
                      "last": 1, "icnt": 0, "lcnt": 1, "pccap": 67108864, "pnum": 2, "psiz": 8192,
-                     "rcomp": "lexical", "root": 1}
+                     "rcomp": store.comparator, "root": 1}
             if kind == "cache":
                 out.update(common, bnum=store.bnum, capcnt=store.cache_capcnt, capsiz=store.cache_capsiz,
                            chksum=255)
@@ -1404,7 +1481,7 @@ class Database:
             store = self._store
             if limit == 0:
                 return out
-            if store.tree:
+            if store.tree and store.rank_of is None:
                 for key in store.order.irange(prefix):
                     if not key.startswith(prefix):
                         break

@@ -943,9 +943,13 @@ class Cursor:
             self.close()
 
     def __del__(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and self._kt._pool is not None:
-            self._kt._pool.checkin(conn, discard=True)  # closing it frees the server's cursor
+        conn, self._conn = getattr(self, "_conn", None), None
+        pool = self._kt._pool if conn is not None else None
+        if pool is not None:
+            try:
+                pool.checkin(conn, discard=True)  # closing it frees the server's cursor
+            except Exception:  # noqa: BLE001 - nothing can be reported from a finalizer (e.g. at exit)
+                pass
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         """Every (key, value) pair from the first record on, in the DB's order."""

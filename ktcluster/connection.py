@@ -1,9 +1,12 @@
 """One TCP connection to a KT server: the thin I/O layer under the sans-IO protocol.
 
 A :class:`Connection` owns one socket (connected lazily, TCP_NODELAY) and a
-reusable receive buffer.  It sends a whole request with one ``send`` and reads
+reusable receive buffer.  It sends a whole request with one ``send`` (a large
+binary bulk request may come as pieces, sent as they are encoded) and reads
 until the protocol layer's decoder accepts the reply; decoding happens only on
-complete bytes, so a decoder error can never leave the stream half-read.
+complete bytes, so a decoder error can never leave the stream half-read.  A
+plain socket blocks with kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO) rather than
+Python's timeout mode, which would add a ``poll`` before every send and receive.
 
 Failure rules (what makes it safe to pool):
 

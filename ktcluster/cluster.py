@@ -391,10 +391,10 @@ class Cluster:
         return PartialFailureError(f"{op} failed on {len(errors)} of {len(shards)} nodes ({summary})",
                                    results, errors, failed)  # type: ignore[arg-type]
 
-    def _each(self, op: str, call: Callable[[_Member], T], nodes: Iterable[str] | None = None) -> dict[str, T]:
-        """Run ``call`` on every node (or ``nodes``) at once: ``{node: result}`` in ring order."""
+    def _each(self, op: str, call: Callable[[_Member], T]) -> dict[str, T]:
+        """Run ``call`` on every node at once: ``{node: result}`` in configuration order."""
         topo = self._topology
-        names = list(topo.members) if nodes is None else [self._member_named(n).name for n in nodes]
+        names = list(topo.members)
         deadline = self._deadline()
         cls = op_class(op)
         results, errors = self._fanout.run(

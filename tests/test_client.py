@@ -704,6 +704,7 @@ def test_socket_timeout_discards_the_connection(kt_server_factory):
     c = KyotoTycoon().connect(srv.host, srv.port, 0.3)
     c.set("k", 1)
     srv.pause()
+    time.sleep(0.1)  # SIGSTOP is asynchronous: let it take effect
     try:
         with pytest.raises(SocketTimeoutError) as info:
             c.get("k")

@@ -517,8 +517,12 @@ class _Store:
             slot[1] -= 40 + size
 
     def touch(self, key: bytes, rec: list[Any]) -> None:
-        """CacheDB moves a record to the end of its slot's LRU list on every access."""
+        """CacheDB moves a record to the end of its slot's LRU list on every access (unless
+        it is there already)."""
         okey = rec[2]
+        following = self.order.higher(okey)
+        if following is None or following >> _SEQ_BITS != okey >> _SEQ_BITS:
+            return
         if self.cursors:
             self._escape(okey)
         self.order.discard(okey)

@@ -190,7 +190,8 @@ class Journal:
 class RecordFiles:
     """A directory holding one file per record (the DirDB layout)."""
 
-    _META = "_ktcluster_meta"
+    _META = "__meta__"
+    _PLACEHOLDERS = ("__KCDIR__", "__opq__")   # so the listing holds KC's entries
     _REC = b"KTCR"
 
     def __init__(self, path: str, writable: bool, opts: int) -> None:
@@ -215,15 +216,22 @@ class RecordFiles:
                 os.write(self._fd, bytes((opts,)))
             head = bytes((opts,))
         self.opts = head[0]
+        if writable:
+            for name in self._PLACEHOLDERS:
+                place = os.path.join(path, name)
+                if not os.path.exists(place):
+                    os.close(os.open(place, os.O_WRONLY | os.O_CREAT, 0o644))
 
     @staticmethod
     def name_of(key: bytes) -> str:
         """The file name of a record (kc::hashpath)."""
         return hashpath(key)
 
-    def names(self) -> list[str]:
-        """Record file names in the directory's (readdir) order."""
-        return [n for n in os.listdir(self.path) if not n.startswith("_")]
+    def names(self, meta: bool = False) -> list[str]:
+        """Record file names in the directory's (readdir) order; ``meta``: with the
+        database's own files (their names start with ``_``)."""
+        names = os.listdir(self.path)
+        return names if meta else [n for n in names if not n.startswith("_")]
 
     def replay(self) -> Iterator[tuple[int, bytes, bytes]]:
         """(OP_SET, key, stored value) of every record file, in directory order."""

@@ -330,6 +330,7 @@ class _Store:
         self.raw_size = 0
         self.epoch = 0           # bumped by clear(): cursors positioned before are invalid
         self.cursors: weakref.WeakSet[_RawCursor | _DirCursor] = weakref.WeakSet()
+        self.cursor_serial = 0   # DirDB cursors are escaped in creation order
         self.xt_width = 0 if persist else 5
         bnum = spec.int_param("bnum")
         self.bnum = (_nearbyprime(bnum) if bnum > 32767 else bnum) if bnum > 0 else 1048583
@@ -494,11 +495,25 @@ class _Store:
             for cur in list(self.cursors):
                 cur.escape(okey)
 
-    def delete(self, key: bytes) -> None:
+    def _escape_dir(self, name: str, via: Any) -> None:
+        """DirDB escape_cursors, with its aliasing of the removing cursor's name (see
+        :class:`_DirCursor`)."""
+        alias: str | None = name
+        for cur in sorted(self.cursors, key=lambda c: c.serial):
+            if alias is not None and cur._alive() and cur.name() == alias:
+                cur._read()
+                if cur is via:
+                    alias = None if cur.grown else cur.name()
+
+    def delete(self, key: bytes, via: Any = None) -> None:
+        """Remove a record; ``via``: the raw cursor that removes it, if any."""
         rec = self.recs.pop(key)
         okey = rec[2]
         if self.cursors:
-            self._escape(okey)
+            if self.kind == "dir":
+                self._escape_dir(okey, via)
+            else:
+                self._escape(okey)
         if self.order is not None:
             self.order.discard(okey)
             if not self.tree:
@@ -745,12 +760,19 @@ class _RawCursor:
             self.pos = pos
 
     # the garbage collector's cursor moves forward only
-    def gc_key(self) -> bytes | None:
+    def gc_accept(self, now: int) -> bool:
+        """One garbage-collection step: remove the current record if it expired before
+        ``now``, else move on.  False: no current record (the GC then jumps back)."""
         self.pos = pos = self.current()
-        return None if pos is None else self.store.key_of(pos)
-
-    def gc_advance(self) -> None:
-        self.pos = self.store.order.higher(self.pos)
+        if pos is None:
+            return False
+        store = self.store
+        key = store.key_of(pos)
+        if now > store.recs[key][1]:
+            store.delete(key)
+        else:
+            self.pos = store.order.higher(pos)
+        return True
 
     def gc_remove(self) -> bool:
         pos = self.current()
@@ -766,66 +788,111 @@ class _RawCursor:
 
 
 class _DirCursor:
-    """A DirDB cursor: it walks the directory listing taken when it jumped (readdir
-    order), skipping files removed since."""
+    """A DirDB cursor, as Kyoto Cabinet's (kcdirdb.h): a directory stream read entry by
+    entry into ``name_``.
 
-    __slots__ = ("store", "names", "idx", "epoch", "__weakref__")
+    A small directory is read whole at the first readdir (glibc buffers 32 KiB of
+    entries, and ext4 reports the end after that), so the listing is taken when the
+    cursor jumps: files created later are not seen.  Entries starting with ``_`` (the
+    database's own files) are skipped.  A step reads the next entry whatever it is; a
+    visit of a vanished file reads on to the next file that still exists.
+
+    When a record file is removed, every live cursor standing on that name reads on
+    (``escape_cursors``), in cursor creation order.  If the removal went through a cursor
+    (a cursor remove, the expiry GC), the name compared is that cursor's own ``name_``
+    buffer, so once that cursor has moved the cursors after it are compared with its
+    *new* name: a quirk that can disable an unrelated cursor, reproduced here
+    (``std::string`` capacity is tracked: a reallocated buffer matches nothing).
+    """
+
+    __slots__ = ("store", "names", "idx", "alive", "epoch", "cap", "grown", "serial", "__weakref__")
 
     def __init__(self, store: _Store) -> None:
         self.store = store
-        self.names: list[str] = []
-        self.idx = -1
+        self.names: list[str] = []   # the listing, ``_`` files included
+        self.idx = -1                # index of name_ in ``names`` (-1: still "")
+        self.alive = False
         self.epoch = store.epoch
+        self.cap = 15                # name_'s capacity (libstdc++ short-string buffer)
+        self.grown = False
+        store.cursor_serial += 1
+        self.serial = store.cursor_serial
 
-    def escape(self, name: str) -> None:
-        """The record file ``name`` is about to go away: read on to the next entry."""
-        if 0 <= self.idx < len(self.names) and self.names[self.idx] == name and self.epoch == self.store.epoch:
+    def name(self) -> str:
+        return self.names[self.idx] if self.idx >= 0 else ""
+
+    def _alive(self) -> bool:
+        if self.epoch != self.store.epoch:   # clear() disabled every cursor
+            self.epoch = self.store.epoch
+            self.alive = False
+        return self.alive
+
+    def _open(self) -> None:
+        self.epoch = self.store.epoch
+        self.names = self.store.disk.names(meta=True)
+        self.idx = -1
+        self.alive = True
+
+    def _read(self) -> bool:
+        """DirStream::read into name_ until an entry not starting with ``_``; False at
+        the end (the cursor is disabled, name_ keeps the last entry read).  ``grown``
+        tells whether name_'s buffer was reallocated on the way."""
+        self.grown = False
+        names = self.names
+        while True:
+            if self.idx + 1 >= len(names):
+                self.alive = False
+                return False
             self.idx += 1
+            name = names[self.idx]
+            if len(name) > self.cap:
+                self.cap = max(len(name), 2 * self.cap)
+                self.grown = True
+            if name[0] != "_":
+                return True
 
-    def current(self) -> str | None:
-        store = self.store
-        if self.epoch != store.epoch:
-            self.epoch = store.epoch
-            self.idx = -1
-        if self.idx < 0:
-            return None
-        names, live = self.names, store.dir_names
-        idx = self.idx
-        while idx < len(names) and names[idx] not in live:
-            idx += 1
-        if idx >= len(names):
-            self.idx = -1
-            return None
-        self.idx = idx
-        return names[idx]
+    def escape(self, name: str) -> None:   # handled by _Store._escape_dir
+        pass
+
+    def _read_on(self) -> str | None:
+        """The current file if it still exists, else the next one that does (None at
+        the end, the cursor disabled)."""
+        live = self.store.dir_names
+        name = self.name()
+        while name not in live:
+            if not self._read():
+                return None
+            name = self.name()
+        return name
 
     def jump(self, key: bytes | None = None) -> None:
         store = self.store
-        self.epoch = store.epoch
-        self.names = store.disk.names()
+        self._open()
         if key is None:
-            self.idx = 0
-        else:
-            rec = store.recs.get(key)
-            self.idx = self.names.index(rec[2]) if rec is not None and rec[2] in self.names else -1
-        if self.current() is None:
-            raise _norec()
+            if not self._read():
+                raise _norec()
+            return
+        live = store.dir_names
+        while True:
+            if not self._read():
+                raise _norec()
+            if live.get(self.name()) == key:
+                return
 
     def jump_back(self, key: bytes | None = None) -> None:
         raise _noimpl()
 
     def step(self) -> None:
-        if self.current() is None:
-            raise _norec()
-        self.idx += 1
-        if self.current() is None:
+        if not self._alive() or not self._read():
             raise _norec()
 
     def step_back(self) -> None:
         raise _noimpl()
 
     def accept(self, visit: _RawVisit, step: bool) -> None:
-        name = self.current()
+        if not self._alive():
+            raise _norec()
+        name = self._read_on()
         if name is None:
             raise _norec()
         store = self.store
@@ -833,31 +900,40 @@ class _DirCursor:
         rec = store.recs[key]
         result = visit(key, rec)
         if result is REMOVE:
-            store.delete(key)
+            store.delete(key, self)   # the count changed: no step
             return
         if result is not NOP:
             store.update(key, rec, result[0], result[1])
-        if step:
-            self.idx += 1
+        if step and self.alive:
+            self._read()
 
-    def gc_key(self) -> bytes | None:
-        name = self.current()
-        return None if name is None else self.store.dir_names[name]
-
-    def gc_advance(self) -> None:
-        self.idx += 1
+    # the garbage collector's cursor (TimedDB::expire_records, Cursor::remove)
+    def gc_accept(self, now: int) -> bool:
+        if not self._alive():
+            return False
+        name = self._read_on()
+        if name is None:
+            return True   # KC's accept reports success when reading on hits the end
+        store = self.store
+        key = store.dir_names[name]
+        if now > store.recs[key][1]:
+            store.delete(key, self)
+        else:
+            self._read()
+        return True
 
     def gc_remove(self) -> bool:
-        key = self.gc_key()
-        if key is None:
+        if not self._alive():
             return False
-        self.store.delete(key)
+        name = self._read_on()
+        if name is None:
+            return False
+        self.store.delete(self.store.dir_names[name], self)
         return True
 
     def gc_jump(self) -> None:
-        self.epoch = self.store.epoch
-        self.names = self.store.disk.names()
-        self.idx = 0
+        self._open()
+        self._read()
 
 
 # -- numeric record formats -------------------------------------------------------------------
@@ -1030,15 +1106,10 @@ class Database:
         now = _now()
         done = 0
         while done < step:
-            key = cur.gc_key()
-            if key is None:
+            if not cur.gc_accept(now):
                 cur.gc_jump()
                 self._xsc = 0
                 break
-            if now > recs[key][1]:
-                store.delete(key)
-            else:
-                cur.gc_advance()
             done += 1
         if self.capcnt > 0:
             count = len(recs)

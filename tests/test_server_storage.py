@@ -444,3 +444,72 @@ def test_sorted_list_neighbours():
         pos_r = bisect.bisect_right(ref, probe)
         assert sl.higher(probe) == (ref[pos_r] if pos_r < len(ref) else None)
         assert sl.floor(probe) == (ref[pos_r - 1] if pos_r else None)
+
+
+# -- HashDB and DirDB cursor details (each checked against a real ktserver) ------------------
+
+
+def test_hash_cursor_does_not_see_records_appended_after_its_jump():
+    db = Database("c.kch")
+    cur = db.cursor()
+    db.set(b"a", b"v")
+    db.remove(b"a")
+    cur.jump()  # only a free block left: the jump succeeds, reading finds nothing
+    with pytest.raises(DBError) as exc:
+        cur.get_key()
+    assert exc.value.code == NOREC
+    db.set(b"x", b"v")
+    cur.jump()
+    db.set(b"y", b"v")  # appended beyond the cursor's end
+    assert cur.get_key(step=True) == b"x"
+    with pytest.raises(DBError):
+        cur.get_key()
+    db.close()
+
+
+def test_hash_cursor_steps_over_a_free_block():
+    db = Database("c.kch")
+    for key in (b"a", b"b", b"c"):
+        db.set(key, b"v" * 10)
+    cur = db.cursor()
+    cur.jump()
+    db.remove(b"b")
+    db.remove(b"a")  # the cursor moves to the next block: b's free block
+    cur.step()       # skips that block, lands on c
+    assert cur.get_key() == b"c"
+    db.close()
+
+
+def test_hash_shrunk_record_gives_back_its_tail():
+    db = Database("c.kch")
+    db.set(b"big", b"x" * 300)
+    size = db.size()
+    db.set(b"big", b"x")
+    db.set(b"new", b"y" * 100)  # fits in the tail the shrunk record gave back
+    assert db.size() == size
+    assert db.match_prefix(b"") == [b"big", b"new"]
+    db.set(b"c", b"z" * 400)
+    grown = db.size()
+    assert grown > size
+    db.vacuum()  # full defragmentation: records shift down over the free space
+    assert db.size() < grown
+    assert walk(db) == [b"big", b"new", b"c"]
+    db.close()
+
+
+def test_dir_cursor_escape_aliases_the_removing_cursors_name():
+    # kcdirdb.h escape_cursors compares every later cursor with the removing cursor's
+    # own (already moved) name buffer
+    db = Database("c.kcd")
+    for key in (b"a", b"b", b"c", b"d"):
+        db.set(key, b"v")
+    order = walk(db)
+    first, second = db.cursor(), db.cursor()
+    first.jump()
+    second.jump()
+    second.step()
+    assert second.get_key() == order[1]
+    first.remove()
+    assert first.get_key() == order[1]
+    assert second.get_key() == order[2]
+    db.close()

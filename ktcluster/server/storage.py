@@ -337,8 +337,13 @@ class _Store:
         self.cache_slots: list[list[int]] = []
         if kind == "hash":
             self.file_end = 0                          # HashDB: where the next record is appended
-            self.alloc: dict[int, int] = {}            # offset -> allocated record size
+            self.alloc: dict[int, int] = {}            # offset -> record block size
+            self.free_map: dict[int, int] = {}         # offset -> free block size
             self.free_blocks = SortedList()            # (size, -offset): KC's free block pool
+            self.dfcur = 0                             # where defragmentation goes on
+            self.isiter = False                        # a cursor or iterate() is writing
+            roff = 64 + 6 * 1024 + 14 + 6 * self.bnum     # header, free block pool, buckets
+            self.roff = roff + (-roff & 7)
         if kind == "cache":
             self.cache_capcnt = spec.int_param("capcnt", "capcount", "cap_count")
             self.cache_capsiz = spec.int_param("capsiz", "capsize", "cap_size")
@@ -379,10 +384,16 @@ class _Store:
         return self.key_of(okey) in self.recs if self.tree else okey in self.by_okey
 
     # HashDB (.kch) iterates in file order; its records are placed like Kyoto Cabinet
-    # places them (kchashdb.h): 8-byte aligned, appended or put in the smallest free
-    # block that fits (the pool keeps the 1024 largest), moved when they outgrow their
-    # block, their space freed when removed.
+    # places them (kchashdb.h).  The file is a sequence of blocks, records (``alloc``) and
+    # free blocks (``free_map``), 8-byte aligned.  A new record takes the smallest pooled
+    # free block that fits (the pool keeps the 1024 largest; among equal sizes the last
+    # one) or is appended; a record that outgrows its block moves; a block much larger
+    # than its record is split (adjust_record); a removed record's block becomes free.
+    # Defragmentation shifts records down over free blocks, a few blocks per step from
+    # where the last step stopped (defrag_impl).  Offsets count from the first record
+    # (KC's roff).
     def _record_size(self, key: bytes, value: bytes) -> int:
+        """KC calc_record_size (without the alignment padding)."""
         vsiz = len(value) + self.xt_width
         ksiz = len(key)
         size = 14 + ksiz + vsiz
@@ -391,23 +402,41 @@ class _Store:
         return size
 
     def _allocate(self, size: int) -> int:
-        """The offset of a new record of ``size`` bytes (padded to 8)."""
-        block = self.free_blocks.ceiling((size, -(1 << 62)))
+        """The offset of a new record of ``size`` bytes."""
+        padded = size + (-size & 7)
+        block = self.free_blocks.ceiling((padded, -(1 << 62)))
         if block is not None:
             self.free_blocks.discard(block)
             offset = -block[1]
-            self.alloc[offset] = block[0]
+            del self.free_map[offset]
             if self.cursors:
-                self._escape(offset)
+                self._escape_block(offset, offset + block[0])
+            self.alloc[offset] = block[0]
+            self._adjust(offset, size)
             return offset
-        size += -size & 7
         offset = self.file_end
-        self.file_end += size
-        self.alloc[offset] = size
+        self.file_end += padded
+        self.alloc[offset] = padded
         return offset
 
-    def _free(self, offset: int) -> None:
-        size = self.alloc.pop(offset)
+    def _adjust(self, offset: int, size: int) -> None:
+        """KC adjust_record: a block padded by more than half (or 32 KiB) gives its tail
+        back as a free block."""
+        rsiz = self.alloc[offset]
+        psiz = rsiz - size
+        if psiz > 32767 or psiz > rsiz // 2:
+            nsiz = psiz & ~7
+            if nsiz < 16:
+                return
+            self.alloc[offset] = rsiz - nsiz
+            self._insert_free(offset + rsiz - nsiz, nsiz)
+
+    def _insert_free(self, offset: int, size: int) -> None:
+        """KC insert_free_block: the block is free; cursors on it move on; it joins the
+        pool unless the pool is full of larger blocks."""
+        self.free_map[offset] = size
+        if self.cursors:
+            self._escape_block(offset, offset + size)
         pool = self.free_blocks
         if len(pool) >= 1024:
             smallest = pool.first()
@@ -416,40 +445,94 @@ class _Store:
             pool.discard(smallest)
         pool.add((size, -offset))
 
-    def _relocate(self, key: bytes, rec: list[Any], value: bytes) -> None:
-        """A HashDB record that outgrows its block moves elsewhere."""
+    def _free(self, offset: int) -> None:
+        self._insert_free(offset, self.alloc.pop(offset))
+
+    def _resize(self, key: bytes, rec: list[Any], value: bytes) -> None:
+        """A HashDB record's value changes: it stays (maybe giving back a tail) or, if it
+        outgrows its block, moves elsewhere."""
         old = rec[2]
-        if self._record_size(key, value) <= self.alloc[old]:
+        size = self._record_size(key, value)
+        if size <= self.alloc[old]:
+            self._adjust(old, size)
             return
-        if self.cursors:
-            self._escape(old)
         self.order.discard(old)
         del self.by_okey[old]
         self._free(old)
-        okey = self._allocate(self._record_size(key, value))
+        if self.isiter:   # a cursor or an iteration always appends (accept_impl isiter)
+            padded = size + (-size & 7)
+            okey = self.file_end
+            self.file_end += padded
+            self.alloc[okey] = padded
+        else:
+            okey = self._allocate(size)
         rec[2] = okey
         self.order.add(okey)
         self.by_okey[okey] = key
 
-    def defragment(self) -> None:
-        """HashDB defrag: records shift down over the free space, order kept."""
+    def defrag(self, step: int) -> None:
+        """KC HashDB::defrag: ``step`` < 1 defragments the whole file, otherwise ``step``
+        blocks from where the last call stopped."""
         if self.kind != "hash":
             return
-        moved = {}
-        offset = 0
-        for old in list(self.order):
-            moved[old] = offset
-            offset += self.alloc[old]
-        self.alloc = {moved[o]: size for o, size in self.alloc.items()}
-        self.by_okey = {moved[o]: key for o, key in self.by_okey.items()}
-        for rec in self.recs.values():
-            rec[2] = moved[rec[2]]
-        self.order = SortedList(self.alloc)
-        self.free_blocks.clear()
-        self.file_end = offset
-        for cur in list(self.cursors):
-            if cur.pos is not None:
-                cur.pos = moved.get(cur.pos, self.order.ceiling(cur.pos))
+        if step < 1:
+            self.dfcur = 0
+            step = 1 << 62
+        alloc, free_map = self.alloc, self.free_map
+        end = self.file_end
+        while True:
+            if self.dfcur >= end:
+                self.dfcur = 0
+                return
+            if step < 1:
+                return
+            step -= 1
+            size = free_map.get(self.dfcur)
+            if size is not None:
+                break
+            self.dfcur += alloc[self.dfcur]
+        base = dest = self.dfcur
+        del free_map[base]
+        self.dfcur += size
+        step += 1
+        order, by_okey, recs = self.order, self.by_okey, self.recs
+        while step > 0 and self.dfcur < end:
+            step -= 1
+            off = self.dfcur
+            if self.cursors:
+                self._escape_block(off, dest)
+            size = free_map.pop(off, None)
+            if size is not None:
+                self.dfcur += size
+                continue
+            size = alloc.pop(off)
+            self.dfcur += size
+            key = by_okey.pop(off)
+            rec = recs[key]
+            psiz = size - self._record_size(key, rec[0])
+            if psiz >= 8:
+                size -= psiz - psiz % 8
+            order.discard(off)
+            order.add(dest)
+            by_okey[dest] = key
+            rec[2] = dest
+            alloc[dest] = size
+            dest += size
+        pool = self.free_blocks
+        for block in [b for b in pool if base <= -b[1] < self.dfcur]:
+            pool.discard(block)
+        if self.dfcur >= end:
+            self.file_end = dest
+            for cur in self.cursors:
+                if cur.epoch == self.epoch and cur.pos is not None:
+                    if cur.pos >= dest:
+                        cur.pos = None
+                    elif cur.end > dest:
+                        cur.end = dest
+            self.dfcur = 0
+        else:
+            self._insert_free(dest, self.dfcur - dest)
+            self.dfcur = dest
 
     def insert(self, key: bytes, value: bytes, xt: int) -> None:
         if self.void:
@@ -475,8 +558,8 @@ class _Store:
 
     def update(self, key: bytes, rec: list[Any], value: bytes, xt: int) -> None:
         grow = len(value) - len(rec[0])
-        if grow > 0 and self.kind == "hash":
-            self._relocate(key, rec, value)
+        if self.kind == "hash":
+            self._resize(key, rec, value)
         self.raw_size += grow
         rec[0] = value
         rec[1] = xt
@@ -495,6 +578,21 @@ class _Store:
             for cur in list(self.cursors):
                 cur.escape(okey)
 
+    def _escape_block(self, off: int, dest: int) -> None:
+        """HashDB escape_cursors: the block at ``off`` became free (or a free block there
+        is being reused): cursors on it move to ``dest``, the following block; a cursor
+        whose scan ended at ``off`` now ends at ``dest``."""
+        epoch = self.epoch
+        for cur in self.cursors:
+            if cur.epoch != epoch:
+                continue
+            if cur.end == off:
+                cur.end = dest
+                if cur.pos is not None and cur.pos >= dest:
+                    cur.pos = None
+            if cur.pos == off:
+                cur.pos = dest if dest < cur.end else None
+
     def _escape_dir(self, name: str, via: Any) -> None:
         """DirDB escape_cursors, with its aliasing of the removing cursor's name (see
         :class:`_DirCursor`)."""
@@ -512,7 +610,7 @@ class _Store:
         if self.cursors:
             if self.kind == "dir":
                 self._escape_dir(okey, via)
-            else:
+            elif self.kind != "hash":   # HashDB: _free escapes
                 self._escape(okey)
         if self.order is not None:
             self.order.discard(okey)
@@ -567,7 +665,9 @@ class _Store:
         if self.kind == "hash":
             self.file_end = 0
             self.alloc.clear()
+            self.free_map.clear()
             self.free_blocks.clear()
+            self.dfcur = 0
         self.epoch += 1
         for slot in self.cache_slots:
             slot[0] = slot[1] = 0
@@ -621,15 +721,21 @@ class _RawCursor:
     record when theirs is removed (resolved lazily: a vanished position means "the next
     order key"); PlantDB cursors (GrassDB, TreeDB, ForestDB) remember the key and land
     on the first record >= it, and after a removal in backward mode on the previous one.
+
+    HashDB (``.kch``) cursors are byte offsets into the file: ``pos`` may be a free block
+    (the record there is the first one at or after it), and ``end`` is the file's end
+    when the cursor jumped; records appended later lie beyond it and are not visited
+    (kchashdb.h Cursor::step_impl, escape_cursors).
     """
 
-    __slots__ = ("store", "pos", "back", "epoch", "__weakref__")
+    __slots__ = ("store", "pos", "back", "epoch", "end", "__weakref__")
 
     def __init__(self, store: _Store) -> None:
         self.store = store
         self.pos: Any = None
         self.back = False      # PlantDB's own direction flag
         self.epoch = store.epoch
+        self.end = 0           # HashDB: the scan's end offset
 
     def escape(self, okey: Any) -> None:
         """The record ``okey`` is about to go away (still in the order)."""
@@ -646,8 +752,17 @@ class _RawCursor:
         if pos is None or store.has_okey(pos):
             return pos
         nxt = store.order.ceiling(pos)
+        if store.kind == "hash" and nxt is not None and nxt >= self.end:
+            nxt = None
         if store.family != "plant":
             self.pos = nxt
+        return nxt
+
+    def _next(self, pos: Any) -> Any:
+        """The order key after ``pos`` (HashDB: within the scan), or None."""
+        nxt = self.store.order.higher(pos)
+        if nxt is not None and self.store.kind == "hash" and nxt >= self.end:
+            return None
         return nxt
 
     def jump(self, key: bytes | None = None) -> None:
@@ -655,6 +770,17 @@ class _RawCursor:
         order = store.order
         self.back = False
         self.epoch = store.epoch
+        if store.kind == "hash":
+            # HashDB: from the first block (even if it is free) to the current end
+            self.end = store.file_end
+            if key is None:
+                self.pos = 0 if store.file_end > 0 else None
+            else:
+                rec = store.recs.get(key)
+                self.pos = rec[2] if rec is not None else None
+            if self.pos is None:
+                raise _norec()
+            return
         if key is None:
             self.pos = order.first()
         elif store.tree:
@@ -705,10 +831,28 @@ class _RawCursor:
             if self.pos is None:
                 raise _norec()
             return
+        store = self.store
+        if store.kind == "hash":
+            # HashDB steps over one *block*: from a free block (where a removal left the
+            # cursor) it lands on the first record after it
+            if self.epoch != store.epoch:
+                self.epoch = store.epoch
+                self.pos = None
+            pos = self.pos
+            if pos is None:
+                raise _norec()
+            if store.has_okey(pos):
+                self.pos = self._next(pos)
+            else:
+                nxt = store.order.ceiling(pos)
+                self.pos = nxt if nxt is not None and nxt < self.end else None
+            if self.pos is None:
+                raise _norec()
+            return
         pos = self.current()
         if pos is None:
             raise _norec()
-        self.pos = self.store.order.higher(pos)
+        self.pos = self._next(pos)
         if self.pos is None:
             raise _norec()
 
@@ -748,6 +892,22 @@ class _RawCursor:
         rec = store.recs[key]
         result = visit(key, rec)
         plant_back = store.family == "plant" and self.back
+        if store.kind == "hash":
+            # HashDB: a removed or outgrown record's block is freed, which moves the
+            # cursor to the next block; no further step then
+            if result is REMOVE:
+                store.delete(key)
+                return
+            if result is not NOP:
+                store.isiter = True
+                try:
+                    store.update(key, rec, result[0], result[1])
+                finally:
+                    store.isiter = False
+                if rec[2] != pos:
+                    return
+            self.pos = self._next(pos) if step else pos
+            return
         if result is REMOVE:
             store.delete(key)
             self.pos = order.lower(pos) if plant_back else order.ceiling(pos)
@@ -771,20 +931,27 @@ class _RawCursor:
         if now > store.recs[key][1]:
             store.delete(key)
         else:
-            self.pos = store.order.higher(pos)
+            self.pos = self._next(pos)
         return True
 
     def gc_remove(self) -> bool:
         pos = self.current()
         if pos is None:
             return False
-        self.store.delete(self.store.key_of(pos))
-        self.pos = self.store.order.ceiling(pos)
+        store = self.store
+        store.delete(store.key_of(pos))
+        if store.kind != "hash":   # HashDB: freeing the block moved the cursor
+            self.pos = store.order.ceiling(pos)
         return True
 
     def gc_jump(self) -> None:
-        self.epoch = self.store.epoch
-        self.pos = self.store.order.first()
+        store = self.store
+        self.epoch = store.epoch
+        if store.kind == "hash":
+            self.end = store.file_end
+            self.pos = 0 if store.file_end > 0 else None
+        else:
+            self.pos = store.order.first()
 
 
 class _DirCursor:
@@ -1118,11 +1285,13 @@ class Database:
                     cur.gc_jump()
                     break
                 count -= 1
+            store.defrag(step)
         if self.capsiz > 0 and self.size() > self.capsiz:
             for _ in range(min(step, len(recs) + 1)):
                 if not cur.gc_remove():
                     cur.gc_jump()
                     break
+            store.defrag(step)
 
     def _apply(self, key: bytes, rec: list[Any] | None, result: Any, now: int) -> None:
         """Carry out a visitor's answer on one record, logging it (TimedVisitor)."""
@@ -1475,7 +1644,7 @@ class Database:
         if kind == "grass":
             return 526625 + self._cusage()
         if kind == "hash":
-            return 6297720 + raw + 16 * count
+            return store.roff + store.file_end
         if kind == "tree":
             return max(400128, store.disk.file_size if store.disk else 0)
         if kind == "dir":
@@ -1520,8 +1689,8 @@ class Database:
 
     def vacuum(self, step: int = 0) -> None:
         """Collect expired records: ``step`` > 1 advances the GC by that many steps,
-        otherwise the whole database is scanned.  Then defragment the file (fully when
-        ``step`` < 1; partial steps, as the idle timer takes them, are not emulated)."""
+        otherwise the whole database is scanned.  Then defragment the file (HashDB;
+        fully when ``step`` < 1, else ``step`` blocks on)."""
         with self.lock:
             if self._gc:
                 if step > 1:
@@ -1533,8 +1702,7 @@ class Database:
                     self._xsc = 0
             if self._store.kind in ("hash", "tree") and not self.writable:
                 raise DBError(NOPERM, "permission denied")
-            if step < 1:
-                self._store.defragment()
+            self._store.defrag(step)
 
     def synchronize(self, hard: bool = False,
                     postprocess: Callable[[str, int, int], bool] | None = None) -> None:
@@ -1638,7 +1806,12 @@ class Database:
                     continue
                 else:
                     result = visit_full(key, rec[0], rec[1])
-                self._apply(key, rec, result, now)
+                if store.kind == "hash":
+                    store.isiter = True
+                try:
+                    self._apply(key, rec, result, now)
+                finally:
+                    store.isiter = False
             if self._gc:
                 score = _XTSCUNIT if writable else _XTSCUNIT // _XTREADFREQ
                 count = len(store.recs)

@@ -219,7 +219,3 @@ def _one_line(exc: BaseException) -> str:
         cause = text.split("last error: ", 1)[1].removeprefix(f"[{exc.node}] ")
         return f"node {exc.node} is down: {cause}"
     return text
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,8 @@ defined), in a fresh interpreter, with ``servers`` (the ``"host:port"`` addresse
 running servers with update logs, sids 1-3) and ``host``/``port`` (the first of them)
 defined, as the docs announce.  Its ```sh blocks run with bash (``set -euo pipefail``)
 with ``KT_SERVERS`` naming the same servers and this environment's ``ktcluster`` first on
-the PATH.  A block preceded by ``<!-- not run: REASON -->`` is skipped (for the Quick
+the PATH.  A ```python block whose first line is ``# file: NAME`` is not run: it is written
+to NAME in the working directory of both, for a later block to use.  A block preceded by ``<!-- not run: REASON -->`` is skipped (for the Quick
 start commands, which CI and tests/test_cli.py run, and for ``docker compose``); any other
 fenced block must be output or configuration (```text, ```json, ```yaml), never
 unlabelled.  Relative links must point at files that exist.
@@ -39,12 +40,27 @@ host, port = servers[0].rsplit(":", 1)[0], int(servers[0].rsplit(":", 1)[1])
 """
 
 
+FILE = re.compile(r"# file: (\S+)\n")
+
+
 @dataclass
 class Block:
     lang: str
     code: str
     line: int
     skip: str | None
+
+    @property
+    def file(self) -> str | None:
+        """The name a ``# file: NAME`` block is saved as."""
+        match = FILE.match(self.code)
+        return match.group(1) if match else None
+
+
+def write_files(path: Path, workdir: Path) -> None:
+    for block in blocks(path):
+        if block.lang == "python" and block.file:
+            (workdir / block.file).write_text(block.code)
 
 
 def blocks(path: Path) -> list[Block]:
@@ -105,9 +121,10 @@ def test_fences_are_labelled_and_links_resolve(path: Path) -> None:
 
 @pytest.mark.parametrize("path", DOCS, ids=_ids)
 def test_python_samples_run(path: Path, addresses: str, tmp_path: Path) -> None:
-    code = [b for b in blocks(path) if b.lang == "python" and b.skip is None]
+    code = [b for b in blocks(path) if b.lang == "python" and b.skip is None and not b.file]
     if not code:
         pytest.skip(f"{path.name} has no Python sample")
+    write_files(path, tmp_path)
     script = PREAMBLE + "".join(f"# --- {path.name}:{b.line}\n{b.code}" for b in code)
     (tmp_path / "sample.py").write_text(script)
     proc = subprocess.run([sys.executable, "sample.py"], cwd=tmp_path, capture_output=True, text=True, timeout=180,
@@ -120,6 +137,7 @@ def test_shell_samples_run(path: Path, addresses: str, tmp_path: Path) -> None:
     code = [b for b in blocks(path) if b.lang == "sh" and b.skip is None]
     if not code:
         pytest.skip(f"{path.name} has no shell sample that runs here")
+    write_files(path, tmp_path)
     env = {**os.environ, "KT_SERVERS": addresses,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for block in code:

@@ -6,12 +6,13 @@ keys exactly as the real one to hand out the same cursor walks and ``match_*`` r
 * :func:`murmur` -- kc::hashmurmur (StashDB ``:``, CacheDB ``*``, DirDB file names);
 * :func:`tr1_fnv` -- the ``std::tr1::hash<std::string>`` of the libstdc++ that ktserver
   was built with (ProtoHashDB ``-``, a ``tr1::unordered_map``);
-* :func:`hashpath` -- kc::hashpath, the file name DirDB (``.kcd``) gives a record.
+* :func:`hashpath` -- kc::hashpath, the file name DirDB (``.kcd``) gives a record;
+* :func:`fnv` -- kc::hashfnv (a part of hashpath, and the Lua ``kt.hash_fnv``).
 """
 
 from __future__ import annotations
 
-__all__ = ["murmur", "tr1_fnv", "hashpath"]
+__all__ = ["murmur", "tr1_fnv", "hashpath", "fnv"]
 
 _M64 = (1 << 64) - 1
 _MUL = 0xC6A4A7935BD1E995
@@ -47,7 +48,8 @@ def tr1_fnv(data: bytes) -> int:
 _HEXDIGITS = b"0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def _fnv(data: bytes) -> int:
+def fnv(data: bytes) -> int:
+    """kc::hashfnv: 64-bit FNV-1a with Kyoto Cabinet's multiplier (109951162811)."""
     h = 14695981039346656037
     for c in data:
         h = ((h ^ c) * 109951162811) & _M64
@@ -72,7 +74,7 @@ def hashpath(data: bytes) -> str:
                ^ data[size - i - 3]) % 36
         out.append(_HEXDIGITS[num])
     h = murmur(data)
-    inc = _fold(_fnv(data))
+    inc = _fold(fnv(data))
     for _ in range(8):
         least = h >> 56
         num = least >> 4

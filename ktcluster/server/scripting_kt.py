@@ -16,7 +16,6 @@ from __future__ import annotations
 import heapq
 import math
 import os
-import re
 import struct
 import threading
 import time
@@ -29,8 +28,7 @@ from ..protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix
 from ..protocol.replication import decode_varnum, encode_varnum
 from ..protocol.tsv import base64_decode, base64_encode, quote_decode, quote_encode, url_decode, url_encode
 from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM
-from .hashing import _fnv as hashfnv
-from .hashing import murmur
+from .hashing import fnv, murmur
 from .storage import (
     DUPREC,
     INVALID,
@@ -46,9 +44,7 @@ from .storage import (
     DBSpec,
     StorageError,
 )
-from .storage import _ere_to_python as ere_to_python
-from .storage import _levenshtein as levenshtein
-from .storage import _ucs as utf_to_ucs
+from .textmatch import RegexError, compile_regex, levenshtein, utf8_to_ucs
 
 __all__ = ["KtHost", "PRIMITIVES", "c_int64", "lua_list", "lua_pairs"]
 
@@ -221,42 +217,6 @@ def _decompress(data: bytes, wbits: int) -> bytes | None:
     return out if decomp.eof else None
 
 
-def _regex_replace(text: bytes, pattern: re.Pattern[bytes], alt: bytes) -> bytes:
-    """kc::Regex::replace: every match from left to right, ``$0``-``$9`` and ``$&`` in
-    ``alt`` for the (sub)matches, ``$x`` for a literal x."""
-    if pattern.search(text) is None:
-        return text
-    out = bytearray()
-    pos, n = 0, len(text)
-    while pos < n:
-        m = pattern.search(text, pos)
-        if m is None:
-            break
-        out += text[pos:m.start()]
-        i = 0
-        while i < len(alt):
-            c = alt[i]
-            if c == 0x24 and i + 1 < len(alt):
-                i += 1
-                nxt = alt[i]
-                if 0x30 <= nxt <= 0x39:
-                    num = nxt - 0x30
-                    if num <= pattern.groups and m.group(num) is not None:
-                        out += m.group(num)
-                elif nxt == 0x26:
-                    out += m.group(0)
-                else:
-                    out.append(nxt)
-            elif c != 0x24:
-                out.append(c)
-            i += 1
-        advance = m.end() - pos
-        pos = m.end()
-        if advance < 1:
-            break
-    return bytes(out + text[pos:])
-
-
 # -- handles -------------------------------------------------------------------------------------
 
 
@@ -362,11 +322,11 @@ class KtHost:
         return murmur(data) & ((1 << 48) - 1)
 
     def hash_fnv(self, data: bytes) -> int:
-        return hashfnv(data) & ((1 << 48) - 1)
+        return fnv(data) & ((1 << 48) - 1)
 
     def levdist(self, a: bytes, b: bytes, utf: bool) -> int:
         if utf:
-            return levenshtein(utf_to_ucs(a), utf_to_ucs(b))
+            return levenshtein(utf8_to_ucs(a), utf8_to_ucs(b))
         return levenshtein(a, b)
 
     def pack(self, fmt: bytes, table: Any, count: int) -> bytes:
@@ -488,16 +448,13 @@ class KtHost:
         return _cstr(text).endswith(_cstr(pattern))
 
     def regex(self, text: bytes, pattern: bytes, alt: bytes | None) -> Any:
-        text = _cstr(text)
         try:
-            compiled = re.compile(ere_to_python(pattern), re.DOTALL)
-        except (re.error, ValueError):
-            return False if alt is None else text
+            compiled = compile_regex(pattern)
+        except RegexError:
+            return False if alt is None else _cstr(text)
         if alt is None:
-            return compiled.search(text) is not None
-        if not _cstr(pattern):
-            return text
-        return _regex_replace(text, compiled, _cstr(alt))
+            return compiled.search(text)
+        return compiled.replace(text, alt)
 
     def arraydump(self, table: Any, count: int) -> bytes:
         values = lua_list(table, count)
@@ -874,8 +831,7 @@ class KtHost:
 
     def cur_accept(self, cur: _Cur, visitor: Any, writable: bool, step: bool) -> bool:
         full, _ = self._visitor(visitor, writable)
-        # storage's Cursor has the visitor entry point the front ends never needed as _accept
-        return self._cur_ok(cur, lambda raw: raw._accept(full, writable, step))
+        return self._cur_ok(cur, lambda raw: raw.accept(full, writable, step))
 
     def cur_disable(self, cur: _Cur) -> None:
         cur.cur = None

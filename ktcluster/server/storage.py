@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import struct
 import threading
 import time
@@ -52,6 +51,7 @@ from ..protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, encode_log_entry
 from .hashing import murmur, tr1_fnv
 from .persistence import Journal, RecordFiles, StorageError, read_snapshot, write_snapshot
 from .sortedlist import SortedList
+from .textmatch import RegexError, compile_regex, cstr, levenshtein, utf8_to_ucs
 
 __all__ = [
     "XTMAX", "XT_NONE", "NOP", "REMOVE", "DBError", "DBSpec", "Database", "Cursor",
@@ -1742,18 +1742,16 @@ class Database:
     def match_regex(self, regex: bytes, max: int = -1) -> list[bytes]:
         """Keys matching a POSIX extended regular expression (LOGIC error if invalid)."""
         try:
-            pattern = re.compile(_ere_to_python(regex), re.DOTALL)
-        except (re.error, ValueError):
+            search = compile_regex(regex).search
+        except RegexError:
             raise DBError(LOGIC, "compilation failed") from None
         limit = INT64MAX if max < 0 else max
         out: list[bytes] = []
         with self.lock:
             if limit == 0:
                 return out
-            search = pattern.search
             for key in self._store.ordered_keys():
-                nul = key.find(b"\0")
-                if search(key if nul < 0 else key[:nul]) is not None:
+                if search(key):
                     out.append(key)
                     if len(out) >= limit:
                         break
@@ -1765,18 +1763,14 @@ class Database:
         limit = INT64MAX if max < 0 else max
         if limit == 0:
             return []
-        if utf:
-            nul = origin.find(b"\0")
-            oseq: Any = _ucs(origin if nul < 0 else origin[:nul])
-        else:
-            oseq = origin
+        oseq: Any = utf8_to_ucs(cstr(origin)) if utf else origin
         found: list[tuple[int, bytes]] = []
         with self.lock:
             for key in self._store.ordered_keys():
-                kseq: Any = _ucs(key) if utf else key
+                kseq: Any = utf8_to_ucs(key) if utf else key
                 if abs(len(oseq) - len(kseq)) > range:
                     continue
-                dist = _levenshtein(oseq, kseq)
+                dist = levenshtein(oseq, kseq)
                 if dist <= range:
                     found.append((dist, key))
         found.sort()
@@ -1885,7 +1879,9 @@ class Cursor:
             self._raw.step_back()
             self._back = True
 
-    def _accept(self, visitor: VisitFull, writable: bool, step: bool) -> None:
+    def accept(self, visitor: VisitFull, writable: bool = True, step: bool = False) -> None:
+        """Visit the current record (KC Cursor::accept): ``visitor(key, value, xt)`` answers
+        as for :meth:`Database.accept`; ``step`` moves on after."""
         db = self.db
         raw = self._raw
         with db.lock:
@@ -1936,7 +1932,7 @@ class Cursor:
             got.append((k, v, x))
             return NOP
 
-        self._accept(visit, False, step)
+        self.accept(visit, False, step)
         return got[0]
 
     def get_key(self, step: bool = False) -> bytes:
@@ -1947,11 +1943,11 @@ class Cursor:
 
     def set_value(self, value: bytes, xt: int = XT_NONE, step: bool = False) -> None:
         """Replace the current record's value (and expiry)."""
-        self._accept(lambda k, v, x: (value, xt), True, step)
+        self.accept(lambda k, v, x: (value, xt), True, step)
 
     def remove(self) -> None:
         """Remove the current record; the cursor moves to the next one."""
-        self._accept(lambda k, v, x: REMOVE, True, False)
+        self.accept(lambda k, v, x: REMOVE, True, False)
 
     def seize(self) -> tuple[bytes, bytes, int]:
         """Remove the current record and return (key, value, absolute xt)."""
@@ -1961,105 +1957,5 @@ class Cursor:
             got.append((k, v, x))
             return REMOVE
 
-        self._accept(visit, True, False)
+        self.accept(visit, True, False)
         return got[0]
-
-
-# -- match helpers ----------------------------------------------------------------------------
-
-
-def _ucs(data: bytes) -> list[int]:
-    """kc::strutftoucs: Kyoto Cabinet's lenient UTF-8 decoder (bad sequences are skipped)."""
-    out: list[int] = []
-    n = len(data)
-    i = 0
-    while i < n:
-        c = data[i]
-        if c < 0x80:
-            out.append(c)
-        else:
-            width = 1 if c < 0xE0 else 2 if c < 0xF0 else 3 if c < 0xF8 else 4 if c < 0xFC else 5 if c < 0xFE else 0
-            tail = data[i + 1:i + 1 + width]
-            if width and len(tail) == width and 0 not in tail:
-                mask = (0x1F, 0x0F, 0x07, 0x03, 0x01)[width - 1]
-                code = c & mask
-                for t in tail:
-                    code = code << 6 | (t & 0x3F)
-                if code >= (0x80, 0x800, 0x10000, 0x200000, 0x4000000)[width - 1]:
-                    out.append(code)
-                i += width
-        i += 1
-    return out
-
-
-def _levenshtein(a: Any, b: Any) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-_POSIX_CLASSES = {
-    b"alpha": rb"a-zA-Z", b"digit": rb"0-9", b"alnum": rb"a-zA-Z0-9", b"upper": rb"A-Z", b"lower": rb"a-z",
-    b"space": rb" \t\n\r\f\v", b"blank": rb" \t", b"punct": rb"!-/:-@\[-`{-~", b"xdigit": rb"0-9A-Fa-f",
-    b"cntrl": rb"\x00-\x1f\x7f", b"print": rb" -~", b"graph": rb"!-~",
-}
-
-
-_GNU_ESCAPES = {b"w": rb"\w", b"W": rb"\W", b"s": rb"\s", b"S": rb"\S", b"b": rb"\b", b"B": rb"\B",
-                b"<": rb"\b", b">": rb"\b", b"`": rb"\A", b"'": rb"\Z"}
-
-
-def _ere_to_python(regex: bytes) -> bytes:
-    """Translate a POSIX extended regular expression into Python's syntax: bracket
-    expressions with ``[:class:]`` and literal backslashes, no Python-only escapes."""
-    nul = regex.find(b"\0")
-    if nul >= 0:
-        regex = regex[:nul]
-    out = bytearray()
-    i, n = 0, len(regex)
-    while i < n:
-        c = regex[i]
-        if c == 0x5B:  # '[' bracket expression
-            j = i + 1
-            body = bytearray()
-            if j < n and regex[j] == 0x5E:
-                body += b"^"
-                j += 1
-            first = True
-            while j < n and (first or regex[j] != 0x5D):
-                first = False
-                if regex[j:j + 2] == b"[:":
-                    end = regex.find(b":]", j + 2)
-                    if end < 0 or regex[j + 2:end] not in _POSIX_CLASSES:
-                        raise ValueError("bad character class")
-                    body += _POSIX_CLASSES[regex[j + 2:end]]
-                    j = end + 2
-                    continue
-                body += re.escape(bytes((regex[j],))) if regex[j] not in b"-" else b"-"
-                j += 1
-            if j >= n:
-                raise ValueError("unterminated bracket")
-            out += b"[" + bytes(body) + b"]"
-            i = j + 1
-        elif c == 0x5C:  # backslash: a GNU operator or the next byte literally
-            if i + 1 >= n:
-                raise ValueError("trailing backslash")
-            nxt = bytes((regex[i + 1],))
-            out += _GNU_ESCAPES.get(nxt) or re.escape(nxt)
-            i += 2
-        elif c == 0x7B:  # '{' interval: valid only after an atom, digits inside
-            end = regex.find(b"}", i)
-            if end < 0 or not re.fullmatch(rb"\d+(,\d*)?", regex[i + 1:end]):
-                raise ValueError("bad interval")
-            out += regex[i:end + 1]
-            i = end + 1
-        else:
-            out.append(c)
-            i += 1
-    return bytes(out)

@@ -6,10 +6,11 @@ running servers with update logs, sids 1-3) and ``host``/``port`` (the first of 
 defined, as the docs announce.  Its ```sh blocks run with bash (``set -euo pipefail``)
 with ``KT_SERVERS`` naming the same servers and this environment's ``ktcluster`` first on
 the PATH.  A ```python block whose first line is ``# file: NAME`` is not run: it is written
-to NAME in the working directory of both, for a later block to use.  A block preceded by ``<!-- not run: REASON -->`` is skipped (for the Quick
-start commands, which CI and tests/test_cli.py run, and for ``docker compose``); any other
-fenced block must be output or configuration (```text, ```json, ```yaml), never
-unlabelled.  Relative links must point at files that exist.
+to NAME in the working directory of both, for a later block to use.  A block preceded by
+``<!-- not run: REASON -->`` is skipped (the install and Quick start commands, which CI
+and tests/test_cli.py run, long benchmarks, a server that runs until stopped); any other
+fenced block must be output (```text, ```json, ```yaml), never unlabelled.  Relative
+links must point at files that exist.
 """
 
 from __future__ import annotations

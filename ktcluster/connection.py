@@ -16,7 +16,13 @@ Failure rules (what makes it safe to pool):
   connection refuses further requests; its owner must drop it.
 * Transport errors say whether the request may have reached the server:
   ``request_sent=False`` when the connect failed or the first ``send`` did not
-  hand a single byte to the kernel, ``True`` otherwise.
+  hand a single byte to the kernel, ``True`` otherwise -- including a reused
+  connection that the server closes before answering: whether it closed before
+  or after reading the request cannot be told afterwards.  What can be told is a
+  close that already happened: :meth:`~Connection.is_alive` (one zero-timeout
+  ``poll``) finds it before anything is sent, and the pool checks every
+  connection it hands out again that way (a server restart leaves the pool's
+  idle connections closed: they are replaced, not used).
 * A ``Connection: close`` answer closes the socket after the reply; the next
   request reconnects (that is not an error).
 
@@ -29,12 +35,13 @@ pool hands it out exclusively.
 from __future__ import annotations
 
 import _socket
+import select
 import socket
 import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import ModuleType
+from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
 from .errors import KTConnectionError, KyotoTycoonException, ProtocolError, SocketTimeoutError
@@ -51,6 +58,16 @@ DEFAULT_TIMEOUT = 30.0
 
 #: size of the receive buffer kept between requests; larger replies grow it temporarily.
 _BUFSIZE = 65536
+
+
+def _original_poll() -> Callable[[], Any] | None:
+    """The standard library's ``select.poll`` even under gevent (whose poll would go through
+    its hub; a zero-timeout poll never blocks, so the original is right there too); None
+    where the platform has none."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("select"):
+        return monkey.get_original("select", "poll")
+    return getattr(select, "poll", None)
 
 
 def _kernel_timeout(timeout: float | None) -> bytes:
@@ -103,7 +120,8 @@ class Connection:
     """
 
     __slots__ = ("host", "port", "connect_timeout", "timeout", "broken", "created_at", "last_used",
-                 "generation", "_socket_module", "_sock", "_native", "_view", "_host_header", "__weakref__")
+                 "generation", "_socket_module", "_sock", "_native", "_poller", "_view", "_host_header",
+                 "__weakref__")
 
     def __init__(self, host: str, port: int, *, connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                  timeout: float | None = DEFAULT_TIMEOUT, socket_module: ModuleType | None = None) -> None:
@@ -117,6 +135,7 @@ class Connection:
         self._socket_module = socket_module
         self._sock: Any = None
         self._native = False
+        self._poller: Any = None
         self._view = memoryview(bytearray(_BUFSIZE))
         self._host_header = f"{host}:{self.port}".encode()
 
@@ -141,18 +160,31 @@ class Connection:
 
     # -- socket management ------------------------------------------------------------------------
 
-    def connect(self) -> None:
-        """Open the socket now (requests do it lazily)."""
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def connect(self, timeout: float | None = None) -> None:
+        """Open the socket now (requests do it lazily).  ``timeout`` caps ``connect_timeout``
+        for this connect (a caller with little time left)."""
         if self.broken:
             raise KTConnectionError(f"connection to {self.address} is broken and cannot be reused",
                                     request_sent=False)
         if self._sock is None:
-            self._connect()
+            limit = self.connect_timeout
+            if timeout is not None and (limit is None or timeout < limit):
+                limit = timeout
+            self._connect(limit)
 
-    def _connect(self) -> Any:
+    def _connect(self, limit: float | None = None) -> Any:
         mod = self._socket_module or socket
+        if limit is None:
+            limit = self.connect_timeout
         try:
-            sock = mod.create_connection((self.host, self.port), timeout=self.connect_timeout)
+            sock = mod.create_connection((self.host, self.port), timeout=limit)
         except BaseException as exc:
             self.broken = True
             if isinstance(exc, (TimeoutError, mod.timeout)):
@@ -167,6 +199,10 @@ class Connection:
             # Other sockets (gevent's) keep their own timeout handling.
             self._native = isinstance(sock, _socket.socket) and (self.timeout is None or self.timeout > 0)
             self._apply_timeout(sock)
+            poll = _original_poll()
+            if poll is not None:
+                self._poller = poll()
+                self._poller.register(sock.fileno(), select.POLLIN)
         except BaseException:
             sock.close()
             self.broken = True
@@ -196,6 +232,7 @@ class Connection:
     def close(self) -> None:
         """Close the socket.  The connection may connect again later unless it is broken."""
         sock, self._sock = self._sock, None
+        self._poller = None
         if sock is not None:
             try:
                 sock.close()
@@ -207,13 +244,31 @@ class Connection:
         self.close()
 
     def is_alive(self) -> bool:
-        """Cheap idle check (a non-blocking MSG_PEEK): False when the peer closed the socket
-        or sent bytes nobody asked for.  An unconnected, unbroken connection counts as alive."""
+        """Cheap idle check before reusing the connection: False (and the connection is
+        broken) when the peer closed or reset it, or sent bytes nobody asked for.  An
+        unconnected, unbroken connection counts as alive.
+
+        One zero-timeout ``poll`` (a non-blocking MSG_PEEK where there is no poll).  A
+        close seen here happened before anything was sent, so a request that finds it
+        provably never reached the server."""
         if self.broken:
             return False
         sock = self._sock
         if sock is None:
             return True
+        poller = self._poller
+        if poller is not None:
+            try:
+                ready = poller.poll(0)
+            except OSError:
+                ready = True
+            except BaseException:
+                self._fail()
+                raise
+            if not ready:
+                return True
+            self._fail()  # EOF, a reset, or unsolicited bytes: the stream is not usable
+            return False
         try:
             self._peek(sock)
         except (BlockingIOError, InterruptedError):

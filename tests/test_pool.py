@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from ktcluster import connection as connection_module
 from ktcluster.connection import Connection
 from ktcluster.errors import (
     InvalidArgumentError,
@@ -208,6 +209,17 @@ def test_head_request_has_no_body(kt_server):
     assert conn.call("void") == {} and conn.generation == 1
 
 
+def test_connection_is_a_context_manager(kt_server):
+    with Connection(kt_server.host, kt_server.port) as conn:
+        assert conn.call("void") == {} and conn.connected
+    assert not conn.connected and not conn.broken
+    with pytest.raises(ValueError):
+        with conn:
+            assert conn.call("void") == {} and conn.generation == 2
+            raise ValueError("caller bug")
+    assert not conn.connected
+
+
 def test_is_alive_detects_a_restarted_server(kt_server):
     conn = Connection(kt_server.host, kt_server.port)
     conn.call("void")
@@ -244,6 +256,22 @@ class _TimeoutSocketModule:
     @staticmethod
     def create_connection(address, timeout=None):
         raise TimeoutError("timed out")
+
+
+def test_connect_timeout_can_be_capped():
+    seen = []
+
+    class Recording(_TimeoutSocketModule):
+        @staticmethod
+        def create_connection(address, timeout=None):
+            seen.append(timeout)
+            raise TimeoutError("timed out")
+
+    for cap, used in [(0.25, 0.25), (10, 5.0), (None, 5.0)]:
+        conn = Connection("127.0.0.1", 1, connect_timeout=5.0, socket_module=Recording)  # type: ignore
+        with pytest.raises(SocketTimeoutError):
+            conn.connect(cap)
+        assert seen.pop() == used
 
 
 def test_connect_timeout_is_not_sent():
@@ -369,6 +397,64 @@ def test_base_exception_midway_breaks_the_connection(kt_server):
     with pytest.raises(KeyboardInterrupt):
         conn.call("void")
     assert conn.broken and not conn.connected
+
+
+@pytest.mark.parametrize("probe", ["poll", "peek"])
+def test_is_alive_sees_a_close_or_stray_bytes_before_anything_is_sent(scripted, monkeypatch, probe):
+    if probe == "peek":  # the fallback where the platform has no poll
+        monkeypatch.setattr(connection_module, "_original_poll", lambda: None)
+    replied = [threading.Event() for _ in range(3)]
+    done = [threading.Event() for _ in range(3)]
+
+    def handler(conn, i):
+        read_request(conn)
+        conn.sendall(OK_VOID)
+        replied[i].wait(5)
+        if i == 0:
+            conn.close()                 # an idle keep-alive connection closed (or a restart)
+        elif i == 1:
+            conn.sendall(b"stray")       # bytes nobody asked for
+        done[i].set()
+        if i:
+            conn.recv(1)
+    srv = scripted(handler)
+    conns = [Connection("127.0.0.1", srv.port) for _ in range(3)]
+    for i, conn in enumerate(conns):
+        assert conn.call("void") == {}
+        replied[i].set()
+        assert done[i].wait(5)
+        assert (conn._poller is None) == (probe == "peek")
+    closed, stray, fine = conns
+    assert not closed.is_alive() and closed.broken and not closed.connected
+    assert not stray.is_alive() and stray.broken
+    assert fine.is_alive() and fine.is_alive() and not fine.broken
+
+
+def test_pool_never_hands_out_a_connection_the_server_closed(scripted):
+    """The stale keep-alive case (what a server restart does to every idle connection): the
+    pool finds the close before sending and uses a new connection -- no error, and nothing
+    was written into the dead one."""
+    closed = threading.Event()
+    received: list[int] = []
+
+    def handler(conn, i):
+        while read_request(conn):
+            received.append(i)
+            conn.sendall(OK_VOID)
+            if i == 0:
+                conn.close()
+                closed.set()
+                return
+    srv = scripted(handler)
+    pool = ConnectionPool("127.0.0.1", srv.port, size=2)
+    with pool.connection() as first:
+        assert first.call("void") == {}
+    assert closed.wait(5)
+    with pool.connection() as second:   # at once: well within any idle time
+        assert second is not first
+        assert second.call("void") == {}
+    assert first.broken and received == [0, 1]
+    assert pool.stats().discarded == 1 and pool.stats().created == 2
 
 
 # -- Pool --------------------------------------------------------------------------------------

@@ -47,26 +47,36 @@ How requests travel (``binary=False``, the default):
 One instance is safe to share between threads and greenlets: every call checks
 a connection out of a bounded :class:`~ktcluster.pool.ConnectionPool`.  A
 :class:`Cursor` holds its own connection (server cursors live on a connection).
+
+Views: :meth:`KyotoTycoon.with_options` (WAIT/SIGNAL, a socket ``timeout``, a
+``deadline``) and :meth:`KyotoTycoon.with_protocol` (binary or HTTP) return views
+of a client that share its pool and packer; a view of a view merges their options,
+and closing a view leaves the shared pool open.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
+import math
 import re
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType, TracebackType
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from .connection import DEFAULT_CONNECT_TIMEOUT, Connection
 from .errors import (
     ArgumentError,
+    DeadlineExceeded,
     InvalidArgumentError,
     KTConnectionError,
     KyotoTycoonException,
     LogicalInconsistencyError,
+    PoolTimeoutError,
     ProtocolError,
+    ScriptError,
+    SocketTimeoutError,
 )
 from .expiry import KEEP, Expire, binary_xt, expires_at, xt_of
 from .packers import KT_PACKER_PICKLE, BytesPacker, make_packer
@@ -80,6 +90,15 @@ __all__ = ["KyotoTycoon", "Cursor", "Report", "DBReport", "Status", "KEEP_RETRIE
 
 #: how often a KEEP write or touch retries its cas when the record keeps changing.
 KEEP_RETRIES = 16
+
+T = TypeVar("T")
+
+#: a time.monotonic() value, or a function returning one (or None) when a call starts
+Deadline = float | Callable[[], "float | None"]
+
+#: kernel timers may fire up to a clock tick early: a wait capped by a deadline that ends
+#: this close to it was cut short by it.
+_TIMER_SLACK = 0.02
 
 _FLAG = b""  # the value of a presence-only RPC parameter (atomic, step, utf...)
 _INT64 = struct.Struct(">q")
@@ -137,6 +156,12 @@ def _number(value: Any, what: str) -> int:
             raise ArgumentError(f"{what} must be a finite number, not {value!r}")
         return int(value)  # ng formatted with %d, which truncates
     return value
+
+
+def _seconds(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ArgumentError(f"{what} must be a finite number of seconds, not {value!r}")
+    return float(value)
 
 
 def _orig_param(orig: Any) -> bytes:
@@ -225,9 +250,18 @@ class KyotoTycoon:
         self._pool: ConnectionPool | None = None
         self._host = b"localhost"
         self._db_indexes: dict[bytes, int] = {}
-        #: extra RPC parameters of a with_options() view (WAIT, SIGNAL...).
+        #: False for a view: it shares the pool of the client it came from.
+        self._owns_pool = True
+        #: a view's options: (WAIT name, WAITTIME or None), (SIGNAL name, broadcast), socket
+        #: timeout, deadline (see with_options).
+        self._wait: tuple[bytes, float | None] | None = None
+        self._signal: tuple[bytes, bool] | None = None
+        self._timeout: float | None = None
+        self._deadline: Deadline | None = None
+        #: derived from them: the extra RPC parameters, and (timeout, deadline, WAIT time) when
+        #: a call needs limits of its own (None: the pool's, the fast path).
         self._options: tuple[tuple[bytes, bytes], ...] = ()
-        self._wait_time: float | None = None
+        self._limits: tuple[float | None, Deadline | None, float] | None = None
         #: SIGNALED count of the last call made through a with_options(signal=...) view.
         self.signaled: int | None = None
 
@@ -246,10 +280,12 @@ class KyotoTycoon:
 
     def open(self, host: str = "127.0.0.1", port: int = 1978, timeout: float | None = 30) -> bool:
         """Set the server to talk to; connections open lazily, on first use.  ``timeout``
-        bounds every send and receive (seconds; None: none).  Returns True."""
-        if self._pool is not None:
+        bounds every send and receive (seconds; None: none).  Returns True.  (On a view, it
+        gives the view a pool of its own.)"""
+        if self._pool is not None and self._owns_pool:
             self._pool.close()
         self._pool = ConnectionPool(host, port, timeout=timeout, **self._pool_options)  # type: ignore[arg-type]
+        self._owns_pool = True
         self._host = f"{host}:{port}".encode()
         self._db_indexes = {}
         return True
@@ -261,8 +297,12 @@ class KyotoTycoon:
 
     def close(self) -> bool:
         """Close the pooled connections (those in use close when they come back).  The
-        object stays usable: a later call reconnects, as ng's HTTP client did."""
-        if self._pool is not None:
+        object stays usable: a later call reconnects, as ng's HTTP client did.
+
+        A view (:meth:`with_options`, :meth:`with_protocol`) does not own the pool it
+        shares: closing it (or leaving its ``with`` block) leaves the pool alone; close
+        the client that opened it."""
+        if self._pool is not None and self._owns_pool:
             self._pool.close()
         return True
 
@@ -273,44 +313,95 @@ class KyotoTycoon:
             raise KTConnectionError("KyotoTycoon is not open: call open(host, port) first", request_sent=False)
         return self._pool
 
+    def _view(self) -> KyotoTycoon:
+        view = object.__new__(type(self))   # a shallow copy (copy.copy takes several times longer)
+        view.__dict__.update(self.__dict__)
+        view._owns_pool = False
+        view.signaled = None
+        return view
+
     def with_options(self, *, wait: str | bytes | None = None, wait_time: float | None = None,
-                     signal: str | bytes | None = None, signal_broadcast: bool = False) -> KyotoTycoon:
-        """A view of this client whose calls carry KT's condition-variable parameters.
+                     signal: str | bytes | None = None, signal_broadcast: bool | None = None,
+                     timeout: float | None = None, deadline: Deadline | None = None) -> KyotoTycoon:
+        """A view of this client whose calls carry extra options.  It shares this client's
+        pool, packer and protocol; options not given are kept from this client (a view
+        of a view has both views' options, the newer winning).
 
         ``wait``: block before the operation until another call signals that name
         (``wait_time`` seconds, default 30, then
         :class:`~ktcluster.errors.SignalTimeoutError` and the operation does not
         run).  ``signal``: after the operation, whatever its result, wake one waiter
         of that name (all of them with ``signal_broadcast``); the view's
-        ``signaled`` attribute then holds how many were waiting.  Calls through the
-        view use TSV-RPC (REST and binary cannot carry these parameters).  The view
-        shares this client's pool and packer."""
-        view = copy.copy(self)
-        options = []
+        ``signaled`` attribute then holds how many were waiting.  Calls carrying
+        these use TSV-RPC (REST and binary cannot).
+
+        ``timeout``: the socket timeout of the view's calls (each send and receive),
+        instead of ``open()``'s; a WAIT may block ``wait_time`` longer.
+
+        ``deadline``: a ``time.monotonic()`` value by which the view's calls must be
+        done: the wait for a pooled connection, the connect and the socket timeout
+        are capped at the time left (threads cannot otherwise be interrupted in a
+        blocked socket).  A wait cut short by it, or a call started after it, raises
+        :class:`~ktcluster.errors.DeadlineExceeded` (``request_sent`` says whether
+        the request left).  It may also be a function, called as each call starts,
+        that returns the deadline or None (none): one view then serves calls with
+        different deadlines, e.g. ``deadline=some_context_var.get``.
+
+        Cursors keep their own connection and the client's limits."""
+        view = self._view()
         if wait is not None:
-            options.append((b"WAIT", key_bytes(wait)))
-            if wait_time is not None:
-                options.append((b"WAITTIME", repr(float(wait_time)).encode()))
-            view._wait_time = 30.0 if wait_time is None or wait_time <= 0 else float(wait_time)
+            view._wait = (key_bytes(wait), None if wait_time is None else float(wait_time))
         elif wait_time is not None:
-            raise ArgumentError("wait_time needs wait")
+            if self._wait is None:
+                raise ArgumentError("wait_time needs wait")
+            view._wait = (self._wait[0], float(wait_time))
         if signal is not None:
-            options.append((b"SIGNAL", key_bytes(signal)))
-            if signal_broadcast:
+            view._signal = (key_bytes(signal), bool(signal_broadcast))
+        elif signal_broadcast is not None:
+            if self._signal is None:
+                raise ArgumentError("signal_broadcast needs signal")
+            view._signal = (self._signal[0], bool(signal_broadcast))
+        if timeout is not None:
+            view._timeout = _seconds(timeout, "timeout")
+            if not view._timeout > 0:
+                raise ArgumentError(f"timeout must be positive, not {timeout!r}")
+        if deadline is not None:
+            view._deadline = deadline if callable(deadline) else _seconds(deadline, "deadline")
+        view._derive_options()
+        return view
+
+    def _derive_options(self) -> None:
+        options: list[tuple[bytes, bytes]] = []
+        extra = 0.0
+        if self._wait is not None:
+            name, wait_time = self._wait
+            options.append((b"WAIT", name))
+            if wait_time is not None:
+                options.append((b"WAITTIME", repr(wait_time).encode()))
+            extra = 30.0 if wait_time is None or not wait_time > 0 else wait_time
+        if self._signal is not None:
+            options.append((b"SIGNAL", self._signal[0]))
+            if self._signal[1]:
                 options.append((b"SIGNALBROAD", _FLAG))
-        elif signal_broadcast:
-            raise ArgumentError("signal_broadcast needs signal")
-        view._options = tuple(options)
-        view.signaled = None
+        self._options = tuple(options)
+        limited = self._timeout is not None or self._deadline is not None or extra
+        self._limits = (self._timeout, self._deadline, extra) if limited else None
+
+    def with_protocol(self, *, binary: bool) -> KyotoTycoon:
+        """A view of this client that speaks KT's binary protocol (``binary=True``) or HTTP,
+        sharing its pool, packer and options; its ``atomic`` default is ng's for that
+        protocol (HTTP: atomic bulk calls)."""
+        view = self._view()
+        view.binary = bool(binary)
+        view.atomic = not view.binary
         return view
 
     def signal(self, name: str | bytes, *, broadcast: bool = False) -> int:
         """Wake one (``broadcast``: every) call waiting on condition ``name``; returns how
         many were waiting (a signal nobody waits for is lost)."""
-        params = [(b"SIGNAL", key_bytes(name))]
-        if broadcast:
-            params.append((b"SIGNALBROAD", _FLAG))
-        return int(self._rpc(b"void", params).get(b"SIGNALED", b"0"))
+        view = self.with_options(signal=name, signal_broadcast=broadcast)
+        view._rpc(b"void", [])
+        return view.signaled or 0
 
     def wait(self, name: str | bytes, timeout: float = 30.0) -> None:
         """Block until condition ``name`` is signalled, or raise
@@ -320,6 +411,8 @@ class KyotoTycoon:
     # -- transport helpers ------------------------------------------------------------------------
 
     def _http(self, request: bytes, head: bool = False) -> tuple[ResponseHead, bytes]:
+        if self._limits is not None:
+            return self._limited(lambda conn: conn.request_http(request, head=head))
         pool = self._pool or self.pool
         conn = pool.checkout()
         try:
@@ -336,31 +429,66 @@ class KyotoTycoon:
             params.append((b"DB", self._db_param(db)))
         if self._options:
             params.extend(self._options)
-            if self._wait_time is not None:
-                out = self._rpc_waiting(encode_call(procedure, params, self._host))
-            else:
-                out = decode_answer(*self._http(encode_call(procedure, params, self._host)))
+            out = decode_answer(*self._http(encode_call(procedure, params, self._host)))
             if b"SIGNALED" in out:
                 self.signaled = int(out[b"SIGNALED"])
             return out
         return decode_answer(*self._http(encode_call(procedure, params, self._host)))
 
-    def _rpc_waiting(self, request: bytes) -> dict[bytes, bytes]:
-        """A WAIT call may legitimately take wait_time: stretch the socket timeout for it."""
-        pool = self.pool
-        conn = pool.checkout()
+    def _limited(self, exchange: Callable[[Connection], T]) -> T:
+        """One exchange under this view's limits (see with_options)."""
+        deadline = self._limits[1]  # type: ignore[index]
+        if callable(deadline):
+            deadline = deadline()
+        if deadline is None:
+            return self._exchange_limited(exchange, None)
+        try:
+            return self._exchange_limited(exchange, deadline)
+        except (SocketTimeoutError, PoolTimeoutError) as exc:
+            if time.monotonic() < deadline - _TIMER_SLACK:
+                raise  # a shorter limit of its own fired
+            raise DeadlineExceeded(f"the call's deadline passed: {exc.message}",
+                                   request_sent=exc.request_sent) from exc
+
+    def _exchange_limited(self, exchange: Callable[[Connection], T], deadline: float | None) -> T:
+        timeout, _, extra = self._limits  # type: ignore[misc]
+        pool = self._pool or self.pool
+        if deadline is None:
+            conn = pool.checkout()
+        else:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceeded("the call's deadline passed before it started", request_sent=False)
+            conn = pool.checkout(left if pool.pool_timeout is None else min(left, pool.pool_timeout))
         base = conn.timeout
         try:
-            conn.set_timeout(None if base is None else base + (self._wait_time or 0.0))
-            head, body = conn.request_http(request)
-            conn.set_timeout(base)
+            limit = base if timeout is None else timeout
+            if limit is not None:
+                limit += extra
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left > 0 and not conn.connected:
+                    conn.connect(left)
+                    left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeadlineExceeded("the call's deadline passed before sending", request_sent=False)
+                if limit is None or left < limit:
+                    limit = left
+            if limit == base:
+                result = exchange(conn)
+            else:
+                conn.set_timeout(limit)
+                result = exchange(conn)
+                conn.set_timeout(base)
         except BaseException:
             pool.checkin(conn, discard=True)
             raise
         pool.checkin(conn)
-        return decode_answer(head, body)
+        return result
 
     def _binary(self, request: bytes, decode: Any, noreply: bool = False) -> Any:
+        if self._limits is not None:
+            return self._limited(lambda conn: conn.request_binary(request, decode, noreply=noreply))
         pool = self._pool or self.pool
         conn = pool.checkout()
         try:
@@ -892,7 +1020,9 @@ class KyotoTycoon:
 
     def play_script(self, name: str | bytes, kv_dict: Mapping[Any, Any] | None = None) -> dict[Any, bytes]:
         """Call a procedure of the server's Lua script.  Keys and values pass unpacked
-        (values must be bytes or str); returns ``{key: bytes}``."""
+        (values must be bytes or str); returns ``{key: bytes}``.  A failure raises the
+        error of the server's status over HTTP, and
+        :class:`~ktcluster.errors.ScriptError` (no detail) over the binary protocol."""
         records = []
         for k, v in (kv_dict or {}).items():
             if isinstance(v, str):
@@ -904,6 +1034,9 @@ class KyotoTycoon:
         key_out = self._key_out
         if self.binary and not self._options:
             out = self._binary(_bin.encode_play_script(nb, records), _bin.decode_play_script_reply)
+            if out is None:
+                raise ScriptError(f"play_script {nb!r} failed: the server answered 0xBF (the procedure failed "
+                                  "or does not exist, or scripting is off; call it over HTTP for the reason)", 500)
             return {key_out(k): v for k, v in out}
         params = [(b"name", nb)] + [(b"_" + k, v) for k, v in records]
         out = self._rpc(b"play_script", params)

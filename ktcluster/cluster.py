@@ -27,10 +27,13 @@ KT is a database, not a cache, so the cluster never moves a key on its own:
   what the others did (``results``), each failed node's exception (``errors``)
   and the keys whose outcome is not known to be done (``failed_keys``).
 * **Timeouts** -- ``connect_timeout`` bounds a TCP connect, ``timeout`` every
-  send and receive (default 5 s), ``pool_timeout`` the wait for a free pooled
-  connection, and ``retry.deadline`` (default 10 s) the whole call: no attempt
-  starts after it, a fan-out stops waiting at it (under gevent the late shards
-  are interrupted), and each error says which limit fired.
+  send and receive, ``pool_timeout`` the wait for a free pooled connection (5 s
+  each by default), and ``retry.deadline`` (default 10 s) the whole call: no
+  attempt starts after it, and an attempt that starts with less time left than
+  the longest of those waits has every wait capped at the deadline (even in a
+  thread, where a blocked socket cannot be interrupted); a fan-out stops waiting
+  at it (under gevent the late shards are interrupted).  Each error says which
+  limit fired: :class:`~ktcluster.errors.DeadlineExceeded` for the deadline.
 
 Each node has one :class:`~ktcluster.client.KyotoTycoon` (and so one bounded
 connection pool).  With ``binary=True`` (the default) get/set/remove and the
@@ -41,25 +44,27 @@ pool.  A Cluster is safe to share between threads and between greenlets.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .client import Cursor, KyotoTycoon, key_bytes
 from .connection import DEFAULT_CONNECT_TIMEOUT, Connection
-from .errors import ArgumentError, KyotoTycoonException, NodeDownError, PartialFailureError
+from .errors import ArgumentError, DeadlineExceeded, KyotoTycoonException, NodeDownError, PartialFailureError
 from .expiry import Expire
-from .fanout import DeadlineExceeded, Fanout
+from .fanout import Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
 from .packers import KT_PACKER_PICKLE
-from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
+from .pool import DEFAULT_POOL_SIZE
 from .replication import ReplicationStream
 from .retry import OpClass, RetryPolicy, op_class
 from .ring import Key, Ring, RingDiff
 
-__all__ = ["Cluster", "Node", "Address", "DEFAULT_PORT"]
+__all__ = ["Cluster", "Node", "Address", "DEFAULT_PORT", "DEFAULT_NODE_TIMEOUT"]
 
 _READ, _IDEMPOTENT, _UNSAFE = OpClass.READ, OpClass.IDEMPOTENT, OpClass.UNSAFE
 
@@ -68,6 +73,13 @@ log = logging.getLogger("ktcluster.cluster")
 
 #: KT's default port, used for an address given without one.
 DEFAULT_PORT = 1978
+
+#: the deadline of the cluster call running in this thread or greenlet, when its waits must be
+#: capped (read by the members' capped clients as each request starts)
+_CALL_DEADLINE: ContextVar[float | None] = ContextVar("ktcluster_call_deadline", default=None)
+
+#: the default socket timeout and pool wait of the nodes' pools (under RetryPolicy's 10 s deadline).
+DEFAULT_NODE_TIMEOUT = 5.0
 
 Address = str | tuple[str, int]
 
@@ -107,35 +119,37 @@ class Node:
 
 
 class _Member:
-    """A node at run time: its clients (HTTP, and the binary view over the same pool) and breaker."""
+    """A node at run time: its clients (HTTP, and the binary view over the same pool), its
+    breaker, and ``capped``: the same with every wait ending by the running call's deadline."""
 
-    __slots__ = ("node", "name", "http", "fast", "breaker", "_probe_timeouts")
+    __slots__ = ("node", "name", "http", "fast", "breaker", "capped", "_probe_timeouts")
 
     def __init__(self, node: Node, name: str, http: KyotoTycoon, binary: bool, breaker: CircuitBreaker,
-                 probe_timeouts: tuple[float | None, float | None]) -> None:
+                 probe_timeouts: tuple[float | None, float | None], capped: _Member | None = None) -> None:
         self.node = node
         self.name = name
         self.http = http
-        if binary:
-            self.fast = http.with_options()   # a view sharing the pool and the packer
-            self.fast.binary, self.fast.atomic = True, False
-        else:
-            self.fast = http
+        self.fast = http.with_protocol(binary=True) if binary else http   # same pool and packer
         self.breaker = breaker
         self._probe_timeouts = probe_timeouts
+        self.capped = capped or _Member(node, name, http.with_options(deadline=_CALL_DEADLINE.get), binary,
+                                        breaker, probe_timeouts, self)
 
     def bulk_client(self, atomic: bool | None) -> KyotoTycoon:
         """The binary client, unless an atomic (HTTP-only) bulk call was asked for."""
         return self.http if atomic else self.fast
 
     def probe(self) -> None:
-        """A cheap liveness check on a fresh connection (pooled ones may be stale)."""
+        """A cheap liveness check on a fresh connection (pooled ones may be stale), within
+        the running call's deadline."""
         connect_timeout, timeout = self._probe_timeouts
-        conn = Connection(self.node.host, self.node.port, connect_timeout=connect_timeout, timeout=timeout)
-        try:
+        deadline = _CALL_DEADLINE.get()
+        if deadline is not None:
+            left = max(deadline - time.monotonic(), 0.001)
+            connect_timeout = left if connect_timeout is None else min(connect_timeout, left)
+            timeout = left if timeout is None else min(timeout, left)
+        with Connection(self.node.host, self.node.port, connect_timeout=connect_timeout, timeout=timeout) as conn:
             conn.call(b"void")
-        finally:
-            conn.close()
 
 
 @dataclass(frozen=True)
@@ -169,7 +183,8 @@ class Cluster:
 
     ``binary``, ``pack_type``, ``custom_packer`` and ``decode_keys`` are
     :class:`~ktcluster.client.KyotoTycoon`'s; ``pool_size``, ``pool_timeout``,
-    ``connect_timeout`` and ``timeout`` (default 5 s) configure each node's pool.  ``retry``
+    ``connect_timeout`` and ``timeout`` (5 s each by default: under the deadline, so a
+    call's first attempt needs no capping) configure each node's pool.  ``retry``
     is the :class:`~ktcluster.retry.RetryPolicy` (its ``deadline`` bounds every
     call, fan-outs included), ``health`` the breaker tuning, ``on_node_event``
     a callback ``(node, old_state, new_state, error)`` for breaker changes.
@@ -181,9 +196,9 @@ class Cluster:
     def __init__(self, servers: Sequence[Address] | Mapping[str, Address], *, binary: bool = True,
                  pack_type: int = KT_PACKER_PICKLE, custom_packer: Any = None, decode_keys: bool = True,
                  weights: Mapping[str, int] | None = None, pool_size: int = DEFAULT_POOL_SIZE,
-                 pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
+                 pool_timeout: float | None = DEFAULT_NODE_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-                 timeout: float | None = 5.0, retry: RetryPolicy | None = None,
+                 timeout: float | None = DEFAULT_NODE_TIMEOUT, retry: RetryPolicy | None = None,
                  health: HealthConfig | None = None, on_node_event: Listener | None = None,
                  failover: Mapping[str, Address] | None = None,
                  failover_ops: Iterable[OpClass] = (OpClass.READ, OpClass.IDEMPOTENT),
@@ -198,6 +213,8 @@ class Cluster:
         self._client_options = dict(pack_type=pack_type, custom_packer=custom_packer, decode_keys=decode_keys,
                                     pool_size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout)
         self._timeout = timeout
+        #: an attempt with less time left than this gets its waits capped (see _guarded)
+        self._longest_wait = max(math.inf if t is None else t for t in (timeout, connect_timeout, pool_timeout))
         self._probe_timeouts = (connect_timeout, 1.0 if timeout is None else min(timeout, 1.0))
         self._fanout = Fanout(fanout_workers)
         self._reconfigure = threading.Lock()
@@ -319,13 +336,13 @@ class Cluster:
 
         def attempt() -> T:
             try:
-                return self._guarded(member, call)
+                return self._guarded(member, call, deadline)
             except NodeDownError:
                 partner = topo.partners.get(node)
                 if partner is None or cls not in self.failover_ops:
                     raise
                 self._count("failovers")
-                return self._guarded(partner, call)
+                return self._guarded(partner, call, deadline)
 
         return self.retry.run(cls, attempt, deadline, self._on_retry)
 
@@ -337,14 +354,29 @@ class Cluster:
         with self._counter_lock:
             self._counters[counter] += 1
 
-    @staticmethod
-    def _guarded(member: _Member, call: Callable[[_Member], T]) -> T:
+    def _guarded(self, member: _Member, call: Callable[[_Member], T], deadline: float) -> T:
+        """One attempt on ``member`` through its breaker.  When less time is left than the
+        longest wait the node's limits allow, the attempt goes through the member's capped
+        clients, whose waits end by the deadline (a thread cannot be interrupted in a
+        blocked socket): a wait it cuts short raises DeadlineExceeded, which says nothing
+        about the node."""
+        left = deadline - time.monotonic()
+        token = None
+        if left < self._longest_wait:
+            if left <= 0:
+                raise DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False,
+                                       node=member.name)
+            member = member.capped
+            token = _CALL_DEADLINE.set(deadline)
         try:
             return member.breaker.call(lambda: call(member), member.probe)
         except KyotoTycoonException as exc:
             if exc.node is None:
                 exc.node = member.name
             raise
+        finally:
+            if token is not None:
+                _CALL_DEADLINE.reset(token)
 
     def _keyed(self, cls: OpClass, key: Key, call: Callable[[_Member], T]) -> T:
         topo = self._topology
@@ -366,9 +398,6 @@ class Cluster:
                 for start in range(0, len(part), chunk):
                     piece = part if len(part) <= chunk else part[start:start + chunk]
                     try:
-                        if time.monotonic() >= deadline:
-                            raise DeadlineExceeded("the call's deadline passed before this chunk was sent",
-                                                   request_sent=False, node=node)
                         shard.results.append(self._execute(cls, topo, node, lambda m, p=piece: run(m, p),
                                                            deadline))
                     except Exception as exc:

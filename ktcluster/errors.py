@@ -10,14 +10,16 @@ from "we do not know whether the write happened"::
     |   +-- ArgumentError                 refused by the client before sending (also a ValueError)
     +-- LogicalInconsistencyError         450: no record, duplicate, cas mismatch...
     +-- ServerError                       500: the database failed
+    |   +-- ScriptError                   binary play_script failed (0xBF: no detail)
     +-- NoImplementationError             501: unknown procedure or unsupported operation
     +-- KTTimeoutError                    any timeout
     |   +-- SignalTimeoutError            503: a WAIT condition was not signalled in time
     |   +-- SocketTimeoutError            the socket timed out (also a KTConnectionError)
     |   +-- PoolTimeoutError              no pooled connection became free in time
+    |   +-- DeadlineExceeded              a cluster call's deadline passed
     +-- KTConnectionError                 the connection failed or was closed
     |   +-- NodeDownError                 circuit breaker open: failed fast, nothing sent
-    +-- ProtocolError                     the peer sent bytes we cannot parse (or 0xBF)
+    +-- ProtocolError                     the peer sent bytes we cannot parse (or 0xBF and closed)
     +-- OutcomeUnknownError               a non-idempotent write may or may not have happened
     +-- PartialFailureError               a fanned-out call failed on some nodes only
     +-- ReplicationError                  the replication stream broke
@@ -38,11 +40,13 @@ __all__ = [
     "ArgumentError",
     "LogicalInconsistencyError",
     "ServerError",
+    "ScriptError",
     "NoImplementationError",
     "KTTimeoutError",
     "SignalTimeoutError",
     "SocketTimeoutError",
     "PoolTimeoutError",
+    "DeadlineExceeded",
     "KTConnectionError",
     "NodeDownError",
     "ProtocolError",
@@ -101,6 +105,16 @@ class ServerError(KyotoTycoonException):
     """500 (or another 5xx): the server or its database failed."""
 
 
+class ScriptError(ServerError):
+    """A binary-protocol play_script failed: the server answered its error byte (0xBF).
+
+    The procedure returned false, raised, or does not exist, or scripting is off;
+    the binary protocol does not say which (over HTTP the same failure is a 450,
+    500 or 501 with the server's message).  KT's own client reports it as an
+    internal error, hence ``code`` 500.  The connection stays usable.
+    """
+
+
 class NoImplementationError(KyotoTycoonException):
     """501: unknown procedure, scripting disabled, or an operation the DB type lacks."""
 
@@ -129,6 +143,11 @@ class PoolTimeoutError(KTTimeoutError):
         super().__init__(message, code, **kw)
 
 
+class DeadlineExceeded(KTTimeoutError):
+    """A cluster call's deadline (``RetryPolicy.deadline``) passed before this part of it
+    finished; ``request_sent`` is False only when it provably never started."""
+
+
 class NodeDownError(KTConnectionError):
     """The node's circuit breaker is open: the call failed fast and nothing was sent."""
 
@@ -138,7 +157,8 @@ class NodeDownError(KTConnectionError):
 
 
 class ProtocolError(KyotoTycoonException):
-    """The peer sent something that is not valid KT protocol (including a 0xBF error byte)."""
+    """The peer sent something that is not valid KT protocol, or answered a binary bulk
+    request with its error byte (0xBF; the server then closes the connection)."""
 
 
 class OutcomeUnknownError(KyotoTycoonException):

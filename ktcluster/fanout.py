@@ -10,10 +10,11 @@ errors)``: every task ends up in exactly one of the two.  How it runs:
 * otherwise: a bounded, lazily started thread pool runs the tasks (a lone
   task runs in the caller's thread); at the deadline the caller stops waiting,
   cancels tasks that have not started and reports the rest as timed out
-  (their threads finish on their own socket timeouts).
+  (their threads finish on their own, when their waits end: the cluster caps
+  those at the deadline).
 
-A task that missed the deadline gets a :class:`DeadlineExceeded` error, with
-``request_sent=False`` only when it provably never started.
+A task that missed the deadline gets a :class:`~ktcluster.errors.DeadlineExceeded`
+error, with ``request_sent=False`` only when it provably never started.
 """
 
 from __future__ import annotations
@@ -26,16 +27,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, TypeVar
 
-from .errors import KTTimeoutError
+from .errors import DeadlineExceeded
 
 __all__ = ["Fanout", "DeadlineExceeded", "gevent_active"]
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
-
-
-class DeadlineExceeded(KTTimeoutError):
-    """The call's deadline passed before this shard finished."""
 
 
 def gevent_active() -> bool:
@@ -79,7 +76,7 @@ class Fanout:
                      deadline: float) -> tuple[dict[K, T], dict[K, BaseException]]:
         results: dict[K, T] = {}
         errors: dict[K, BaseException] = {}
-        if len(tasks) == 1:  # no thread hop for a lone task (bounded by its socket timeouts)
+        if len(tasks) == 1:  # no thread hop for a lone task (the cluster caps its waits at the deadline)
             ((key, task),) = tasks.items()
             try:
                 results[key] = task()

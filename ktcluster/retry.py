@@ -14,9 +14,10 @@ UNSAFE         increment, increment_double, append, add, cas,      only errors w
                                                                    request never left us)
 =============  ==================================================  ==============================
 
-When an UNSAFE operation fails after its request may have reached the server,
-it is not retried and :class:`~ktcluster.errors.OutcomeUnknownError` is raised
-(``__cause__`` is the transport error).  Nothing else is ever retried: answers
+When an UNSAFE operation fails after its request may have reached the server (a
+broken connection, a socket timeout, the call's deadline), it is not retried and
+:class:`~ktcluster.errors.OutcomeUnknownError` is raised (``__cause__`` is the
+transport error).  Nothing else is ever retried: answers
 from the server (450 logical errors, 400, 500, 501...), protocol errors,
 :class:`~ktcluster.errors.NodeDownError` (the breaker is open: retrying
 cannot help) and :class:`~ktcluster.errors.PoolTimeoutError` (the pool is
@@ -45,7 +46,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
-from .errors import KTConnectionError, NodeDownError, OutcomeUnknownError
+from .errors import DeadlineExceeded, KTConnectionError, NodeDownError, OutcomeUnknownError
 
 __all__ = ["OpClass", "OPERATIONS", "op_class", "is_retryable", "RetryBudget", "RetryPolicy", "NO_RETRY"]
 
@@ -81,7 +82,7 @@ def is_retryable(cls: OpClass, exc: BaseException) -> bool:
 
 
 def _final_error(cls: OpClass, exc: BaseException) -> BaseException:
-    if cls is OpClass.UNSAFE and isinstance(exc, KTConnectionError) and exc.request_sent:
+    if cls is OpClass.UNSAFE and isinstance(exc, (KTConnectionError, DeadlineExceeded)) and exc.request_sent:
         return OutcomeUnknownError(
             f"the outcome of this non-idempotent operation is unknown (not retried): {exc}", node=exc.node)
     return exc

@@ -27,12 +27,14 @@ from ktcluster import (
 )
 from ktcluster.errors import (
     ArgumentError,
+    DeadlineExceeded,
     InvalidArgumentError,
     KTConnectionError,
     LogicalInconsistencyError,
     NoImplementationError,
     PoolTimeoutError,
-    ProtocolError,
+    ScriptError,
+    ServerError,
     SignalTimeoutError,
     SocketTimeoutError,
 )
@@ -630,9 +632,13 @@ def test_play_script(server, kt, mode):
     with pytest.raises(ValueError):
         c.play_script("echo", {"a": 1})
     if mode:
-        with pytest.raises(ProtocolError):
+        before = c.pool.stats()
+        with pytest.raises(ScriptError) as info:  # 0xBF: no detail, but a complete answer
             c.play_script("nosuchproc")
+        assert isinstance(info.value, ServerError) and info.value.code == 500
         assert c.play_script("echo", {"x": b"y"}) == {"x": b"y"}
+        after = c.pool.stats()   # the connection was kept: nothing discarded, nothing new
+        assert (after.discarded, after.created) == (before.discarded, before.created)
     else:
         with pytest.raises(NoImplementationError):
             c.play_script("nosuchproc")
@@ -676,6 +682,115 @@ def test_signal_wakes_waiters(kt):
     assert kt.signal("nobody") == 0
     with pytest.raises(ArgumentError):
         kt.with_options(wait_time=1)
+
+
+def test_views_merge_their_options(kt):
+    signalling = kt.with_options(signal="nobody").with_options(timeout=5)
+    signalling.set("k", 1)
+    assert signalling.signaled == 0              # the first view's SIGNAL is still carried
+    waiting = kt.with_options(wait="never", wait_time=30).with_options(wait_time=0.2)   # the newer wins
+    started = time.monotonic()
+    with pytest.raises(SignalTimeoutError):
+        waiting.with_options(signal="other").get("k")
+    assert time.monotonic() - started < 10
+    with pytest.raises(ArgumentError):
+        kt.with_options(signal_broadcast=True)
+    for bad in [{"timeout": 0}, {"timeout": -1}, {"timeout": "1"}, {"timeout": float("nan")},
+                {"deadline": float("inf")}, {"deadline": True}]:
+        with pytest.raises(ArgumentError):
+            kt.with_options(**bad)
+
+
+def test_with_protocol_is_a_view_over_the_same_pool(server, kt):
+    fast = kt.with_protocol(binary=True)
+    assert (fast.binary, fast.atomic, kt.binary, kt.atomic) == (True, False, False, True)
+    assert fast.pool is kt.pool
+    fast.set("k", "v")
+    assert kt.get("k") == "v" and fast.get_bulk(["k"]) == {"k": "v"}
+    with pytest.raises(NotImplementedError):
+        fast.increment("n")
+    back = fast.with_protocol(binary=False)
+    assert back.increment("n") == 1 and back.atomic
+    assert kt.pool.stats().created == 1          # one connection served all three
+    signalling = kt.with_options(signal="nobody").with_protocol(binary=True)
+    signalling.set("k", "w")                     # options need RPC: the view keeps them
+    assert signalling.signaled == 0 and kt.get("k") == "w"
+
+
+def test_closing_a_view_leaves_the_shared_pool_alone(server):
+    c = client(server)
+    c.set("k", 1)
+    for view in (c.with_options(timeout=5), c.with_protocol(binary=True), c.with_options(signal="s")):
+        with view:
+            assert view.get("k") == 1
+        assert view.close() is True
+        stats = c.pool.stats()
+        assert (stats.idle, stats.created, stats.discarded) == (1, 1, 0)
+    c.close()
+    assert c.pool.stats().idle == 0
+
+
+def test_a_views_timeout_replaces_the_socket_timeout(kt_server_factory, mode):
+    srv = kt_server_factory()
+    c = KyotoTycoon(binary=mode).connect(srv.host, srv.port, 0.3)
+    c.set("k", 1)
+    srv.pause()
+    time.sleep(0.1)  # SIGSTOP is asynchronous: let it take effect
+    resume = threading.Timer(0.8, srv.resume)
+    resume.start()
+    try:
+        assert c.with_options(timeout=10).get("k") == 1    # 0.8 s of silence, beyond the client's 0.3 s
+    finally:
+        resume.join()
+    with c.pool.connection() as conn:
+        assert conn.timeout == 0.3                       # restored for the client's own calls
+    patient = KyotoTycoon(binary=mode).connect(srv.host, srv.port)  # 30 s
+    patient.set("k", 2)
+    srv.pause()
+    time.sleep(0.1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SocketTimeoutError) as info:
+            patient.with_options(timeout=0.2).get("k")
+        assert info.value.request_sent is True and time.monotonic() - started < 10
+    finally:
+        srv.resume()
+    assert patient.get("k") == 2
+
+
+def test_a_views_deadline_caps_every_wait(kt_server_factory, mode):
+    srv = kt_server_factory()
+    c = KyotoTycoon(binary=mode, pool_size=1).connect(srv.host, srv.port)  # 30 s socket, 10 s pool waits
+    c.set("k", 1)
+    with pytest.raises(DeadlineExceeded) as info:
+        c.with_options(deadline=time.monotonic() - 1).get("k")
+    assert info.value.request_sent is False
+    srv.pause()
+    time.sleep(0.1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as info:           # a hung server: the receive is cut
+            c.with_options(deadline=started + 0.3).get("k")
+        assert info.value.request_sent is True and isinstance(info.value.__cause__, SocketTimeoutError)
+        assert time.monotonic() - started < 10
+        short = KyotoTycoon(binary=mode).connect(srv.host, srv.port, 0.2)
+        with pytest.raises(SocketTimeoutError) as own:          # a shorter limit of its own says so
+            short.with_options(deadline=time.monotonic() + 30).get("k")
+        assert not isinstance(own.value, DeadlineExceeded)
+    finally:
+        srv.resume()
+    held = c.pool.checkout()
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as info:           # an exhausted pool: the wait is cut
+            c.with_options(deadline=started + 0.3).get("k")
+        assert info.value.request_sent is False and isinstance(info.value.__cause__, PoolTimeoutError)
+        assert time.monotonic() - started < 5
+    finally:
+        c.pool.checkin(held)
+    assert c.with_options(deadline=time.monotonic() + 10).get("k") == 1
+    with c.pool.connection() as conn:
+        assert conn.timeout == 30
 
 
 def test_wait_longer_than_the_socket_timeout(server, kt):

@@ -17,7 +17,9 @@ from ktcluster.cluster import Cluster, parse_address
 from ktcluster.errors import (
     ArgumentError,
     LogicalInconsistencyError,
+    NoImplementationError,
     PartialFailureError,
+    ScriptError,
 )
 from ktcluster.fanout import gevent_active
 from ktcluster.testing import KTServer, start_cluster
@@ -179,6 +181,16 @@ def test_play_script_on_a_node_or_the_node_of_a_key(cluster):
     for kwargs in [{}, {"node": node, "key": "k"}]:
         with pytest.raises(ArgumentError):
             cluster.play_script("echo", {}, **kwargs)
+    # a failing procedure is the server's answer: typed, not retried, the node stays healthy and
+    # (binary: 0xBF) the connection is kept
+    created = cluster.stats()["nodes"][node]["pool"].created
+    with pytest.raises(ScriptError if cluster.binary else NoImplementationError) as info:
+        cluster.play_script("nosuchproc", node=node)
+    assert info.value.node == node
+    assert cluster.play_script("echo", {"b": "2"}, node=node) == {"b": b"2"}
+    stats = cluster.stats()
+    assert stats["retries"] == 0 and stats["down"] == []
+    assert stats["nodes"][node]["pool"].created == created and stats["nodes"][node]["pool"].discarded == 0
 
 
 def test_cursors_per_node_and_whole_cluster_iteration(make_cluster):

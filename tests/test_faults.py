@@ -156,12 +156,12 @@ def test_deadline_bounds_a_bulk_call_even_with_long_socket_timeouts(make_cluster
         assert isinstance(info.value.errors["hole"], DeadlineExceeded)
         assert info.value.failed_keys == groups["hole"]
         assert info.value.results == {}                      # the keys on "a" do not exist
-        assert_no_leak(cluster, within=5.0 + SLACK)
+        assert_no_leak(cluster, within=SLACK)                # the stuck socket's wait was capped too
 
 
-@pytest.mark.skipif(not UNDER_GEVENT, reason="with threads a call on one node runs in the caller's thread and "
-                    "is bounded by its socket timeout, not interrupted at the deadline")
-def test_gevent_interrupts_a_single_node_call_at_the_deadline(make_cluster):
+def test_deadline_bounds_a_single_node_call_with_long_socket_timeouts(make_cluster):
+    # one node: the call runs in the caller's thread (greenlet); the socket timeout is capped
+    # at the deadline (gevent: the call is also interrupted there)
     with FaultProxy(None, mode="blackhole") as hole:
         cluster = make_cluster({"hole": hole.address}, timeout=5.0, retry=RetryPolicy(attempts=3, deadline=0.5))
         started = time.monotonic()
@@ -169,6 +169,18 @@ def test_gevent_interrupts_a_single_node_call_at_the_deadline(make_cluster):
             cluster.get_bulk(["a", "b"])
         assert time.monotonic() - started < 0.5 + SLACK
         assert isinstance(info.value.errors["hole"], DeadlineExceeded)
+        assert info.value.errors["hole"].request_sent is True
+        for call in (lambda: cluster.get("a"), lambda: cluster.set("a", 1)):
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded) as late:
+                call()
+            assert time.monotonic() - started < 0.5 + SLACK and late.value.node == "hole"
+        with pytest.raises(OutcomeUnknownError) as unknown:     # sent, then the deadline passed
+            cluster.increment("a")
+        assert isinstance(unknown.value.__cause__, DeadlineExceeded)
+        assert cluster.stats()["retries"] == 0                  # no time left to retry in
+        health = cluster.health["hole"].stats()                 # a deadline says nothing about the node
+        assert health["state"] == "closed" and health["consecutive_failures"] == 0
         assert_no_leak(cluster, within=SLACK)
 
 
@@ -298,11 +310,16 @@ def test_restarted_node_is_used_again_without_errors(make_cluster, servers):
     cluster.set_bulk(data)
     for _ in range(3):                       # pooled connections to the victim
         cluster.get_bulk(list(data))
-    servers[2].restart()                     # same port, empty DB: pooled connections are now stale
-    assert cluster.get_bulk(list(data)) == {}    # reads retry over fresh connections
+    idle = cluster.stats()["nodes"][victim]["pool"].idle
+    assert idle >= 1
+    servers[2].restart()                     # same port, empty DB: the pooled connections are now stale
+    # at once: every stale connection is found closed before anything is sent on it, and replaced
+    assert cluster.increment(keys_by_node(cluster, 60, "ctr")[victim][0], 2) == 2   # not OutcomeUnknown
+    assert cluster.get_bulk(list(data)) == {}
     cluster.set_bulk(data)
-    time.sleep(1.1)                          # idle pooled connections get probed before reuse
-    assert cluster.increment(keys_by_node(cluster, 60, "ctr")[victim][0], 2) == 2
+    assert cluster.get_bulk(list(data)) == data
+    assert cluster.stats()["retries"] == 0   # nothing failed, so nothing was retried
+    assert cluster.stats()["nodes"][victim]["pool"].discarded >= idle
     assert cluster.health.down() == []
 
 

@@ -24,7 +24,7 @@ from ktcluster.errors import (
     KTTimeoutError,
     LogicalInconsistencyError,
     NoImplementationError,
-    ProtocolError,
+    ScriptError,
     ServerError,
 )
 from ktcluster.replication import OP_REMOVE, OP_SET, XT_NEVER, KyotoSlave
@@ -197,7 +197,7 @@ def test_return_values_over_binary(kt_binary, kt, value, ok):
     if ok:
         assert play(kt_binary, "rets", {"v": value}) == {"v": value.encode()}
     else:
-        with pytest.raises(ProtocolError):
+        with pytest.raises(ScriptError):
             play(kt_binary, "rets", {"v": value})
     assert play(kt_binary, "thread")  # the connection stays usable
 
@@ -207,7 +207,7 @@ def test_missing_procedures(kt, kt_binary):
         play(kt, "nosuch")
     with pytest.raises(NoImplementationError):
         play(kt, "db")  # a global that is not a function
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ScriptError):
         play(kt_binary, "nosuch")
 
 
@@ -215,7 +215,7 @@ def test_failures_answer_500_and_are_logged(server, kt, kt_binary):
     for name in ("boom", "boomtable", "boomnumber", "badarg"):
         with pytest.raises(ServerError, match="the scripting procedure failed"):
             play(kt, name)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ScriptError):
         play(kt_binary, "boom")
     assert play(kt, "logit") == {}
     chunk = '[string "-- kt_module.lua: procedures exercising the..."]'

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ktcluster import KyotoTycoon
-from ktcluster.errors import InvalidArgumentError, LogicalInconsistencyError, ProtocolError
+from ktcluster.errors import InvalidArgumentError, LogicalInconsistencyError, ScriptError
 from ktcluster.packers import KT_PACKER_BYTES
 from ktcluster.scripts import NAMES, bundle, path
 from ktcluster.testing import KTServer
@@ -48,7 +48,7 @@ def empty_database(server):
 
 def failed(kt: KyotoTycoon) -> type[Exception]:
     """What a failing procedure raises: its HTTP status' error, or 0xBF over binary."""
-    return ProtocolError if kt.binary else LogicalInconsistencyError
+    return ScriptError if kt.binary else LogicalInconsistencyError
 
 
 def test_bundle_and_paths():
@@ -70,7 +70,7 @@ def test_counters(kt, plain):
     plain.set("name", b"abc")
     with pytest.raises(failed(kt)):
         kt.play_script("incr", {"key": "name"})
-    with pytest.raises(ProtocolError if kt.binary else InvalidArgumentError):
+    with pytest.raises(ScriptError if kt.binary else InvalidArgumentError):
         kt.play_script("incr", {"key": "hits", "num": "1.5"})
 
 
@@ -159,7 +159,7 @@ def test_priority_queue(kt):
     got = [kt.play_script("pqpop", {"queue": "tasks"}) for _ in range(5)]
     assert got == [{"priority": b"1", "value": b"urgent"}, {"priority": b"3", "value": b"mid"},
                    {"priority": b"5", "value": b"low"}, {"priority": b"5", "value": b"low-2"}, {}]
-    with pytest.raises(ProtocolError if kt.binary else InvalidArgumentError):
+    with pytest.raises(ScriptError if kt.binary else InvalidArgumentError):
         kt.play_script("pqpush", {"queue": "tasks", "priority": "-1", "value": "x"})
 
 

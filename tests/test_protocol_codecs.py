@@ -229,6 +229,10 @@ def test_binary_frames_roundtrip():
         binary.decode_count_reply(b"\xb9\x00\x00\x00\x01", binary.MAGIC_SET_BULK)
     script = binary.encode_play_script_reply([(b"a", b"1")])
     assert binary.decode_play_script_reply(script) == ([(b"a", b"1")], len(script))
+    # play_script's 0xBF is a complete one-byte answer (the procedure failed), the stream stays in sync
+    assert binary.decode_play_script_reply(b"\xbf") == (None, 1)
+    with pytest.raises(binary.Incomplete):
+        binary.decode_play_script_reply(b"")
 
 
 def test_get_bulk_values_decodes_the_same_frame():

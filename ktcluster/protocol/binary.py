@@ -209,8 +209,12 @@ def decode_get_bulk_values(buf: bytes) -> tuple[dict[bytes, bytes], int]:
     return out, pos
 
 
-def decode_play_script_reply(buf: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
-    """Reply of play_script: ([(key, value)...], bytes consumed)."""
+def decode_play_script_reply(buf: bytes) -> tuple[list[tuple[bytes, bytes]] | None, int]:
+    """Reply of play_script: ([(key, value)...], bytes consumed).  ``(None, 1)`` when the
+    server answered its error byte 0xBF: the procedure failed (a complete answer, unlike
+    0xBF to a bulk request, after which the server closes the connection)."""
+    if buf and buf[0] == MAGIC_ERROR:
+        return None, 1
     rnum = _reply_header(buf, MAGIC_PLAY_SCRIPT)
     pos, end = 5, len(buf)
     out = []

@@ -1,9 +1,12 @@
 """ktcluster: a Kyoto Tycoon client for one server or a consistent-hashing cluster.
 
 A drop-in for python-kyototycoon-ng: ``from ktcluster import KyotoTycoon,
-KyotoTycoonException, KT_PACKER_PICKLE, ...``.  Names are imported lazily (PEP
-562), so ``import ktcluster`` stays cheap and loads nothing a program does not use
-(the cluster's gevent and uhashring, for instance).
+KyotoTycoonException, KT_PACKER_PICKLE, ...``.  The cluster and what configures it
+(``Cluster``, ``RetryPolicy``, ``RetryBudget``, ``HealthConfig``, ``OpClass``,
+``Ring``...) and every error class (``NodeDownError``, ``OutcomeUnknownError``...)
+are here too.  Names are imported lazily (PEP 562), so ``import ktcluster`` stays
+cheap and loads nothing a program does not use (the cluster's gevent, uhashring
+and tenacity, for instance).
 """
 
 from __future__ import annotations
@@ -13,18 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "KyotoTycoon", "Cursor",
-    "KyotoTycoonException",
     "KT_PACKER_CUSTOM", "KT_PACKER_PICKLE", "KT_PACKER_JSON", "KT_PACKER_STRING", "KT_PACKER_BYTES",
     "MemcachePacker", "SimpleMemcachePacker",
     "KEEP", "ExpireAt",
+    "Cluster", "RetryPolicy", "RetryBudget", "OpClass", "NO_RETRY", "HealthConfig", "BreakerState", "Ring", "RingDiff",
     "KyotoSlave", "OP_SET", "OP_REMOVE", "OP_CLEAR", "ReplicationStream", "Checkpoint",
+    "KyotoTycoonException", "InvalidArgumentError", "ArgumentError", "LogicalInconsistencyError",
+    "ServerError", "ScriptError", "NoImplementationError", "KTTimeoutError", "SignalTimeoutError",
+    "SocketTimeoutError", "PoolTimeoutError", "DeadlineExceeded", "KTConnectionError", "NodeDownError",
+    "ProtocolError", "OutcomeUnknownError", "PartialFailureError", "ReplicationError", "ResyncRequiredError",
 ]
 
-#: public name -> module (relative to this package) that defines it
+#: public name -> module (relative to this package) that defines it; the rest of __all__
+#: are the error classes of .errors
 _EXPORTS = {
     "KyotoTycoon": "client",
     "Cursor": "client",
-    "KyotoTycoonException": "errors",
     "KT_PACKER_CUSTOM": "packers",
     "KT_PACKER_PICKLE": "packers",
     "KT_PACKER_JSON": "packers",
@@ -34,6 +41,15 @@ _EXPORTS = {
     "SimpleMemcachePacker": "packers",
     "KEEP": "expiry",
     "ExpireAt": "expiry",
+    "Cluster": "cluster",
+    "RetryPolicy": "retry",
+    "RetryBudget": "retry",
+    "OpClass": "retry",
+    "NO_RETRY": "retry",
+    "HealthConfig": "health",
+    "BreakerState": "health",
+    "Ring": "ring",
+    "RingDiff": "ring",
     "KyotoSlave": "replication",
     "OP_SET": "replication",
     "OP_REMOVE": "replication",
@@ -44,7 +60,7 @@ _EXPORTS = {
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _EXPORTS.get(name, "errors" if name in __all__ else None)
     if module is None:
         raise AttributeError(f"module 'ktcluster' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
@@ -58,8 +74,30 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .client import Cursor, KyotoTycoon
-    from .errors import KyotoTycoonException
+    from .cluster import Cluster
+    from .errors import (
+        ArgumentError,
+        DeadlineExceeded,
+        InvalidArgumentError,
+        KTConnectionError,
+        KTTimeoutError,
+        KyotoTycoonException,
+        LogicalInconsistencyError,
+        NodeDownError,
+        NoImplementationError,
+        OutcomeUnknownError,
+        PartialFailureError,
+        PoolTimeoutError,
+        ProtocolError,
+        ReplicationError,
+        ResyncRequiredError,
+        ScriptError,
+        ServerError,
+        SignalTimeoutError,
+        SocketTimeoutError,
+    )
     from .expiry import KEEP, ExpireAt
+    from .health import BreakerState, HealthConfig
     from .packers import (
         KT_PACKER_BYTES,
         KT_PACKER_CUSTOM,
@@ -70,3 +108,5 @@ if TYPE_CHECKING:
         SimpleMemcachePacker,
     )
     from .replication import OP_CLEAR, OP_REMOVE, OP_SET, Checkpoint, KyotoSlave, ReplicationStream
+    from .retry import NO_RETRY, OpClass, RetryBudget, RetryPolicy
+    from .ring import Ring, RingDiff

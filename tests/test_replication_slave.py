@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-from kyototycoon.kyotoslave import KyotoSlave as NgKyotoSlave
 
 from ktcluster.connection import Connection
 from ktcluster.errors import KTConnectionError, ReplicationError, ResyncRequiredError
@@ -69,6 +68,7 @@ def test_every_operation_is_decoded(master, rpc):
 
 
 def test_records_match_python_kyototycoon_ng(kt_server_factory):
+    ng_slave = pytest.importorskip("kyototycoon.kyotoslave", reason="python-kyototycoon-ng comes with the 'bench' extra")
     srv = kt_server_factory(":", args=ULOG)
     conn = Connection(srv.host, srv.port)
     conn.call("set", {b"key": b"k1", b"value": b"v1"})
@@ -77,7 +77,7 @@ def test_records_match_python_kyototycoon_ng(kt_server_factory):
     conn.call("clear")
     conn.close()
     time.sleep(FLUSH)
-    ng = NgKyotoSlave(2, srv.host, srv.port, timeout=5)
+    ng = ng_slave.KyotoSlave(2, srv.host, srv.port, timeout=5)
     expected = take(ng.consume(0), 4)
     ng.close()
     ours = KyotoSlave(2, srv.host, srv.port, timeout=5)

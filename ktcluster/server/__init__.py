@@ -8,16 +8,23 @@ are its specification.
 
 Modules, from the bottom up:
 
-* :mod:`.storage` -- the databases (TimedDB semantics over each Kyoto Cabinet type:
-  order, expiry and lazy GC, cursors, capacity limits, update logging), with
-  :mod:`.sortedlist`, :mod:`.hashing` and :mod:`.persistence` beneath it;
+* the databases: :mod:`.storage` (``Database``: TimedDB semantics -- expiry and lazy
+  GC, update logging, the public API) over :mod:`.stores` (the records of each Kyoto
+  Cabinet type in its order, its ``size`` and ``status``) and :mod:`.cursors` (each
+  type's cursor rules); beneath them :mod:`.kcdb` (error codes, visitor answers),
+  :mod:`.dbspec` (``path#param=value`` specs, ``#rcomp`` comparators),
+  :mod:`.increments` (the increment record formats), :mod:`.textmatch` (POSIX regex,
+  edit distance), :mod:`.hashing` (the hash functions that order records),
+  :mod:`.sortedlist` and :mod:`.persistence` (the files);
 * :mod:`.ulog` -- the update log files, their time stamps and readers;
-* :mod:`.config` -- the command line and database specs;
-* :mod:`.server` -- listener, one thread per connection, first-byte dispatch, the HTTP
-  loop, WAIT/SIGNAL conditions, counters;
+* :mod:`.config` -- the command line;
+* :mod:`.server` -- listener, one thread per connection (first-byte dispatch, the HTTP
+  loop), WAIT/SIGNAL conditions, counters, the log;
 * :mod:`.rpc`, :mod:`.rest`, :mod:`.binary`, :mod:`.replication` -- the protocol front
   ends on top of the databases (encoding/decoding lives in :mod:`ktcluster.protocol`);
 * :mod:`.slave` -- the replication slave of ``-mhost``/``-rts`` (``server.slave``);
 * :mod:`.memcached` -- the memcached plug-in of ``-plsv ktplugservmemc.so``
-  (``server.plugins``).
+  (``server.plugins``);
+* :mod:`.scripting` and :mod:`.scripting_kt` -- the Lua engine of ``-scr``
+  (``server.scripting``).
 """

@@ -164,6 +164,15 @@ def _seconds(value: Any, what: str) -> float:
     return float(value)
 
 
+def _found(call: Callable[[], object]) -> bool:
+    """True when ``call`` succeeds, False when the server answers 450 (no such record)."""
+    try:
+        call()
+    except LogicalInconsistencyError:
+        return False
+    return True
+
+
 def _orig_param(orig: Any) -> bytes:
     if isinstance(orig, (str, bytes)):
         text = orig.encode() if isinstance(orig, str) else orig
@@ -682,20 +691,21 @@ class KyotoTycoon:
     def check(self, key: Any, db: Any = 0) -> bool:
         """Does the record exist?"""
         self._not_binary("check")
-        kb = key_bytes(key)
+        return self._on_record(b"check", key_bytes(key), db, _rest.encode_head, 200, head=True)
+
+    def _on_record(self, procedure: bytes, kb: bytes, db: Any, rest_request: Callable[[bytes, bytes], bytes],
+                   done: int, *, head: bool = False) -> bool:
+        """check/remove over HTTP: True, or False when the record is missing (RPC 450, REST
+        404).  REST when a target can carry the call (``done``: its success status)."""
         target = self._target(kb, db)
         if target is None:
-            try:
-                self._rpc(b"check", [(b"key", kb)], db)
-            except LogicalInconsistencyError:
-                return False
+            return _found(lambda: self._rpc(procedure, [(b"key", kb)], db))
+        answer, body = self._http(rest_request(target, self._host), head=head)
+        if answer.status == done:
             return True
-        head, body = self._http(_rest.encode_head(target, self._host), head=True)
-        if head.status == 200:
-            return True
-        if head.status == 404:
+        if answer.status == 404:
             return False
-        raise _rest.rest_error(head, body)
+        raise _rest.rest_error(answer, body)
 
     def seize(self, key: Any, db: Any = 0) -> Any:
         """Read a record's value and remove the record atomically; None when it is missing."""
@@ -884,19 +894,7 @@ class KyotoTycoon:
         kb = key_bytes(key)
         if self.binary and not self._options:
             return self._binary(_bin.encode_remove_bulk(((self._db_index(db), kb),)), _decode_remove_reply) > 0
-        target = self._target(kb, db)
-        if target is None:
-            try:
-                self._rpc(b"remove", [(b"key", kb)], db)
-            except LogicalInconsistencyError:
-                return False
-            return True
-        head, body = self._http(_rest.encode_delete(target, self._host))
-        if head.status == 204:
-            return True
-        if head.status == 404:
-            return False
-        raise _rest.rest_error(head, body)
+        return self._on_record(b"remove", kb, db, _rest.encode_delete, 204)
 
     # -- bulk -------------------------------------------------------------------------------------
 
@@ -1085,8 +1083,13 @@ class Cursor:
                 pass
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        """Every (key, value) pair from the first record on, in the DB's order."""
-        if not self.jump():
+        """Every (key, value) pair of DB 0 from the first record on, in the DB's order."""
+        return self.items()
+
+    def items(self, db: Any = 0) -> Iterator[tuple[Any, Any]]:
+        """Every (key, value) pair of database ``db`` from its first record on, in the DB's
+        order (iterating the cursor does this for DB 0)."""
+        if not self.jump(db=db):
             return
         while True:
             key, value = self.get()
@@ -1135,11 +1138,7 @@ class Cursor:
             self.cursor_id = next(self._ids)
         self._db = db
         params = [] if key is None else [(b"key", key_bytes(key))]
-        try:
-            self._call(procedure, params, positioning=True, db=db)
-        except LogicalInconsistencyError:
-            return False
-        return True
+        return _found(lambda: self._call(procedure, params, positioning=True, db=db))
 
     def jump(self, key: Any = None, db: Any = 0) -> bool:
         """Position on ``key`` (None: the first record); False when there is no such record
@@ -1153,19 +1152,11 @@ class Cursor:
 
     def step(self) -> bool:
         """Move to the next record; False past the last one."""
-        try:
-            self._call(b"cur_step", [])
-        except LogicalInconsistencyError:
-            return False
-        return True
+        return _found(lambda: self._call(b"cur_step", []))
 
     def step_back(self) -> bool:
         """Move to the previous record (tree DBs only); False before the first one."""
-        try:
-            self._call(b"cur_step_back", [])
-        except LogicalInconsistencyError:
-            return False
-        return True
+        return _found(lambda: self._call(b"cur_step_back", []))
 
     def set_value(self, value: Any, step: bool = False, expire: Expire = None) -> bool:
         """Overwrite the current record's value (then move on with ``step``).  True;

@@ -52,6 +52,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .address import DEFAULT_PORT, Address, Servers, named_addresses, parse_address
 from .client import Cursor, KyotoTycoon, key_bytes
 from .connection import DEFAULT_CONNECT_TIMEOUT, Connection
 from .errors import ArgumentError, DeadlineExceeded, KyotoTycoonException, NodeDownError, PartialFailureError
@@ -71,38 +72,12 @@ _READ, _IDEMPOTENT, _UNSAFE = OpClass.READ, OpClass.IDEMPOTENT, OpClass.UNSAFE
 T = TypeVar("T")
 log = logging.getLogger("ktcluster.cluster")
 
-#: KT's default port, used for an address given without one.
-DEFAULT_PORT = 1978
-
 #: the deadline of the cluster call running in this thread or greenlet, when its waits must be
 #: capped (read by the members' capped clients as each request starts)
 _CALL_DEADLINE: ContextVar[float | None] = ContextVar("ktcluster_call_deadline", default=None)
 
 #: the default socket timeout and pool wait of the nodes' pools (under RetryPolicy's 10 s deadline).
 DEFAULT_NODE_TIMEOUT = 5.0
-
-Address = str | tuple[str, int]
-
-
-def parse_address(address: Address) -> tuple[str, int]:
-    """``"host:port"``, ``"host"``, ``"[v6]:port"`` or ``(host, port)`` -> ``(host, port)``."""
-    if isinstance(address, tuple) and len(address) == 2:
-        host, port = address
-    elif isinstance(address, str) and address:
-        host, sep, port_text = address.rpartition(":")
-        if not sep or "]" in port_text:
-            host, port_text = address, str(DEFAULT_PORT)
-        host = host.strip("[]")
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise ArgumentError(f"bad port in address {address!r}") from None
-    else:
-        raise ArgumentError(f"an address is 'host:port' or (host, port), not {address!r}")
-    if not isinstance(host, str) or not host or not isinstance(port, int) or not 0 < port < 65536:
-        raise ArgumentError(f"bad address {address!r}")
-    return host, port
-
 
 @dataclass(frozen=True)
 class Node:
@@ -193,7 +168,7 @@ class Cluster:
     pool used when gevent is not active.
     """
 
-    def __init__(self, servers: Sequence[Address] | Mapping[str, Address], *, binary: bool = True,
+    def __init__(self, servers: Servers, *, binary: bool = True,
                  pack_type: int = KT_PACKER_PICKLE, custom_packer: Any = None, decode_keys: bool = True,
                  weights: Mapping[str, int] | None = None, pool_size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float | None = DEFAULT_NODE_TIMEOUT,
@@ -232,23 +207,12 @@ class Cluster:
         self._topology = _Topology(Ring({n.name: n.weight for n in nodes}), members, partners)
 
     @staticmethod
-    def _parse_servers(servers: Sequence[Address] | Mapping[str, Address],
-                       weights: Mapping[str, int]) -> list[Node]:
-        if isinstance(servers, (str, bytes)):
-            raise ArgumentError("servers must be a list of addresses or a mapping of name -> address")
-        if isinstance(servers, Mapping):
-            named = [(name, parse_address(addr)) for name, addr in servers.items()]
-        else:
-            named = [(f"{h}:{p}", (h, p)) for h, p in map(parse_address, servers)]
-        if not named:
-            raise ArgumentError("a cluster needs at least one server")
-        names = [name for name, _ in named]
-        if len(set(names)) != len(names):
-            raise ArgumentError(f"duplicate node names: {names}")
-        unknown = set(weights) - set(names)
+    def _parse_servers(servers: Servers, weights: Mapping[str, int]) -> list[Node]:
+        named = named_addresses(servers, "server")
+        unknown = set(weights) - {name for name, _, _ in named}
         if unknown:
             raise ArgumentError(f"weights for unknown nodes: {sorted(unknown)}")
-        return [Node(name, host, port, weights.get(name, 1)) for name, (host, port) in named]
+        return [Node(name, host, port, weights.get(name, 1)) for name, host, port in named]
 
     def _member(self, node: Node, name: str) -> _Member:
         http = KyotoTycoon(binary=False, **self._client_options)  # type: ignore[arg-type]
@@ -606,15 +570,7 @@ class Cluster:
         order).  Not a snapshot: concurrent writes may or may not be seen."""
         for name in list(self._topology.members):
             with self.cursor(name) as cur:
-                if not cur.jump(db=db):
-                    continue
-                while True:
-                    key, value = cur.get()
-                    if key is None:
-                        break
-                    yield key, value
-                    if not cur.step():
-                        break
+                yield from cur.items(db)
 
     # -- replication ------------------------------------------------------------------------------
 

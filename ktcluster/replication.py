@@ -91,10 +91,11 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from .address import Servers, named_addresses
 from .connection import Connection
 from .errors import (
     ArgumentError,
@@ -528,25 +529,6 @@ class Checkpoint:
 # -- the merged stream ------------------------------------------------------------------------
 
 
-def _master_addresses(masters: Sequence[str | tuple[str, int]] | Mapping[str, str | tuple[str, int]]
-                      ) -> list[tuple[str, str, int]]:
-    """(name, host, port) per master; names are "host:port" unless a mapping gives them
-    (the same rules as Cluster's ``servers``)."""
-    from .cluster import parse_address  # not at module level: KyotoSlave users need no ring
-
-    if isinstance(masters, (str, bytes)):
-        raise ArgumentError("masters must be a list of addresses or a mapping of name -> address")
-    if isinstance(masters, Mapping):
-        named = [(name, parse_address(addr)) for name, addr in masters.items()]
-    else:
-        named = [(f"{host}:{port}", (host, port)) for host, port in map(parse_address, masters)]
-    if not named:
-        raise ArgumentError("a replication stream needs at least one master")
-    if len({name for name, _ in named}) != len(named):
-        raise ArgumentError(f"duplicate master names: {[name for name, _ in named]}")
-    return [(name, host, port) for name, (host, port) in named]
-
-
 class _Source:
     """One master inside a ReplicationStream: its reader thread's hand-over state and
     the consumer-side view (pending batches, watermark, position)."""
@@ -612,7 +594,7 @@ class ReplicationStream:
     guarantees; records are the dicts of :class:`KyotoSlave` plus ``node``.
     """
 
-    def __init__(self, masters: Sequence[str | tuple[str, int]] | Mapping[str, str | tuple[str, int]],
+    def __init__(self, masters: Servers,
                  sid: int, since: float | Checkpoint | Mapping[str, Any] | None = None, *,
                  origin_sids: Mapping[str, int] | None = None, idle_timeout: float = 5.0,
                  max_buffer: int = 4 << 20, timeout: float = 30.0, max_backoff: float = 5.0,
@@ -623,7 +605,7 @@ class ReplicationStream:
         self.idle_timeout = idle_timeout
         self.on_idle = on_idle
         self.late_records = 0
-        addresses = _master_addresses(masters)
+        addresses = named_addresses(masters, "master")
         origin_sids = dict(origin_sids or {})
         unknown = set(origin_sids) - {name for name, _, _ in addresses}
         if unknown:
@@ -876,7 +858,7 @@ def record_to_json(rec: Record) -> str:
     return json.dumps(out, separators=(",", ":"))
 
 
-def tail(masters: Sequence[str | tuple[str, int]] | Mapping[str, str | tuple[str, int]], sid: int = 65535, *,
+def tail(masters: Servers, sid: int = 65535, *,
          since: float | None = None, checkpoint_file: str | None = None,
          origin_sids: Mapping[str, int] | None = None, idle_timeout: float = 5.0, count: int | None = None,
          out: IO[str] | None = None, err: IO[str] | None = None, save_interval: float = 1.0) -> int:

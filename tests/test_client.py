@@ -4,6 +4,7 @@ any bytes, DB selection, expiry, WAIT/SIGNAL, errors and concurrency."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import struct
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from threaded import run_threads
 
 from ktcluster import (
     KEEP,
@@ -58,6 +60,17 @@ def kt(server: KTServer) -> Iterator[KyotoTycoon]:
     client.clear(1)
     yield client
     client.close()
+
+
+@contextlib.contextmanager
+def paused(srv: KTServer) -> Iterator[None]:
+    """The server stopped (SIGSTOP) for the block: it keeps its sockets but answers nothing."""
+    srv.pause()
+    time.sleep(0.1)  # SIGSTOP is asynchronous: let it take effect
+    try:
+        yield
+    finally:
+        srv.resume()
 
 
 def client(server: KTServer, **kw) -> KyotoTycoon:
@@ -427,7 +440,7 @@ def test_cursor_walk(kt):
     for i in range(5):
         kt.set(f"k{i}", i, db=1)
     with kt.cursor() as cur:
-        assert list(iter_db(cur)) == [(f"k{i}", i) for i in range(5)]
+        assert list(cur.items(db=1)) == [(f"k{i}", i) for i in range(5)]
     with kt.cursor() as cur:
         assert cur.jump("k2", db=1) is True
         assert cur.get_key() == "k2" and cur.get_value() == 2
@@ -442,18 +455,6 @@ def test_cursor_walk(kt):
         assert cur.seize() == {"key": "k4", "value": 4}
         assert cur.jump("k0", db=1) and cur.step_back() is False
     assert kt.count(1) == 3
-
-
-def iter_db(cur):
-    if not cur.jump(db=1):
-        return
-    while True:
-        key, value = cur.get()
-        if key is None:
-            return
-        yield key, value
-        if not cur.step():
-            return
 
 
 def test_cursor_iteration_and_errors(kt):
@@ -504,7 +505,7 @@ def test_cursor_holds_its_connection(server, kt):
         t.start()
     try:
         with c.cursor() as cur:
-            walked = [k for k, _ in iter_db(cur)]
+            walked = [k for k, _ in cur.items(db=1)]
     finally:
         stop.set()
         for t in threads:
@@ -734,27 +735,22 @@ def test_a_views_timeout_replaces_the_socket_timeout(kt_server_factory, mode):
     srv = kt_server_factory()
     c = KyotoTycoon(binary=mode).connect(srv.host, srv.port, 0.3)
     c.set("k", 1)
-    srv.pause()
-    time.sleep(0.1)  # SIGSTOP is asynchronous: let it take effect
-    resume = threading.Timer(0.8, srv.resume)
-    resume.start()
-    try:
-        assert c.with_options(timeout=10).get("k") == 1    # 0.8 s of silence, beyond the client's 0.3 s
-    finally:
-        resume.join()
+    with paused(srv):
+        resume = threading.Timer(0.8, srv.resume)
+        resume.start()
+        try:
+            assert c.with_options(timeout=10).get("k") == 1    # 0.8 s of silence, beyond the client's 0.3 s
+        finally:
+            resume.cancel()
     with c.pool.connection() as conn:
         assert conn.timeout == 0.3                       # restored for the client's own calls
     patient = KyotoTycoon(binary=mode).connect(srv.host, srv.port)  # 30 s
     patient.set("k", 2)
-    srv.pause()
-    time.sleep(0.1)
-    try:
+    with paused(srv):
         started = time.monotonic()
         with pytest.raises(SocketTimeoutError) as info:
             patient.with_options(timeout=0.2).get("k")
         assert info.value.request_sent is True and time.monotonic() - started < 10
-    finally:
-        srv.resume()
     assert patient.get("k") == 2
 
 
@@ -765,9 +761,7 @@ def test_a_views_deadline_caps_every_wait(kt_server_factory, mode):
     with pytest.raises(DeadlineExceeded) as info:
         c.with_options(deadline=time.monotonic() - 1).get("k")
     assert info.value.request_sent is False
-    srv.pause()
-    time.sleep(0.1)
-    try:
+    with paused(srv):
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded) as info:           # a hung server: the receive is cut
             c.with_options(deadline=started + 0.3).get("k")
@@ -777,8 +771,6 @@ def test_a_views_deadline_caps_every_wait(kt_server_factory, mode):
         with pytest.raises(SocketTimeoutError) as own:          # a shorter limit of its own says so
             short.with_options(deadline=time.monotonic() + 30).get("k")
         assert not isinstance(own.value, DeadlineExceeded)
-    finally:
-        srv.resume()
     held = c.pool.checkout()
     try:
         started = time.monotonic()
@@ -818,14 +810,10 @@ def test_socket_timeout_discards_the_connection(kt_server_factory):
     srv = kt_server_factory()
     c = KyotoTycoon().connect(srv.host, srv.port, 0.3)
     c.set("k", 1)
-    srv.pause()
-    time.sleep(0.1)  # SIGSTOP is asynchronous: let it take effect
-    try:
+    with paused(srv):
         with pytest.raises(SocketTimeoutError) as info:
             c.get("k")
         assert info.value.request_sent is True
-    finally:
-        srv.resume()
     assert c.get("k") == 1
     stats = c.pool.stats()
     assert stats.discarded == 1 and stats.in_use == 0
@@ -844,24 +832,15 @@ def test_server_errors_keep_the_connection(kt):
 
 def test_shared_between_threads(server, kt, mode):
     c = client(server, binary=mode, pool_size=4)
-    errors = []
 
     def worker(n):
-        try:
-            for i in range(50):
-                key = f"t{n}-{i}"
-                c.set(key, (n, i))
-                assert c.get(key) == (n, i)
-                assert c.get_bulk([key, "missing"]) == {key: (n, i)}
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for i in range(50):
+            key = f"t{n}-{i}"
+            c.set(key, (n, i))
+            assert c.get(key) == (n, i)
+            assert c.get_bulk([key, "missing"]) == {key: (n, i)}
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    run_threads(worker, 8)
     assert kt.count() == 400 and c.pool.stats().created <= 4
 
 

@@ -7,11 +7,11 @@ tests/test_cluster_gevent.py runs this module again in a process that did
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from threaded import run_threads
 
 from ktcluster.cluster import Cluster, parse_address
 from ktcluster.errors import (
@@ -240,25 +240,16 @@ def test_weights_shape_the_ring(servers):
 
 def test_shared_cluster_under_concurrency(make_cluster):
     cluster = make_cluster(pool_size=4)
-    errors: list[BaseException] = []
 
     def worker(w: int) -> None:
-        try:
-            for i in range(20):
-                keys = {f"w{w}:{i}:{j}": (w, i, j) for j in range(10)}
-                assert cluster.set_bulk(keys) == 10
-                assert cluster.get_bulk(list(keys)) == keys
-                assert cluster.get(f"w{w}:{i}:3") == (w, i, 3)
-                cluster.increment(f"ctr{w % 3}", 1)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for i in range(20):
+            keys = {f"w{w}:{i}:{j}": (w, i, j) for j in range(10)}
+            assert cluster.set_bulk(keys) == 10
+            assert cluster.get_bulk(list(keys)) == keys
+            assert cluster.get(f"w{w}:{i}:3") == (w, i, 3)
+            cluster.increment(f"ctr{w % 3}", 1)
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_threads(worker, 12)
     assert sum(cluster.get_int(f"ctr{c}") for c in range(3)) == 12 * 20
     stats = cluster.stats()
     assert all(n["pool"].created <= 4 for n in stats["nodes"].values())

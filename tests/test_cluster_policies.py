@@ -20,7 +20,7 @@ from ktcluster.errors import (
     SocketTimeoutError,
 )
 from ktcluster.fanout import DeadlineExceeded, Fanout, gevent_active
-from ktcluster.health import BreakerState, FailureKind, Health, HealthConfig, classify_failure
+from ktcluster.health import BreakerState, CircuitBreaker, FailureKind, Health, HealthConfig, classify_failure
 from ktcluster.retry import NO_RETRY, OPERATIONS, OpClass, RetryBudget, RetryPolicy, is_retryable, op_class
 
 
@@ -70,11 +70,17 @@ def make_health(**kw) -> tuple[Health, Clock, list]:
     return health, clock, events
 
 
-def test_hard_failure_opens_at_once_and_calls_fail_fast():
-    health, clock, events = make_health()
+def opened_breaker(**kw) -> tuple[CircuitBreaker, Clock, list]:
+    """Node kt1's breaker, just opened by a refused connect."""
+    health, clock, events = make_health(**kw)
     b = health["kt1"]
     with pytest.raises(KTConnectionError):
         b.call(fail(refused()))
+    return b, clock, events
+
+
+def test_hard_failure_opens_at_once_and_calls_fail_fast():
+    b, _, events = opened_breaker()
     assert b.state is BreakerState.OPEN
     calls = []
     with pytest.raises(NodeDownError) as info:
@@ -127,10 +133,7 @@ def test_deadlines_and_interruptions_neither_reset_nor_count():
 
 
 def test_half_open_single_trial_with_probe_then_close():
-    health, clock, events = make_health(reset_timeout=1.0)
-    b = health["kt1"]
-    with pytest.raises(KTConnectionError):
-        b.call(fail(refused()))
+    b, clock, events = opened_breaker(reset_timeout=1.0)
     clock.now += 0.99
     with pytest.raises(NodeDownError):
         b.call(lambda: None)
@@ -158,10 +161,7 @@ def test_half_open_single_trial_with_probe_then_close():
 
 
 def test_failed_probe_reopens_with_longer_backoff_and_reports_node_down():
-    health, clock, _ = make_health(reset_timeout=1.0, max_reset_timeout=3.0)
-    b = health["kt1"]
-    with pytest.raises(KTConnectionError):
-        b.call(fail(refused()))
+    b, clock, _ = opened_breaker(reset_timeout=1.0, max_reset_timeout=3.0)
     waits = []
     for _ in range(4):
         waits.append(b.stats()["retry_in"])
@@ -176,10 +176,7 @@ def test_failed_probe_reopens_with_longer_backoff_and_reports_node_down():
 
 
 def test_failed_trial_request_reopens_and_interrupted_trial_does_not_wedge():
-    health, clock, _ = make_health(reset_timeout=1.0)
-    b = health["kt1"]
-    with pytest.raises(KTConnectionError):
-        b.call(fail(refused()))
+    b, clock, _ = opened_breaker(reset_timeout=1.0)
     clock.now += 1.0
     with pytest.raises(SocketTimeoutError):
         b.call(fail(timed_out()))

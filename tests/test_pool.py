@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from threaded import run_threads
 
 from ktcluster import connection as connection_module
 from ktcluster.connection import Connection
@@ -306,22 +307,12 @@ def test_eof_midway_breaks_the_connection(scripted, reply):
     assert info.value.request_sent is True and conn.broken
 
 
-def test_unexpected_bytes_are_a_protocol_error(scripted):
+@pytest.mark.parametrize("reply", [OK_VOID + b"junk", b"SSH-2.0-OpenSSH\r\n\r\n"],
+                         ids=["unexpected bytes after the reply", "garbage status line"])
+def test_bytes_that_are_not_kt_protocol_are_a_protocol_error(scripted, reply):
     def handler(conn, i):
         read_request(conn)
-        conn.sendall(OK_VOID + b"junk")
-        conn.recv(1)
-    srv = scripted(handler)
-    conn = Connection("127.0.0.1", srv.port)
-    with pytest.raises(ProtocolError):
-        conn.call("void")
-    assert conn.broken
-
-
-def test_garbage_status_line_is_a_protocol_error(scripted):
-    def handler(conn, i):
-        read_request(conn)
-        conn.sendall(b"SSH-2.0-OpenSSH\r\n\r\n")
+        conn.sendall(reply)
         conn.recv(1)
     srv = scripted(handler)
     conn = Connection("127.0.0.1", srv.port)
@@ -564,24 +555,15 @@ def test_pool_close_discards_connections_in_use(kt_server):
 
 def test_pool_under_threads(kt_server):
     pool = ConnectionPool(kt_server.host, kt_server.port, size=3, pool_timeout=30)
-    errors: list[BaseException] = []
 
     def worker(n: int) -> None:
-        try:
-            for i in range(40):
-                with pool.connection() as conn:
-                    key = b"t%d-%d" % (n, i)
-                    conn.call("set", [(b"key", key), (b"value", key)])
-                    assert conn.call("get", [(b"key", key)])[b"value"] == key
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for i in range(40):
+            with pool.connection() as conn:
+                key = b"t%d-%d" % (n, i)
+                conn.call("set", [(b"key", key), (b"value", key)])
+                assert conn.call("get", [(b"key", key)])[b"value"] == key
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    run_threads(worker, 8)
     stats = pool.stats()
     assert stats.created <= 3 and stats.checkouts == 320 and stats.in_use == 0
     with pool.connection() as conn:

@@ -761,6 +761,12 @@ def test_a_views_deadline_caps_every_wait(kt_server_factory, mode):
     with pytest.raises(DeadlineExceeded) as info:
         c.with_options(deadline=time.monotonic() - 1).get("k")
     assert info.value.request_sent is False
+    deadlines: list[float | None] = [None, time.monotonic() - 1]   # a function: read as each call starts
+    view = c.with_options(deadline=lambda: deadlines[0])
+    assert view.get("k") == 1
+    deadlines.pop(0)
+    with pytest.raises(DeadlineExceeded):
+        view.get("k")
     with paused(srv):
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded) as info:           # a hung server: the receive is cut

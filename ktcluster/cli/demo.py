@@ -41,11 +41,12 @@ def _say(text: str = "") -> None:
 
 @contextlib.contextmanager
 def _signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the demo like Ctrl-C does (so the servers are stopped)."""
+    """Ctrl-C, SIGTERM and SIGHUP end the demo with KeyboardInterrupt, so the servers are
+    stopped (SIGINT too: a process started in the background of a script inherits it ignored)."""
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:

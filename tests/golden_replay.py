@@ -28,6 +28,8 @@ from ktcluster.testing import free_port, server_command
 GOLDEN_DIR = Path(__file__).parent / "golden"
 RECV_TIMEOUT = 5.0
 CLOSE_TIMEOUT = 3.0
+#: how long a step that expects silence (no reply, connection kept) listens for stray bytes
+QUIET_TIMEOUT = 0.5
 
 
 def load_cases(name: str) -> list[dict[str, Any]]:
@@ -260,7 +262,7 @@ class Replay:
         """Read until as much as expected arrived (HTTP-aware), EOF, or the timeout."""
         actual = b""
         eof = False
-        deadline = time.monotonic() + RECV_TIMEOUT
+        deadline = time.monotonic() + (RECV_TIMEOUT if expected or closed else QUIET_TIMEOUT)
         is_http = expected.startswith(b"HTTP/")
         variable = any(isinstance(v, str) and (v in ("body", "Content-Length") or v.startswith(("line:", "tsv:")))
                        for v in volatile)

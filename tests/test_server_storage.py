@@ -443,7 +443,7 @@ def test_sorted_list_neighbours():
         assert sl.lower(probe) == (ref[pos - 1] if pos else None)
         pos_r = bisect.bisect_right(ref, probe)
         assert sl.higher(probe) == (ref[pos_r] if pos_r < len(ref) else None)
-        assert sl.floor(probe) == (ref[pos_r - 1] if pos_r else None)
+    assert list(sl.irange(ref[10])) == ref[10:]
 
 
 # -- HashDB and DirDB cursor details (each checked against a real ktserver) ------------------

@@ -22,16 +22,10 @@ class SortedList:
 
     __slots__ = ("_lists", "_maxes", "_len")
 
-    def __init__(self, items: Any = ()) -> None:
-        self._lists: list[list[Any]] = []
-        self._maxes: list[Any] = []
+    def __init__(self) -> None:
+        self._lists: list[list[Any]] = []   # blocks of at most 2 * _LOAD items
+        self._maxes: list[Any] = []         # the last item of each block
         self._len = 0
-        data = sorted(items)
-        for i in range(0, len(data), _LOAD):
-            block = data[i:i + _LOAD]
-            self._lists.append(block)
-            self._maxes.append(block[-1])
-        self._len = len(data)
 
     def __len__(self) -> int:
         return self._len
@@ -124,22 +118,8 @@ class SortedList:
             return block[idx - 1]
         return maxes[pos - 1] if pos else None
 
-    def floor(self, item: Any) -> Any:
-        """The largest item <= ``item``, or None."""
-        maxes = self._maxes
-        pos = bisect_right(maxes, item)
-        if pos < len(maxes):
-            block = self._lists[pos]
-            idx = bisect_right(block, item)
-            if idx:
-                return block[idx - 1]
-        return maxes[pos - 1] if pos else None
-
-    def irange(self, start: Any = None) -> Iterator[Any]:
-        """Items >= ``start`` (all when None), in order.  Do not mutate while iterating."""
-        if start is None:
-            yield from self
-            return
+    def irange(self, start: Any) -> Iterator[Any]:
+        """Items >= ``start``, in order.  Do not mutate while iterating."""
         maxes = self._maxes
         pos = bisect_left(maxes, start)
         if pos == len(maxes):

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from ..errors import ProtocolError
 from .binary import Incomplete
-from .kcnum import atoi, atoih
+from .kcnum import atoi, atoih, cstr
 
 __all__ = [
     "SERVER_NAME", "LINE_MAX", "BODY_MAX", "reason", "http_date", "format_http_date",
@@ -217,11 +217,6 @@ def read_line(buf: bytes, pos: int) -> tuple[bytes, int]:
     return bytes(out), nl + 1
 
 
-def _cstr(data: bytes) -> bytes:
-    nul = data.find(b"\0")
-    return data if nul < 0 else data[:nul]
-
-
 class RequestHead(NamedTuple):
     """A parsed request head (kthttp.h WorkerAdapter::process)."""
 
@@ -303,11 +298,11 @@ def parse_request_head(buf: bytes, pos: int = 0) -> RequestHead:
             lines = head.split(b"\r\n")
             return _request_head(_request_line(lines[0]), lines[1:], end + 4)
     line, pos = read_line(buf, pos)
-    request = _request_line(_cstr(line))
+    request = _request_line(cstr(line))
     lines = []
     while True:
         line, pos = read_line(buf, pos)
-        line = _cstr(line)
+        line = cstr(line)
         if not line:
             break
         lines.append(line)
@@ -336,9 +331,9 @@ def read_request_body(buf: bytes, head: RequestHead) -> tuple[bytes, int]:
     size = 0
     while True:
         line, pos = read_line(buf, pos)
-        if not _cstr(line):
+        if not cstr(line):
             break
-        csiz = atoih(_cstr(line))
+        csiz = atoih(cstr(line))
         if size + csiz > BODY_MAX:
             raise HTTPError(413, "request entity too large")
         end = pos + csiz

@@ -13,11 +13,18 @@ import math
 import re
 from fractions import Fraction
 
-__all__ = ["INT64MAX", "INT64MIN", "to_int64", "atoi", "atoin", "atoix", "atoih", "atof", "strmktime", "timegm"]
+__all__ = ["INT64MAX", "INT64MIN", "cstr", "to_int64", "atoi", "atoin", "atoix", "atoih", "atof", "strmktime",
+           "timegm"]
 
 INT64MAX = (1 << 63) - 1
 INT64MIN = -(1 << 63)
 _U64 = (1 << 64) - 1
+
+
+def cstr(data: bytes) -> bytes:
+    """``data`` as C reads a ``char*``: up to its first NUL."""
+    nul = data.find(b"\0")
+    return data if nul < 0 else data[:nul]
 
 
 def to_int64(num: int) -> int:

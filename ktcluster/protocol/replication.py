@@ -26,12 +26,12 @@ from ..errors import ProtocolError, ReplicationError
 from .binary import MAGIC_ERROR, MAGIC_NOP, MAGIC_REPLICATION, XTMAX, Incomplete
 
 __all__ = [
-    "OP_SET", "OP_REMOVE", "OP_CLEAR", "FLAG_WHITESID", "ACK",
+    "OP_SET", "OP_REMOVE", "OP_CLEAR", "FLAG_WHITESID", "DUMMY_FREQ", "ACK",
     "LogEntry", "StreamMessage",
     "encode_varnum", "decode_varnum",
     "encode_handshake", "decode_handshake",
     "decode_accept", "encode_log_message", "encode_nop", "decode_stream_message", "LogRecord", "decode_log_stream",
-    "encode_log_entry", "decode_log_entry",
+    "encode_log_entry", "decode_log_entry", "entry_origin",
     "split_xt", "join_xt",
     "UlogFile", "parse_ulog_list",
 ]
@@ -42,6 +42,8 @@ OP_CLEAR = 0xA5
 
 #: handshake flag: receive only entries whose origin sid equals the given sid.
 FLAG_WHITESID = 0x01
+#: the master sends a size-0 dummy after this many entries filtered out in a row.
+DUMMY_FREQ = 256
 #: what a client sends to acknowledge a heartbeat (and what the master sends to accept).
 ACK = bytes((MAGIC_REPLICATION,))
 
@@ -49,6 +51,7 @@ _HANDSHAKE = struct.Struct(">BIQH")
 _LOG_HEAD = struct.Struct(">BQI")
 _NOP = struct.Struct(">BQ")
 _ENTRY_HEAD = struct.Struct(">HHB")
+_ENTRY_ORIGIN = struct.Struct(">HH")
 _XT5 = struct.Struct(">Q")
 
 
@@ -108,12 +111,12 @@ def encode_handshake(ts: int, sid: int, flags: int = 0) -> bytes:
     return _HANDSHAKE.pack(MAGIC_REPLICATION, flags, ts, sid)
 
 
-def decode_handshake(buf: bytes) -> tuple[int, int, int]:
-    """(flags, ts, sid) of a handshake (server side)."""
-    if len(buf) < 15:
-        raise Incomplete(15)
-    _, flags, ts, sid = _HANDSHAKE.unpack_from(buf)
-    return flags, ts, sid
+def decode_handshake(buf: bytes, pos: int = 0) -> tuple[int, int, int, int]:
+    """(flags, ts, sid, new pos) of the handshake at ``pos`` (server side)."""
+    if len(buf) < pos + 15:
+        raise Incomplete(pos + 15)
+    _, flags, ts, sid = _HANDSHAKE.unpack_from(buf, pos)
+    return flags, ts, sid, pos + 15
 
 
 def decode_accept(buf: bytes) -> int:
@@ -226,6 +229,12 @@ def encode_log_entry(sid: int, dbid: int, op: int, key: bytes = b"", value: byte
     if op == OP_REMOVE:
         return head + encode_varnum(len(key)) + key
     return head
+
+
+def entry_origin(payload: bytes) -> tuple[int, int] | None:
+    """(origin sid, dbid) of a log entry without decoding the rest; None for a payload
+    too short to hold them (a size-0 dummy, for one)."""
+    return _ENTRY_ORIGIN.unpack_from(payload) if len(payload) >= 4 else None
 
 
 def decode_log_entry(payload: bytes) -> LogEntry:

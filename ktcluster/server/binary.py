@@ -5,17 +5,17 @@ Records are read and applied one by one, so earlier ones stay applied when a lat
 fails.  A record larger than 2^28 bytes, a short read or a database failure ends the
 request with a single 0xBF byte (suppressed by the no-reply flag for set/remove;
 get_bulk always answers) and closes the connection.  play_script failures answer 0xBF
-but keep the connection; any unknown magic closes it without a word.
+but keep the connection; any unknown magic closes it without a word.  The frames are
+:mod:`ktcluster.protocol.binary`'s.
 """
 
 from __future__ import annotations
 
-import struct
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
 from ..protocol.binary import (
-    DATAMAXSIZ,
     FLAG_NOREPLY,
     MAGIC_ERROR,
     MAGIC_GET_BULK,
@@ -25,16 +25,19 @@ from ..protocol.binary import (
     MAGIC_SET_BULK,
     Incomplete,
     decode_key_record,
+    decode_play_script_header,
+    decode_request_header,
     decode_script_record,
     decode_set_record,
     encode_count_reply,
     encode_get_bulk_reply,
     encode_play_script_reply,
 )
+from ..protocol.kcnum import cstr
 from . import replication
 from .rpc import RV_SUCCESS
 from .server import Counter
-from .storage import DBError
+from .storage import Database, DBError
 
 if TYPE_CHECKING:
     from .server import Session
@@ -42,13 +45,10 @@ if TYPE_CHECKING:
 __all__ = ["handle"]
 
 _ERROR = bytes((MAGIC_ERROR,))
-_U32PAIR = struct.Struct(">II")
-_U32TRIPLE = struct.Struct(">III")
 
 
 def handle(session: Session, magic: int) -> bool:
     """Serve one binary request whose first byte is ``magic``; whether to keep the connection."""
-    session.pos += 1
     if magic == MAGIC_GET_BULK:
         return _get_bulk(session)
     if magic == MAGIC_SET_BULK:
@@ -62,99 +62,95 @@ def handle(session: Session, magic: int) -> bool:
     return False
 
 
-def _records(session: Session, rnum: int, decode):
-    """Yield the decoded records one by one, reading more as needed; stops early (and
-    sets ``session.binary_failed``) on a short read or an oversized record."""
-    session.binary_failed = False
-    for _ in range(rnum):
+def _records(session: Session, rnum: int, decode: Callable[[bytes, int], tuple[Any, int]]) -> Iterator[Any]:
+    """The ``rnum`` records of a request, decoded one by one as they arrive; a last None
+    when the request is cut short (a short read or an oversized record)."""
+    for _ in range(rnum):   # session.decode, inlined: this is the hot loop
         while True:
             try:
-                record, end = decode(session.buf, session.pos)
+                record, session.pos = decode(session.buf, session.pos)
                 break
             except Incomplete as exc:
                 if not session.ensure(exc.needed - session.pos):
-                    session.binary_failed = True
+                    yield None
                     return
             except ProtocolError:
-                session.binary_failed = True
+                yield None
                 return
-        session.pos = end
         yield record
 
 
-def _header(session: Session) -> tuple[int, int] | None:
-    data = session.read(8)
-    return None if data is None else _U32PAIR.unpack(data)
+def _count_reply(session: Session, magic: int, flags: int, hits: int, failed: bool) -> bool:
+    """Answer set_bulk or remove_bulk (nothing with the no-reply flag); whether to keep
+    the connection."""
+    if flags & FLAG_NOREPLY:
+        return not failed
+    if failed:
+        session.send(_ERROR)
+        return False
+    return session.send(encode_count_reply(magic, hits))
 
 
 def _set_bulk(session: Session) -> bool:
-    header = _header(session)
-    if header is None:
-        return False
-    flags, rnum = header
-    dbs = session.server.dbs
-    counts = session.counts
-    hits = 0
-    failed = False
-    for dbidx, key, value, xt in _records(session, rnum, decode_set_record):
-        if dbidx < len(dbs):
-            counts[Counter.SET] += 1
-            try:
-                dbs[dbidx].set(key, value, xt)
-            except DBError:
-                counts[Counter.SET_MISS] += 1
-                failed = True
-                break
-            hits += 1
-    failed = failed or session.binary_failed
-    if flags & FLAG_NOREPLY:
-        return not failed
-    if failed:
-        session.send(_ERROR)
-        return False
-    return session.send(encode_count_reply(MAGIC_SET_BULK, hits))
+    return _write_bulk(session, MAGIC_SET_BULK, decode_set_record, Counter.SET, _set_record)
 
 
 def _remove_bulk(session: Session) -> bool:
-    header = _header(session)
+    return _write_bulk(session, MAGIC_REMOVE_BULK, decode_key_record, Counter.REMOVE, _remove_record)
+
+
+def _set_record(db: Database, record: tuple[int, bytes, bytes, int]) -> bool:
+    db.set(record[1], record[2], record[3])
+    return True
+
+
+def _remove_record(db: Database, record: tuple[int, bytes]) -> bool:
+    return db.remove_bulk((record[1],)) > 0
+
+
+def _write_bulk(session: Session, magic: int, decode: Callable[[bytes, int], tuple[Any, int]], counter: int,
+                write: Callable[[Database, Any], bool]) -> bool:
+    """set_bulk or remove_bulk: each record is applied by ``write(db, record)`` (False: a
+    miss) as it arrives; a database error ends the request."""
+    header = session.decode(decode_request_header)
     if header is None:
         return False
-    flags, rnum = header
+    _, flags, rnum = header
     dbs = session.server.dbs
     counts = session.counts
     hits = 0
     failed = False
-    for dbidx, key in _records(session, rnum, decode_key_record):
-        if dbidx < len(dbs):
-            counts[Counter.REMOVE] += 1
+    for record in _records(session, rnum, decode):
+        if record is None:
+            failed = True
+            break
+        if record[0] < len(dbs):
+            counts[counter] += 1
             try:
-                found = dbs[dbidx].remove_bulk((key,))
+                hit = write(dbs[record[0]], record)
             except DBError:
-                counts[Counter.REMOVE_MISS] += 1
+                counts[counter + 1] += 1   # the miss counter
                 failed = True
                 break
-            if found:
+            if hit:
                 hits += 1
             else:
-                counts[Counter.REMOVE_MISS] += 1
-    failed = failed or session.binary_failed
-    if flags & FLAG_NOREPLY:
-        return not failed
-    if failed:
-        session.send(_ERROR)
-        return False
-    return session.send(encode_count_reply(MAGIC_REMOVE_BULK, hits))
+                counts[counter + 1] += 1
+    return _count_reply(session, magic, flags, hits, failed)
 
 
 def _get_bulk(session: Session) -> bool:
-    header = _header(session)
+    header = session.decode(decode_request_header)
     if header is None:
         return False
-    _, rnum = header
     dbs = session.server.dbs
     counts = session.counts
     found = []
-    for dbidx, key in _records(session, rnum, decode_key_record):
+    for record in _records(session, header[2], decode_key_record):
+        if record is None:
+            session.send(_ERROR)
+            return False
+        dbidx, key = record
         if dbidx < len(dbs):
             counts[Counter.GET] += 1
             got = dbs[dbidx].get(key)
@@ -162,34 +158,27 @@ def _get_bulk(session: Session) -> bool:
                 counts[Counter.GET_MISS] += 1
             else:
                 found.append((dbidx, key, got[0], got[1]))
-    if session.binary_failed:
-        session.send(_ERROR)
-        return False
     return session.send(encode_get_bulk_reply(found))
 
 
 def _play_script(session: Session) -> bool:
-    data = session.read(12)
-    if data is None:
+    try:
+        header = session.decode(decode_play_script_header)
+    except ProtocolError:   # a name over 2^28 bytes
         return False
-    flags, nsiz, rnum = _U32TRIPLE.unpack(data)
-    if nsiz > DATAMAXSIZ:
+    if header is None:
         return False
-    name = session.read(nsiz)
-    if name is None:
+    flags, name, rnum = header
+    records = list(_records(session, rnum, decode_script_record))
+    if records and records[-1] is None:
         return False
-    nul = name.find(b"\0")
-    if nul >= 0:
-        name = name[:nul]
-    inmap = dict(sorted(dict(_records(session, rnum, decode_script_record)).items()))
-    if session.binary_failed:
-        return False
+    inmap = dict(sorted(dict(records).items()))
     engine = session.server.scripting
     norep = flags & FLAG_NOREPLY
     rv = None
     if engine is not None:
         session.counts[Counter.SCRIPT] += 1
-        rv, outmap = engine.call(name, inmap)
+        rv, outmap = engine.call(cstr(name), inmap)
     if rv != RV_SUCCESS:
         if not norep:
             session.send(_ERROR)

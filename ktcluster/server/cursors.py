@@ -146,16 +146,20 @@ class StoreCursor:
             raise noimpl()
         self.pos = order.last() if pos is None else order.lower(pos)
 
-    def accept(self, visit: RawVisit, step: bool) -> None:
-        """Visit the current record and apply the visitor's answer (KC Cursor::accept)."""
-        store = self.store
+    def _visit_current(self, visit: RawVisit) -> tuple[Any, bytes, list[Any], Any]:
+        """(position, key, record, visitor's answer) of the current record; NOREC if none."""
         pos = self.current()
         if pos is None:
             self.pos = None
             raise norec()
-        key = store.key_of(pos)
-        rec = store.recs[key]
-        result = visit(key, rec)
+        key = self.store.key_of(pos)
+        rec = self.store.recs[key]
+        return pos, key, rec, visit(key, rec)
+
+    def accept(self, visit: RawVisit, step: bool) -> None:
+        """Visit the current record and apply the visitor's answer (KC Cursor::accept)."""
+        store = self.store
+        pos, key, rec, result = self._visit_current(visit)
         if result is REMOVE:
             store.delete(key)
             self.pos = self._after_removal(pos)
@@ -296,13 +300,7 @@ class HashFileCursor(StoreCursor):
         """A removed or outgrown record's block is freed, which moves the cursor to the
         next block: no further step then."""
         store = self.store
-        pos = self.current()
-        if pos is None:
-            self.pos = None
-            raise norec()
-        key = store.key_of(pos)
-        rec = store.recs[key]
-        result = visit(key, rec)
+        pos, key, rec, result = self._visit_current(visit)
         if result is REMOVE:
             store.delete(key)
             return

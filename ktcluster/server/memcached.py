@@ -32,6 +32,7 @@ from ..protocol import memcache as mc
 from ..protocol.binary import Incomplete
 from ..protocol.kcnum import atof, atoi, to_int64
 from .config import LOG_ERROR, LOG_SYSTEM
+from .netio import BufferedSocket, accept_loop, open_listener
 from .storage import DUPREC, NOP, NOREC, Database, DBError
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["MemcacheOptions", "MemcachedServer", "create_plugin"]
 
 DEFAULT_PORT = 11211
-_RECV_SIZE = 65536
 
 # operation counters, as the plug-in keeps them
 (_SET, _SET_MISS, _GET, _GET_MISS, _DELETE, _DELETE_MISS, _INCR, _INCR_MISS, _DECR, _DECR_MISS,
@@ -136,16 +136,11 @@ class MemcachedServer:
             except OSError:
                 self.server.log(LOG_ERROR, f"unknown host: {opts.host}")
                 return
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            listener.bind((host or "0.0.0.0", opts.port))
-            listener.listen(socket.SOMAXCONN)
+            listener = open_listener(host, opts.port, socket.SOMAXCONN)
         except OSError as exc:
-            listener.close()
             self.server.log(LOG_ERROR, f"socket error: {exc}")
             return
-        listener.settimeout(0.25)
         self._listener = listener
         self.server.log(LOG_SYSTEM, f"server socket opened: expr={host}:{opts.port} timeout={opts.timeout:.1f}")
         self._acceptor = threading.Thread(target=self._accept_loop, name="kt-memcached", daemon=True)
@@ -171,22 +166,15 @@ class MemcachedServer:
         listener = self._listener
         assert listener is not None
         try:
-            while not self._stopping.is_set():
-                try:
-                    sock, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    if self._stopping.is_set():
-                        break
-                    time.sleep(0.01)
-                    continue
-                conn = _Connection(self, sock)
-                with self._lock:
-                    self._connections[id(conn)] = conn
-                conn.thread.start()
+            accept_loop(listener, self._stopping, self._connected)
         finally:
             listener.close()
+
+    def _connected(self, sock: socket.socket, addr: Any) -> None:
+        conn = _Connection(self, sock)
+        with self._lock:
+            self._connections[id(conn)] = conn
+        conn.thread.start()
 
     def _finished(self, conn: _Connection) -> None:
         with self._lock:
@@ -205,9 +193,6 @@ class MemcachedServer:
         with self._counts_lock:
             for index in indices:
                 self.counts[index] += 1
-
-    def log_db_error(self, exc: DBError) -> None:
-        self.server.log(LOG_ERROR, f"database error: {exc.code}: {exc.name}: {exc.message}")
 
     def queue_generation(self) -> int:
         return self._queue_gen
@@ -246,14 +231,12 @@ class MemcachedServer:
         return mc.encode_stats(items)
 
 
-class _Connection:
+class _Connection(BufferedSocket):
     """One memcached client: read buffer, command loop, taken queue messages."""
 
     def __init__(self, plugin: MemcachedServer, sock: socket.socket) -> None:
+        super().__init__(sock, plugin._stopping)
         self.plugin = plugin
-        self.sock = sock
-        self.buf = b""
-        self.pos = 0
         self.taken: dict[bytes, bytes] = {}   # queue messages fetched, not yet acknowledged
         self.flags = plugin.options.flags
         sock.settimeout(plugin.options.timeout)
@@ -263,80 +246,26 @@ class _Connection:
             pass
         self.thread = threading.Thread(target=self.run, name="kt-memcached-conn", daemon=True)
 
-    # -- I/O ----------------------------------------------------------------------------------
-
-    def shutdown(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _recv(self, idle: bool) -> bytes:
-        """Some bytes (b"" at EOF, timeout or error).  ``idle``: between commands, where
-        only the server stopping ends the wait."""
-        while True:
-            try:
-                return self.sock.recv(_RECV_SIZE)
-            except TimeoutError:
-                if not idle or self.plugin._stopping.is_set():
-                    return b""
-            except OSError:
-                return b""
-
-    def _fill(self, idle: bool = False) -> bool:
-        data = self._recv(idle and self.pos >= len(self.buf))
-        if not data:
-            return False
-        self.buf = self.buf[self.pos:] + data if self.pos else self.buf + data
-        self.pos = 0
-        return True
-
-    def _ensure(self, size: int) -> bool:
-        """Make ``size`` unread bytes available, collecting large blocks in pieces (no
-        preallocation: memory follows what actually arrives)."""
-        have = len(self.buf) - self.pos
-        if have >= size:
-            return True
-        parts = [self.buf[self.pos:]]
-        while have < size:
-            data = self._recv(False)
-            if not data:
-                break
-            parts.append(data)
-            have += len(data)
-        self.buf = b"".join(parts)
-        self.pos = 0
-        return have >= size
-
-    def send(self, data: bytes) -> bool:
-        try:
-            self.sock.sendall(data)
-            return True
-        except OSError:
-            return False
-
     def read_command(self) -> list[bytes] | None:
-        """The tokens of the next command line, or None when the connection is done."""
+        """The tokens of the next command line (waiting for it as long as it takes), or
+        None when the connection is done."""
+        if not self.wait_for_request():
+            return None
         while True:
             try:
                 tokens, self.pos = mc.read_command(self.buf, self.pos)
                 return tokens
             except Incomplete:
-                if not self._fill(idle=True):
+                if not self.fill():
                     return None
 
     def read_block(self, size: int) -> bytes | None:
         """A storage command's data block, or None (bad size or terminator, EOF,
         timeout): the connection is then closed without a reply."""
-        while True:
-            try:
-                data, self.pos = mc.read_data_block(self.buf, self.pos, size)
-                return data
-            except Incomplete as inc:
-                if not self._ensure(inc.needed - self.pos):
-                    return None
-            except mc.BadDataBlock:
-                return None
+        try:
+            return self.decode(mc.read_data_block, size)
+        except mc.BadDataBlock:
+            return None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -351,10 +280,7 @@ class _Connection:
             plugin.server.log(LOG_ERROR, f"unexpected error in a memcached session: {exc!r}")
         finally:
             self.restore_taken()
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            self.close()
             plugin._finished(self)
 
     def dispatch(self, tokens: list[bytes]) -> bool:
@@ -407,7 +333,7 @@ class _Connection:
             plugin.count(_SET_MISS)
             if (op == "add" and exc.code == DUPREC) or (op == "replace" and exc.code == NOREC):
                 return self.reply(req.noreply, mc.NOT_STORED)
-            plugin.log_db_error(exc)
+            plugin.server.log_db_error(exc)
             return self.reply(req.noreply, mc.server_error(op))
         return self.reply(req.noreply, mc.STORED)
 
@@ -438,7 +364,7 @@ class _Connection:
             plugin.count(_DELETE_MISS)
             if exc.code == NOREC:
                 return self.reply(noreply, mc.NOT_FOUND)
-            plugin.log_db_error(exc)
+            plugin.server.log_db_error(exc)
             return self.reply(noreply, mc.server_error("remove"))
         return self.reply(noreply, mc.DELETED)
 
@@ -466,7 +392,7 @@ class _Connection:
             plugin.db.accept(tokens[1], full, lambda key: NOP)
         except DBError as exc:
             plugin.count(miss)
-            plugin.log_db_error(exc)
+            plugin.server.log_db_error(exc)
             return self.reply(noreply, mc.server_error("accept"))
         if not result:
             plugin.count(miss)
@@ -480,7 +406,7 @@ class _Connection:
         try:
             plugin.db.clear()
         except DBError as exc:
-            plugin.log_db_error(exc)
+            plugin.server.log_db_error(exc)
             return self.reply(noreply, mc.server_error("clear"))
         return self.reply(noreply, mc.OK)
 
@@ -502,7 +428,7 @@ class _Connection:
             plugin.db.set(msgkey, value, req.xt)
         except DBError as exc:
             plugin.count(_SET_MISS)
-            plugin.log_db_error(exc)
+            plugin.server.log_db_error(exc)
             return self.reply(req.noreply, mc.server_error("set"))
         ok = self.reply(req.noreply, mc.STORED)
         plugin.queue_notify()
@@ -575,6 +501,6 @@ class _Connection:
             try:
                 db.set(key, value)
             except DBError as exc:
-                self.plugin.log_db_error(exc)
+                self.plugin.server.log_db_error(exc)
         self.taken.clear()
 

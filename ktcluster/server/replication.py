@@ -15,46 +15,50 @@ are silently missing.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING
 
-from ..protocol.binary import MAGIC_ERROR, MAGIC_REPLICATION
-from ..protocol.replication import FLAG_WHITESID, encode_log_message, encode_nop
+from ..protocol.binary import MAGIC_ERROR
+from ..protocol.replication import (
+    ACK,
+    DUMMY_FREQ,
+    FLAG_WHITESID,
+    decode_handshake,
+    encode_log_message,
+    encode_nop,
+    entry_origin,
+)
 from .config import LOG_ERROR, LOG_INFO, LOG_SYSTEM
 from .ulog import UlogError, clock_pure
 
 if TYPE_CHECKING:
     from .server import Session
 
-__all__ = ["serve", "DUMMY_FREQ"]
+__all__ = ["serve"]
 
-#: a dummy record is sent after this many entries filtered out in a row
-DUMMY_FREQ = 256
-_REQUEST = struct.Struct(">IQH")
-_SID = struct.Struct(">H")
 _BATCH = 1 << 16
+_ERROR = bytes((MAGIC_ERROR,))
 
 
 def serve(session: Session) -> bool:
     """Stream the update log to a slave until it fails or the server stops."""
     server = session.server
-    data = session.read(_REQUEST.size)
-    if data is None:
+    handshake = session.decode(decode_handshake)
+    if handshake is None:
         return False
-    flags, ts, sid = _REQUEST.unpack(data)
+    flags, ts, sid = handshake
     white = bool(flags & FLAG_WHITESID)
     if server.ulog is None:
-        session.send(bytes((MAGIC_ERROR,)))
+        session.send(_ERROR)
         server.log(LOG_INFO, "no update log allows no replication")
         return False
     try:
         reader = server.ulog.reader(ts)
     except (UlogError, OSError):
         server.log(LOG_ERROR, "opening an update log reader failed")
-        session.send(bytes((MAGIC_ERROR,)))
+        session.send(_ERROR)
         return False
     try:
-        if not session.send(bytes((MAGIC_REPLICATION,))):
+        if not session.send(ACK):
             return False
         server.log(LOG_SYSTEM, f"a slave was connected: ts={ts} sid={sid}")
         _stream(session, reader, sid, white)
@@ -75,8 +79,8 @@ def _stream(session: Session, reader, sid: int, white: bool) -> None:
         entry = reader.read()
         if entry is not None:
             message, mts = entry
-            origin = _SID.unpack_from(message)[0] if len(message) >= 4 else None
-            wanted = origin is not None and ((origin == sid) if white else (origin != sid))
+            origin = entry_origin(message)
+            wanted = origin is not None and ((origin[0] == sid) if white else (origin[0] != sid))
             if wanted:
                 missed = 0
                 chunk = encode_log_message(mts, message)
@@ -103,8 +107,7 @@ def _stream(session: Session, reader, sid: int, white: bool) -> None:
         if not session.send(b"".join(out)):
             return
         out, pending = [], 0
-        ack = session.read(1)
-        if ack != bytes((MAGIC_REPLICATION,)):
+        if session.read(1) != ACK:
             return
         if stopping.wait(0.1):
             return

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 from ..protocol.http import RequestHead, encode_response, format_http_date
 from ..protocol.kcnum import INT64MAX, strmktime
 from ..protocol.tsv import url_decode
-from .config import LOG_ERROR
 from .server import Counter
 from .storage import DUPREC, NOREC, XTMAX, Database, DBError
 
@@ -98,5 +97,5 @@ def handle(session: Session, head: RequestHead, body: bytes) -> bytes:
 def _error(session: Session, exc: DBError, expected: tuple[int, ...], code: int, keep: bool) -> bytes:
     if exc.code not in expected:
         code = 500
-        session.server.log(LOG_ERROR, f"database error: {exc.code}: {exc.name}: {exc.message}")
+        session.server.log_db_error(exc)
     return encode_response(code, {b"x-kt-error": str(exc).encode()}, b"", keep_alive=keep)

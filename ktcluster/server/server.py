@@ -10,7 +10,8 @@ The two may alternate and be pipelined on one connection.
 Timeouts are ktserver's: ``-tout`` bounds every blocking read *inside* a request, while
 an idle keep-alive connection waits for its next request indefinitely.
 
-Hooks for the parts other modules add (all optional, looked up lazily):
+Hooks for the parts other modules add (created at start when the command line asks for
+them, None or empty otherwise):
 
 * ``server.scripting`` -- the Lua engine of ``-scr``: an object with
   ``call(name: bytes, inmap: dict[bytes, bytes]) -> (rv: int, outmap: dict)`` and
@@ -29,27 +30,26 @@ Hooks for the parts other modules add (all optional, looked up lazily):
 
 from __future__ import annotations
 
-import importlib
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from ..protocol.binary import Incomplete
 from ..protocol.http import (
-    BODY_MAX,
     BadRequest,
     HTTPError,
     IncompleteChunkEnd,
+    RequestHead,
     encode_error_response,
     parse_request_head,
     read_request_body,
 )
 from ..protocol.rpc import RPC_PREFIX
 from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM, ConfigError, ServerConfig
+from .netio import BufferedSocket, accept_loop, open_listener
 from .storage import Cursor, Database, DBError, StorageError
 from .ulog import UlogError, UpdateLog
 
@@ -58,7 +58,6 @@ __all__ = ["Server", "Session", "Conditions", "Logger", "Counter"]
 #: the largest request head we buffer before giving up on a client (ktserver has no limit,
 #: but each of its lines is at most 8191 bytes; this bounds memory per connection)
 HEAD_MAX = 1 << 20
-_RECV_SIZE = 65536
 
 
 class Counter:
@@ -181,104 +180,22 @@ class Conditions:
             self._cond.notify_all()
 
 
-class Session:
+class Session(BufferedSocket):
     """One client connection: its read buffer, its cursors, its counters."""
 
     def __init__(self, server: Server, sock: socket.socket, addr: Any) -> None:
+        super().__init__(sock, server.stopping)
         self.server = server
-        self.sock = sock
         self.addr = addr
-        self.buf = b""
-        self.pos = 0
         self.cursors: dict[int, Cursor] = {}
         self.counts = [0] * 8
-        self.binary_failed = False  # set by the binary front end when a request was cut short
-
-    # -- reading ------------------------------------------------------------------------------
-
-    def recv_more(self) -> bool:
-        """Read more bytes (waiting at most -tout); False on EOF, timeout or error."""
-        try:
-            data = self.sock.recv(_RECV_SIZE)
-        except OSError:
-            return False
-        if not data:
-            return False
-        if self.pos:
-            self.buf = self.buf[self.pos:] + data
-            self.pos = 0
-        else:
-            self.buf += data
-        return True
-
-    def ensure(self, size: int) -> bool:
-        """Make ``size`` unread bytes available (False if they never come).  Large reads
-        are collected in pieces and joined once, never preallocated."""
-        have = len(self.buf) - self.pos
-        if have >= size:
-            return True
-        parts = [self.buf[self.pos:]]
-        recv = self.sock.recv
-        try:
-            while have < size:
-                data = recv(max(_RECV_SIZE, min(size - have, 1 << 20)))
-                if not data:
-                    break
-                parts.append(data)
-                have += len(data)
-        except OSError:
-            pass
-        self.buf = b"".join(parts)
-        self.pos = 0
-        return have >= size
-
-    def read(self, size: int) -> bytes | None:
-        """Exactly ``size`` bytes, or None if the connection fails first."""
-        pos = self.pos
-        end = pos + size
-        if end > len(self.buf):
-            if not self.ensure(size):
-                return None
-            pos, end = 0, size
-        self.pos = end
-        return self.buf[pos:end]
-
-    def wait_request(self) -> int | None:
-        """The first byte of the next request, waiting as long as it takes (an idle
-        keep-alive connection never times out); None when the connection is done."""
-        if self.pos < len(self.buf):
-            return self.buf[self.pos]
-        stopping = self.server.stopping
-        while not stopping.is_set():
-            try:
-                data = self.sock.recv(_RECV_SIZE)
-            except TimeoutError:
-                continue
-            except OSError:
-                return None
-            if not data:
-                return None
-            self.buf = data
-            self.pos = 0
-            return data[0]
-        return None
-
-    def send(self, data: bytes) -> bool:
-        try:
-            self.sock.sendall(data)
-            return True
-        except OSError:
-            return False
-
-    # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Serve requests until the connection ends (or a front end ends it)."""
         server = self.server
         binary = server.binary_handler
-        while True:
-            first = self.wait_request()
-            if first is None:
-                return
+        while self.wait_for_request():
+            first = self.buf[self.pos]
             server.task_started()
             try:
                 if first == 0 or first >= 0x80:
@@ -297,64 +214,40 @@ class Session:
                 head = parse_request_head(self.buf, self.pos)
                 break
             except Incomplete:
-                if len(self.buf) - self.pos > HEAD_MAX or not self.recv_more():
+                if len(self.buf) - self.pos > HEAD_MAX or not self.fill():
                     return False
             except BadRequest:
                 return False
-        body = b""
-        if head.reads_body:
-            if head.content_length >= 0:
-                if head.content_length > BODY_MAX:
-                    self.send(encode_error_response(413, "request entity too large"))
-                    return False
-                self.pos = head.body_start
-                data = self.read(head.content_length)
-                if data is None:
-                    self.send(encode_error_response(400, "receiving data failed"))
-                    return False
-                body = data
-            elif head.chunked:
-                while True:
-                    try:
-                        body, end = read_request_body(self.buf, head)
-                        self.pos = end
-                        break
-                    except Incomplete as exc:
-                        if not self.recv_more():
-                            chunk_end = isinstance(exc, IncompleteChunkEnd)
-                            self.send(encode_error_response(400, "invalid chunk" if chunk_end
-                                                            else "receiving data failed"))
-                            return False
-                    except HTTPError as exc:
-                        self.send(encode_error_response(exc.code, exc.message))
-                        return False
-            else:
-                self.pos = head.body_start
-        else:
-            self.pos = head.body_start
+        self.pos = head.body_start
+        body = self._read_body(head)
+        if body is None:
+            return False
         if head.path.startswith(RPC_PREFIX):
             response = self.server.rpc_handler(self, head, body)
         else:
             response = self.server.rest_handler(self, head, body)
-        if not self.send(response):
-            return False
-        return head.keep_alive
+        return self.send(response) and head.keep_alive
+
+    def _read_body(self, head: RequestHead) -> bytes | None:
+        """The body of the request (b"" if it has none), or None after ktserver's error
+        answer (400 when it does not arrive or a chunk is malformed, 413 when too large)."""
+        while True:
+            try:
+                body, self.pos = read_request_body(self.buf, head)
+                return body
+            except Incomplete as exc:
+                if not self.ensure(exc.needed - self.pos):
+                    chunk_end = isinstance(exc, IncompleteChunkEnd)
+                    self.send(encode_error_response(400, "invalid chunk" if chunk_end else "receiving data failed"))
+                    return None
+                head = head._replace(body_start=self.pos)   # the buffer was refilled from pos
+            except HTTPError as exc:
+                self.send(encode_error_response(exc.code, exc.message))
+                return None
 
     def close(self) -> None:
         self.cursors.clear()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-def _load_hook(module: str, factory: str) -> Callable[..., Any] | None:
-    """A factory of an optional module built by another part of the project, or None."""
-    try:
-        mod = importlib.import_module(f"{__package__}.{module}")
-    except ImportError:
-        return None
-    return getattr(mod, factory, None)
+        super().close()
 
 
 class Server:
@@ -404,6 +297,10 @@ class Server:
     def log(self, kind: int, message: str) -> None:
         self.logger.log(kind, message)
 
+    def log_db_error(self, exc: DBError) -> None:
+        """Log an unexpected database failure, as ktserver's workers do."""
+        self.log(LOG_ERROR, f"database error: {exc.code}: {exc.name}: {exc.message}")
+
     def _open(self, config: ServerConfig) -> None:
         if config.plugin_db_path and not config.void_db:
             self.log(LOG_ERROR, f"could not load a plug-in database file: {config.plugin_db_path}")
@@ -427,27 +324,20 @@ class Server:
             self.db_index[db.name] = index
         if config.snapshot_path:
             self._load_snapshots(config.snapshot_path)
+        # the parts other modules add (see the module docstring), imported when asked for
         if config.script_path:
             self.log(LOG_SYSTEM, f"loading a script file: path={config.script_path}")
-            create_engine = _load_hook("scripting", "create_engine")
-            if create_engine is not None:
-                self.scripting = create_engine(self, config.script_path)
-            else:
-                self.log(LOG_ERROR, "the scripting extension is not available")
+            from .scripting import create_engine
+            self.scripting = create_engine(self, config.script_path)
         if config.rts_path:
-            create_slave = _load_hook("slave", "create_slave")
-            if create_slave is not None:
-                self.slave = create_slave(self)
-            else:
-                self.log(LOG_ERROR, "the replication slave is not available")
+            from .slave import create_slave
+            self.slave = create_slave(self)
         if config.plugin_server_path:
             self.log(LOG_SYSTEM, f"loading a plug-in server file: path={config.plugin_server_path}")
-            create_plugin = None
-            if os.path.basename(config.plugin_server_path) == "ktplugservmemc.so":
-                create_plugin = _load_hook("memcached", "create_plugin")
-            if create_plugin is None:
+            if os.path.basename(config.plugin_server_path) != "ktplugservmemc.so":
                 self.log(LOG_ERROR, f"could not load a plug-in server file: {config.plugin_server_path}")
                 raise ConfigError(f"{config.plugin_server_path}: could not load a plug-in server file")
+            from .memcached import create_plugin
             self.plugins.append(create_plugin(self, config.plugin_server_expr))
         host = config.host
         if host:
@@ -456,16 +346,11 @@ class Server:
             except OSError:
                 self.log(LOG_ERROR, f"unknown host: {config.host}")
                 raise ConfigError(f"unknown host: {config.host}") from None
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            listener.bind((host or "0.0.0.0", config.port))
-            listener.listen(128)
+            listener = open_listener(host or "", config.port, 128)
         except OSError as exc:
-            listener.close()
             self.log(LOG_ERROR, f"socket error: {exc}")
             raise ConfigError(f"could not listen on port {config.port}: {exc.strerror}") from None
-        listener.settimeout(0.25)
         self._listener = listener
         self.log(LOG_SYSTEM, f"server socket opened: expr={host or ''}:{config.port} timeout={config.timeout:.1f}")
 
@@ -553,18 +438,7 @@ class Server:
         timer.start()
         self.log(LOG_SYSTEM, f"listening server socket started: fd={listener.fileno()}")
         try:
-            while not self.stopping.is_set():
-                try:
-                    sock, addr = listener.accept()
-                except TimeoutError:
-                    continue
-                except OSError:
-                    if self.stopping.is_set():
-                        break
-                    time.sleep(0.01)
-                    continue
-                self._last_event = time.monotonic()
-                self._spawn(sock, addr)
+            accept_loop(listener, self.stopping, self._spawn)
         finally:
             self.stopping.set()
             self.conditions.broadcast_all()
@@ -572,6 +446,7 @@ class Server:
             timer.join()
 
     def _spawn(self, sock: socket.socket, addr: Any) -> None:
+        self._last_event = time.monotonic()
         sock.settimeout(self.config.timeout if self.config.timeout > 0 else None)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -633,15 +508,12 @@ class Server:
         with self._sessions_lock:
             sessions = list(self._sessions.values())
         for session in sessions:
-            try:
-                session.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            session.shutdown()
 
     def restart(self) -> None:
         """SIGUSR1 (or SIGHUP as a daemon): reopen the log and reload the script."""
         self.logger.reopen()
-        if self.scripting is not None and hasattr(self.scripting, "reload"):
+        if self.scripting is not None:
             self.log(LOG_SYSTEM, f"reloading a script file: path={self.config.script_path}")
             self.scripting.reload()
 

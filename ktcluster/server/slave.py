@@ -36,19 +36,21 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import ProtocolError
-from ..protocol.binary import Incomplete
 from ..protocol.kcnum import atoi
 from ..protocol.replication import (
     ACK,
+    DUMMY_FREQ,
     OP_CLEAR,
     OP_REMOVE,
     OP_SET,
     decode_log_entry,
     decode_stream_message,
     encode_handshake,
-    encode_varnum,
+    encode_log_entry,
+    entry_origin,
 )
 from .config import LOG_ERROR, LOG_SYSTEM
+from .netio import BufferedSocket
 from .storage import DBError
 from .ulog import clock_pure
 
@@ -62,10 +64,7 @@ RTS_SIZE = 21
 #: seconds between connection attempts, and the socket timeout of a session.
 RETRY_INTERVAL = 1.0
 SESSION_TIMEOUT = 60.0
-#: a dummy record stands for this many filtered entries (its throttle weight is a quarter).
-_DUMMY_FREQ = 256
 _U64 = (1 << 64) - 1
-_RECV_SIZE = 65536
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -74,35 +73,6 @@ def create_slave(server: Server) -> Slave:
     cfg = server.config
     return Slave(server, cfg.sid, cfg.rts_path or "", cfg.master_host or "", cfg.master_port,
                  cfg.replication_interval)
-
-
-def _receive(sock: socket.socket, buf: bytes, size: int) -> bytes | None:
-    """``buf`` extended to at least ``size`` bytes from the socket (pieces joined once),
-    or None when the connection fails first."""
-    parts = [buf]
-    have = len(buf)
-    try:
-        while have < size:
-            data = sock.recv(max(_RECV_SIZE, min(size - have, 1 << 20)))
-            if not data:
-                return None
-            parts.append(data)
-            have += len(data)
-    except OSError:
-        return None
-    return b"".join(parts)
-
-
-def _valid_size(op: int, key: bytes, value: bytes, size: int) -> bool:
-    """Does a decoded entry account for every byte of its message (TimedDB::recover
-    rejects entries with bytes left over)?"""
-    if op == OP_SET:
-        return size == 5 + len(encode_varnum(len(key))) + len(encode_varnum(len(value))) + len(key) + len(value)
-    if op == OP_REMOVE:
-        return size == 5 + len(encode_varnum(len(key))) + len(key)
-    if op == OP_CLEAR:
-        return size == 5
-    return True
 
 
 class Slave:
@@ -245,31 +215,24 @@ class Slave:
     def _session(self, sock: socket.socket) -> None:
         """Read and apply messages until the connection fails, an unexpected byte
         arrives, tune_replication asks for a restart, or the server stops."""
-        buf = b""
-        pos = 0
+        conn = BufferedSocket(sock)
         rivsum = 0.0
         stopping = self._stopping
         while not stopping.is_set() and not self._hup:
             try:
-                msg, pos = decode_stream_message(buf, pos)
-            except Incomplete as inc:
-                buf = _receive(sock, buf[pos:], inc.needed - pos)
-                pos = 0
-                if buf is None:
-                    return
-                continue
+                msg = conn.decode(decode_stream_message)
             except ProtocolError:
                 return
+            if msg is None:
+                return
             if msg.is_nop:
-                try:
-                    sock.sendall(ACK)
-                except OSError:
+                if not conn.send(ACK):
                     return
             elif msg.payload:
                 self._apply(msg.payload)
                 rivsum += self.riv
-            else:
-                rivsum += self.riv * _DUMMY_FREQ / 4
+            else:   # a dummy stands for DUMMY_FREQ filtered entries; it weighs a quarter of them
+                rivsum += self.riv * DUMMY_FREQ / 4
             while rivsum > 100 and not stopping.is_set() and not self._hup:
                 time.sleep(0.1)
                 rivsum -= 100
@@ -278,15 +241,16 @@ class Slave:
 
     def _apply(self, payload: bytes) -> None:
         """Apply one log message unless it is ours or names no database of ours."""
-        if len(payload) < 4:
-            return
-        sid, dbid = struct.unpack_from(">HH", payload)
+        origin = entry_origin(payload)
         dbs = self.server.dbs
-        if sid == self.sid or dbid >= len(dbs):
+        if origin is None or origin[0] == self.sid or origin[1] >= len(dbs):
             return
+        sid, dbid = origin
         try:
             entry = decode_log_entry(payload)
-            if not _valid_size(entry.op, entry.key, entry.value, len(payload)):
+            # TimedDB::recover rejects an entry with bytes left over
+            if entry.op in (OP_SET, OP_REMOVE, OP_CLEAR) and \
+                    len(encode_log_entry(sid, dbid, entry.op, entry.key, entry.value)) != len(payload):
                 raise ProtocolError("invalid message format")
             dbs[dbid].apply_replicated(entry.op, entry.key, entry.value, sid)
         except (ProtocolError, DBError) as exc:

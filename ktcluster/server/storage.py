@@ -39,14 +39,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from ..protocol.kcnum import INT64MAX, INT64MIN
+from ..protocol.kcnum import INT64MAX, INT64MIN, cstr
 from ..protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, encode_log_entry, split_xt
 from .dbspec import DBSpec
 from .increments import increment_decimal, increment_int
 from .kcdb import DUPREC, INVALID, LOGIC, NOIMPL, NOP, NOPERM, NOREC, REMOVE, SYSTEM, DBError, norec
 from .persistence import Journal, RecordFiles, StorageError, read_snapshot, write_snapshot
 from .stores import create_store
-from .textmatch import RegexError, compile_regex, cstr, levenshtein, utf8_to_ucs
+from .textmatch import RegexError, compile_regex, levenshtein, utf8_to_ucs
 
 __all__ = [
     "XTMAX", "XT_NONE", "NOP", "REMOVE", "DBError", "DBSpec", "Database", "Cursor",

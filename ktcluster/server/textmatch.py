@@ -18,7 +18,9 @@ import functools
 import re
 from collections.abc import Sequence
 
-__all__ = ["RegexError", "PosixRegex", "compile_regex", "translate", "levenshtein", "utf8_to_ucs", "cstr"]
+from ..protocol.kcnum import cstr
+
+__all__ = ["RegexError", "PosixRegex", "compile_regex", "translate", "levenshtein", "utf8_to_ucs"]
 
 #: glibc's RE_DUP_MAX: an interval bound above it does not compile.
 RE_DUP_MAX = 0x7FFF
@@ -26,12 +28,6 @@ RE_DUP_MAX = 0x7FFF
 
 class RegexError(ValueError):
     """A pattern that glibc's regcomp refuses."""
-
-
-def cstr(data: bytes) -> bytes:
-    """``data`` as a C string: up to its first NUL."""
-    nul = data.find(b"\0")
-    return data if nul < 0 else data[:nul]
 
 
 # -- translation of a POSIX extended regular expression ----------------------------------------

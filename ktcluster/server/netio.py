@@ -1,0 +1,176 @@
+"""Blocking socket I/O for the server's connections and listeners.
+
+Shared by the server's sessions (:mod:`.server`), the memcached plug-in
+(:mod:`.memcached`) and the replication slave (:mod:`.slave`); the bytes themselves are
+encoded and decoded by :mod:`ktcluster.protocol`.
+
+Timeouts are ktserver's: the socket timeout (``-tout``) bounds every read *inside* a
+request, while a connection waiting for its next request waits indefinitely
+(:meth:`BufferedSocket.wait_for_request`).  Large reads are collected in pieces and
+joined once, never preallocated, so memory follows what actually arrives (a client
+announcing 256 MiB and sending nothing costs nothing).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol.binary import Incomplete
+
+__all__ = ["BufferedSocket", "open_listener", "accept_loop", "RECV_SIZE"]
+
+#: bytes asked of one recv()
+RECV_SIZE = 65536
+#: the most asked of one recv() while collecting a large block
+_RECV_MAX = 1 << 20
+
+
+class BufferedSocket:
+    """A connected socket and the bytes read from it: ``buf[pos:]`` is unread."""
+
+    def __init__(self, sock: socket.socket, stopping: threading.Event | None = None) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.pos = 0
+        self._stopping = stopping
+
+    def wait_for_request(self) -> bool:
+        """Make the first byte of the next request available, waiting through socket
+        timeouts for as long as it takes (until ``stopping`` is set); False when the
+        connection is done."""
+        if self.pos < len(self.buf):
+            return True
+        stopping = self._stopping
+        while stopping is None or not stopping.is_set():
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except TimeoutError:
+                continue
+            except OSError:
+                return False
+            if not data:
+                return False
+            self.buf = data
+            self.pos = 0
+            return True
+        return False
+
+    def fill(self) -> bool:
+        """Read more bytes (waiting at most the socket timeout); False on EOF, timeout or
+        error."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except OSError:
+            return False
+        if not data:
+            return False
+        if self.pos:
+            self.buf = self.buf[self.pos:] + data
+            self.pos = 0
+        else:
+            self.buf += data
+        return True
+
+    def ensure(self, size: int) -> bool:
+        """Make ``size`` unread bytes available (False if they never come)."""
+        have = len(self.buf) - self.pos
+        if have >= size:
+            return True
+        parts = [self.buf[self.pos:]]
+        recv = self.sock.recv
+        try:
+            while have < size:
+                data = recv(max(RECV_SIZE, min(size - have, _RECV_MAX)))
+                if not data:
+                    break
+                parts.append(data)
+                have += len(data)
+        except OSError:
+            pass
+        self.buf = b"".join(parts)
+        self.pos = 0
+        return have >= size
+
+    def read(self, size: int) -> bytes | None:
+        """Exactly ``size`` bytes, or None if the connection fails first."""
+        pos = self.pos
+        end = pos + size
+        if end > len(self.buf):
+            if not self.ensure(size):
+                return None
+            pos, end = 0, size
+        self.pos = end
+        return self.buf[pos:end]
+
+    def decode(self, decoder: Callable[..., tuple[Any, ...]], *args: Any) -> Any:
+        """Run a :mod:`ktcluster.protocol` decoder at the read position --
+        ``decoder(buf, pos, *args)``, which returns its results with the new position
+        last and raises Incomplete for want of bytes -- reading as much as it needs.
+        Its result (a tuple if several), or None when the connection fails first; a
+        ProtocolError it raises propagates."""
+        while True:
+            try:
+                result = decoder(self.buf, self.pos, *args)
+            except Incomplete as exc:
+                if not self.ensure(exc.needed - self.pos):
+                    return None
+                continue
+            self.pos = result[-1]
+            return result[0] if len(result) == 2 else result[:-1]
+
+    def send(self, data: bytes) -> bool:
+        """Send everything; False if the connection failed."""
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def shutdown(self) -> None:
+        """End the connection from another thread: blocked reads return at once."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def open_listener(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening TCP socket on ``host`` (an IPv4 address, "" = every interface) with a
+    short accept timeout for :func:`accept_loop`; OSError if it cannot bind."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host or "0.0.0.0", port))
+        listener.listen(backlog)
+    except OSError:
+        listener.close()
+        raise
+    listener.settimeout(0.25)
+    return listener
+
+
+def accept_loop(listener: socket.socket, stopping: threading.Event,
+                on_connect: Callable[[socket.socket, Any], None]) -> None:
+    """Accept connections and hand each to ``on_connect(sock, addr)`` until ``stopping``
+    is set (looked at every 0.25 s)."""
+    while not stopping.is_set():
+        try:
+            sock, addr = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            if stopping.is_set():
+                break
+            time.sleep(0.01)
+            continue
+        on_connect(sock, addr)

@@ -10,17 +10,20 @@ ktserver's message under ``ERROR``.  Input decoding and output encoding are
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import resource
 import subprocess
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..protocol.http import RequestHead
-from ..protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix
+from ..protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix, cstr
 from ..protocol.rpc import decode_input, encode_answer, procedure_of
 from .config import LOG_ERROR, LOG_INFO, LOG_SYSTEM
+from .kcdb import norec
 from .server import Counter
 from .storage import DUPREC, LOGIC, NOIMPL, NOREC, XT_NONE, XTMAX, Cursor, Database, DBError
 from .ulog import clock_pure
@@ -43,8 +46,10 @@ KT_FEATURES = b"(epoll)(lua)"
 KC_VERSION = b"1.2.76a (16.13)"
 KC_FEATURES = b"(atomic)(zlib)(lzo)"
 
+InMap = dict[bytes, bytes]
 OutMap = dict[bytes, bytes]
-Procedure = Callable[["Session", "Database | None", "Cursor | None", OutMap, OutMap], int]
+#: a procedure: (session, database of DB or None, cursor of CUR or None, inmap, outmap) -> return value
+Procedure = Callable[["Session", "Database | None", "Cursor | None", InMap, OutMap], int]
 
 
 def handle(session: Session, head: RequestHead, body: bytes) -> bytes:
@@ -54,11 +59,6 @@ def handle(session: Session, head: RequestHead, body: bytes) -> bytes:
     rv, outmap = call(session, name, inmap)
     return encode_answer(HTTP_STATUS.get(rv, 500), outmap, keep_alive=head.keep_alive,
                          head_request=head.method == b"HEAD")
-
-
-def _cstr(data: bytes) -> bytes:
-    nul = data.find(b"\0")
-    return data if nul < 0 else data[:nul]
 
 
 def call(session: Session, name: bytes, inmap: dict[bytes, bytes]) -> tuple[int, OutMap]:
@@ -89,7 +89,7 @@ def call(session: Session, name: bytes, inmap: dict[bytes, bytes]) -> tuple[int,
             return RV_SUCCESS, outmap
     proc = PROCEDURES.get(name)
     if proc is None:
-        outmap[b"ERROR"] = b"not implemented: " + _cstr(name)
+        outmap[b"ERROR"] = b"not implemented: " + cstr(name)
         rv = RV_NOIMPL
     else:
         rv = proc(session, db, cur, inmap, outmap)
@@ -104,26 +104,70 @@ def call(session: Session, name: bytes, inmap: dict[bytes, bytes]) -> tuple[int,
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _no_db(outmap: OutMap) -> int:
-    outmap[b"ERROR"] = b"no such database"
-    return RV_INVALID
-
-
 def _invalid(outmap: OutMap) -> int:
     outmap[b"ERROR"] = b"invalid parameters"
     return RV_INVALID
 
 
-def _db_error(session: Session, outmap: OutMap, exc: DBError, logical: tuple[int, ...] = ()) -> int:
-    """Report a database error: LOGIC (450) for the expected failures, else 500 (logged)."""
+def _db_error(session: Session, outmap: OutMap, exc: DBError, logical: tuple[int, ...] = (),
+              unimplemented: bool = False) -> int:
+    """Report a database error: LOGIC (450) for the expected failures (``logical``), NOIMPL
+    (501) for what the database type cannot do if ``unimplemented``, else 500 (logged)."""
     outmap[b"ERROR"] = str(exc).encode()
     if exc.code in logical:
         return RV_LOGIC
-    session.server.log(LOG_ERROR, f"database error: {exc.code}: {exc.name}: {exc.message}")
+    if unimplemented and exc.code == NOIMPL:
+        return RV_NOIMPL
+    session.server.log_db_error(exc)
     return RV_INTERNAL
 
 
-def _xt(inmap: dict[bytes, bytes]) -> int:
+def procedure(*, db: bool = False, cursor: bool = False, params: tuple[bytes, ...] = (),
+              count: tuple[int, ...] = (), logical: tuple[int, ...] = (),
+              unimplemented: bool = False) -> Callable[[Callable[..., int | None]], Procedure]:
+    """A procedure on the call's database (``db``) or cursor (``cursor``), as ktserver's
+    do_* functions check and count them: without the database "no such database", without
+    the cursor "no such cursor", without one of the required ``params`` "invalid
+    parameters" (400); then each of the ``count`` counters counts the call and its miss
+    counter (the next one; none for MISC) counts a DBError, which is answered by
+    :func:`_db_error`.  The function gets ``(session, db or cursor, inmap, outmap,
+    *params)`` and returns a return value (None: success)."""
+
+    def wrap(func: Callable[..., int | None]) -> Procedure:
+        @functools.wraps(func)
+        def run(session: Session, db_: Database | None, cur: Cursor | None, inmap: InMap, outmap: OutMap) -> int:
+            target: Any = None
+            if db:
+                if db_ is None:
+                    outmap[b"ERROR"] = b"no such database"
+                    return RV_INVALID
+                target = db_
+            elif cursor:
+                if cur is None:
+                    outmap[b"ERROR"] = b"no such cursor"
+                    return RV_INVALID
+                target = cur
+            values = [inmap.get(name) for name in params]
+            if None in values:
+                return _invalid(outmap)
+            counts = session.counts
+            for counter in count:
+                counts[counter] += 1
+            try:
+                rv = func(session, target, inmap, outmap, *values)
+            except DBError as exc:
+                for counter in count:
+                    if counter != Counter.MISC:
+                        counts[counter + 1] += 1
+                return _db_error(session, outmap, exc, logical, unimplemented)
+            return RV_SUCCESS if rv is None else rv
+
+        return run
+
+    return wrap
+
+
+def _xt(inmap: InMap) -> int:
     text = inmap.get(b"xt")
     return atoi(text) if text is not None else XT_NONE
 
@@ -133,18 +177,38 @@ def _put_xt(outmap: OutMap, xt: int) -> None:
         outmap[b"xt"] = b"%d" % xt
 
 
-def _bulk_keys(inmap: dict[bytes, bytes]) -> list[bytes]:
+def _orig(inmap: InMap, try_: Any, set_: Any, parse: Callable[[bytes], Any], default: Any) -> Any:
+    """The ``orig`` of increment: "try", "set", or a number."""
+    text = inmap.get(b"orig")
+    if text is None:
+        return default
+    word = cstr(text)
+    return try_ if word == b"try" else set_ if word == b"set" else parse(text)
+
+
+def _bulk_keys(inmap: InMap) -> list[bytes]:
     """The ``_``-prefixed keys without the prefix, in ktserver's (std::map) order."""
     return sorted(k[1:] for k in inmap if k[:1] == b"_")
 
 
-def _ts_param(inmap: dict[bytes, bytes]) -> int:
+def _max(inmap: InMap) -> int:
+    text = inmap.get(b"max")
+    return atoi(text) if text is not None else -1
+
+
+def _ts_param(inmap: InMap) -> int:
     text = inmap.get(b"ts")
     if text is None:
         return _UINT64MAX
-    if _cstr(text) == b"now":
+    if cstr(text) == b"now":
         return clock_pure()
     return atoi(text) & _UINT64MAX
+
+
+def _matches(outmap: OutMap, keys: list[bytes]) -> None:
+    for rank, key in enumerate(keys):
+        outmap[b"_" + key] = b"%d" % rank
+    outmap[b"num"] = b"%d" % len(keys)
 
 
 # -- DB-less procedures -----------------------------------------------------------------------
@@ -221,8 +285,7 @@ def do_play_script(session, db, cur, inmap, outmap):
     if engine is None:
         outmap[b"ERROR"] = b"the scripting extention is disabled"
         return RV_NOIMPL
-    name = inmap.get(b"name")
-    name = _cstr(name) if name is not None else b""
+    name = cstr(inmap.get(b"name", b""))
     if not name or not name.isalnum() or not name.isascii():
         return _invalid(outmap)
     scrin = {k[1:]: v for k, v in sorted(inmap.items()) if k[:1] == b"_"}
@@ -243,7 +306,7 @@ def do_tune_replication(session, db, cur, inmap, outmap):
     if not server.config.rts_path:
         outmap[b"ERROR"] = b"the RTS file is not set"
         return RV_NOIMPL
-    host = _cstr(inmap.get(b"host", b"")).decode("utf-8", "replace")
+    host = cstr(inmap.get(b"host", b"")).decode("utf-8", "replace")
     text = inmap.get(b"port")
     port = atoi(text) if text is not None else 0
     if port < 1:
@@ -295,34 +358,24 @@ def do_ulog_remove(session, db, cur, inmap, outmap):
 # -- database procedures ----------------------------------------------------------------------
 
 
-def do_status(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    session.counts[Counter.MISC] += 1
+@procedure(db=True, count=(Counter.MISC,))
+def do_status(session, db, inmap, outmap):
     for key, value in db.status().items():
         outmap[key.encode()] = value.encode()
-    return RV_SUCCESS
 
 
-def do_clear(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    session.counts[Counter.MISC] += 1
-    try:
-        db.clear()
-    except DBError as exc:
-        return _db_error(session, outmap, exc)
-    return RV_SUCCESS
+@procedure(db=True, count=(Counter.MISC,))
+def do_clear(session, db, inmap, outmap):
+    db.clear()
 
 
-def do_synchronize(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
+@procedure(db=True, count=(Counter.MISC,))
+def do_synchronize(session, db, inmap, outmap):
     server = session.server
-    hard = b"hard" in inmap
-    command = _cstr(inmap.get(b"command", b"")).decode("utf-8", "surrogateescape")
+    command = cstr(inmap.get(b"command", b"")).decode("utf-8", "surrogateescape")
 
     def postprocess(path: str, count: int, size: int) -> bool:
+        """Run ``-cmd``'s ``command`` on the file, with the time stamp to resume from."""
         if not command:
             return True
         if "/" in command or command in (".", ".."):
@@ -342,426 +395,196 @@ def do_synchronize(session, db, cur, inmap, outmap):
             return False
         return True
 
-    session.counts[Counter.MISC] += 1
-    try:
-        db.synchronize(hard, postprocess)
-    except DBError as exc:
-        return _db_error(session, outmap, exc)
-    return RV_SUCCESS
+    db.synchronize(b"hard" in inmap, postprocess)
 
 
-def _write(session, db, inmap, outmap, method, logical: tuple[int, ...]):
-    """set / add / replace / append."""
-    if db is None:
-        return _no_db(outmap)
-    key = inmap.get(b"key")
-    value = inmap.get(b"value")
-    if key is None or value is None:
-        return _invalid(outmap)
-    counts = session.counts
-    counts[Counter.SET] += 1
-    try:
-        method(db, key, value, _xt(inmap))
-    except DBError as exc:
-        counts[Counter.SET_MISS] += 1
-        return _db_error(session, outmap, exc, logical)
-    return RV_SUCCESS
+@procedure(db=True, params=(b"key", b"value"), count=(Counter.SET,))
+def do_set(session, db, inmap, outmap, key, value):
+    db.set(key, value, _xt(inmap))
 
 
-def do_set(session, db, cur, inmap, outmap):
-    return _write(session, db, inmap, outmap, Database.set, ())
+@procedure(db=True, params=(b"key", b"value"), count=(Counter.SET,), logical=(DUPREC,))
+def do_add(session, db, inmap, outmap, key, value):
+    db.add(key, value, _xt(inmap))
 
 
-def do_add(session, db, cur, inmap, outmap):
-    return _write(session, db, inmap, outmap, Database.add, (DUPREC,))
+@procedure(db=True, params=(b"key", b"value"), count=(Counter.SET,), logical=(NOREC,))
+def do_replace(session, db, inmap, outmap, key, value):
+    db.replace(key, value, _xt(inmap))
 
 
-def do_replace(session, db, cur, inmap, outmap):
-    return _write(session, db, inmap, outmap, Database.replace, (NOREC,))
+@procedure(db=True, params=(b"key", b"value"), count=(Counter.SET,))
+def do_append(session, db, inmap, outmap, key, value):
+    db.append(key, value, _xt(inmap))
 
 
-def do_append(session, db, cur, inmap, outmap):
-    return _write(session, db, inmap, outmap, Database.append, ())
+@procedure(db=True, params=(b"key", b"num"), count=(Counter.SET,), logical=(LOGIC,))
+def do_increment(session, db, inmap, outmap, key, num):
+    orig = _orig(inmap, INT64MIN, INT64MAX, atoi, 0)
+    outmap[b"num"] = b"%d" % db.increment(key, atoi(num), orig, _xt(inmap))
 
 
-def do_increment(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    key = inmap.get(b"key")
-    text = inmap.get(b"num")
-    if key is None or text is None:
-        return _invalid(outmap)
-    num = atoi(text)
-    otext = inmap.get(b"orig")
-    if otext is None:
-        orig = 0
-    else:
-        word = _cstr(otext)
-        orig = INT64MIN if word == b"try" else INT64MAX if word == b"set" else atoi(otext)
-    session.counts[Counter.SET] += 1
-    try:
-        result = db.increment(key, num, orig, _xt(inmap))
-    except DBError as exc:
-        session.counts[Counter.SET_MISS] += 1
-        return _db_error(session, outmap, exc, (LOGIC,))
-    outmap[b"num"] = b"%d" % result
-    return RV_SUCCESS
+@procedure(db=True, params=(b"key", b"num"), count=(Counter.SET,), logical=(LOGIC,))
+def do_increment_double(session, db, inmap, outmap, key, num):
+    orig = _orig(inmap, -math.inf, math.inf, atof, 0.0)
+    outmap[b"num"] = b"%f" % db.increment_double(key, atof(num), orig, _xt(inmap))
 
 
-def do_increment_double(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    key = inmap.get(b"key")
-    text = inmap.get(b"num")
-    if key is None or text is None:
-        return _invalid(outmap)
-    num = atof(text)
-    otext = inmap.get(b"orig")
-    if otext is None:
-        orig = 0.0
-    else:
-        word = _cstr(otext)
-        orig = -float("inf") if word == b"try" else float("inf") if word == b"set" else atof(otext)
-    session.counts[Counter.SET] += 1
-    try:
-        result = db.increment_double(key, num, orig, _xt(inmap))
-    except DBError as exc:
-        session.counts[Counter.SET_MISS] += 1
-        return _db_error(session, outmap, exc, (LOGIC,))
-    outmap[b"num"] = b"%f" % result
-    return RV_SUCCESS
+@procedure(db=True, params=(b"key",), count=(Counter.SET,), logical=(LOGIC,))
+def do_cas(session, db, inmap, outmap, key):
+    db.cas(key, inmap.get(b"oval"), inmap.get(b"nval"), _xt(inmap))
 
 
-def do_cas(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    key = inmap.get(b"key")
-    if key is None:
-        return _invalid(outmap)
-    session.counts[Counter.SET] += 1
-    try:
-        db.cas(key, inmap.get(b"oval"), inmap.get(b"nval"), _xt(inmap))
-    except DBError as exc:
-        session.counts[Counter.SET_MISS] += 1
-        return _db_error(session, outmap, exc, (LOGIC,))
-    return RV_SUCCESS
+@procedure(db=True, params=(b"key",), count=(Counter.REMOVE,), logical=(NOREC,))
+def do_remove(session, db, inmap, outmap, key):
+    db.remove(key)
 
 
-def do_remove(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    key = inmap.get(b"key")
-    if key is None:
-        return _invalid(outmap)
-    session.counts[Counter.REMOVE] += 1
-    try:
-        db.remove(key)
-    except DBError as exc:
-        session.counts[Counter.REMOVE_MISS] += 1
-        return _db_error(session, outmap, exc, (NOREC,))
-    return RV_SUCCESS
-
-
-def do_get(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    key = inmap.get(b"key")
-    if key is None:
-        return _invalid(outmap)
-    counts = session.counts
-    counts[Counter.GET] += 1
+@procedure(db=True, params=(b"key",), count=(Counter.GET,), logical=(NOREC,))
+def do_get(session, db, inmap, outmap, key):
     got = db.get(key)
     if got is None:
-        counts[Counter.GET_MISS] += 1
-        outmap[b"ERROR"] = b"DB: 7: no record: no record"
-        return RV_LOGIC
+        raise norec()
     outmap[b"value"] = got[0]
-    if got[1] < XTMAX:
-        outmap[b"xt"] = b"%d" % got[1]
-    return RV_SUCCESS
+    _put_xt(outmap, got[1])
 
 
-def do_check(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    key = inmap.get(b"key")
-    if key is None:
-        return _invalid(outmap)
-    session.counts[Counter.GET] += 1
+@procedure(db=True, params=(b"key",), count=(Counter.GET,), logical=(NOREC,))
+def do_check(session, db, inmap, outmap, key):
     got = db.check(key)
     if got is None:
-        session.counts[Counter.GET_MISS] += 1
-        outmap[b"ERROR"] = b"DB: 7: no record: no record"
-        return RV_LOGIC
+        raise norec()
     outmap[b"vsiz"] = b"%d" % got[0]
     _put_xt(outmap, got[1])
-    return RV_SUCCESS
 
 
-def do_seize(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    key = inmap.get(b"key")
-    if key is None:
-        return _invalid(outmap)
-    counts = session.counts
-    counts[Counter.REMOVE] += 1
-    counts[Counter.GET] += 1
-    try:
-        value, xt = db.seize(key)
-    except DBError as exc:
-        counts[Counter.REMOVE_MISS] += 1
-        counts[Counter.GET_MISS] += 1
-        return _db_error(session, outmap, exc, (NOREC,))
+@procedure(db=True, params=(b"key",), count=(Counter.REMOVE, Counter.GET), logical=(NOREC,))
+def do_seize(session, db, inmap, outmap, key):
+    value, xt = db.seize(key)
     outmap[b"value"] = value
     _put_xt(outmap, xt)
-    return RV_SUCCESS
 
 
-def do_set_bulk(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    xt = _xt(inmap)
-    atomic = b"atomic" in inmap
+@procedure(db=True)
+def do_set_bulk(session, db, inmap, outmap):
     recs = sorted((k[1:], v) for k, v in inmap.items() if k[:1] == b"_")
     counts = session.counts
     counts[Counter.SET] += len(recs)
     try:
-        num = db.set_bulk(recs, xt, atomic)
-    except DBError as exc:
+        num = db.set_bulk(recs, _xt(inmap), b"atomic" in inmap)
+    except DBError:
         counts[Counter.SET_MISS] += len(recs)
-        return _db_error(session, outmap, exc)
+        raise
     counts[Counter.SET_MISS] += len(recs) - num
     outmap[b"num"] = b"%d" % num
-    return RV_SUCCESS
 
 
-def do_remove_bulk(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    atomic = b"atomic" in inmap
+@procedure(db=True)
+def do_remove_bulk(session, db, inmap, outmap):
     keys = _bulk_keys(inmap)
     counts = session.counts
     counts[Counter.REMOVE] += len(keys)
     try:
-        num = db.remove_bulk(keys, atomic)
-    except DBError as exc:
+        num = db.remove_bulk(keys, b"atomic" in inmap)
+    except DBError:
         counts[Counter.REMOVE_MISS] += len(keys)
-        return _db_error(session, outmap, exc)
+        raise
     counts[Counter.REMOVE_MISS] += len(keys) - num
     outmap[b"num"] = b"%d" % num
-    return RV_SUCCESS
 
 
-def do_get_bulk(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    atomic = b"atomic" in inmap
+@procedure(db=True)
+def do_get_bulk(session, db, inmap, outmap):
     keys = _bulk_keys(inmap)
     counts = session.counts
     counts[Counter.GET] += len(keys)
-    recs = db.get_bulk(keys, atomic)
+    recs = db.get_bulk(keys, b"atomic" in inmap)
     counts[Counter.GET_MISS] += len(keys) - len(recs)
     for key, value in recs.items():
         outmap[b"_" + key] = value
     outmap[b"num"] = b"%d" % len(recs)
-    return RV_SUCCESS
 
 
-def do_vacuum(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
+@procedure(db=True, count=(Counter.MISC,))
+def do_vacuum(session, db, inmap, outmap):
     text = inmap.get(b"step")
-    session.counts[Counter.MISC] += 1
-    try:
-        db.vacuum(atoi(text) if text is not None else 0)
-    except DBError as exc:
-        return _db_error(session, outmap, exc)
-    return RV_SUCCESS
+    db.vacuum(atoi(text) if text is not None else 0)
 
 
-def _matches(session, outmap, keys: list[bytes]) -> int:
-    for rank, key in enumerate(keys):
-        outmap[b"_" + key] = b"%d" % rank
-    outmap[b"num"] = b"%d" % len(keys)
-    return RV_SUCCESS
+@procedure(db=True, params=(b"prefix",), count=(Counter.MISC,))
+def do_match_prefix(session, db, inmap, outmap, prefix):
+    _matches(outmap, db.match_prefix(prefix, _max(inmap)))
 
 
-def _max(inmap: dict[bytes, bytes]) -> int:
-    text = inmap.get(b"max")
-    return atoi(text) if text is not None else -1
+@procedure(db=True, params=(b"regex",), count=(Counter.MISC,), logical=(LOGIC,))
+def do_match_regex(session, db, inmap, outmap, regex):
+    _matches(outmap, db.match_regex(regex, _max(inmap)))
 
 
-def do_match_prefix(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    prefix = inmap.get(b"prefix")
-    if prefix is None:
-        return _invalid(outmap)
-    session.counts[Counter.MISC] += 1
-    return _matches(session, outmap, db.match_prefix(prefix, _max(inmap)))
-
-
-def do_match_regex(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    regex = inmap.get(b"regex")
-    if regex is None:
-        return _invalid(outmap)
-    session.counts[Counter.MISC] += 1
-    try:
-        keys = db.match_regex(regex, _max(inmap))
-    except DBError as exc:
-        return _db_error(session, outmap, exc, (LOGIC,))
-    return _matches(session, outmap, keys)
-
-
-def do_match_similar(session, db, cur, inmap, outmap):
-    if db is None:
-        return _no_db(outmap)
-    origin = inmap.get(b"origin")
-    if origin is None:
-        return _invalid(outmap)
+@procedure(db=True, params=(b"origin",), count=(Counter.MISC,))
+def do_match_similar(session, db, inmap, outmap, origin):
     text = inmap.get(b"range")
     span = atoi(text) if text is not None else 1
-    if span < 0:
-        span = 1
-    session.counts[Counter.MISC] += 1
-    return _matches(session, outmap, db.match_similar(origin, span, b"utf" in inmap, _max(inmap)))
+    _matches(outmap, db.match_similar(origin, span if span >= 0 else 1, b"utf" in inmap, _max(inmap)))
 
 
 # -- cursor procedures ------------------------------------------------------------------------
 
 
-def _no_cursor(outmap: OutMap) -> int:
-    outmap[b"ERROR"] = b"no such cursor"
-    return RV_INVALID
+@procedure(cursor=True, count=(Counter.MISC,), logical=(NOREC,))
+def do_cur_jump(session, cur, inmap, outmap):
+    cur.jump(inmap.get(b"key"))
 
 
-def _cursor_error(session, outmap, exc: DBError, noimpl: bool = False) -> int:
-    outmap[b"ERROR"] = str(exc).encode()
-    if exc.code == NOREC:
-        return RV_LOGIC
-    if noimpl and exc.code == NOIMPL:
-        return RV_NOIMPL
-    session.server.log(LOG_ERROR, f"database error: {exc.code}: {exc.name}: {exc.message}")
-    return RV_INTERNAL
+@procedure(cursor=True, count=(Counter.MISC,), logical=(NOREC,), unimplemented=True)
+def do_cur_jump_back(session, cur, inmap, outmap):
+    cur.jump_back(inmap.get(b"key"))
 
 
-def do_cur_jump(session, db, cur, inmap, outmap):
-    if cur is None:
-        return _no_cursor(outmap)
-    session.counts[Counter.MISC] += 1
-    try:
-        cur.jump(inmap.get(b"key"))
-    except DBError as exc:
-        return _cursor_error(session, outmap, exc)
-    return RV_SUCCESS
+@procedure(cursor=True, count=(Counter.MISC,), logical=(NOREC,))
+def do_cur_step(session, cur, inmap, outmap):
+    cur.step()
 
 
-def do_cur_jump_back(session, db, cur, inmap, outmap):
-    if cur is None:
-        return _no_cursor(outmap)
-    session.counts[Counter.MISC] += 1
-    try:
-        cur.jump_back(inmap.get(b"key"))
-    except DBError as exc:
-        return _cursor_error(session, outmap, exc, noimpl=True)
-    return RV_SUCCESS
+@procedure(cursor=True, count=(Counter.MISC,), logical=(NOREC,), unimplemented=True)
+def do_cur_step_back(session, cur, inmap, outmap):
+    cur.step_back()
 
 
-def do_cur_step(session, db, cur, inmap, outmap):
-    if cur is None:
-        return _no_cursor(outmap)
-    session.counts[Counter.MISC] += 1
-    try:
-        cur.step()
-    except DBError as exc:
-        return _cursor_error(session, outmap, exc)
-    return RV_SUCCESS
+@procedure(cursor=True, params=(b"value",), count=(Counter.SET,), logical=(NOREC,))
+def do_cur_set_value(session, cur, inmap, outmap, value):
+    cur.set_value(value, _xt(inmap), b"step" in inmap)
 
 
-def do_cur_step_back(session, db, cur, inmap, outmap):
-    if cur is None:
-        return _no_cursor(outmap)
-    session.counts[Counter.MISC] += 1
-    try:
-        cur.step_back()
-    except DBError as exc:
-        return _cursor_error(session, outmap, exc, noimpl=True)
-    return RV_SUCCESS
+@procedure(cursor=True, count=(Counter.REMOVE,), logical=(NOREC,))
+def do_cur_remove(session, cur, inmap, outmap):
+    cur.remove()
 
 
-def do_cur_set_value(session, db, cur, inmap, outmap):
-    if cur is None:
-        return _no_cursor(outmap)
-    value = inmap.get(b"value")
-    if value is None:
-        return _invalid(outmap)
-    session.counts[Counter.SET] += 1
-    try:
-        cur.set_value(value, _xt(inmap), b"step" in inmap)
-    except DBError as exc:
-        session.counts[Counter.SET_MISS] += 1
-        return _cursor_error(session, outmap, exc)
-    return RV_SUCCESS
+@procedure(cursor=True, count=(Counter.GET,), logical=(NOREC,))
+def do_cur_get_key(session, cur, inmap, outmap):
+    outmap[b"key"] = cur.get_key(b"step" in inmap)
 
 
-def do_cur_remove(session, db, cur, inmap, outmap):
-    if cur is None:
-        return _no_cursor(outmap)
-    session.counts[Counter.REMOVE] += 1
-    try:
-        cur.remove()
-    except DBError as exc:
-        session.counts[Counter.REMOVE_MISS] += 1
-        return _cursor_error(session, outmap, exc)
-    return RV_SUCCESS
+@procedure(cursor=True, count=(Counter.GET,), logical=(NOREC,))
+def do_cur_get_value(session, cur, inmap, outmap):
+    outmap[b"value"] = cur.get_value(b"step" in inmap)
 
 
-def _cur_read(session, cur, inmap, outmap, fields: str) -> int:
-    if cur is None:
-        return _no_cursor(outmap)
-    session.counts[Counter.GET] += 1
-    try:
-        key, value, xt = cur.get(b"step" in inmap)
-    except DBError as exc:
-        session.counts[Counter.GET_MISS] += 1
-        return _cursor_error(session, outmap, exc)
-    if "k" in fields:
-        outmap[b"key"] = key
-    if "v" in fields:
-        outmap[b"value"] = value
-    if "x" in fields:
-        _put_xt(outmap, xt)
-    return RV_SUCCESS
-
-
-def do_cur_get_key(session, db, cur, inmap, outmap):
-    return _cur_read(session, cur, inmap, outmap, "k")
-
-
-def do_cur_get_value(session, db, cur, inmap, outmap):
-    return _cur_read(session, cur, inmap, outmap, "v")
-
-
-def do_cur_get(session, db, cur, inmap, outmap):
-    return _cur_read(session, cur, inmap, outmap, "kvx")
-
-
-def do_cur_seize(session, db, cur, inmap, outmap):
-    if cur is None:
-        return _no_cursor(outmap)
-    session.counts[Counter.GET] += 1
-    try:
-        key, value, xt = cur.seize()
-    except DBError as exc:
-        session.counts[Counter.GET_MISS] += 1
-        return _cursor_error(session, outmap, exc)
+@procedure(cursor=True, count=(Counter.GET,), logical=(NOREC,))
+def do_cur_get(session, cur, inmap, outmap):
+    key, value, xt = cur.get(b"step" in inmap)
     outmap[b"key"] = key
     outmap[b"value"] = value
     _put_xt(outmap, xt)
-    return RV_SUCCESS
+
+
+@procedure(cursor=True, count=(Counter.GET,), logical=(NOREC,))
+def do_cur_seize(session, cur, inmap, outmap):
+    key, value, xt = cur.seize()
+    outmap[b"key"] = key
+    outmap[b"value"] = value
+    _put_xt(outmap, xt)
 
 
 #: every procedure by name (cur_delete is handled before dispatch, for existing cursors)

@@ -45,7 +45,8 @@ from typing import Any
 
 from .config import LOG_ERROR, ConfigError
 from .rpc import KT_VERSION, RV_INTERNAL
-from .scripting_kt import KtHost, c_int64, lua_pairs
+from .scripting_kt import KtHost, lua_pairs
+from .scripting_lib import c_int64
 
 __all__ = ["ScriptEngine", "create_engine", "HOOK_COUNT"]
 

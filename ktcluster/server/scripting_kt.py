@@ -4,11 +4,12 @@
 in Lua (argument checks, defaults, the classes, conversions of Lua values to strings);
 :class:`KtHost` does the rest, one instance per Lua state: database and cursor
 operations on :mod:`.storage` (the server's databases, and those a script opens with
-``kt.DB``), byte-level helpers (``pack``, ``codec``, ``regex``, ``mapdump``...), the log
-and the clock.  Every primitive receives Lua values already converted by the Lua side
-(strings as bytes, numbers as int or float, None for nil) and returns what the Lua
-function returns; a failed database operation returns the failure value and records
-Kyoto Cabinet's error for ``db:error()``, as a TimedDB does per thread.
+``kt.DB``), the library functions of :mod:`.scripting_lib` (``pack``, ``codec``,
+``regex``, ``mapdump``...), the log and the clock.  Every primitive receives Lua values
+already converted by the Lua side (strings as bytes, numbers as int or float, None for
+nil) and returns what the Lua function returns; a failed database operation returns the
+failure value and records Kyoto Cabinet's error for ``db:error()``, as a TimedDB does per
+thread.
 """
 
 from __future__ import annotations
@@ -16,19 +17,15 @@ from __future__ import annotations
 import heapq
 import math
 import os
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import ProtocolError
-from ..protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix
-from ..protocol.replication import decode_varnum, encode_varnum
-from ..protocol.tsv import base64_decode, base64_encode, quote_decode, quote_encode, url_decode, url_encode
+from ..protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix, cstr
+from . import scripting_lib as lib
 from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM
-from .hashing import fnv, murmur
+from .scripting_lib import c_int64
 from .storage import (
     DUPREC,
     INVALID,
@@ -44,12 +41,10 @@ from .storage import (
     DBSpec,
     StorageError,
 )
-from .textmatch import RegexError, compile_regex, levenshtein, utf8_to_ucs
 
-__all__ = ["KtHost", "PRIMITIVES", "c_int64", "lua_list", "lua_pairs"]
+__all__ = ["KtHost", "PRIMITIVES", "lua_list", "lua_pairs"]
 
 _U64 = (1 << 64) - 1
-_TWO63 = 9.223372036854775808e18
 _NOREPOS = 3
 _OWRITER, _OCREATE, _OTRUNCATE = 2, 4, 8
 _MSET, _MADD, _MREPLACE, _MAPPEND = 0, 1, 2, 3
@@ -69,34 +64,6 @@ PRIMITIVES = (
 )
 
 
-# -- C conversions (x86-64, as ktserver performs them) ------------------------------------------
-
-
-def c_int64(num: float) -> int:
-    """``(int64_t)`` of a Lua number: truncation; INT64MIN when out of range or NaN."""
-    if isinstance(num, float):
-        if not -_TWO63 <= num < _TWO63:  # NaN fails too
-            return INT64MIN
-        return int(num)
-    return num if INT64MIN <= num <= INT64MAX else INT64MIN
-
-
-def _c_int32(num: float) -> int:
-    """``(int32_t)`` (and the 8/16-bit conversions that go through it)."""
-    if isinstance(num, float) and not -2147483648.0 <= num < 2147483648.0:
-        return -(1 << 31)
-    value = int(num)
-    return value if -(1 << 31) <= value < (1 << 31) else -(1 << 31)
-
-
-def _c_uint64(num: float) -> int:
-    """``(uint64_t)`` of a double, gcc's sequence: negatives wrap, >= 2^64 gives 0."""
-    num = float(num)
-    if num >= _TWO63:
-        return int(num) if num < 2 * _TWO63 else 0
-    return c_int64(num) & _U64
-
-
 def lua_list(table: Any, count: int) -> list[Any]:
     """The elements 1..count of a Lua array."""
     return [table[i] for i in range(1, count + 1)]
@@ -106,115 +73,6 @@ def lua_pairs(table: Any, count: int) -> list[tuple[Any, Any]]:
     """The (key, value) pairs of a flat Lua array {k1, v1, k2, v2, ...} of ``count`` elements."""
     flat = lua_list(table, count)
     return list(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _cstr(data: bytes) -> bytes:
-    """The C string a Lua string is for a ``const char*`` parameter (up to the first NUL)."""
-    nul = data.find(b"\0")
-    return data if nul < 0 else data[:nul]
-
-
-def _repeat(fmt: bytes, pos: int) -> tuple[int, int]:
-    """The repeat count after the format character at ``pos`` (``*`` = INT32MAX, digits as
-    strtol into an int32) and the position of the last byte it used."""
-    if fmt[pos + 1:pos + 2] == b"*":
-        return 0x7FFFFFFF, pos + 1
-    end = pos + 1
-    while end < len(fmt) and 0x30 <= fmt[end] <= 0x39:
-        end += 1
-    if end == pos + 1:
-        return 1, pos
-    count = min(int(fmt[pos + 1:end]), INT64MAX) & 0xFFFFFFFF
-    return (count - (1 << 32) if count >= (1 << 31) else count), end - 1
-
-
-def _pack_varnum(num: int) -> bytes:
-    """kt_pack's 'w': KC varnum, except that a 9-byte number skips bits 56..62 as ktserver does."""
-    if num < (1 << 56):
-        return encode_varnum(num)
-    out = [(num >> 63) | 0x80] + [((num >> shift) & 0x7F) | 0x80 for shift in range(49, 0, -7)]
-    return bytes(out + [num & 0x7F])
-
-
-def _pack_float(num: float) -> bytes:
-    try:
-        return struct.pack("<f", num)
-    except OverflowError:
-        return struct.pack("<f", math.copysign(math.inf, num))
-
-
-_PACKERS: dict[int, Callable[[float], bytes]] = {}
-for _chars, _func in (
-    (b"cC", lambda n: bytes((_c_int32(n) & 0xFF,))),
-    (b"sS", lambda n: struct.pack("<H", _c_int32(n) & 0xFFFF)),
-    (b"iI", lambda n: struct.pack("<I", c_int64(n) & 0xFFFFFFFF)),
-    (b"lL", lambda n: struct.pack("<Q", _c_uint64(n))),
-    (b"fF", _pack_float),
-    (b"dD", lambda n: struct.pack("<d", n)),
-    (b"n", lambda n: struct.pack(">H", _c_int32(n) & 0xFFFF)),
-    (b"N", lambda n: struct.pack(">I", c_int64(n) & 0xFFFFFFFF)),
-    (b"M", lambda n: struct.pack(">Q", _c_uint64(n))),
-    (b"wW", lambda n: _pack_varnum(_c_uint64(n))),
-):
-    for _char in _chars:
-        _PACKERS[_char] = _func
-
-#: kt_unpack's fixed-size formats: struct format per character
-_UNPACKERS = {ord(c): struct.Struct(f) for c, f in (
-    ("c", "<b"), ("C", "<B"), ("s", "<h"), ("S", "<H"), ("i", "<i"), ("I", "<I"), ("l", "<q"), ("L", "<Q"),
-    ("f", "<f"), ("F", "<f"), ("d", "<d"), ("D", "<d"), ("n", ">H"), ("N", ">I"), ("M", ">Q"))}
-_VARNUM_CHARS = b"wW"
-
-
-def _hexdecode(text: bytes) -> bytes:
-    """kc::hexdecode: pairs of hex digits, blanks skipped, a bad digit counts as nothing."""
-    out = bytearray()
-    i, n = 0, len(text)
-    while True:
-        while i < n and 0 < text[i] <= 0x20:
-            i += 1
-        if i >= n:
-            break
-        num = _hexval(text[i]) or 0
-        i += 1
-        if i >= n:
-            out.append(num)
-            break
-        low = _hexval(text[i])
-        i += 1
-        if low is not None:
-            num = num * 16 + low
-        out.append(num & 0xFF)
-    return bytes(out)
-
-
-def _hexval(c: int) -> int | None:
-    if 0x30 <= c <= 0x39:
-        return c - 0x30
-    if 0x61 <= c <= 0x66:
-        return c - 0x57
-    if 0x41 <= c <= 0x46:
-        return c - 0x37
-    return None
-
-
-_ZLIB_BITS = {b"zlib": -15, b"deflate": 15, b"gzip": 31}
-
-
-def _compress(data: bytes, wbits: int) -> bytes:
-    """kc::ZLIB::compress: level 6, memLevel 9; the raw ("zlib") form keeps a trailing NUL."""
-    comp = zlib.compressobj(6, zlib.DEFLATED, wbits, 9, zlib.Z_DEFAULT_STRATEGY)
-    out = comp.compress(data) + comp.flush()
-    return out + b"\0" if wbits < 0 else out
-
-
-def _decompress(data: bytes, wbits: int) -> bytes | None:
-    try:
-        decomp = zlib.decompressobj(wbits)
-        out = decomp.decompress(data)
-    except zlib.error:
-        return None
-    return out if decomp.eof else None
 
 
 # -- handles -------------------------------------------------------------------------------------
@@ -243,8 +101,13 @@ class _Cur:
         self.cur: Cursor | None = handle.db.cursor() if handle.db is not None else None
 
 
-def _not_opened() -> DBError:
-    return DBError(INVALID, "not opened")
+def _succeeding(op: Callable[[Any], Any]) -> Callable[[Any], bool]:
+    """``op`` answering True (when it does not raise)."""
+    def run(target: Any) -> bool:
+        op(target)
+        return True
+
+    return run
 
 
 # -- the host ------------------------------------------------------------------------------------
@@ -289,8 +152,8 @@ class KtHost:
         return False
 
     def log(self, kind: bytes, message: bytes) -> None:
-        text = _cstr(message).decode("utf-8", "replace")
-        self._server.log(_LOG_KINDS.get(_cstr(kind).lower(), LOG_DEBUG), f"[SCRIPT]: {text}")
+        text = cstr(message).decode("utf-8", "replace")
+        self._server.log(_LOG_KINDS.get(cstr(kind).lower(), LOG_DEBUG), f"[SCRIPT]: {text}")
 
     def time(self) -> float:
         return time.time()
@@ -310,212 +173,71 @@ class KtHost:
     # -- module functions ------------------------------------------------------------------
 
     def atoi(self, text: bytes) -> int:
-        return atoi(_cstr(text))
+        return atoi(cstr(text))
 
     def atoix(self, text: bytes) -> int:
-        return atoix(_cstr(text))
+        return atoix(cstr(text))
 
     def atof(self, text: bytes) -> float:
-        return atof(_cstr(text))
+        return atof(cstr(text))
 
-    def hash_murmur(self, data: bytes) -> int:
-        return murmur(data) & ((1 << 48) - 1)
-
-    def hash_fnv(self, data: bytes) -> int:
-        return fnv(data) & ((1 << 48) - 1)
-
-    def levdist(self, a: bytes, b: bytes, utf: bool) -> int:
-        if utf:
-            return levenshtein(utf8_to_ucs(a), utf8_to_ucs(b))
-        return levenshtein(a, b)
-
-    def pack(self, fmt: bytes, table: Any, count: int) -> bytes:
-        values = lua_list(table, count)
-        fmt = _cstr(fmt)
-        out = bytearray()
-        index = 0
-        pos = 0
-        while pos < len(fmt):
-            char = fmt[pos]
-            loop, pos = _repeat(fmt, pos)
-            end = min(index + min(loop, count), count)
-            packer = _PACKERS.get(char)
-            while index < end:
-                if packer is not None:
-                    out += packer(values[index])
-                index += 1
-            pos += 1
-            if index >= count:
-                break
-        return bytes(out)
-
-    def unpack(self, fmt: bytes, data: bytes) -> Any:
-        fmt = _cstr(fmt)
-        out: list[float] = []
-        rp = 0
-        size = len(data)
-        pos = 0
-        while pos < len(fmt):
-            char = fmt[pos]
-            loop, pos = _repeat(fmt, pos)
-            loop = min(loop, size)
-            unpacker = _UNPACKERS.get(char)
-            if unpacker is not None:
-                width = unpacker.size
-                for _ in range(loop):
-                    if size <= 0:
-                        break
-                    if size < width:
-                        size = 0
-                        break
-                    out.append(float(unpacker.unpack_from(data, rp)[0]))
-                    rp += width
-                    size -= width
-            elif char in _VARNUM_CHARS:
-                for _ in range(loop):
-                    if size <= 0:
-                        break
-                    num = 0
-                    while True:
-                        c = data[rp]
-                        num = (num * 0x80 + (c & 0x7F)) & _U64
-                        rp += 1
-                        size -= 1
-                        if c < 0x80 or size <= 0:
-                            break
-                    out.append(float(num))
-            pos += 1
-            if size < 1:
-                break
-        return self._table(out)
-
-    def split(self, data: bytes, delims: bytes | None) -> Any:
-        if delims is None:
-            return self._table(data.split(b"\0"))
-        data, delims = _cstr(data), _cstr(delims)
-        parts = []
-        start = 0
-        for i, c in enumerate(data):
-            if c in delims:
-                parts.append(data[start:i])
-                start = i + 1
-        parts.append(data[start:])
-        return self._table(parts)
-
-    def codec(self, mode: bytes, data: bytes) -> bytes | None:
-        mode = _cstr(mode).lower()
-        if mode.startswith(b"~"):
-            mode = mode[1:]
-            if mode in _ZLIB_BITS:
-                return _decompress(data, _ZLIB_BITS[mode])
-            decoder = {b"url": url_decode, b"base": base64_decode, b"quote": quote_decode,
-                       b"hex": _hexdecode}.get(mode)
-            return None if decoder is None else decoder(_cstr(data))
-        if mode in _ZLIB_BITS:
-            return _compress(data, _ZLIB_BITS[mode])
-        encoder = {b"url": url_encode, b"base": base64_encode, b"quote": quote_encode,
-                   b"hex": lambda d: d.hex().encode()}.get(mode)
-        return None if encoder is None else encoder(data)
-
-    def bit(self, mode: bytes, num: float, aux: float) -> int:
-        value = c_int64(num) & 0xFFFFFFFF
-        other = c_int64(aux) & 0xFFFFFFFF
-        mode = _cstr(mode).lower()
-        if mode == b"and":
-            value &= other
-        elif mode == b"or":
-            value |= other
-        elif mode == b"xor":
-            value ^= other
-        elif mode == b"not":
-            value = ~value & 0xFFFFFFFF
-        elif mode == b"left":
-            value = (value << (other & 31)) & 0xFFFFFFFF
-        elif mode == b"right":
-            value >>= other & 31
-        return value
-
-    def strstr(self, text: bytes, pattern: bytes, alt: bytes | None) -> Any:
-        text, pattern = _cstr(text), _cstr(pattern)
-        if alt is None:
-            return text.find(pattern) + 1
-        return text.replace(pattern, _cstr(alt)) if pattern else text
+    hash_murmur = staticmethod(lib.hash_murmur)
+    hash_fnv = staticmethod(lib.hash_fnv)
+    levdist = staticmethod(lib.levdist)
+    codec = staticmethod(lib.codec)
+    bit = staticmethod(lib.bit)
+    strstr = staticmethod(lib.strstr)
+    regex = staticmethod(lib.regex)
 
     def strfwm(self, text: bytes, pattern: bytes) -> bool:
-        return _cstr(text).startswith(_cstr(pattern))
+        return cstr(text).startswith(cstr(pattern))
 
     def strbwm(self, text: bytes, pattern: bytes) -> bool:
-        return _cstr(text).endswith(_cstr(pattern))
+        return cstr(text).endswith(cstr(pattern))
 
-    def regex(self, text: bytes, pattern: bytes, alt: bytes | None) -> Any:
-        try:
-            compiled = compile_regex(pattern)
-        except RegexError:
-            return False if alt is None else _cstr(text)
-        if alt is None:
-            return compiled.search(text)
-        return compiled.replace(text, alt)
+    def pack(self, fmt: bytes, table: Any, count: int) -> bytes:
+        return lib.pack(fmt, lua_list(table, count))
+
+    def unpack(self, fmt: bytes, data: bytes) -> Any:
+        return self._table(lib.unpack(fmt, data))
+
+    def split(self, data: bytes, delims: bytes | None) -> Any:
+        return self._table(lib.split(data, delims))
 
     def arraydump(self, table: Any, count: int) -> bytes:
-        values = lua_list(table, count)
-        return b"".join(encode_varnum(len(v)) + v for v in values)
+        return lib.arraydump(lua_list(table, count))
 
     def arrayload(self, data: bytes) -> Any:
-        out = []
-        pos, n = 0, len(data)
-        while pos < n:
-            try:
-                size, pos = decode_varnum(data, pos)
-            except ProtocolError:
-                break
-            if size > n - pos:
-                break
-            out.append(data[pos:pos + size])
-            pos += size
-        return self._table(out)
+        return self._table(lib.arrayload(data))
 
     def mapdump(self, table: Any, count: int) -> bytes:
-        return b"".join(encode_varnum(len(k)) + encode_varnum(len(v)) + k + v for k, v in lua_pairs(table, count))
+        return lib.mapdump(lua_pairs(table, count))
 
     def mapload(self, data: bytes) -> Any:
-        flat = []
-        pos, n = 0, len(data)
-        while n - pos > 1:
-            try:
-                ksiz, pos = decode_varnum(data, pos)
-                if n - pos < 1:
-                    break
-                vsiz, pos = decode_varnum(data, pos)
-            except ProtocolError:
-                break
-            if ksiz + vsiz > n - pos:
-                break
-            flat.append(data[pos:pos + ksiz])
-            flat.append(data[pos + ksiz:pos + ksiz + vsiz])
-            pos += ksiz + vsiz
-        return self._table(flat)
+        return self._table(lib.mapload(data))
 
     # -- databases -------------------------------------------------------------------------
 
-    def _run(self, handle: _DB, op: Callable[[Database], Any], fail: Any = False) -> Any:
-        """``op(db)``; on a Kyoto Cabinet error record it and return ``fail``."""
+    @staticmethod
+    def _attempt(handle: _DB, target: Any, op: Callable[[Any], Any], fail: Any) -> Any:
+        """``op(target)`` (the database or cursor of ``handle``); on a Kyoto Cabinet error,
+        or when there is no target, record the error for ``db:error()`` and return ``fail``."""
         try:
-            db = handle.db
-            if db is None:
-                raise _not_opened()
-            return op(db)
+            if target is None:
+                raise DBError(INVALID, "not opened")
+            return op(target)
         except DBError as exc:
             handle.code = exc.code
             handle.message = exc.message.encode()
             return fail
 
+    def _run(self, handle: _DB, op: Callable[[Database], Any], fail: Any = False) -> Any:
+        """``op(db)``, or ``fail`` with the error recorded."""
+        return self._attempt(handle, handle.db, op, fail)
+
     def _ok(self, handle: _DB, op: Callable[[Database], Any]) -> bool:
         """``op(db)``: True, or False with the error recorded."""
-        def run(db: Database) -> bool:
-            op(db)
-            return True
-
-        return self._run(handle, run)
+        return self._attempt(handle, handle.db, _succeeding(op), False)
 
     def _visitor(self, visitor: Any, writable: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """A storage visitor pair calling the Lua visitor through the trampolines."""
@@ -557,7 +279,7 @@ class KtHost:
             handle.code, handle.message = INVALID, b"already opened"
             return False
         try:
-            spec = DBSpec.parse(_cstr(path).decode("utf-8", "surrogateescape"))
+            spec = DBSpec.parse(cstr(path).decode("utf-8", "surrogateescape"))
         except ValueError:
             handle.code, handle.message = INVALID, b"unknown database type"
             return False
@@ -767,22 +489,11 @@ class KtHost:
     # -- cursors ---------------------------------------------------------------------------
 
     def _cur_run(self, cur: _Cur, op: Callable[[Cursor], Any], fail: Any = False) -> Any:
-        try:
-            raw = cur.cur
-            if raw is None:
-                raise _not_opened()
-            return op(raw)
-        except DBError as exc:
-            cur.handle.code = exc.code
-            cur.handle.message = exc.message.encode()
-            return fail
+        """``op(cursor)``, or ``fail`` with the error recorded on the cursor's database."""
+        return self._attempt(cur.handle, cur.cur, op, fail)
 
     def _cur_ok(self, cur: _Cur, op: Callable[[Cursor], Any]) -> bool:
-        def run(raw: Cursor) -> bool:
-            op(raw)
-            return True
-
-        return self._cur_run(cur, run)
+        return self._attempt(cur.handle, cur.cur, _succeeding(op), False)
 
     def cursor(self, handle: _DB) -> _Cur:
         return _Cur(handle)

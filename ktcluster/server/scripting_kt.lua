@@ -100,6 +100,23 @@ local function keylist(t)
    return keys, n
 end
 
+-- the records of a map table whose key and value are strings or numbers, as a flat array
+-- {k1, v1, k2, v2, ...} (next() order) and its length
+local function flatmap(t)
+   local flat, count = {}, 0
+   local k, v = next(t)
+   while k ~= nil do
+      local ks, vs = recstr(k), recstr(v)
+      if ks ~= nil and vs ~= nil then
+         flat[count + 1] = ks
+         flat[count + 2] = vs
+         count = count + 2
+      end
+      k, v = next(t, k)
+   end
+   return flat, count
+end
+
 local function setmeta(obj, cls)
    local meta = cls.meta_
    if type(meta) == "table" then setmetatable(obj, meta) end
@@ -147,40 +164,22 @@ end
 
 -- -- module functions (define_module) -------------------------------------------------------
 
-function kt.atoi(...)
-   if select("#", ...) ~= 1 then invarg("kt_atoi") end
-   local s = tolstr((...))
-   if s == nil then return end
-   return P.atoi(s)
+-- kt.<op>(string): nothing for an argument that is not a string (or a number)
+local function of_string(op)
+   local func, prim = "kt_" .. op, P[op]
+   return function(...)
+      if select("#", ...) ~= 1 then invarg(func) end
+      local s = tolstr((...))
+      if s == nil then return end
+      return prim(s)
+   end
 end
 
-function kt.atoix(...)
-   if select("#", ...) ~= 1 then invarg("kt_atoix") end
-   local s = tolstr((...))
-   if s == nil then return end
-   return P.atoix(s)
-end
-
-function kt.atof(...)
-   if select("#", ...) ~= 1 then invarg("kt_atof") end
-   local s = tolstr((...))
-   if s == nil then return end
-   return P.atof(s)
-end
-
-function kt.hash_murmur(...)
-   if select("#", ...) ~= 1 then invarg("kt_hash_murmur") end
-   local s = tolstr((...))
-   if s == nil then return end
-   return P.hash_murmur(s)
-end
-
-function kt.hash_fnv(...)
-   if select("#", ...) ~= 1 then invarg("kt_hash_fnv") end
-   local s = tolstr((...))
-   if s == nil then return end
-   return P.hash_fnv(s)
-end
+kt.atoi = of_string("atoi")
+kt.atoix = of_string("atoix")
+kt.atof = of_string("atof")
+kt.hash_murmur = of_string("hash_murmur")
+kt.hash_fnv = of_string("hash_fnv")
 
 function kt.levdist(...)
    local n = select("#", ...)
@@ -259,39 +258,24 @@ function kt.bit(...)
    return P.bit(mode, tonum(num), n > 2 and tonum(aux) or 0)
 end
 
-function kt.strstr(...)
-   local n = select("#", ...)
-   if n < 2 then invarg("kt_strstr") end
-   local s, pat, alt = ...
-   s, pat = tolstr(s), tolstr(pat)
-   if s == nil or pat == nil then invarg("kt_strstr") end
-   return P.strstr(s, pat, n > 2 and tolstr(alt) or nil)
+-- kt.<op>(text, pattern, [alt]) (strstr, regex; strfwm and strbwm take no alt)
+local function of_text_pattern(op, takes_alt)
+   local func, prim = "kt_" .. op, P[op]
+   return function(...)
+      local n = select("#", ...)
+      if n < 2 then invarg(func) end
+      local s, pat, alt = ...
+      s, pat = tolstr(s), tolstr(pat)
+      if s == nil or pat == nil then invarg(func) end
+      if takes_alt then return prim(s, pat, n > 2 and tolstr(alt) or nil) end
+      return prim(s, pat)
+   end
 end
 
-function kt.strfwm(...)
-   if select("#", ...) < 2 then invarg("kt_strfwm") end
-   local s, pat = ...
-   s, pat = tolstr(s), tolstr(pat)
-   if s == nil or pat == nil then invarg("kt_strfwm") end
-   return P.strfwm(s, pat)
-end
-
-function kt.strbwm(...)
-   if select("#", ...) < 2 then invarg("kt_strbwm") end
-   local s, pat = ...
-   s, pat = tolstr(s), tolstr(pat)
-   if s == nil or pat == nil then invarg("kt_strbwm") end
-   return P.strbwm(s, pat)
-end
-
-function kt.regex(...)
-   local n = select("#", ...)
-   if n < 2 then invarg("kt_regex") end
-   local s, pat, alt = ...
-   s, pat = tolstr(s), tolstr(pat)
-   if s == nil or pat == nil then invarg("kt_regex") end
-   return P.regex(s, pat, n > 2 and tolstr(alt) or nil)
-end
+kt.strstr = of_text_pattern("strstr", true)
+kt.strfwm = of_text_pattern("strfwm", false)
+kt.strbwm = of_text_pattern("strbwm", false)
+kt.regex = of_text_pattern("regex", true)
 
 function kt.arraydump(...)
    local t = ...
@@ -317,17 +301,7 @@ end
 function kt.mapdump(...)
    local t = ...
    if select("#", ...) ~= 1 or type(t) ~= "table" then invarg("kt_mapdump") end
-   local flat, count = {}, 0
-   local k, v = next(t)
-   while k ~= nil do
-      local ks, vs = recstr(k), recstr(v)
-      if ks ~= nil and vs ~= nil then
-         flat[count + 1] = ks
-         flat[count + 2] = vs
-         count = count + 2
-      end
-      k, v = next(t, k)
-   end
+   local flat, count = flatmap(t)
    return P.mapdump(flat, count)
 end
 
@@ -438,8 +412,20 @@ end
 
 kt.Visitor = Visitor
 
--- SoftVisitor::visit_full, called by Python for a live record: nil = NOP, false = REMOVE,
--- or the new value and the new expiration (nil: keep the record's)
+-- a visitor's results as Python takes them: nil = NOP, false = REMOVE, or the new value and
+-- the new expiration (nil: keep the record's); NOP and REMOVE are looked for in ``marker``
+local function answer(ok, value, xt, marker)
+   if not ok then return nil end
+   if type(marker) == "userdata" then
+      if marker == REMOVE then return false end
+      return nil
+   end
+   local v = tolstr(value)
+   if v == nil then return nil end
+   return v, tonumber(xt)
+end
+
+-- SoftVisitor::visit_full, called by Python for a live record
 local function visit_full(visitor, key, value, xt)
    local ok, r1, r2
    if type(visitor) == "table" then
@@ -449,14 +435,7 @@ local function visit_full(visitor, key, value, xt)
    else
       ok, r1, r2 = pcall(visitor, key, value, xt)
    end
-   if not ok then return nil end
-   if type(r1) == "userdata" then
-      if r1 == REMOVE then return false end
-      return nil
-   end
-   local v = tolstr(r1)
-   if v == nil then return nil end
-   return v, tonumber(r2)
+   return answer(ok, r1, r2, r1)
 end
 
 -- SoftVisitor::visit_empty: as ktserver, it looks for NOP/REMOVE in the *second* result
@@ -469,14 +448,7 @@ local function visit_empty(visitor, key)
    else
       ok, r1, r2 = pcall(visitor, key, nil)
    end
-   if not ok then return nil end
-   if type(r2) == "userdata" then
-      if r2 == REMOVE then return false end
-      return nil
-   end
-   local v = tolstr(r1)
-   if v == nil then return nil end
-   return v, tonumber(r2)
+   return answer(ok, r1, r2, r2)
 end
 
 -- SoftVisitor::visit_before / visit_after (table visitors of accept_bulk and iterate)
@@ -554,81 +526,50 @@ local function cur_set_value(...)
    return P.cur_set_value(ptr, value, xtarg(n, 3, xt), n > 3 and not not step)
 end
 
-local function cur_remove(...)
-   local self = ...
-   if select("#", ...) ~= 1 or type(self) ~= "table" then invarg("cur_remove") end
-   return P.cur_remove(curptr(self, "cur_remove"))
-end
-
-local function cur_get_key(...)
-   local n = select("#", ...)
-   local self, step = ...
-   if n < 1 or type(self) ~= "table" then invarg("cur_get_key") end
-   if n > 2 then invarg("cur_get_key") end
-   return P.cur_get_key(curptr(self, "cur_get_key"), n > 1 and not not step)
-end
-
-local function cur_get_value(...)
-   local n = select("#", ...)
-   local self, step = ...
-   if n < 1 or type(self) ~= "table" then invarg("cur_get_value") end
-   if n > 2 then invarg("cur_get_value") end
-   return P.cur_get_value(curptr(self, "cur_get_value"), n > 1 and not not step)
-end
-
-local function cur_get(...)
-   local n = select("#", ...)
-   local self, step = ...
-   if n < 1 or type(self) ~= "table" then invarg("cur_get") end
-   if n > 2 then invarg("cur_get") end
-   return P.cur_get(curptr(self, "cur_get"), n > 1 and not not step)
-end
-
-local function cur_seize(...)
-   local self = ...
-   if select("#", ...) ~= 1 or type(self) ~= "table" then invarg("cur_seize") end
-   return P.cur_seize(curptr(self, "cur_seize"))
-end
-
-local function cur_jump(...)
-   local n = select("#", ...)
-   local self, key = ...
-   if n < 1 or type(self) ~= "table" then invarg("cur_jump") end
-   if n > 2 then invarg("cur_jump") end
-   local ptr = curptr(self, "cur_jump")
-   if n > 1 then
-      key = tolstr(key)
-      if key == nil then invarg("cur_jump") end
-      return P.cur_jump(ptr, key)
+-- cur:<op>() (remove, seize, step, step_back)
+local function cur_plain(op)
+   local func, prim = "cur_" .. op, P["cur_" .. op]
+   return function(...)
+      local self = ...
+      if select("#", ...) ~= 1 or type(self) ~= "table" then invarg(func) end
+      return prim(curptr(self, func))
    end
-   return P.cur_jump(ptr, nil)
 end
 
-local function cur_jump_back(...)
-   local n = select("#", ...)
-   local self, key = ...
-   if n < 1 or type(self) ~= "table" then invarg("cur_jump_back") end
-   if n > 2 then invarg("cur_jump_back") end
-   local ptr = curptr(self, "cur_jump_back")
-   if n > 1 then
-      key = tolstr(key)
-      if key == nil then invarg("cur_jump_back") end
-      return P.cur_jump_back(ptr, key)
+-- cur:<op>([step]) (get_key, get_value, get)
+local function cur_reader(op)
+   local func, prim = "cur_" .. op, P["cur_" .. op]
+   return function(...)
+      local n = select("#", ...)
+      local self, step = ...
+      if n < 1 or type(self) ~= "table" then invarg(func) end
+      if n > 2 then invarg(func) end
+      return prim(curptr(self, func), n > 1 and not not step)
    end
-   return P.cur_jump_back(ptr, nil)
 end
 
-local function cur_step(...)
-   local self = ...
-   if select("#", ...) ~= 1 or type(self) ~= "table" then invarg("cur_step") end
-   return P.cur_step(curptr(self, "cur_step"))
+-- cur:<op>([key]) (jump, jump_back)
+local function cur_jumper(op)
+   local func, prim = "cur_" .. op, P["cur_" .. op]
+   return function(...)
+      local n = select("#", ...)
+      local self, key = ...
+      if n < 1 or type(self) ~= "table" then invarg(func) end
+      if n > 2 then invarg(func) end
+      local ptr = curptr(self, func)
+      if n > 1 then
+         key = tolstr(key)
+         if key == nil then invarg(func) end
+         return prim(ptr, key)
+      end
+      return prim(ptr, nil)
+   end
 end
 
-local function cur_step_back(...)
-   local self = ...
-   if select("#", ...) ~= 1 or type(self) ~= "table" then invarg("cur_step_back") end
-   return P.cur_step_back(curptr(self, "cur_step_back"))
-end
+local cur_remove, cur_seize = cur_plain("remove"), cur_plain("seize")
+local cur_step, cur_step_back = cur_plain("step"), cur_plain("step_back")
+local cur_get_key, cur_get_value, cur_get = cur_reader("get_key"), cur_reader("get_value"), cur_reader("get")
+local cur_jump, cur_jump_back = cur_jumper("jump"), cur_jumper("jump_back")
 
 local function cur_db(...)
    local self = ...
@@ -727,11 +668,6 @@ function db.open(...)
    return P.open(ptr, tolstr(path), mode)
 end
 
-function db.close(...)
-   local self = ...
-   return P.close(dbargs("db_close", select("#", ...), 1, 1, self))
-end
-
 function db.accept(...)
    local n = select("#", ...)
    local self, key, visitor, writable = ...
@@ -788,24 +724,21 @@ db.add = writer("db_add", "add")
 db.replace = writer("db_replace", "replace")
 db.append = writer("db_append", "append")
 
-function db.increment(...)
-   local n = select("#", ...)
-   local self, key, num, orig, xt = ...
-   local ptr = dbargs("db_increment", n, 2, 5, self)
-   key = tolstr(key)
-   if key == nil then invarg("db_increment") end
-   return P.increment(ptr, key, n > 2 and tonum(num) or 0, n > 3 and tonum(orig) or 0, xtarg(n, 5, xt))
+-- db:<op>(key, [num], [orig], [xt]) (increment, increment_double)
+local function incrementer(op)
+   local func, prim = "db_" .. op, P[op]
+   return function(...)
+      local n = select("#", ...)
+      local self, key, num, orig, xt = ...
+      local ptr = dbargs(func, n, 2, 5, self)
+      key = tolstr(key)
+      if key == nil then invarg(func) end
+      return prim(ptr, key, n > 2 and tonum(num) or 0, n > 3 and tonum(orig) or 0, xtarg(n, 5, xt))
+   end
 end
 
-function db.increment_double(...)
-   local n = select("#", ...)
-   local self, key, num, orig, xt = ...
-   local ptr = dbargs("db_increment_double", n, 2, 5, self)
-   key = tolstr(key)
-   if key == nil then invarg("db_increment_double") end
-   return P.increment_double(ptr, key, n > 2 and tonum(num) or 0, n > 3 and tonum(orig) or 0,
-                             xtarg(n, 5, xt))
-end
+db.increment = incrementer("increment")
+db.increment_double = incrementer("increment_double")
 
 function db.cas(...)
    local n = select("#", ...)
@@ -836,141 +769,94 @@ function db.set_bulk(...)
    local self, recs, xt, atomic = ...
    local ptr = dbargs("db_set_bulk", n, 2, 4, self)
    if type(recs) ~= "table" then invarg("db_set_bulk") end
-   local flat, count = {}, 0
-   local k, v = next(recs)
-   while k ~= nil do
-      local ks, vs = recstr(k), recstr(v)
-      if ks ~= nil and vs ~= nil then
-         flat[count + 1] = ks
-         flat[count + 2] = vs
-         count = count + 2
-      end
-      k, v = next(recs, k)
-   end
+   local flat, count = flatmap(recs)
    if n > 3 then atomic = not not atomic else atomic = true end
    return P.set_bulk(ptr, flat, count, xtarg(n, 3, xt), atomic)
 end
 
-function db.remove_bulk(...)
-   local n = select("#", ...)
-   local self, keys, atomic = ...
-   local ptr = dbargs("db_remove_bulk", n, 2, 3, self)
-   if type(keys) ~= "table" then invarg("db_remove_bulk") end
-   local list, count = keylist(keys)
-   if n > 2 then atomic = not not atomic else atomic = true end
-   return P.remove_bulk(ptr, list, count, atomic)
+-- db:<op>(keys, [atomic]) (remove_bulk, get_bulk), the answer through ``wrap``
+local function bulk_keys(op, wrap)
+   local func, prim = "db_" .. op, P[op]
+   return function(...)
+      local n = select("#", ...)
+      local self, keys, atomic = ...
+      local ptr = dbargs(func, n, 2, 3, self)
+      if type(keys) ~= "table" then invarg(func) end
+      local list, count = keylist(keys)
+      if n > 2 then atomic = not not atomic else atomic = true end
+      return wrap(prim(ptr, list, count, atomic))
+   end
 end
 
-function db.get_bulk(...)
-   local n = select("#", ...)
-   local self, keys, atomic = ...
-   local ptr = dbargs("db_get_bulk", n, 2, 3, self)
-   if type(keys) ~= "table" then invarg("db_get_bulk") end
-   local list, count = keylist(keys)
-   if n > 2 then atomic = not not atomic else atomic = true end
-   return maptable(P.get_bulk(ptr, list, count, atomic))
+local function same(v) return v end
+
+db.remove_bulk = bulk_keys("remove_bulk", same)
+db.get_bulk = bulk_keys("get_bulk", maptable)
+
+-- db:<op>([flag], [proc]) (synchronize(hard), occupy(writable))
+local function with_processor(op)
+   local func, prim = "db_" .. op, P[op]
+   return function(...)
+      local n = select("#", ...)
+      local self, flag, proc = ...
+      local ptr = dbargs(func, n, 1, 3, self)
+      local t = type(proc)
+      if not (n > 2 and (t == "table" or t == "function")) then proc = nil end
+      return prim(ptr, n > 1 and not not flag, proc)
+   end
 end
 
-function db.clear(...)
-   local self = ...
-   return P.clear(dbargs("db_clear", select("#", ...), 1, 1, self))
+db.synchronize = with_processor("synchronize")
+db.occupy = with_processor("occupy")
+
+-- what the embedded server's storage cannot do fails loudly rather than quietly (after
+-- ktserver's argument checks)
+local function unsupported_method(op, min, max, what)
+   local func = "db_" .. op
+   return function(...)
+      dbargs(func, select("#", ...), min, max, (...))
+      error(func .. ": " .. what .. " not supported by the embedded server", 0)
+   end
 end
 
-function db.synchronize(...)
-   local n = select("#", ...)
-   local self, hard, proc = ...
-   local ptr = dbargs("db_synchronize", n, 1, 3, self)
-   local t = type(proc)
-   if not (n > 2 and (t == "table" or t == "function")) then proc = nil end
-   return P.synchronize(ptr, n > 1 and not not hard, proc)
+db.copy = unsupported_method("copy", 2, 2, "copying a database file is")
+db.begin_transaction = unsupported_method("begin_transaction", 1, 2, "transactions are")
+db.end_transaction = unsupported_method("end_transaction", 1, 2, "transactions are")
+db.transaction = unsupported_method("transaction", 2, 3, "transactions are")
+db.dump_snapshot = unsupported_method("dump_snapshot", 2, 2, "Kyoto Cabinet snapshots are")
+db.load_snapshot = unsupported_method("load_snapshot", 2, 2, "Kyoto Cabinet snapshots are")
+db.mapreduce = unsupported_method("mapreduce", 3, 10, "MapReduce is")
+
+-- db:<op>() (clear, count, size, path, status), the answer through ``wrap``
+local function db_plain(op, wrap)
+   local func, prim = "db_" .. op, P[op]
+   return function(...)
+      return wrap(prim(dbargs(func, select("#", ...), 1, 1, (...))))
+   end
 end
 
-function db.occupy(...)
-   local n = select("#", ...)
-   local self, writable, proc = ...
-   local ptr = dbargs("db_occupy", n, 1, 3, self)
-   local t = type(proc)
-   if not (n > 2 and (t == "table" or t == "function")) then proc = nil end
-   return P.occupy(ptr, n > 1 and not not writable, proc)
+db.close = db_plain("close", same)
+db.clear = db_plain("clear", same)
+db.count = db_plain("count", same)
+db.size = db_plain("size", same)
+db.path = db_plain("path", same)
+db.status = db_plain("status", maptable)
+
+-- db:<op>(pattern, [max]) (match_prefix, match_regex)
+local function matcher(op)
+   local func, prim = "db_" .. op, P[op]
+   return function(...)
+      local n = select("#", ...)
+      local self, pattern, max = ...
+      local ptr = dbargs(func, n, 2, nil, self)
+      pattern = tolstr(pattern)
+      if pattern == nil then invarg(func) end
+      return prim(ptr, pattern, n > 2 and tonum(max) or -1)
+   end
 end
 
--- what the embedded server's storage cannot do fails loudly rather than quietly
-local function unsupported(func, what)
-   error(func .. ": " .. what .. " not supported by the embedded server", 0)
-end
-
-function db.copy(...)
-   dbargs("db_copy", select("#", ...), 2, 2, (...))
-   unsupported("db_copy", "copying a database file is")
-end
-
-function db.begin_transaction(...)
-   dbargs("db_begin_transaction", select("#", ...), 1, 2, (...))
-   unsupported("db_begin_transaction", "transactions are")
-end
-
-function db.end_transaction(...)
-   dbargs("db_end_transaction", select("#", ...), 1, 2, (...))
-   unsupported("db_end_transaction", "transactions are")
-end
-
-function db.transaction(...)
-   dbargs("db_transaction", select("#", ...), 2, 3, (...))
-   unsupported("db_transaction", "transactions are")
-end
-
-function db.dump_snapshot(...)
-   dbargs("db_dump_snapshot", select("#", ...), 2, 2, (...))
-   unsupported("db_dump_snapshot", "Kyoto Cabinet snapshots are")
-end
-
-function db.load_snapshot(...)
-   dbargs("db_load_snapshot", select("#", ...), 2, 2, (...))
-   unsupported("db_load_snapshot", "Kyoto Cabinet snapshots are")
-end
-
-function db.mapreduce(...)
-   dbargs("db_mapreduce", select("#", ...), 3, 10, (...))
-   unsupported("db_mapreduce", "MapReduce is")
-end
-
-function db.count(...)
-   local self = ...
-   return P.count(dbargs("db_count", select("#", ...), 1, 1, self))
-end
-
-function db.size(...)
-   local self = ...
-   return P.size(dbargs("db_size", select("#", ...), 1, 1, self))
-end
-
-function db.path(...)
-   local self = ...
-   return P.path(dbargs("db_path", select("#", ...), 1, 1, self))
-end
-
-function db.status(...)
-   local self = ...
-   return maptable(P.status(dbargs("db_status", select("#", ...), 1, 1, self)))
-end
-
-function db.match_prefix(...)
-   local n = select("#", ...)
-   local self, prefix, max = ...
-   local ptr = dbargs("db_match_prefix", n, 2, nil, self)
-   prefix = tolstr(prefix)
-   if prefix == nil then invarg("db_match_prefix") end
-   return P.match_prefix(ptr, prefix, n > 2 and tonum(max) or -1)
-end
-
-function db.match_regex(...)
-   local n = select("#", ...)
-   local self, regex, max = ...
-   local ptr = dbargs("db_match_regex", n, 2, nil, self)
-   regex = tolstr(regex)
-   if regex == nil then invarg("db_match_regex") end
-   return P.match_regex(ptr, regex, n > 2 and tonum(max) or -1)
-end
+db.match_prefix = matcher("match_prefix")
+db.match_regex = matcher("match_regex")
 
 function db.match_similar(...)
    local n = select("#", ...)

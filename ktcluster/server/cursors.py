@@ -83,7 +83,7 @@ class StoreCursor:
         self.back = False
         self.epoch = store.epoch
         if key is None:
-            self.pos = store.order.first()
+            self.pos = store.scan_start()
         elif store.tree:
             self.pos = store.order.ceiling(store.probe(key))
         else:
@@ -203,7 +203,7 @@ class StoreCursor:
     def gc_jump(self) -> None:
         """To the first record, for the collector."""
         self.epoch = self.store.epoch
-        self.pos = self.store.order.first()
+        self.pos = self.store.scan_start()
 
 
 class PlantCursor(StoreCursor):
@@ -265,17 +265,8 @@ class HashFileCursor(StoreCursor):
 
     def jump(self, key: bytes | None = None) -> None:
         """To the first block (even a free one), or to the record ``key``."""
-        store = self.store
-        self.back = False
-        self.epoch = store.epoch
-        self.end = store.file_end
-        if key is None:
-            self.pos = 0 if store.file_end > 0 else None
-        else:
-            rec = store.recs.get(key)
-            self.pos = rec[2] if rec is not None else None
-        if self.pos is None:
-            raise norec()
+        self.end = self.store.file_end
+        super().jump(key)
 
     def jump_back(self, key: bytes | None = None) -> None:
         raise noimpl()
@@ -322,10 +313,8 @@ class HashFileCursor(StoreCursor):
         return True
 
     def gc_jump(self) -> None:
-        store = self.store
-        self.epoch = store.epoch
-        self.end = store.file_end
-        self.pos = 0 if store.file_end > 0 else None
+        self.end = self.store.file_end
+        super().gc_jump()
 
 
 class DirCursor:

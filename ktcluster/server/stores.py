@@ -138,6 +138,10 @@ class RecordStore:
         by_okey = self.by_okey
         return [by_okey[okey] for okey in self.order]
 
+    def scan_start(self) -> Any:
+        """Where a cursor jumping to the start stands: the first order key (or None)."""
+        return self.order.first()
+
     # -- changes ------------------------------------------------------------------------------
 
     def insert(self, key: bytes, value: bytes, xt: int) -> None:
@@ -434,6 +438,10 @@ class HashFileStore(RecordStore):
 
     def new_okey(self, key: bytes, value: bytes) -> int:
         return self._allocate(self._record_size(key, value))
+
+    def scan_start(self) -> int | None:
+        """The first block, even a free one."""
+        return 0 if self.file_end > 0 else None
 
     def update(self, key: bytes, rec: list[Any], value: bytes, xt: int) -> None:
         self._resize(key, rec, value)

@@ -4,7 +4,9 @@ that the server tests do not depend on the client library."""
 from __future__ import annotations
 
 import socket
-import struct
+import time
+from collections.abc import Callable
+from typing import Any
 
 from ktcluster.protocol.binary import (
     MAGIC_SET_BULK,
@@ -15,9 +17,34 @@ from ktcluster.protocol.binary import (
     encode_set_bulk,
 )
 from ktcluster.protocol.http import ResponseHead, parse_response_head
+from ktcluster.protocol.replication import (
+    ACK,
+    LogEntry,
+    decode_log_entry,
+    decode_stream_message,
+    encode_handshake,
+)
 from ktcluster.protocol.rpc import answer_fields, encode_call
 
-__all__ = ["Wire"]
+__all__ = ["Wire", "NOBODY", "connect", "update_log"]
+
+#: a sid no server uses: a replication stream for it carries every entry
+NOBODY = 65535
+
+
+def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
+    """A connection to ``port``, retried while it is refused for up to ``timeout`` seconds
+    (a plug-in starts listening a moment after the server's main port)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class Wire:
@@ -49,13 +76,21 @@ class Wire:
         data, self.buf = self.buf[:size], self.buf[size:]
         return data
 
-    def _response(self, head_request: bool = False) -> tuple[ResponseHead, bytes]:
+    def decode(self, decoder: Callable[..., tuple[Any, int]], *args: Any) -> Any:
+        """Run a protocol decoder (``decoder(buf, *args)`` -> (value, bytes used)) over
+        what was received, receiving more while it is Incomplete; its value."""
         while True:
             try:
-                head = parse_response_head(self.buf, 0, head_request=head_request)
+                value, used = decoder(self.buf, *args)
                 break
             except Incomplete:
                 self._fill()
+        self.buf = self.buf[used:]
+        return value
+
+    def response(self, head_request: bool = False) -> tuple[ResponseHead, bytes]:
+        """The next HTTP response: (head, body)."""
+        head = self.decode(lambda buf: (parse_response_head(buf, 0, head_request=head_request), 0))
         end = head.body_start + (head.length or 0)
         while len(self.buf) < end:
             self._fill()
@@ -65,7 +100,7 @@ class Wire:
     def http(self, request: bytes, head_request: bool = False) -> tuple[int, dict[bytes, bytes], bytes]:
         """Send one raw HTTP request; (status, headers, body)."""
         self.sock.sendall(request)
-        head, body = self._response(head_request)
+        head, body = self.response(head_request)
         return head.status, head.headers, body
 
     def rpc(self, name: str, fields: list[tuple[bytes, bytes]] | None = None,
@@ -76,7 +111,7 @@ class Wire:
         for key, value in params.items():
             fields.append((key.encode(), value if isinstance(value, bytes) else str(value).encode()))
         self.sock.sendall(encode_call(name.encode(), fields))
-        head, body = self._response()
+        head, body = self.response()
         return head.status, dict(answer_fields(head, body))
 
     def get(self, key: bytes, db: int = 0) -> bytes | None:
@@ -90,19 +125,28 @@ class Wire:
     def binary_set(self, records: list[tuple[int, bytes, bytes, int]]) -> int:
         """0xB8 set_bulk of (dbidx, key, value, xt) records; the hit count."""
         self.sock.sendall(encode_set_bulk(records))
-        return decode_count_reply(self.recv_exact(5), MAGIC_SET_BULK)[0]
+        return self.decode(decode_count_reply, MAGIC_SET_BULK)
 
     def binary_get(self, records: list[tuple[int, bytes]]) -> list[tuple[int, bytes, bytes, int]]:
         """0xBA get_bulk of (dbidx, key) records; the records found."""
         self.sock.sendall(encode_get_bulk(records))
-        while True:
-            try:
-                found, used = decode_get_bulk_reply(self.buf)
-                self.buf = self.buf[used:]
-                return found
-            except Incomplete:
-                self._fill()
+        return self.decode(decode_get_bulk_reply)
 
     def replication(self, ts: int, sid: int, flags: int = 0) -> None:
         """Send the 0xB1 handshake."""
-        self.sock.sendall(struct.pack(">BIQH", 0xB1, flags, ts, sid))
+        self.sock.sendall(encode_handshake(ts, sid, flags))
+
+
+def update_log(host: str, port: int, ts: int = 0, sid: int = NOBODY) -> list[tuple[int, LogEntry]]:
+    """(time stamp, entry) of what a master's replication stream carries for ``sid`` after
+    ``ts``, up to its first heartbeat (the end of its update log)."""
+    with Wire(host, port) as wire:
+        wire.replication(ts, sid)
+        assert wire.recv_exact(1) == ACK
+        out = []
+        while True:
+            message = wire.decode(decode_stream_message)
+            if message.is_nop:
+                return out
+            if message.payload:
+                out.append((message.ts, decode_log_entry(message.payload)))

@@ -12,12 +12,13 @@ import time
 
 import pytest
 from golden_replay import libexec_dir
+from server_wire import connect, update_log
 
 from ktcluster.connection import Connection
 from ktcluster.protocol import memcache as mc
 from ktcluster.protocol.binary import Incomplete
 from ktcluster.protocol.kcnum import INT64MAX
-from ktcluster.protocol.replication import ACK, OP_SET, decode_accept, decode_log_stream, encode_handshake
+from ktcluster.protocol.replication import OP_SET
 from ktcluster.testing import free_port, using_real_server
 
 # -- protocol functions -------------------------------------------------------------------------
@@ -114,15 +115,7 @@ class Memc:
     """A raw memcached text connection."""
 
     def __init__(self, port: int) -> None:
-        deadline = time.monotonic() + 10
-        while True:  # the plug-in listens a moment after the main port
-            try:
-                self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-                break
-            except ConnectionRefusedError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.sock = connect(port)
         self.buf = b""
 
     def send(self, data: bytes) -> None:
@@ -205,17 +198,7 @@ def test_writes_are_logged_with_flags(memc_server):
     assert memc.call(b"incr k 1\r\n") == b"1\r\n"
     assert memc.call(b"delete k\r\n") == b"DELETED\r\n"
     time.sleep(0.3)  # the update log is flushed every 0.1 s
-    with socket.create_connection((server.host, server.port), timeout=10) as sock:
-        sock.sendall(encode_handshake(0, 2))
-        decode_accept(sock.recv(1))
-        buf = b""
-        while True:
-            buf += sock.recv(65536)
-            items, _, heartbeats = decode_log_stream(buf)
-            if heartbeats:
-                sock.sendall(ACK)
-                break
-    entries = [(op, key, value) for _, _, _, op, key, value in (i for i in items if isinstance(i, tuple))]
+    entries = [(entry.op, entry.key, entry.value) for _, entry in update_log(server.host, server.port, 0, 2)]
     never = b"\xff" * 5
     assert entries == [(OP_SET, b"k", never + b"hi\0\0\0\x05"), (OP_SET, b"k", never + b"1\0\0\0\x05"),
                        (0xA2, b"k", b"")]

@@ -60,16 +60,21 @@ def test_options_stop_at_the_first_database(tmp_path):
     assert done.returncode == 1
 
 
+def exit_status_after(srv: KTServer, signum: int) -> int:
+    """Send ``signum`` to a running server; its exit status."""
+    proc = srv.process
+    assert proc is not None
+    proc.send_signal(signum)
+    return proc.wait(15)
+
+
 def test_pid_file_log_and_clean_exit_on_sigterm(tmp_path):
     srv = KTServer(":", args=["-pid", "server.pid"], workdir=str(tmp_path), log=True)
     srv.start()
     try:
         with open(tmp_path / "server.pid") as f:
             assert f.read() == f"{srv.pid}\n"
-        proc = srv.process
-        assert proc is not None
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
+        assert exit_status_after(srv, signal.SIGTERM) == 0
     finally:
         srv.stop()
     assert not (tmp_path / "server.pid").exists()
@@ -80,10 +85,7 @@ def test_pid_file_log_and_clean_exit_on_sigterm(tmp_path):
 def test_sigint_also_stops_cleanly(tmp_path):
     srv = KTServer(":", workdir=str(tmp_path)).start()
     try:
-        proc = srv.process
-        assert proc is not None
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(15) == 0
+        assert exit_status_after(srv, signal.SIGINT) == 0
     finally:
         srv.stop()
 

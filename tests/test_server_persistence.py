@@ -11,9 +11,8 @@ import struct
 import time
 
 import pytest
-from server_wire import Wire
+from server_wire import Wire, update_log
 
-from ktcluster.protocol.replication import decode_log_entry, decode_stream_message
 from ktcluster.testing import KTServer
 
 
@@ -56,25 +55,6 @@ def test_ktopts_is_a_property_of_the_file():
             assert wire.rpc("get", key=b"k")[1] == {b"value": b"v"}
 
 
-def read_stream(wire: Wire, until_nop: bool = True) -> list[tuple[int, bytes]]:
-    """(ts, payload) of the records of a replication stream up to the first heartbeat."""
-    assert wire.recv_exact(1) == b"\xb1"
-    out = []
-    while True:
-        while True:
-            try:
-                message, used = decode_stream_message(wire.buf)
-                wire.buf = wire.buf[used:]
-                break
-            except Exception as exc:
-                if type(exc).__name__ != "Incomplete":
-                    raise
-                wire._fill()
-        if message.is_nop:
-            return out
-        out.append((message.ts, message.payload))
-
-
 def test_update_log_time_stamps_increase_across_a_restart():
     with KTServer(":", args=["-ulog", "ulog", "-sid", "1"]) as srv:
         with Wire(srv.host, srv.port) as wire:
@@ -86,10 +66,8 @@ def test_update_log_time_stamps_increase_across_a_restart():
             for i in range(5):
                 wire.set(b"b%d" % i, b"v")
         time.sleep(0.3)
-        with Wire(srv.host, srv.port) as wire:
-            wire.replication(0, 2)
-            records = read_stream(wire)
-    keys = [decode_log_entry(payload).key for _, payload in records]
+        records = update_log(srv.host, srv.port, 0, 2)
+    keys = [entry.key for _, entry in records]
     assert keys == [b"a%d" % i for i in range(5)] + [b"b%d" % i for i in range(5)]
     stamps = [ts for ts, _ in records]
     assert stamps == sorted(set(stamps))
@@ -111,12 +89,9 @@ def test_update_log_rotation_and_removal():
             assert wire.rpc("ulog_remove", ts=b"now")[0] == 200
             status, left = wire.rpc("ulog_list")
             assert list(left) == [newest]
-        with Wire(srv.host, srv.port) as wire:
-            # what is left of the history is still served; removed files are simply gone
-            wire.replication(0, 2)
-            records = read_stream(wire)
-            keys = [decode_log_entry(payload).key for _, payload in records]
-            assert keys and keys[-1] == b"k5-9" and b"k0-0" not in keys
+        # what is left of the history is still served; removed files are simply gone
+        keys = [entry.key for _, entry in update_log(srv.host, srv.port, 0, 2)]
+        assert keys and keys[-1] == b"k5-9" and b"k0-0" not in keys
 
 
 def test_heartbeat_needs_an_acknowledgement():

@@ -7,25 +7,9 @@ from __future__ import annotations
 import struct
 import time
 
-import pytest
 from server_wire import Wire
 
 from ktcluster.protocol.rpc import answer_fields, encode_call
-from ktcluster.testing import KTServer
-
-
-@pytest.fixture
-def server_factory(tmp_path):
-    started: list[KTServer] = []
-
-    def start(*dbs: str, args: tuple[str, ...] = ()) -> KTServer:
-        srv = KTServer(*dbs, args=list(args)).start()
-        started.append(srv)
-        return srv
-
-    yield start
-    for srv in started:
-        srv.cleanup()
 
 
 def pipelined(wire: Wire, calls: list[tuple[str, list[tuple[bytes, bytes]]]]) -> list[tuple[int, dict]]:
@@ -34,13 +18,13 @@ def pipelined(wire: Wire, calls: list[tuple[str, list[tuple[bytes, bytes]]]]) ->
     wire.sock.sendall(b"".join(encode_call(name.encode(), fields) for name, fields in calls))
     out = []
     for _ in calls:
-        head, body = wire._response()
+        head, body = wire.response()
         out.append((head.status, dict(answer_fields(head, body))))
     return out
 
 
-def test_expired_records_stay_counted_and_matched_until_collected(server_factory):
-    srv = server_factory(":")
+def test_expired_records_stay_counted_and_matched_until_collected(kt_server_factory):
+    srv = kt_server_factory(":")
     with Wire(srv.host, srv.port) as wire:
         answers = pipelined(wire, [
             ("set", [(b"key", b"old"), (b"value", b"v"), (b"xt", b"-1")]),
@@ -59,8 +43,8 @@ def test_expired_records_stay_counted_and_matched_until_collected(server_factory
     assert answers[6][1] == {b"num": b"0"}
 
 
-def test_the_garbage_collector_runs_as_writes_go_by(server_factory):
-    srv = server_factory("+")
+def test_the_garbage_collector_runs_as_writes_go_by(kt_server_factory):
+    srv = kt_server_factory("+")
     with Wire(srv.host, srv.port) as wire:
         wire.set(b"a-expired", b"v", xt=-1)
         for i in range(24):
@@ -69,8 +53,8 @@ def test_the_garbage_collector_runs_as_writes_go_by(server_factory):
         assert out[b"count"] == b"24"
 
 
-def test_expiry_forms(server_factory):
-    srv = server_factory(":")
+def test_expiry_forms(kt_server_factory):
+    srv = kt_server_factory(":")
     with Wire(srv.host, srv.port) as wire:
         now = int(time.time())
         wire.set(b"rel", b"v", xt=3600)
@@ -85,9 +69,9 @@ def test_expiry_forms(server_factory):
         assert wire.rpc("replace", key=b"never", value=b"x")[0] == 450
 
 
-def test_cursor_moves_on_when_another_connection_removes_its_record(server_factory):
+def test_cursor_moves_on_when_another_connection_removes_its_record(kt_server_factory):
     for spec in ("+", "%", ":"):
-        srv = server_factory(spec)
+        srv = kt_server_factory(spec)
         with Wire(srv.host, srv.port) as c0, Wire(srv.host, srv.port) as c1:
             c0.rpc("set_bulk", [(b"_a", b"1"), (b"_b", b"2"), (b"_c", b"3")])
             order = [k[1:] for k, _ in sorted(c0.rpc("match_prefix", prefix=b"")[1].items(),
@@ -98,12 +82,12 @@ def test_cursor_moves_on_when_another_connection_removes_its_record(server_facto
             assert status == 200 and out[b"key"] == order[2]
 
 
-def test_tree_cursor_removal_in_backward_mode(server_factory):
+def test_tree_cursor_removal_in_backward_mode(kt_server_factory):
     # GrassDB (a B+ tree) moves a backward cursor to the previous record after a removal,
     # the prototype tree ('+', a std::map iterator) always to the next one
     expected = {"%": b"b", "+": b"d"}
     for spec, after in expected.items():
-        srv = server_factory(spec)
+        srv = kt_server_factory(spec)
         with Wire(srv.host, srv.port) as wire:
             wire.rpc("set_bulk", [(b"_a", b"1"), (b"_b", b"2"), (b"_c", b"3"), (b"_d", b"4")])
             assert wire.rpc("cur_jump_back", [(b"key", b"c")], CUR=1)[0] == 200
@@ -111,8 +95,8 @@ def test_tree_cursor_removal_in_backward_mode(server_factory):
             assert wire.rpc("cur_get_key", CUR=1)[1][b"key"] == after
 
 
-def test_tree_cursor_skips_expired_records_both_ways(server_factory):
-    srv = server_factory("%")
+def test_tree_cursor_skips_expired_records_both_ways(kt_server_factory):
+    srv = kt_server_factory("%")
     with Wire(srv.host, srv.port) as wire:
         wire.rpc("set_bulk", [(b"_a", b"1"), (b"_c", b"3")])
         wire.set(b"b", b"2", xt=-1)
@@ -129,8 +113,8 @@ def test_tree_cursor_skips_expired_records_both_ways(server_factory):
         assert wire.rpc("cur_get_key", CUR=2)[1][b"key"] == b"a"
 
 
-def test_increment_and_double_formats(server_factory):
-    srv = server_factory(":")
+def test_increment_and_double_formats(kt_server_factory):
+    srv = kt_server_factory(":")
     with Wire(srv.host, srv.port) as wire:
         assert wire.rpc("increment", key=b"n", num=7)[1] == {b"num": b"7"}
         assert wire.get(b"n") == b"\0" * 7 + b"\x07"
@@ -143,8 +127,8 @@ def test_increment_and_double_formats(server_factory):
         assert wire.rpc("increment_double", key=b"t", num=1)[0] == 450
 
 
-def test_database_selection_by_name_and_index(server_factory):
-    srv = server_factory(":", "+", "casket.kch")
+def test_database_selection_by_name_and_index(kt_server_factory):
+    srv = kt_server_factory(":", "+", "casket.kch")
     with Wire(srv.host, srv.port) as wire:
         assert wire.rpc("set", key=b"k", value=b"v", DB=b"casket.kch")[0] == 200
         assert wire.rpc("get", key=b"k", DB=2)[1] == {b"value": b"v"}

@@ -5,19 +5,17 @@ master or the slave restarts.  Runs against the embedded server or $KT_SERVER_BI
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable
 
 import pytest
+from server_wire import update_log
 
 from ktcluster.connection import Connection
 from ktcluster.errors import LogicalInconsistencyError, NoImplementationError
-from ktcluster.protocol.replication import ACK, decode_accept, decode_log_stream, encode_handshake
 from ktcluster.testing import KTServer, free_port
 
 DEADLINE = 15.0
-NOBODY = 65535  # a sid no server uses: the stream then carries every entry
 
 
 def wait_until(check: Callable[[], bool], timeout: float = DEADLINE) -> None:
@@ -40,27 +38,8 @@ def has(conn: Connection, key: bytes, expected: bytes | None) -> Callable[[], bo
 
 
 def ulog_entries(server: KTServer) -> list[tuple[int, int, bytes]]:
-    """(origin sid, op, key) of every entry in a server's update log, read from its
-    replication stream up to the first heartbeat."""
-    with socket.create_connection((server.host, server.port), timeout=10) as sock:
-        sock.sendall(encode_handshake(0, NOBODY))
-        buf = sock.recv(1)
-        decode_accept(buf)
-        buf = b""
-        out: list[tuple[int, int, bytes]] = []
-        while True:
-            data = sock.recv(65536)
-            assert data, "the master closed the stream"
-            buf += data
-            items, pos, heartbeats = decode_log_stream(buf)
-            buf = buf[pos:]
-            for item in items:
-                if isinstance(item, tuple):
-                    _, sid, _, op, key, _ = item
-                    out.append((sid, op, key))
-            if heartbeats:
-                sock.sendall(ACK * heartbeats)
-                return out
+    """(origin sid, op, key) of every entry in a server's update log."""
+    return [(entry.sid, entry.op, entry.key) for _, entry in update_log(server.host, server.port)]
 
 
 def slave_args(sid: int, master: KTServer | int, riv: str = "0") -> list[str]:

@@ -257,6 +257,19 @@ def _request_line(line: bytes) -> tuple[bytes, bytes, bytes, bytes | None, int]:
     return method, target, path, query if qmark else None, version
 
 
+_HEADER_NAMES: dict[bytes, bytes] = {}
+
+
+def _header_name(name: bytes) -> bytes:
+    """kthttp's reading of a header name: blanks folded, lower-cased (memoised)."""
+    norm = _HEADER_NAMES.get(name)
+    if norm is None:
+        norm = b" ".join(name.split()).lower()
+        if len(_HEADER_NAMES) < 1024:
+            _HEADER_NAMES[name] = norm
+    return norm
+
+
 def _request_head(request: tuple[bytes, bytes, bytes, bytes | None, int], lines: list[bytes],
                   body_start: int) -> RequestHead:
     method, target, path, query, version = request
@@ -268,7 +281,7 @@ def _request_head(request: tuple[bytes, bytes, bytes, bytes | None, int], lines:
         name, colon, value = line.partition(b":")
         if not colon:
             continue
-        name = b" ".join(name.split()).lower()
+        name = _header_name(name)
         if not name:
             continue
         value = value.lstrip(b" ")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import os
 import resource
 import subprocess
@@ -133,22 +134,20 @@ def procedure(*, db: bool = False, cursor: bool = False, params: tuple[bytes, ..
     :func:`_db_error`.  The function gets ``(session, db or cursor, inmap, outmap,
     *params)`` and returns a return value (None: success)."""
 
+    missing = b"no such cursor" if cursor else b"no such database"
+    misses = tuple(counter + 1 for counter in count if counter != Counter.MISC)
+    fetch = _fetcher(params)
+
     def wrap(func: Callable[..., int | None]) -> Procedure:
         @functools.wraps(func)
         def run(session: Session, db_: Database | None, cur: Cursor | None, inmap: InMap, outmap: OutMap) -> int:
-            target: Any = None
-            if db:
-                if db_ is None:
-                    outmap[b"ERROR"] = b"no such database"
-                    return RV_INVALID
-                target = db_
-            elif cursor:
-                if cur is None:
-                    outmap[b"ERROR"] = b"no such cursor"
-                    return RV_INVALID
-                target = cur
-            values = [inmap.get(name) for name in params]
-            if None in values:
+            target: Any = cur if cursor else db_
+            if target is None and (db or cursor):
+                outmap[b"ERROR"] = missing
+                return RV_INVALID
+            try:
+                values = fetch(inmap)
+            except KeyError:
                 return _invalid(outmap)
             counts = session.counts
             for counter in count:
@@ -156,15 +155,25 @@ def procedure(*, db: bool = False, cursor: bool = False, params: tuple[bytes, ..
             try:
                 rv = func(session, target, inmap, outmap, *values)
             except DBError as exc:
-                for counter in count:
-                    if counter != Counter.MISC:
-                        counts[counter + 1] += 1
+                for counter in misses:
+                    counts[counter] += 1
                 return _db_error(session, outmap, exc, logical, unimplemented)
             return RV_SUCCESS if rv is None else rv
 
         return run
 
     return wrap
+
+
+def _fetcher(names: tuple[bytes, ...]) -> Callable[[InMap], tuple[bytes, ...]]:
+    """A function taking the values of ``names`` from an input map (KeyError if one is
+    missing): an itemgetter, this is every call's hot path."""
+    if not names:
+        return lambda inmap: ()
+    if len(names) == 1:
+        get = operator.itemgetter(names[0])
+        return lambda inmap: (get(inmap),)
+    return operator.itemgetter(*names)
 
 
 def _xt(inmap: InMap) -> int:

@@ -25,11 +25,11 @@ registered in ``cursors`` so that changes can move them as Kyoto Cabinet moves i
 
 from __future__ import annotations
 
-import struct
 import weakref
 from collections.abc import Iterator
 from typing import Any
 
+from ..protocol.replication import join_xt
 from .cursors import DirCursor, HashFileCursor, PlantCursor, StoreCursor
 from .dbspec import TYPE_NUMBERS, DBSpec, comparator
 from .hashing import murmur, tr1_fnv
@@ -41,7 +41,6 @@ __all__ = ["RecordStore", "TreeStore", "BucketStore", "CacheStore", "HashFileSto
 
 #: an order key of the hash-ordered stores is ``bucket << SEQ_BITS | sequence number``.
 SEQ_BITS = 40
-_XT5 = struct.Struct(">Q")
 #: buckets of ProtoHashDB's tr1::unordered_map after its rehash(1048583)
 _PHASH_BUCKETS = 1056323
 #: the fields of ``status`` that every type but StashDB and the ProtoDBs reports
@@ -114,7 +113,7 @@ class RecordStore:
 
     def stored(self, value: bytes, xt: int) -> bytes:
         """The value as Kyoto Cabinet stores it: 5-byte xt prefix unless ktopts=p."""
-        return value if self.persist else _XT5.pack(xt)[3:] + value
+        return value if self.persist else join_xt(xt, value)
 
     # -- order keys ---------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ Modules, from the bottom up:
   :mod:`.sortedlist` and :mod:`.persistence` (the files);
 * :mod:`.ulog` -- the update log files, their time stamps and readers;
 * :mod:`.config` -- the command line;
+* :mod:`.netio` -- buffered blocking sockets and listeners (ktserver's timeouts);
 * :mod:`.server` -- listener, one thread per connection (first-byte dispatch, the HTTP
   loop), WAIT/SIGNAL conditions, counters, the log;
 * :mod:`.rpc`, :mod:`.rest`, :mod:`.binary`, :mod:`.replication` -- the protocol front
@@ -25,6 +26,7 @@ Modules, from the bottom up:
 * :mod:`.slave` -- the replication slave of ``-mhost``/``-rts`` (``server.slave``);
 * :mod:`.memcached` -- the memcached plug-in of ``-plsv ktplugservmemc.so``
   (``server.plugins``);
-* :mod:`.scripting` and :mod:`.scripting_kt` -- the Lua engine of ``-scr``
-  (``server.scripting``).
+* :mod:`.scripting` (the pool of Lua states), :mod:`.scripting_kt` with
+  ``scripting_kt.lua`` (the ``kt`` module) and :mod:`.scripting_lib` (its library
+  functions) -- the Lua engine of ``-scr`` (``server.scripting``).
 """

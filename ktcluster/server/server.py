@@ -61,7 +61,8 @@ HEAD_MAX = 1 << 20
 
 
 class Counter:
-    """Indices of the ``cnt_*`` operation counters of ``report``."""
+    """Indices of the ``cnt_*`` operation counters of ``report``.  The miss counter of
+    SET, REMOVE and GET is the next index (``Counter.SET + 1`` is SET_MISS)."""
 
     SET, SET_MISS, REMOVE, REMOVE_MISS, GET, GET_MISS, SCRIPT, MISC = range(8)
     NAMES = ("cnt_set", "cnt_set_misses", "cnt_remove", "cnt_remove_misses", "cnt_get", "cnt_get_misses",

@@ -1,4 +1,4 @@
-"""KT's RESTful interface, client half: ``GET/HEAD/PUT/DELETE /DB/key``.
+"""KT's RESTful interface: ``GET/HEAD/PUT/DELETE /DB/key``.
 
 Pure functions over bytes.  REST moves a value as the raw HTTP body (no TSV
 column encoding), which makes it the cheapest HTTP path for single records.
@@ -13,16 +13,19 @@ column encoding), which makes it the cheapest HTTP path for single records.
 * Answers: GET 200 (body = value), HEAD 200 (Content-Length = value size), PUT 201,
   DELETE 204; a missing record is 404 with ``X-Kt-Error``; add/replace
   conflicts are 450; a bad DB is 400 with the text body ``no such database``.
+
+The server half, :func:`parse_target`, reads a target as ktserver does.
 """
 
 from __future__ import annotations
 
 from ..errors import KyotoTycoonException, LogicalInconsistencyError, error_for_status
 from .http import LINE_MAX, ResponseHead
+from .tsv import url_decode
 
 __all__ = [
     "MAX_TARGET", "quote_path", "rest_target", "encode_get", "encode_head", "encode_put", "encode_delete",
-    "MODE_SET", "MODE_ADD", "MODE_REPLACE", "rest_error",
+    "MODE_SET", "MODE_ADD", "MODE_REPLACE", "rest_error", "parse_target",
 ]
 
 #: the longest request target that fits ktserver's request-line limit with every method.
@@ -88,3 +91,20 @@ def rest_error(head: ResponseHead, body: bytes) -> KyotoTycoonException:
     if head.status == 404:
         return LogicalInconsistencyError(text, 404)
     return error_for_status(head.status, text)
+
+
+def parse_target(path: bytes) -> tuple[bytes, bytes]:
+    """(DB expression, key) of a REST path (the target before ``?``), as ktserver reads
+    it: one leading ``/`` dropped; if a ``/`` remains, what precedes it (URL-decoded) is
+    the DB expression and one more ``/`` after it is skipped; the rest, URL-decoded, is
+    the key.  An empty expression (or one starting with NUL) means DB 0."""
+    if path[:1] == b"/":
+        path = path[1:]
+    expr = b""
+    slash = path.find(b"/")
+    if slash >= 0:
+        expr = url_decode(path[:slash])
+        path = path[slash + 1:]
+        if path[:1] == b"/":
+            path = path[1:]
+    return expr, url_decode(path)

@@ -1,9 +1,8 @@
 """The RESTful interface: ``GET/HEAD/PUT/DELETE /[DB/]key`` (ktserver do_rest_*).
 
-The path (query ignored) loses one leading ``/``; if a ``/`` remains, the part before it
-(URL-decoded) selects the database and one more ``/`` is skipped; the rest, URL-decoded
-with kc::urldecode's rules, is the key.  ``X-Kt-Xt`` on PUT is an absolute time in any
-of ktutil strmktime's formats; GET/HEAD report it as an RFC 1123 date.
+The path (query ignored) names the database and the key
+(:func:`ktcluster.protocol.rest.parse_target`).  ``X-Kt-Xt`` on PUT is an absolute time
+in any of ktutil strmktime's formats; GET/HEAD report it as an RFC 1123 date.
 """
 
 from __future__ import annotations
@@ -12,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from ..protocol.http import RequestHead, encode_response, format_http_date
 from ..protocol.kcnum import INT64MAX, strmktime
-from ..protocol.tsv import url_decode
+from ..protocol.rest import parse_target
 from .server import Counter
-from .storage import DUPREC, NOREC, XTMAX, Database, DBError
+from .storage import DUPREC, NOREC, XTMAX, DBError
 
 if TYPE_CHECKING:
     from .server import Session
@@ -24,25 +23,10 @@ __all__ = ["handle"]
 _NO_RECORD = b"DB: 7: no record: no record"
 
 
-def _locate(session: Session, path: bytes) -> tuple[Database | None, bytes]:
-    """(database, key) of a REST path."""
-    if path[:1] == b"/":
-        path = path[1:]
-    db = session.server.dbs[0]
-    slash = path.find(b"/")
-    if slash >= 0:
-        expr = url_decode(path[:slash])
-        path = path[slash + 1:]
-        if path[:1] == b"/":
-            path = path[1:]
-        if expr and expr[0] != 0:
-            db = session.server.db_by_expr(expr)
-    return db, url_decode(path)
-
-
 def handle(session: Session, head: RequestHead, body: bytes) -> bytes:
     """Answer one HTTP request outside ``/rpc/``."""
-    db, key = _locate(session, head.path)
+    expr, key = parse_target(head.path)
+    db = session.server.db_by_expr(expr)
     keep = head.keep_alive
     method = head.method
     if db is None:

@@ -75,8 +75,7 @@ def call(session: Session, name: bytes, inmap: dict[bytes, bytes]) -> tuple[int,
         if not server.conditions.wait(wait, seconds) or server.stopping.is_set():
             outmap[b"ERROR"] = b"the condition timed out"
             return RV_TIMEOUT, outmap
-    expr = inmap.get(b"DB")
-    db = server.dbs[0] if not expr or expr[0] == 0 else server.db_by_expr(expr)
+    db = server.db_by_expr(inmap.get(b"DB"))
     cur = None
     cexpr = inmap.get(b"CUR")
     if cexpr and 0x30 <= cexpr[0] <= 0x39:

@@ -410,10 +410,11 @@ class Server:
                     total[i] += value
         return total
 
-    def db_by_expr(self, expr: bytes) -> Database | None:
+    def db_by_expr(self, expr: bytes | None) -> Database | None:
         """The database an RPC ``DB`` value or REST path segment names: a decimal index
-        when it starts with a digit (kc::atoi), else an exact name; empty = DB 0."""
-        if not expr:
+        when it starts with a digit (kc::atoi), else an exact name; absent or an empty C
+        string = DB 0."""
+        if not expr or expr[0] == 0:
             return self.dbs[0] if self.dbs else None
         if 0x30 <= expr[0] <= 0x39:
             end = 1

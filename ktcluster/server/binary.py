@@ -37,7 +37,7 @@ from ..protocol.kcnum import cstr
 from . import replication
 from .rpc import RV_SUCCESS
 from .server import Counter
-from .storage import Database, DBError
+from .storage import DBError
 
 if TYPE_CHECKING:
     from .server import Session
@@ -92,50 +92,49 @@ def _count_reply(session: Session, magic: int, flags: int, hits: int, failed: bo
 
 
 def _set_bulk(session: Session) -> bool:
-    return _write_bulk(session, MAGIC_SET_BULK, decode_set_record, Counter.SET, _set_record)
+    return _write_bulk(session, MAGIC_SET_BULK, decode_set_record, Counter.SET)
 
 
 def _remove_bulk(session: Session) -> bool:
-    return _write_bulk(session, MAGIC_REMOVE_BULK, decode_key_record, Counter.REMOVE, _remove_record)
+    return _write_bulk(session, MAGIC_REMOVE_BULK, decode_key_record, Counter.REMOVE)
 
 
-def _set_record(db: Database, record: tuple[int, bytes, bytes, int]) -> bool:
-    db.set(record[1], record[2], record[3])
-    return True
-
-
-def _remove_record(db: Database, record: tuple[int, bytes]) -> bool:
-    return db.remove_bulk((record[1],)) > 0
-
-
-def _write_bulk(session: Session, magic: int, decode: Callable[[bytes, int], tuple[Any, int]], counter: int,
-                write: Callable[[Database, Any], bool]) -> bool:
-    """set_bulk or remove_bulk: each record is applied by ``write(db, record)`` (False: a
-    miss) as it arrives; a database error ends the request."""
+def _write_bulk(session: Session, magic: int, decode: Callable[[bytes, int], tuple[Any, int]], counter: int) -> bool:
+    """set_bulk (``magic`` 0xB8) or remove_bulk (0xB9): each record is applied as it
+    arrives (a removal of an absent record is a miss); a database error ends the
+    request."""
     header = session.decode(decode_request_header)
     if header is None:
         return False
     _, flags, rnum = header
     dbs = session.server.dbs
+    ndbs = len(dbs)
     counts = session.counts
+    miss = counter + 1
+    removing = magic == MAGIC_REMOVE_BULK
     hits = 0
     failed = False
     for record in _records(session, rnum, decode):
         if record is None:
             failed = True
             break
-        if record[0] < len(dbs):
+        if record[0] < ndbs:
             counts[counter] += 1
             try:
-                hit = write(dbs[record[0]], record)
+                if removing:
+                    found = dbs[record[0]].remove_bulk(record[1:]) > 0
+                else:
+                    dbidx, key, value, xt = record
+                    dbs[dbidx].set(key, value, xt)
+                    found = True
             except DBError:
-                counts[counter + 1] += 1   # the miss counter
+                counts[miss] += 1
                 failed = True
                 break
-            if hit:
+            if found:
                 hits += 1
             else:
-                counts[counter + 1] += 1
+                counts[miss] += 1
     return _count_reply(session, magic, flags, hits, failed)
 
 

@@ -21,6 +21,7 @@ indefinitely, while a command that has begun must arrive within ``tout`` seconds
 
 from __future__ import annotations
 
+import functools
 import itertools
 import socket
 import threading
@@ -263,7 +264,7 @@ class _Connection(BufferedSocket):
         """A storage command's data block, or None (bad size or terminator, EOF,
         timeout): the connection is then closed without a reply."""
         try:
-            return self.decode(mc.read_data_block, size)
+            return self.decode(functools.partial(mc.read_data_block, size=size))
         except mc.BadDataBlock:
             return None
 

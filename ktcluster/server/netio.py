@@ -106,15 +106,15 @@ class BufferedSocket:
         self.pos = end
         return self.buf[pos:end]
 
-    def decode(self, decoder: Callable[..., tuple[Any, ...]], *args: Any) -> Any:
+    def decode(self, decoder: Callable[[bytes, int], tuple[Any, ...]]) -> Any:
         """Run a :mod:`ktcluster.protocol` decoder at the read position --
-        ``decoder(buf, pos, *args)``, which returns its results with the new position
-        last and raises Incomplete for want of bytes -- reading as much as it needs.
-        Its result (a tuple if several), or None when the connection fails first; a
-        ProtocolError it raises propagates."""
+        ``decoder(buf, pos)``, which returns its results with the new position last and
+        raises Incomplete for want of bytes -- reading as much as it needs.  Its result
+        (a tuple if several), or None when the connection fails first; a ProtocolError
+        it raises propagates."""
         while True:
             try:
-                result = decoder(self.buf, self.pos, *args)
+                result = decoder(self.buf, self.pos)
             except Incomplete as exc:
                 if not self.ensure(exc.needed - self.pos):
                     return None

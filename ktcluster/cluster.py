@@ -47,7 +47,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -61,6 +61,8 @@ from .fanout import Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
 from .packers import KT_PACKER_PICKLE
 from .pool import DEFAULT_POOL_SIZE
+from .protocol.kcnum import cstr
+from .protocol.kctext import levdist
 from .replication import ReplicationStream
 from .retry import OpClass, RetryPolicy, op_class
 from .ring import Key, Ring, RingDiff
@@ -537,16 +539,15 @@ class Cluster:
     def match_similar(self, origin: Key, distance: int | None = 0, limit: int | None = None, db: Any = 0, *,
                       utf: bool | None = None) -> list[Any]:
         """Keys within ``distance`` of ``origin`` on any node, nearest first (ties in key
-        order).  KT does not return distances, so the merge recomputes them (in
-        characters with ``utf``, the default for a str origin, else in bytes)."""
+        order).  KT does not return distances, so the merge recomputes them as the
+        server does (in UTF-8 code points with ``utf``, the default for a str origin,
+        else in bytes)."""
         per_node = self._each("match_similar",
                               lambda m: m.http.match_similar(origin, distance, limit, db, utf=utf))
         chars = utf if utf is not None else isinstance(origin, str)
-        norm: Callable[[Any], Any] = (lambda k: k if isinstance(k, str) else key_bytes(k).decode("utf-8", "replace")) \
-            if chars else key_bytes
-        target = norm(origin)
+        target = cstr(key_bytes(origin))
         merged = sorted({k for keys in per_node.values() for k in keys},
-                        key=lambda k: (_levenshtein(norm(k), target), key_bytes(k)))
+                        key=lambda k: (levdist(key_bytes(k), target, chars), key_bytes(k)))
         return merged[:limit] if limit else merged
 
     def play_script(self, name: str | bytes, kv_dict: Mapping[Any, Any] | None = None, *,
@@ -616,17 +617,6 @@ class Cluster:
 def _sorted_union(lists: Iterable[list[Any]], limit: int | None) -> list[Any]:
     merged = sorted({k for keys in lists for k in keys})
     return merged[:limit] if limit else merged
-
-
-def _levenshtein(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """Edit distance between two strings (or byte strings)."""
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
 
 
 def _merge(per_node: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from threaded import run_threads
 
+from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster, parse_address
 from ktcluster.errors import (
     ArgumentError,
@@ -170,6 +171,27 @@ def test_fan_out_operations_merge(cluster):
     assert cluster.clear() is True and cluster.count() == 0
     with pytest.raises(ArgumentError):
         cluster.per_node("_rpc")
+
+
+def test_match_similar_merges_in_the_order_one_server_gives(make_cluster, kt_server):
+    """The merged answer ranks keys as a single ktserver holding all of them would:
+    by code points for a str origin (a multi-byte character is one edit), by bytes otherwise."""
+    keys = ["café", "cafe", "cafés", "caffè", "chat", "cap", "cafébar", b"caf\xff", b"caf\xffe", "kaffe"]
+    cluster = make_cluster()
+    single = KyotoTycoon()
+    single.open(kt_server.host, kt_server.port)
+    try:
+        cluster.clear()
+        for key in keys:
+            cluster.set(key, 1)
+            single.set(key, 1)
+        for origin, distance, utf in (("café", 2, None), ("café", 2, False), (b"caf", 3, None), ("cafe", 1, True)):
+            want = single.match_similar(origin, distance, utf=utf)
+            assert cluster.match_similar(origin, distance, utf=utf) == want
+            assert cluster.match_similar(origin, distance, limit=3, utf=utf) == want[:3]
+    finally:
+        single.close()
+        cluster.clear()
 
 
 def test_play_script_on_a_node_or_the_node_of_a_key(cluster):

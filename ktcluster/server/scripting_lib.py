@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterable
 
 from ..errors import ProtocolError
 from ..protocol.kcnum import INT64MAX, INT64MIN, cstr
+from ..protocol.kctext import levdist
 from ..protocol.replication import decode_varnum, encode_varnum
 from ..protocol.tsv import base64_decode, base64_encode, quote_decode, quote_encode, url_decode, url_encode
 from .hashing import fnv, murmur
-from .textmatch import RegexError, compile_regex, levenshtein, utf8_to_ucs
+from .textmatch import RegexError, compile_regex
 
 __all__ = ["c_int64", "c_int32", "c_uint64", "hash_murmur", "hash_fnv", "levdist", "pack", "unpack", "split",
            "codec", "bit", "strstr", "regex", "arraydump", "arrayload", "mapdump", "mapload"]
@@ -69,13 +70,6 @@ def hash_murmur(data: bytes) -> int:
 def hash_fnv(data: bytes) -> int:
     """kt.hash_fnv: kc::hashfnv cut to 48 bits."""
     return fnv(data) & _U48
-
-
-def levdist(a: bytes, b: bytes, utf: bool) -> int:
-    """kt.levdist: the edit distance of two strings, by bytes or by UTF-8 code points."""
-    if utf:
-        return levenshtein(utf8_to_ucs(a), utf8_to_ucs(b))
-    return levenshtein(a, b)
 
 
 def regex(text: bytes, pattern: bytes, alt: bytes | None) -> bool | bytes:

@@ -40,13 +40,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ..protocol.kcnum import INT64MAX, INT64MIN, cstr
+from ..protocol.kctext import levenshtein, utf8_to_ucs
 from ..protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, encode_log_entry, split_xt
 from .dbspec import DBSpec
 from .increments import increment_decimal, increment_int
 from .kcdb import DUPREC, INVALID, LOGIC, NOIMPL, NOP, NOPERM, NOREC, REMOVE, SYSTEM, DBError, norec
 from .persistence import Journal, RecordFiles, StorageError, read_snapshot, write_snapshot
 from .stores import create_store
-from .textmatch import RegexError, compile_regex, levenshtein, utf8_to_ucs
+from .textmatch import RegexError, compile_regex
 
 __all__ = [
     "XTMAX", "XT_NONE", "NOP", "REMOVE", "DBError", "DBSpec", "Database", "Cursor",

@@ -1,13 +1,10 @@
-"""Text matching as Kyoto Cabinet does it: POSIX regular expressions, edit distance, UTF-8.
+"""Regular expressions as Kyoto Cabinet reads them (POSIX, through glibc).
 
-Shared by ``match_regex`` and ``match_similar`` (:mod:`.storage`) and the Lua functions
-``kt.regex`` and ``kt.levdist`` (:mod:`.scripting_kt`):
-
-* :class:`PosixRegex` -- kc::Regex (kcregex.cc), which hands the pattern to glibc's
-  ``regcomp(REG_EXTENDED)`` in the C locale; the pattern is translated into Python's
-  :mod:`re` syntax with glibc's reading of it (see :func:`translate`);
-* :func:`levenshtein` -- kc::strlevdist and kc::strucslevdist (kcutil.h);
-* :func:`utf8_to_ucs` -- kc::strutftoucs, Kyoto Cabinet's lenient UTF-8 decoder.
+Shared by ``match_regex`` (:mod:`.storage`) and the Lua function ``kt.regex``
+(:mod:`.scripting_lib`).  :class:`PosixRegex` is kc::Regex (kcregex.cc), which hands the
+pattern to glibc's ``regcomp(REG_EXTENDED)`` in the C locale; the pattern is translated
+into Python's :mod:`re` syntax with glibc's reading of it (see :func:`translate`).
+Edit distance and UTF-8 decoding live in :mod:`ktcluster.protocol.kctext`.
 
 Texts and patterns are C strings to Kyoto Cabinet: they end at their first NUL.
 """
@@ -16,11 +13,10 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
 
 from ..protocol.kcnum import cstr
 
-__all__ = ["RegexError", "PosixRegex", "compile_regex", "translate", "levenshtein", "utf8_to_ucs"]
+__all__ = ["RegexError", "PosixRegex", "compile_regex", "translate"]
 
 #: glibc's RE_DUP_MAX: an interval bound above it does not compile.
 RE_DUP_MAX = 0x7FFF
@@ -315,43 +311,3 @@ def _expand(alt: bytes, match: re.Match[bytes]) -> bytes:
 def compile_regex(regex: bytes) -> PosixRegex:
     """A (cached) :class:`PosixRegex`; RegexError if glibc would not compile it."""
     return PosixRegex(regex)
-
-
-# -- edit distance and UTF-8 ----------------------------------------------------------------
-
-
-def levenshtein(a: Sequence[int], b: Sequence[int]) -> int:
-    """The edit distance of two byte strings or code point lists (kc::strlevdist)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def utf8_to_ucs(data: bytes) -> list[int]:
-    """kc::strutftoucs: the code points of UTF-8 text; bad sequences are skipped."""
-    out: list[int] = []
-    n = len(data)
-    i = 0
-    while i < n:
-        c = data[i]
-        if c < 0x80:
-            out.append(c)
-        else:
-            width = 1 if c < 0xE0 else 2 if c < 0xF0 else 3 if c < 0xF8 else 4 if c < 0xFC else 5 if c < 0xFE else 0
-            tail = data[i + 1:i + 1 + width]
-            if width and len(tail) == width and 0 not in tail:
-                mask = (0x1F, 0x0F, 0x07, 0x03, 0x01)[width - 1]
-                code = c & mask
-                for t in tail:
-                    code = code << 6 | (t & 0x3F)
-                if code >= (0x80, 0x800, 0x10000, 0x200000, 0x4000000)[width - 1]:
-                    out.append(code)
-                i += width
-        i += 1
-    return out

@@ -76,7 +76,6 @@ ends.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import heapq
 import json
@@ -86,16 +85,15 @@ import os
 import queue
 import random
 import socket
-import sys
-import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 from .address import Servers, named_addresses
+from .atomicfile import write_atomic
 from .connection import Connection
 from .errors import (
     ArgumentError,
@@ -124,7 +122,7 @@ from .protocol.replication import (
 
 __all__ = [
     "OP_SET", "OP_REMOVE", "OP_CLEAR", "XT_NEVER",
-    "KyotoSlave", "Checkpoint", "ReplicationStream", "tail", "ts_from_seconds",
+    "KyotoSlave", "Checkpoint", "ReplicationStream", "ts_from_seconds",
 ]
 
 log = logging.getLogger(__name__)
@@ -507,18 +505,7 @@ class Checkpoint:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temporary file, fsync, rename): a crash leaves the old or the new one."""
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", dir=os.path.dirname(os.path.abspath(path)))
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(self.to_json())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
@@ -831,84 +818,3 @@ class ReplicationStream:
             log.info("replication: %s caught up and orders the stream again", src.name)
         if self.on_idle is not None:
             self.on_idle(src.name, excluded)
-
-
-# -- ktcluster tail ---------------------------------------------------------------------------
-
-_OP_NAMES = {OP_SET: "set", OP_REMOVE: "remove", OP_CLEAR: "clear"}
-
-
-def _json_bytes(out: dict[str, Any], name: str, data: bytes) -> None:
-    try:
-        out[name] = data.decode("utf-8")
-    except UnicodeDecodeError:
-        out[name + "_b64"] = base64.b64encode(data).decode("ascii")
-
-
-def record_to_json(rec: Record) -> str:
-    """One JSON line for a record: ``key``/``value`` as UTF-8 text, or ``key_b64``/``value_b64``
-    (base64) when not valid UTF-8; ``op`` by name; ``expires`` epoch seconds or null."""
-    out: dict[str, Any] = {"node": rec.get("node"), "ts": rec["ts"], "sid": rec["sid"], "db": rec["db"],
-                           "op": _OP_NAMES[rec["op"]]}
-    if "key" in rec:
-        _json_bytes(out, "key", rec["key"])
-    if "value" in rec:
-        _json_bytes(out, "value", rec["value"])
-        out["expires"] = None if rec["expires"] >= XT_NEVER else rec["expires"]
-    return json.dumps(out, separators=(",", ":"))
-
-
-def tail(masters: Servers, sid: int = 65535, *,
-         since: float | None = None, checkpoint_file: str | None = None,
-         origin_sids: Mapping[str, int] | None = None, idle_timeout: float = 5.0, count: int | None = None,
-         out: IO[str] | None = None, err: IO[str] | None = None, save_interval: float = 1.0) -> int:
-    """``ktcluster tail``: print the merged stream as JSON lines; returns the number printed.
-
-    With ``checkpoint_file``, resume from it when it exists (``since`` applies
-    otherwise) and save it atomically after printed lines are flushed -- every
-    ``save_interval`` seconds and on exit -- so a restart re-prints at most the
-    lines of the last interval.  Idle/rejoin events go to ``err`` as JSON lines.
-    Stops after ``count`` records, or on KeyboardInterrupt."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    start: float | Checkpoint | None = since
-    if checkpoint_file and os.path.exists(checkpoint_file):
-        start = Checkpoint.load(checkpoint_file)
-    elif checkpoint_file and not os.path.isdir(os.path.dirname(os.path.abspath(checkpoint_file))):
-        raise ArgumentError(f"no directory for the checkpoint file {checkpoint_file!r}")
-
-    def on_idle(node: str, excluded: bool) -> None:
-        err.write(json.dumps({"event": "idle" if excluded else "rejoined", "node": node}) + "\n")
-        err.flush()
-
-    stream = ReplicationStream(masters, sid, start, origin_sids=origin_sids, idle_timeout=idle_timeout,
-                               on_idle=on_idle)
-
-    def save() -> None:
-        out.flush()  # first: the checkpoint must not cover lines still in a buffer
-        if checkpoint_file:
-            stream.checkpoint().save(checkpoint_file)
-
-    printed = 0
-    unwritten = False  # a record was yielded (so the checkpoint covers it) but not written
-    next_save = time.monotonic() + save_interval
-    try:
-        with stream:
-            if count is not None and count <= 0:
-                return 0
-            for rec in stream:
-                unwritten = True
-                out.write(record_to_json(rec) + "\n")
-                unwritten = False
-                printed += 1
-                if count is not None and printed >= count:
-                    break
-                if time.monotonic() >= next_save:
-                    save()
-                    next_save = time.monotonic() + save_interval
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if not unwritten:
-            save()
-    return printed

@@ -12,6 +12,8 @@ import time
 import pytest
 from golden_replay import load_cases, step_bytes
 
+from ktcluster.atomicfile import write_atomic
+from ktcluster.cli.tail import record_to_json
 from ktcluster.errors import ArgumentError, ProtocolError, ReplicationError, ResyncRequiredError
 from ktcluster.protocol.binary import Incomplete
 from ktcluster.protocol.replication import (
@@ -28,7 +30,7 @@ from ktcluster.protocol.replication import (
     join_xt,
     parse_ulog_list,
 )
-from ktcluster.replication import XT_NEVER, Checkpoint, KyotoSlave, ReplicationStream, record_to_json
+from ktcluster.replication import XT_NEVER, Checkpoint, KyotoSlave, ReplicationStream
 from ktcluster.testing import free_port
 
 
@@ -195,6 +197,15 @@ def test_checkpoint_round_trips(tmp_path):
     Checkpoint({"a:1": 1}).save(path)
     assert Checkpoint.load(path).positions == {"a:1": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["cp.json"]  # no temporary file left
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "state.json"
+    write_atomic(path, "old")
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(path, "new \udcff")  # fails while writing the temporary file
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
 @pytest.mark.parametrize("text", ["[]", "{}", '{"version": 2, "positions": {}}', "nope",

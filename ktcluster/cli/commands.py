@@ -231,7 +231,7 @@ def dump(args: argparse.Namespace) -> int:
 
 
 def tail(args: argparse.Namespace) -> int:
-    from ..replication import tail as run_tail
+    from .tail import tail as run_tail
 
     nodes = dict(args.nodes) if args.nodes else server_list(args).nodes
     masters: dict[str, str] | list[str] = nodes if any(k != v for k, v in nodes.items()) else list(nodes.values())

@@ -24,10 +24,11 @@ from ..cluster import Cluster
 from ..errors import KyotoTycoonException, PartialFailureError
 from ..health import HealthConfig
 from ..packers import KT_PACKER_STRING
-from ..replication import ReplicationStream, record_to_json
+from ..replication import ReplicationStream
 from ..retry import RetryPolicy
 from ..testing import KTServer, server_command, using_real_server
 from .progress import Progress
+from .tail import record_to_json
 
 __all__ = ["demo"]
 

@@ -23,9 +23,8 @@ from typing import IO, Any
 from ..connection import Connection
 from ..errors import LogicalInconsistencyError
 from ..protocol.binary import XTMAX
-from ..replication import _json_bytes
 
-__all__ = ["Record", "scan", "to_json", "from_json", "read_input", "InputError"]
+__all__ = ["Record", "scan", "put_bytes", "to_json", "from_json", "read_input", "InputError"]
 
 #: ``(key, value, expires)``: expires is epoch seconds, or None for never.
 Record = tuple[bytes, bytes, int | None]
@@ -76,11 +75,19 @@ def scan(host: str, port: int, *, db: int | str = 0, batch: int = 1000, start_af
         conn.close()
 
 
+def put_bytes(out: dict[str, Any], name: str, data: bytes) -> None:
+    """``out[name]``: ``data`` as text when it is UTF-8, else ``out[name + "_b64"]`` in base64."""
+    try:
+        out[name] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        out[name + "_b64"] = base64.b64encode(data).decode("ascii")
+
+
 def to_json(key: bytes, value: bytes, expires: int | None) -> str:
     """One JSON line (without the newline)."""
     out: dict[str, Any] = {}
-    _json_bytes(out, "key", key)
-    _json_bytes(out, "value", value)
+    put_bytes(out, "key", key)
+    put_bytes(out, "value", value)
     if expires is not None:
         out["expires"] = expires
     return json.dumps(out, ensure_ascii=False, separators=(",", ":"))

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from typing import Any
+
+from ..atomicfile import write_atomic
 
 __all__ = ["save_state", "load_state"]
 
@@ -14,17 +13,7 @@ __all__ = ["save_state", "load_state"]
 def save_state(path: str, data: dict[str, Any]) -> None:
     """Write ``data`` as JSON atomically (temporary file, fsync, rename): a crash leaves
     the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=".ktcluster-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, sort_keys=True))
 
 
 def load_state(path: str, kind: str) -> dict[str, Any] | None:

@@ -1189,11 +1189,18 @@ class Cursor:
     def get(self, step: bool = False) -> tuple[Any, Any]:
         """``(key, value)`` of the current record, or ``(None, None)`` when the cursor is
         not on a record (what ng meant: it tested for 404, but KT answers 450)."""
+        record = self.get_with_expiry(step)
+        return (None, None) if record is None else record[:2]
+
+    def get_with_expiry(self, step: bool = False) -> tuple[Any, Any, int | None] | None:
+        """``(key, value, expires)`` of the current record, ``expires`` as for
+        :meth:`KyotoTycoon.get_with_expiry`; None when the cursor is not on a record."""
         try:
             out = self._call(b"cur_get", [(b"step", _FLAG)] if step else [])
         except LogicalInconsistencyError:
-            return None, None
-        return self._key_out(out[b"key"]), self._unpack(out[b"value"])
+            return None
+        xt = out.get(b"xt")
+        return self._key_out(out[b"key"]), self._unpack(out[b"value"]), expires_at(None if xt is None else int(xt))
 
     def seize(self) -> dict[str, Any]:
         """Read and remove the current record: ``{"key": ..., "value": ...}``."""

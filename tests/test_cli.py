@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 
 from ktcluster.cli.rebalance import _Mover, _Tally
+from ktcluster.cli.records import scan
+from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster
+from ktcluster.expiry import ExpireAt
 from ktcluster.packers import KT_PACKER_BYTES
 from ktcluster.ring import Ring
 from ktcluster.testing import KTServer, free_port, start_cluster
@@ -78,6 +81,36 @@ def cluster_of(servers: list[KTServer], names: tuple[str, ...] = NAMES) -> Clust
 
 def dead_address() -> str:
     return f"127.0.0.1:{free_port()}"
+
+
+# -- scanning a node (dump, rebalance) ------------------------------------------------------------
+
+
+def test_scan_batches_and_resumes_after_a_key() -> None:
+    with KTServer("%", "*", "%") as srv:  # DB 0 a tree, DB 1 a hash, DB 2 empty
+        kt = KyotoTycoon(pack_type=KT_PACKER_BYTES)
+        kt.open(srv.host, srv.port)
+        try:
+            for db in (0, 1):
+                kt.set_bulk({f"k{i}": f"v{i}" for i in range(7)}, db=db)
+            kt.set("k3", "v3", expire=ExpireAt(4102444800), db=0)
+        finally:
+            kt.close()
+        batches = list(scan(srv.host, srv.port, batch=3))
+        assert [len(b) for b in batches] == [3, 3, 1]
+        records = [r for b in batches for r in b]
+        assert records == [(f"k{i}".encode(), f"v{i}".encode(), 4102444800 if i == 3 else None) for i in range(7)]
+        rest = [r[0] for b in scan(srv.host, srv.port, start_after=b"k4") for r in b]
+        assert rest == [b"k5", b"k6"]
+        assert list(scan(srv.host, srv.port, start_after=b"k6")) == []  # resuming after the last one
+        # a tree resumes at the next key when the one to resume after is gone
+        assert [r[0] for b in scan(srv.host, srv.port, start_after=b"k2a") for r in b] == [b"k3", b"k4", b"k5", b"k6"]
+        hashed = [r[0] for b in scan(srv.host, srv.port, db=1) for r in b]
+        assert sorted(hashed) == [f"k{i}".encode() for i in range(7)]
+        assert [r[0] for b in scan(srv.host, srv.port, db=1, start_after=hashed[2]) for r in b] == hashed[3:]
+        with pytest.raises(LookupError):
+            next(scan(srv.host, srv.port, db=1, start_after=b"gone"))
+        assert list(scan(srv.host, srv.port, db=2)) == []  # an empty database
 
 
 # -- single records, stats ---------------------------------------------------------------------------

@@ -448,6 +448,10 @@ def test_cursor_walk(kt):
         assert cur.get_key(step=True) == "k3" and cur.get_value(step=True) == 4
         assert cur.step() is False
         assert cur.get() == (None, None)  # ng meant this for an invalid cursor
+        assert cur.get_with_expiry() is None
+        kt.set("k3", 3, expire=ExpireAt(4102444800), db=1)
+        assert cur.jump("k2", db=1) and cur.get_with_expiry(step=True) == ("k2", 2, None)
+        assert cur.get_with_expiry() == ("k3", 3, 4102444800)
         assert cur.jump_back(db=1) is True and cur.get_key() == "k4"
         assert cur.step_back() is True and cur.get_key() == "k3"
         assert cur.set_value("three") is True and kt.get("k3", db=1) == "three"

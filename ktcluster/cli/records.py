@@ -20,17 +20,13 @@ import math
 from collections.abc import Iterator
 from typing import IO, Any
 
-from ..connection import Connection
-from ..errors import LogicalInconsistencyError
-from ..protocol.binary import XTMAX
+from ..client import KyotoTycoon
+from ..packers import KT_PACKER_BYTES
 
 __all__ = ["Record", "scan", "put_bytes", "to_json", "from_json", "read_input", "InputError"]
 
 #: ``(key, value, expires)``: expires is epoch seconds, or None for never.
 Record = tuple[bytes, bytes, int | None]
-
-_CURSOR = (b"CUR", b"1")
-
 
 class InputError(Exception):
     """A line of an input file cannot be read (its message names the file and line)."""
@@ -40,39 +36,33 @@ def scan(host: str, port: int, *, db: int | str = 0, batch: int = 1000, start_af
          timeout: float = 30.0) -> Iterator[list[Record]]:
     """Every record of one node's database, in the database's order, ``batch`` at a time.
 
-    ``start_after``: resume after this key (it must still exist: when it does not,
-    :class:`LookupError` is raised before anything is read).  Not a snapshot:
-    records written or removed during the scan may or may not be seen.
+    ``start_after``: resume after this key.  A tree database resumes at the next key
+    even when this one is gone; a hash database has no order to find it by, so there
+    :class:`LookupError` is raised before anything is read.  Not a snapshot: records
+    written or removed during the scan may or may not be seen.
     """
-    conn = Connection(host, port, connect_timeout=timeout, timeout=timeout)
-    dbparam = (b"DB", str(db).encode())
+    kt = KyotoTycoon(pack_type=KT_PACKER_BYTES, decode_keys=False, pool_size=1, connect_timeout=timeout)
+    kt.open(host, port, timeout=timeout)
     try:
-        try:
-            if start_after is None:
-                conn.call(b"cur_jump", [_CURSOR, dbparam])
-            else:
-                conn.call(b"cur_jump", [_CURSOR, dbparam, (b"key", start_after)])
-                conn.call(b"cur_step", [_CURSOR])
-        except LogicalInconsistencyError:
+        with kt.cursor() as cur:
+            if not cur.jump(start_after, db=db):
+                if start_after is not None:
+                    raise LookupError(start_after)
+                return  # an empty database
             if start_after is not None:
-                raise LookupError(start_after) from None
-            return  # an empty database (or nothing after start_after)
-        records: list[Record] = []
-        while True:
-            try:
-                out = conn.call(b"cur_get", [_CURSOR, (b"step", b"")])
-            except LogicalInconsistencyError:
-                break  # past the last record
-            xt = out.get(b"xt")
-            expires = int(xt) if xt is not None and int(xt) < XTMAX else None
-            records.append((out[b"key"], out[b"value"], expires))
-            if len(records) >= batch:
+                current = cur.get_with_expiry()
+                if current is not None and current[0] == start_after and not cur.step():
+                    return  # it was the last record
+            records: list[Record] = []
+            while (record := cur.get_with_expiry(step=True)) is not None:
+                records.append(record)
+                if len(records) >= batch:
+                    yield records
+                    records = []
+            if records:
                 yield records
-                records = []
-        if records:
-            yield records
     finally:
-        conn.close()
+        kt.close()
 
 
 def put_bytes(out: dict[str, Any], name: str, data: bytes) -> None:

@@ -135,3 +135,18 @@ def test_database_selection_by_name_and_index(kt_server_factory):
         assert wire.rpc("get", key=b"k", DB=b"+")[0] == 450
         assert wire.rpc("get", key=b"k", DB=b"casket")[0] == 400
         assert wire.binary_get([(2, b"k"), (0, b"k"), (9, b"k")]) == [(2, b"k", b"v", (1 << 40) - 1)]
+
+
+def test_bulk_operations_count_records_and_misses_in_report(kt_server_factory):
+    """report's cnt_* counters: a bulk call counts every record it was given, and the
+    ones it did not find (remove, get) under the misses."""
+    srv = kt_server_factory(":")
+    with Wire(srv.host, srv.port) as wire:
+        assert wire.rpc("set_bulk", [(b"_a", b"1"), (b"_b", b"2"), (b"_c", b"3")])[0] == 200
+        assert wire.rpc("remove_bulk", [(b"_a", b""), (b"_x", b"")])[1][b"num"] == b"1"
+        assert wire.rpc("get_bulk", [(b"_b", b""), (b"_y", b""), (b"_z", b"")])[1][b"num"] == b"1"
+        report = wire.rpc("report")[1]
+    counters = {name: report[name.encode()] for name in (
+        "cnt_set", "cnt_set_misses", "cnt_remove", "cnt_remove_misses", "cnt_get", "cnt_get_misses")}
+    assert counters == {"cnt_set": b"3", "cnt_set_misses": b"0", "cnt_remove": b"2", "cnt_remove_misses": b"1",
+                        "cnt_get": b"3", "cnt_get_misses": b"2"}

@@ -473,32 +473,30 @@ def do_seize(session, db, inmap, outmap, key):
     _put_xt(outmap, xt)
 
 
+def _bulk_write(session, outmap, counter: int, size: int, write) -> None:
+    """Run a bulk write of ``size`` records; count them under ``counter`` and the ones it
+    did not write (all of them when it fails) under its miss counter."""
+    counts = session.counts
+    counts[counter] += size
+    try:
+        num = write()
+    except DBError:
+        counts[counter + 1] += size
+        raise
+    counts[counter + 1] += size - num
+    outmap[b"num"] = b"%d" % num
+
+
 @procedure(db=True)
 def do_set_bulk(session, db, inmap, outmap):
     recs = sorted((k[1:], v) for k, v in inmap.items() if k[:1] == b"_")
-    counts = session.counts
-    counts[Counter.SET] += len(recs)
-    try:
-        num = db.set_bulk(recs, _xt(inmap), b"atomic" in inmap)
-    except DBError:
-        counts[Counter.SET_MISS] += len(recs)
-        raise
-    counts[Counter.SET_MISS] += len(recs) - num
-    outmap[b"num"] = b"%d" % num
+    _bulk_write(session, outmap, Counter.SET, len(recs), lambda: db.set_bulk(recs, _xt(inmap), b"atomic" in inmap))
 
 
 @procedure(db=True)
 def do_remove_bulk(session, db, inmap, outmap):
     keys = _bulk_keys(inmap)
-    counts = session.counts
-    counts[Counter.REMOVE] += len(keys)
-    try:
-        num = db.remove_bulk(keys, b"atomic" in inmap)
-    except DBError:
-        counts[Counter.REMOVE_MISS] += len(keys)
-        raise
-    counts[Counter.REMOVE_MISS] += len(keys) - num
-    outmap[b"num"] = b"%d" % num
+    _bulk_write(session, outmap, Counter.REMOVE, len(keys), lambda: db.remove_bulk(keys, b"atomic" in inmap))
 
 
 @procedure(db=True)

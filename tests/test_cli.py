@@ -88,14 +88,10 @@ def dead_address() -> str:
 
 def test_scan_batches_and_resumes_after_a_key() -> None:
     with KTServer("%", "*", "%") as srv:  # DB 0 a tree, DB 1 a hash, DB 2 empty
-        kt = KyotoTycoon(pack_type=KT_PACKER_BYTES)
-        kt.open(srv.host, srv.port)
-        try:
+        with KyotoTycoon(pack_type=KT_PACKER_BYTES).connect(srv.host, srv.port) as kt:
             for db in (0, 1):
                 kt.set_bulk({f"k{i}": f"v{i}" for i in range(7)}, db=db)
             kt.set("k3", "v3", expire=ExpireAt(4102444800), db=0)
-        finally:
-            kt.close()
         batches = list(scan(srv.host, srv.port, batch=3))
         assert [len(b) for b in batches] == [3, 3, 1]
         records = [r for b in batches for r in b]

@@ -178,10 +178,7 @@ def test_match_similar_merges_in_the_order_one_server_gives(make_cluster, kt_ser
     by code points for a str origin (a multi-byte character is one edit), by bytes otherwise."""
     keys = ["café", "cafe", "cafés", "caffè", "chat", "cap", "cafébar", b"caf\xff", b"caf\xffe", "kaffe"]
     cluster = make_cluster()
-    single = KyotoTycoon()
-    single.open(kt_server.host, kt_server.port)
-    try:
-        cluster.clear()
+    with KyotoTycoon().connect(kt_server.host, kt_server.port) as single:
         for key in keys:
             cluster.set(key, 1)
             single.set(key, 1)
@@ -189,9 +186,6 @@ def test_match_similar_merges_in_the_order_one_server_gives(make_cluster, kt_ser
             want = single.match_similar(origin, distance, utf=utf)
             assert cluster.match_similar(origin, distance, utf=utf) == want
             assert cluster.match_similar(origin, distance, limit=3, utf=utf) == want[:3]
-    finally:
-        single.close()
-        cluster.clear()
 
 
 def test_play_script_on_a_node_or_the_node_of_a_key(cluster):

@@ -42,18 +42,14 @@ def server():
 
 @pytest.fixture
 def kt(server):
-    client = KyotoTycoon()
-    client.open(server.host, server.port, timeout=10)
-    yield client
-    client.close()
+    with KyotoTycoon().connect(server.host, server.port, timeout=10) as client:
+        yield client
 
 
 @pytest.fixture
 def kt_binary(server):
-    client = KyotoTycoon(binary=True)
-    client.open(server.host, server.port, timeout=10)
-    yield client
-    client.close()
+    with KyotoTycoon(binary=True).connect(server.host, server.port, timeout=10) as client:
+        yield client
 
 
 def play(client: KyotoTycoon, name: str, inmap: dict | None = None) -> dict[str, bytes]:

@@ -26,19 +26,15 @@ def server(tmp_path_factory):
 
 @pytest.fixture(params=[False, True], ids=["http", "binary"])
 def kt(request, server):
-    client = KyotoTycoon(binary=request.param)
-    client.open(server.host, server.port, timeout=10)
-    yield client
-    client.close()
+    with KyotoTycoon(binary=request.param).connect(server.host, server.port, timeout=10) as client:
+        yield client
 
 
 @pytest.fixture
 def plain(server):
     """An HTTP client storing raw bytes (to look at the records the scripts write)."""
-    client = KyotoTycoon(pack_type=KT_PACKER_BYTES)
-    client.open(server.host, server.port, timeout=10)
-    yield client
-    client.close()
+    with KyotoTycoon(pack_type=KT_PACKER_BYTES).connect(server.host, server.port, timeout=10) as client:
+        yield client
 
 
 @pytest.fixture(autouse=True)

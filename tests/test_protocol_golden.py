@@ -21,13 +21,12 @@ skipped here.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
+from golden_replay import load_cases, step_bytes, unesc
 
 from ktcluster.errors import (
     InvalidArgumentError,
@@ -44,23 +43,11 @@ from ktcluster.protocol.rest import rest_error
 from ktcluster.protocol.rpc import answer_fields, decode_answer, decode_input
 from ktcluster.protocol.tsv import colenc_of, encode_map
 
-GOLDEN = Path(__file__).parent / "golden"
 FILES = ["http_rpc", "http_rest", "binary", "db_types", "lua", "memcached", "replication"]
 
 STATUS_ERRORS = {400: InvalidArgumentError, 404: LogicalInconsistencyError, 413: InvalidArgumentError,
                  450: LogicalInconsistencyError, 500: ServerError, 501: NoImplementationError,
                  503: SignalTimeoutError}
-
-
-def unesc(s: str) -> bytes:
-    return s.encode("ascii").decode("unicode_escape").encode("latin-1")
-
-
-def step_bytes(step: dict[str, Any], key: str) -> bytes:
-    import base64
-    if step.get(f"{key}_encoding") == "base64":
-        return base64.b64decode(step[key])
-    return unesc(step[key])
 
 
 class Untracked(Exception):
@@ -209,9 +196,8 @@ def check_received(conn: Conn) -> None:
 def cases() -> list[Any]:
     out = []
     for name in FILES:
-        with open(GOLDEN / f"{name}.json") as f:
-            for case in json.load(f):
-                out.append(pytest.param(case, id=f"{name}:{case['name']}"))
+        for case in load_cases(name):
+            out.append(pytest.param(case, id=f"{name}:{case['name']}"))
     return out
 
 

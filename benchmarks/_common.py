@@ -1,15 +1,19 @@
-"""Shared helpers for the benchmark scripts: a server to measure against, interleaved
-best-of-N timing, and a ratio table.  Benchmarks print numbers; they never assert."""
+"""Shared helpers for the benchmark scripts: a server to measure against, a bare socket
+(the floor no library can beat), interleaved best-of-N timing, and a ratio table.
+Benchmarks print numbers; they never assert."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import gc
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from ktcluster.protocol import binary
+from ktcluster.protocol.http import parse_response_head
 from ktcluster.testing import KTServer, server_command
 
 
@@ -30,6 +34,70 @@ def server(args: argparse.Namespace) -> Iterator[tuple[str, int, str]]:
         return
     with KTServer(":") as srv:
         yield srv.host, srv.port, " ".join(server_command())
+
+
+def http_complete(reply: bytes) -> bool:
+    """Whether ``reply`` holds a whole HTTP response."""
+    try:
+        head = parse_response_head(reply)
+    except binary.Incomplete:
+        return False
+    return len(reply) >= head.body_start + (head.length or 0)
+
+
+def binary_complete(reply: bytes) -> bool:
+    """Whether ``reply`` holds a whole binary-protocol answer."""
+    try:
+        if reply[:1] == bytes((binary.MAGIC_GET_BULK,)):
+            binary.decode_get_bulk_reply(reply)
+        else:
+            binary.decode_count_reply(reply, reply[0] if reply else 0)
+    except binary.Incomplete:
+        return False
+    return True
+
+
+def reply_complete(reply: bytes) -> bool:
+    """Whether ``reply`` holds a whole HTTP or binary answer."""
+    return http_complete(reply) if reply.startswith(b"HTTP/") else binary_complete(reply)
+
+
+class BareSocket:
+    """One plain socket: :meth:`exchange` turns a pre-encoded request into a callable that
+    sends it and reads its answer by size (no library: the floor of what a client costs)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def exchange(self, request: bytes, complete: Callable[[bytes], bool] = reply_complete,
+                 check: Callable[[bytes], None] | None = None) -> Callable[[], None]:
+        """Send ``request`` once and read its answer (until ``complete``; ``check`` looks
+        at it); the callable repeats the exchange, reading as many bytes (every later
+        answer has the same size: the Date header is fixed-width)."""
+        sock = self.sock
+        sock.sendall(request)
+        reply = b""
+        while not complete(reply):
+            data = sock.recv(1 << 20)
+            if not data:
+                raise RuntimeError("the server closed the connection")
+            reply += data
+        if check is not None:
+            check(reply)
+        size = len(reply)
+        view = memoryview(bytearray(size))
+
+        def run() -> None:
+            sock.sendall(request)
+            got = 0
+            while got < size:
+                got += sock.recv_into(view[got:])
+
+        return run
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def ops_per_second(fn: Callable[[], object], duration: float) -> float:

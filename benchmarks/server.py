@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
-from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Case, measure, print_table  # noqa: E402
+from _common import BareSocket, Case, binary_complete, http_complete, measure, print_table  # noqa: E402
 
 from ktcluster.protocol import binary, memcache, rest  # noqa: E402
-from ktcluster.protocol.binary import Incomplete  # noqa: E402
 from ktcluster.protocol.http import parse_response_head  # noqa: E402
 from ktcluster.protocol.rpc import decode_answer, encode_call  # noqa: E402
 from ktcluster.testing import KTServer, free_port  # noqa: E402
@@ -34,14 +31,6 @@ from ktcluster.testing import KTServer, free_port  # noqa: E402
 BULK = 100
 EMBEDDED = "embedded"
 REAL = "ktserver"
-
-
-def _http_complete(reply: bytes) -> bool:
-    try:
-        head = parse_response_head(reply)
-    except Incomplete:
-        return False
-    return len(reply) >= head.body_start + (head.length or 0)
 
 
 def _check_http(reply: bytes, rpc: bool) -> None:
@@ -52,54 +41,8 @@ def _check_http(reply: bytes, rpc: bool) -> None:
         decode_answer(head, reply[head.body_start:head.body_start + (head.length or 0)])
 
 
-def _binary_complete(reply: bytes) -> bool:
-    try:
-        if reply[:1] == bytes((binary.MAGIC_GET_BULK,)):
-            binary.decode_get_bulk_reply(reply)
-        else:
-            binary.decode_count_reply(reply, reply[0] if reply else 0)
-    except Incomplete:
-        return False
-    return True
-
-
 def _memcache_complete(reply: bytes) -> bool:
     return reply.endswith(memcache.END) or reply == memcache.STORED
-
-
-class Exchanger:
-    """One connection; :meth:`exchange` turns a pre-encoded request into a callable that
-    sends it and reads its answer."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def exchange(self, request: bytes, complete: Callable[[bytes], bool],
-                 check: Callable[[bytes], None] | None = None) -> Callable[[], None]:
-        sock = self.sock
-        sock.sendall(request)
-        reply = b""
-        while not complete(reply):
-            data = sock.recv(1 << 20)
-            if not data:
-                raise RuntimeError("the server closed the connection")
-            reply += data
-        if check is not None:
-            check(reply)
-        size = len(reply)  # every later answer has the same size (Date is fixed-width)
-        view = memoryview(bytearray(size))
-
-        def run() -> None:
-            sock.sendall(request)
-            got = 0
-            while got < size:
-                got += sock.recv_into(view[got:])
-
-        return run
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def requests(value: bytes) -> list[tuple[str, bytes, str]]:
@@ -160,18 +103,18 @@ def main(argv: list[str] | None = None) -> None:
     value = os.urandom(args.value_size // 2 + 1).hex().encode()[:args.value_size]
     kinds = [EMBEDDED] + ([REAL] if os.environ.get("KT_SERVER_BIN") else [])
     servers = {}
-    conns: list[Exchanger] = []
+    conns: list[BareSocket] = []
     try:
         for kind in kinds:
             servers[kind] = start(kind)
         cases: dict[str, Case] = {}
         for kind, (srv, memc_port) in servers.items():
-            http, bin_conn = Exchanger(srv.port), Exchanger(srv.port)
+            http, bin_conn = BareSocket("127.0.0.1", srv.port), BareSocket("127.0.0.1", srv.port)
             conns += [http, bin_conn]
             memc = None
             for _ in range(100):  # the plug-in listens a moment after the server
                 try:
-                    memc = Exchanger(memc_port)
+                    memc = BareSocket("127.0.0.1", memc_port)
                     break
                 except ConnectionRefusedError:
                     time.sleep(0.05)
@@ -179,11 +122,11 @@ def main(argv: list[str] | None = None) -> None:
             conns.append(memc)
             for name, request, how in requests(value):  # the sets come first: they fill what the gets read
                 if how == "rpc":
-                    run = http.exchange(request, _http_complete, lambda r: _check_http(r, True))
+                    run = http.exchange(request, http_complete, lambda r: _check_http(r, True))
                 elif how == "rest":
-                    run = http.exchange(request, _http_complete, lambda r: _check_http(r, False))
+                    run = http.exchange(request, http_complete, lambda r: _check_http(r, False))
                 elif how == "binary":
-                    run = bin_conn.exchange(request, _binary_complete)
+                    run = bin_conn.exchange(request, binary_complete)
                 else:
                     run = memc.exchange(request, _memcache_complete)
                 cases.setdefault(name, Case(name, {})).runs[kind] = run

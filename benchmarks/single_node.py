@@ -14,62 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Case, add_server_arguments, measure, print_table, server  # noqa: E402
+from _common import BareSocket, Case, add_server_arguments, measure, print_table, server  # noqa: E402
 
 from ktcluster import KT_PACKER_BYTES, KyotoTycoon  # noqa: E402
 from ktcluster.protocol import binary, rest  # noqa: E402
-from ktcluster.protocol.http import parse_response_head  # noqa: E402
 from ktcluster.protocol.rpc import encode_call  # noqa: E402
 
 BULK = 500
 
-
-class BareSocket:
-    """The floor: a pre-encoded request and its reply over a plain socket (no library)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def exchange(self, request: bytes):
-        sock = self.sock
-        sock.sendall(request)
-        reply = b""
-        while not self._complete(reply):
-            reply += sock.recv(1 << 20)
-        size = len(reply)
-        buf = bytearray(size)
-        view = memoryview(buf)
-
-        def run() -> None:
-            sock.sendall(request)
-            got = 0
-            while got < size:
-                got += sock.recv_into(view[got:])
-
-        return run
-
-    @staticmethod
-    def _complete(reply: bytes) -> bool:
-        if reply.startswith(b"HTTP/"):
-            try:
-                head = parse_response_head(reply)
-            except binary.Incomplete:
-                return False
-            return len(reply) >= head.body_start + (head.length or 0)
-        try:
-            if reply[:1] == bytes((binary.MAGIC_GET_BULK,)):
-                binary.decode_get_bulk_reply(reply)
-            else:
-                binary.decode_count_reply(reply, reply[0] if reply else 0)
-        except binary.Incomplete:
-            return False
-        return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import kyototycoon as ng  # python-kyototycoon-ng, from the test extra
 import pytest
 
 from ktcluster import KT_PACKER_PICKLE, KT_PACKER_STRING, KyotoTycoon, KyotoTycoonException
 from ktcluster.testing import KTServer
-
-ng = pytest.importorskip("kyototycoon", reason="python-kyototycoon-ng comes with the 'bench' extra")
 
 
 @pytest.fixture(scope="module")

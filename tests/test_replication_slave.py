@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import kyototycoon.kyotoslave as ng_slave  # python-kyototycoon-ng, from the test extra
 import pytest
 
 from ktcluster.connection import Connection
@@ -68,8 +69,6 @@ def test_every_operation_is_decoded(master, rpc):
 
 
 def test_records_match_python_kyototycoon_ng(kt_server_factory):
-    ng_slave = pytest.importorskip("kyototycoon.kyotoslave",
-                                   reason="python-kyototycoon-ng comes with the 'bench' extra")
     srv = kt_server_factory(":", args=ULOG)
     conn = Connection(srv.host, srv.port)
     conn.call("set", {b"key": b"k1", b"value": b"v1"})

@@ -58,6 +58,15 @@ def test_options_stop_at_the_first_database(tmp_path):
     # "-port" after ":" is a database spec, and not a valid one
     done = run(base_args() + [":", "-port", "1"], str(tmp_path))
     assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_a_database_of_unknown_type_is_one_error_line(tmp_path):
+    done = run(base_args() + ["x.kcy"], str(tmp_path))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    log = (tmp_path / "server.log").read_text() if (tmp_path / "server.log").exists() else ""
+    assert "could not open a database file" in done.stderr + log
 
 
 def exit_status_after(srv: KTServer, signum: int) -> int:

@@ -81,12 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         print("Kyoto Tycoon 0.9.56b (2.19) on Linux (Kyoto Cabinet 1.2.76a) [ktcluster embedded server]")
         return 0
     try:
-        config = parse_args(args)
+        return run(parse_args(args))
     except UsageError:
         sys.stderr.write(usage_text(progname))
         return 1
-    try:
-        return run(config)
     except ConfigError as exc:
         sys.stderr.write(f"{progname}: {exc}\n")
         return 1

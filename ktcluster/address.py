@@ -4,7 +4,7 @@ ReplicationStream's masters).  Cheap to import: no ring, no sockets."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import ArgumentError
 
@@ -42,7 +42,7 @@ def named_addresses(servers: Servers, what: str = "server") -> list[tuple[str, s
     ``"host:port"``, as libketama clients name servers) or a mapping of names to addresses
     (names, not addresses, are what a ring hashes).  A bare string, no address at all or a
     name given twice is an ArgumentError; ``what`` names the servers in its message."""
-    if isinstance(servers, (str, bytes)):
+    if isinstance(servers, (str, bytes)) or not isinstance(servers, Iterable):
         raise ArgumentError(f"{what}s must be a list of addresses or a mapping of name -> address")
     if isinstance(servers, Mapping):
         named = [(name, *parse_address(addr)) for name, addr in servers.items()]

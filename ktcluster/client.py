@@ -65,6 +65,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType, TracebackType
 from typing import Any, TypedDict, TypeVar
 
+from .address import parse_address
 from .connection import DEFAULT_CONNECT_TIMEOUT, Connection
 from .errors import (
     ArgumentError,
@@ -290,7 +291,14 @@ class KyotoTycoon:
     def open(self, host: str = "127.0.0.1", port: int = 1978, timeout: float | None = 30) -> bool:
         """Set the server to talk to; connections open lazily, on first use.  ``timeout``
         bounds every send and receive (seconds; None: none).  Returns True.  (On a view, it
-        gives the view a pool of its own.)"""
+        gives the view a pool of its own.)  A bad address or timeout is an ArgumentError."""
+        try:
+            host, port = parse_address((host, int(port)))
+        except (TypeError, ValueError):
+            raise ArgumentError(f"bad address {host!r}, port {port!r}") from None
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0):
+            raise ArgumentError(f"timeout must be positive seconds or None, not {timeout!r}")
         if self._pool is not None and self._owns_pool:
             self._pool.close()
         self._pool = ConnectionPool(host, port, timeout=timeout, **self._pool_options)  # type: ignore[arg-type]

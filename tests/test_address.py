@@ -16,7 +16,8 @@ def test_named_addresses():
     assert parse_address("h") == ("h", DEFAULT_PORT)
     for bad, message in [("h:1", "masters must be a list of addresses"), (b"h:1", "masters must be"),
                          ([], "at least one master"), (["h:1", ("h", 1)], "duplicate master names"),
-                         ({"a": "h:x"}, "bad port"), ([("h",)], "an address is")]:
+                         ({"a": "h:x"}, "bad port"), ([("h",)], "an address is"),
+                         (None, "masters must be"), (1978, "masters must be")]:
         with pytest.raises(ArgumentError, match=message):
             named_addresses(bad, "master")
 

@@ -107,6 +107,17 @@ def test_open_connect_close_and_context_manager(server, kt):
     with KyotoTycoon().connect(server.host, server.port, 5) as other:
         assert other.get("a") == 1
     assert other.pool.stats().idle == 0
+    with KyotoTycoon().connect(server.host, str(server.port)) as by_text:  # a port as text, as ng took it
+        assert by_text.get("a") == 1
+
+
+@pytest.mark.parametrize("host, port, timeout", [
+    ("127.0.0.1", 70000, 5), ("127.0.0.1", 0, 5), ("127.0.0.1", "x", 5), ("127.0.0.1", None, 5),
+    ("", 1978, 5), (None, 1978, 5), ("127.0.0.1", 1978, 0), ("127.0.0.1", 1978, -1), ("127.0.0.1", 1978, "5"),
+])
+def test_open_refuses_a_bad_address_or_timeout(host, port, timeout):
+    with pytest.raises(ArgumentError):
+        KyotoTycoon().open(host, port, timeout)
 
 
 # -- single records ----------------------------------------------------------------------------

@@ -63,7 +63,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType, TracebackType
-from typing import Any, TypedDict, TypeVar
+from typing import Any, NoReturn, TypedDict, TypeVar
 
 from .address import parse_address
 from .connection import DEFAULT_CONNECT_TIMEOUT, Connection
@@ -128,14 +128,36 @@ def key_bytes(key: Any) -> bytes:
     raise ArgumentError(f"keys must be str or bytes, not {kind.__name__}")
 
 
+def key_list(keys: Iterable[Any]) -> list[Any] | tuple[Any, ...]:
+    """The keys of a bulk call as a list: ArgumentError for one str or bytes (its
+    characters would be taken for keys) or anything that is not a collection."""
+    if isinstance(keys, (list, tuple)):
+        return keys
+    if isinstance(keys, (str, bytes, bytearray, memoryview)) or not isinstance(keys, Iterable):
+        raise ArgumentError(f"keys must be a collection of keys, not {type(keys).__name__}")
+    return list(keys)
+
+
+def record_map(kv_dict: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    """The records of set_bulk: ArgumentError unless they are a mapping of key -> value."""
+    if not isinstance(kv_dict, Mapping):
+        raise ArgumentError(f"records must be a mapping of key -> value, not {type(kv_dict).__name__}")
+    return kv_dict
+
+
 def keys_bytes(keys: Iterable[Any]) -> list[bytes]:
     """:func:`key_bytes` of many keys (fast when they are all plain UTF-8 str)."""
-    if not isinstance(keys, (list, tuple)):
-        keys = list(keys)
+    keys = key_list(keys)
     try:
         return [key.encode() for key in keys]
     except (AttributeError, UnicodeEncodeError):
         return [key_bytes(key) for key in keys]
+
+
+def _too_large() -> NoReturn:
+    """ktserver drops a binary connection whose record is over its limit: refuse it first
+    (the error would otherwise look like a network failure, and be retried)."""
+    raise ArgumentError(f"a value is larger than the binary protocol's limit of {_bin.DATAMAXSIZ} bytes")
 
 
 def _decode_key(key: bytes) -> str:
@@ -751,7 +773,10 @@ class KyotoTycoon:
             dbidx = db if db == 0 and type(db) is int else self._db_index(db)
             kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
             xt = _bin.XT_NONE if expire is None else binary_xt(xt_of(expire))
-            return self._binary(_bin.encode_set_bulk(((dbidx, kb, self._pack(value), xt),)), _decode_set_reply) > 0
+            packed = self._pack(value)
+            if len(packed) > _bin.DATAMAXSIZ:
+                _too_large()
+            return self._binary(_bin.encode_set_bulk(((dbidx, kb, packed, xt),)), _decode_set_reply) > 0
         return self._put(_rest.MODE_SET, key, value, expire, db)
 
     def add(self, key: Any, value: Any, expire: Expire = None, db: Any = 0) -> bool:
@@ -919,7 +944,7 @@ class KyotoTycoon:
         atomic = self._check_atomic(atomic)
         if expire is KEEP:
             raise ArgumentError("expire=KEEP is not supported by set_bulk")
-        if not kv_dict:
+        if not record_map(kv_dict):
             return 0
         xt = xt_of(expire)
         kbs = keys_bytes(kv_dict)
@@ -931,7 +956,7 @@ class KyotoTycoon:
             dbidx = self._db_index(db)
             bxt = binary_xt(xt)
             if max(map(len, values)) > _bin.DATAMAXSIZ:
-                raise ArgumentError(f"a value is larger than the server's limit of {_bin.DATAMAXSIZ} bytes")
+                _too_large()
             recs = [(dbidx, kb, v, bxt) for kb, v in zip(kbs, values, strict=True)]
             request = _bin.set_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_set_bulk(recs)
             return self._binary(request, _decode_set_reply)
@@ -958,7 +983,7 @@ class KyotoTycoon:
         """Read several records: ``{key: value}`` for those that exist, in request order,
         keyed by the caller's own key objects (str or bytes)."""
         atomic = self._check_atomic(atomic)
-        keys = list(keys)
+        keys = key_list(keys)
         if not keys:
             return {}
         kbs = keys_bytes(keys)

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .address import DEFAULT_PORT, Address, Servers, named_addresses, parse_address
-from .client import Cursor, KyotoTycoon, key_bytes
+from .client import Cursor, KyotoTycoon, key_bytes, key_list, record_map
 from .connection import DEFAULT_CONNECT_TIMEOUT, Connection
 from .errors import ArgumentError, DeadlineExceeded, KyotoTycoonException, NodeDownError, PartialFailureError
 from .expiry import Expire
@@ -452,7 +452,7 @@ class Cluster:
     def get_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> dict[Any, Any]:
         """``{key: value}`` for the keys that exist, in the caller's order.  ``atomic``
         applies per node (HTTP)."""
-        keys = list(keys)
+        keys = key_list(keys)
         shards, failed = self._bulk("get_bulk", keys,
                                     lambda m, part: m.bulk_client(atomic).get_bulk(part, atomic, db))
         parts = [part for shard in shards.values() for part in shard.results]
@@ -470,7 +470,7 @@ class Cluster:
                  db: Any = 0) -> int:
         """Store records on their nodes; returns how many were stored.  On partial failure
         ``results`` maps each node to the records it stored."""
-        keys = list(kv_dict)
+        keys = list(record_map(kv_dict))
 
         def run(member: _Member, part: list[Key]) -> int:
             records = kv_dict if len(part) == len(keys) else {k: kv_dict[k] for k in part}
@@ -484,7 +484,7 @@ class Cluster:
     def remove_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> int:
         """Remove records from their nodes; returns how many existed.  On partial failure
         ``results`` maps each node to the records it removed."""
-        shards, failed = self._bulk("remove_bulk", list(keys),
+        shards, failed = self._bulk("remove_bulk", list(key_list(keys)),
                                     lambda m, part: m.bulk_client(atomic).remove_bulk(part, atomic, db))
         if failed:
             raise self._partial("remove_bulk", shards, {n: sum(s.results) for n, s in shards.items()}, failed)

@@ -41,6 +41,7 @@ from ktcluster.errors import (
     SocketTimeoutError,
 )
 from ktcluster.packers import MemcachePacker, SimpleMemcachePacker
+from ktcluster.protocol.binary import DATAMAXSIZ
 from ktcluster.testing import KTServer, free_port
 
 GOLDEN_LUA = str(Path(__file__).parent / "golden" / "golden.lua")
@@ -372,6 +373,31 @@ def test_bad_key_types(kt):
         kt.get(5)
     with pytest.raises(ArgumentError):
         kt.set(None, 1)
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.get_bulk("ab"), lambda c: c.remove_bulk("ab"), lambda c: c.remove_bulk(b"ab"),
+    lambda c: c.get_bulk(None), lambda c: c.remove_bulk(5), lambda c: c.set_bulk(None), lambda c: c.set_bulk(["a"]),
+], ids=["get_bulk-str", "remove_bulk-str", "remove_bulk-bytes", "get_bulk-None", "remove_bulk-int",
+        "set_bulk-None", "set_bulk-list"])
+def test_bulk_calls_refuse_what_is_not_a_collection_of_keys(server, kt, mode, call):
+    """One str is not taken for the list of its characters: remove_bulk("ab") must not
+    remove "a" and "b"."""
+    c = client(server, binary=mode)
+    c.set_bulk({"a": 1, "b": 2})
+    with pytest.raises(ArgumentError):
+        call(c)
+    assert c.get_bulk(iter(["a", "b"])) == {"a": 1, "b": 2}  # any other iterable of keys is fine
+
+
+def test_binary_values_over_the_protocol_limit_are_refused_before_sending(server):
+    c = client(server, binary=True, pack_type=KT_PACKER_BYTES)
+    huge = bytes(DATAMAXSIZ + 1)
+    for call in (lambda: c.set("big", huge), lambda: c.set_bulk({"limit:a": b"", "big": huge})):
+        with pytest.raises(ArgumentError):
+            call()
+    assert c.get("limit:a") is None  # nothing was sent
+    assert c.set("small", b"x") and c.get("small") == b"x"
 
 
 # -- databases ---------------------------------------------------------------------------------

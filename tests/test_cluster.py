@@ -80,6 +80,15 @@ def test_addresses_and_node_names(servers):
         Cluster(["h:1"], failover={"zz": "h:2"})
 
 
+def test_bulk_calls_refuse_what_is_not_a_collection_of_keys(cluster):
+    cluster.set_bulk({"a": 1, "b": 2})
+    for call in (lambda: cluster.get_bulk("ab"), lambda: cluster.remove_bulk("ab"),
+                 lambda: cluster.get_bulk(None), lambda: cluster.set_bulk(None), lambda: cluster.set_bulk(["a"])):
+        with pytest.raises(ArgumentError):
+            call()
+    assert cluster.get_bulk(["a", "b"]) == {"a": 1, "b": 2}
+
+
 def test_each_key_lives_on_its_node_only(cluster, servers):
     keys = [f"user:{i}" for i in range(300)]
     assert cluster.set_bulk({k: k.upper() for k in keys}) == 300

@@ -32,6 +32,9 @@ Differences from python-kyototycoon-ng 0.7.5, all where ng is broken or silent:
 * ``get_int`` on a missing or non-8-byte record raises LogicalInconsistencyError
   (ng: KyotoTycoonException, or struct.error).
 * Binary mode resolves DB names to indexes (ng could only use indexes there).
+* Bulk calls take a collection of keys (set_bulk a mapping): one str or bytes raises
+  ArgumentError (ng took its characters for keys: ``remove_bulk("ab")`` removed "a"
+  and "b").  ``open`` refuses a bad port or timeout at once (ng failed on first use).
 * One instance is safe to share between threads and greenlets (ng's was not).
 
 How requests travel (``binary=False``, the default):

@@ -395,6 +395,9 @@ class Cluster:
         results, errors = self._fanout.run(
             {n: (lambda n=n: self._execute(cls, topo, n, call, deadline)) for n in names}, deadline)
         if errors:
+            for exc in errors.values():
+                if isinstance(exc, ArgumentError):
+                    raise exc  # the same call to every node: the caller's mistake, not a node's
             self._count("partial_failures")
             summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
             raise PartialFailureError(f"{op} failed on {len(errors)} of {len(names)} nodes ({summary})",

@@ -180,6 +180,8 @@ def test_fan_out_operations_merge(cluster):
     assert cluster.clear() is True and cluster.count() == 0
     with pytest.raises(ArgumentError):
         cluster.per_node("_rpc")
+    with pytest.raises(ArgumentError):  # the caller's mistake, raised as is: not a failure of every node
+        cluster.match_prefix(None)
 
 
 def test_match_similar_merges_in_the_order_one_server_gives(make_cluster, kt_server):

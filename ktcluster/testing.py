@@ -389,7 +389,8 @@ class FaultProxy:
                 listener = listen()
 
         def accept() -> None:
-            assert listener is not None
+            if listener is None:
+                return  # a "refuse" handled earlier in the same select batch closed it
             try:
                 client, _ = listener.accept()
             except BlockingIOError:

@@ -8,6 +8,7 @@ under gevent."""
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -266,19 +267,22 @@ def test_flapping_node(make_cluster, servers):
         stop = threading.Event()
 
         def flap() -> None:
+            # random phases, so the breaker's probes cannot fall into the refusals every time
+            jitter = random.Random(7)
             while not stop.is_set():
                 proxy.set_mode("refuse")
-                time.sleep(0.15)
+                time.sleep(jitter.uniform(0.1, 0.2))
                 proxy.set_mode("pass")
-                time.sleep(0.25)
+                time.sleep(jitter.uniform(0.2, 0.4))
 
         flapper = threading.Thread(target=flap)
         flapper.start()
         ok = failed = 0
         try:
-            end = time.monotonic() + 2.0
+            # at least 2 s of flapping, and on until writes went through and failed a few times each
+            start = time.monotonic()
             i = 0
-            while time.monotonic() < end:
+            while time.monotonic() < start + 2.0 or (min(ok, failed) < 3 and time.monotonic() < start + 20.0):
                 i += 1
                 key = groups["flap"][i % len(groups["flap"])]
                 try:
@@ -287,7 +291,7 @@ def test_flapping_node(make_cluster, servers):
                     ok += 1
                 except (NodeDownError, KTConnectionError):
                     failed += 1
-                assert cluster.get(groups["a"][0]) is None or True   # the healthy node keeps answering
+                cluster.get(groups["a"][0])  # the healthy node keeps answering (an error fails the test)
                 time.sleep(0.01)
         finally:
             stop.set()

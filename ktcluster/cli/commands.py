@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..cluster import Cluster, parse_address
+from ..address import parse_address
+from ..cluster import Cluster
 from ..connection import Connection
 from ..errors import ArgumentError, PartialFailureError
 from ..expiry import ExpireAt

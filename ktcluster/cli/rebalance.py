@@ -42,8 +42,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..address import parse_address
 from ..client import KyotoTycoon
-from ..cluster import parse_address
 from ..errors import ArgumentError, LogicalInconsistencyError
 from ..expiry import ExpireAt
 from ..packers import KT_PACKER_BYTES

@@ -14,7 +14,8 @@ import argparse
 import os
 from typing import Any
 
-from ..cluster import Cluster, parse_address
+from ..address import parse_address
+from ..cluster import Cluster
 from ..errors import ArgumentError
 from ..packers import KT_PACKER_BYTES
 from ..retry import RetryPolicy

@@ -1,8 +1,13 @@
-# ktcluster with its embedded Kyoto Tycoon-compatible server and its test suite.
-# docker-compose.yml runs three nodes and the multi-node tests from this image.
-# (No Kyoto Tycoon is built here: a real one comes from an image you already have,
-# see KT_IMAGE in docker-compose.yml.)
-FROM python:3.12-slim
+# ktcluster with its embedded Kyoto Tycoon-compatible server and its test suite: the
+# image of docker-compose.yml's test runner, and of its nodes unless KT_IMAGE names a
+# real Kyoto Tycoon image (no Kyoto Tycoon is built here).
+#
+# PYTHON_IMAGE: any image with Python 3.10+ and pip on the PATH, e.g. a mirror's copy:
+#   docker build --build-arg PYTHON_IMAGE=registry.example.com/python:3.12-slim .
+# pip installs from PyPI, or from the index that image's pip is set up to use.
+# (An empty PYTHON_IMAGE, which docker-compose v1 passes when it is unset, is the default.)
+ARG PYTHON_IMAGE
+FROM ${PYTHON_IMAGE:-python:3.12-slim}
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -12,4 +17,5 @@ RUN pip install --no-cache-dir '.[test]'
 
 EXPOSE 1978
 WORKDIR /tmp
-CMD ["ktcluster-server", "-host", "0.0.0.0", "-port", "1978", ":"]
+# no -host: listen on every address of the container, as ktserver does
+CMD ["ktcluster-server", "-port", "1978", ":"]

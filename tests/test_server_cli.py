@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from server_wire import Wire
+from server_wire import Wire, connect
 
 from ktcluster.testing import KTServer, free_port, server_command
 
@@ -67,6 +67,41 @@ def test_a_database_of_unknown_type_is_one_error_line(tmp_path):
     assert "Traceback" not in done.stderr
     log = (tmp_path / "server.log").read_text() if (tmp_path / "server.log").exists() else ""
     assert "could not open a database file" in done.stderr + log
+
+
+@pytest.mark.parametrize("host, port, expr", [
+    ("0.0.0.0", 1978, "0.0.0.0:1978"),        # an address whose atoi is < 1 (ktsocket.cc)
+    ("0.1.2.3", 1978, "0.1.2.3:1978"),
+    (None, 32768, ":32768"),                  # a port above INT16MAX
+    (None, 99999, ":99999"),
+])
+def test_an_address_ktserver_cannot_listen_on_ends_the_server(tmp_path, host, port, expr):
+    args = (["-host", host] if host is not None else []) + ["-port", str(port), "-log", "server.log", ":"]
+    done = run(args, str(tmp_path))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    log = (tmp_path / "server.log").read_text()
+    assert f"[ERROR]: socket error: expr={expr} msg=invalid address expression" in log
+
+
+def test_an_empty_host_is_an_unknown_host(tmp_path):
+    done = run(["-host", "", "-port", str(free_port()), "-log", "server.log", ":"], str(tmp_path))
+    assert done.returncode == 1
+    assert "[ERROR]: unknown host: \n" in (tmp_path / "server.log").read_text()
+
+
+def test_without_host_the_server_listens_on_every_address(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(server_command() + ["-port", str(port), ":"], cwd=str(tmp_path),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for host in ("127.0.0.1", "127.0.0.2"):       # a listener on 127.0.0.1 alone refuses the second
+            connect(port, host, timeout=15).close()
+        with Wire("127.0.0.2", port) as wire:
+            assert wire.set(b"k", b"v") == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
 
 
 def exit_status_after(srv: KTServer, signum: int) -> int:

@@ -47,6 +47,7 @@ from ..protocol.http import (
     parse_request_head,
     read_request_body,
 )
+from ..protocol.kcnum import atoi
 from ..protocol.rpc import RPC_PREFIX
 from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM, ConfigError, ServerConfig
 from .netio import BufferedSocket, accept_loop, open_listener
@@ -341,12 +342,20 @@ class Server:
             from .memcached import create_plugin
             self.plugins.append(create_plugin(self, config.plugin_server_expr))
         host = config.host
-        if host:
+        if host is not None:                         # -host "" is an unknown host too
             try:
-                host = socket.gethostbyname(host)
+                host = socket.gethostbyname(host) if host else ""
             except OSError:
+                host = ""
+            if not host:
                 self.log(LOG_ERROR, f"unknown host: {config.host}")
-                raise ConfigError(f"unknown host: {config.host}") from None
+                raise ConfigError(f"unknown host: {config.host}")
+        # ktsocket.cc: no host binds every address; an address whose atoi is < 1 (0.0.0.0)
+        # and a port outside 1..INT16MAX are refused
+        if (host and atoi(host.encode()) < 1) or not 1 <= config.port <= 32767:
+            message = f"socket error: expr={host or ''}:{config.port} msg=invalid address expression"
+            self.log(LOG_ERROR, message)
+            raise ConfigError(message)
         try:
             listener = open_listener(host or "", config.port, 128)
         except OSError as exc:

@@ -15,10 +15,10 @@ from "we do not know whether the write happened"::
     +-- KTTimeoutError                    any timeout
     |   +-- SignalTimeoutError            503: a WAIT condition was not signalled in time
     |   +-- SocketTimeoutError            the socket timed out (also a KTConnectionError)
-    |   +-- PoolTimeoutError              no pooled connection became free in time
     |   +-- DeadlineExceeded              a cluster call's deadline passed
     +-- KTConnectionError                 the connection failed or was closed
     |   +-- NodeDownError                 circuit breaker open: failed fast, nothing sent
+    +-- PoolTimeoutError                  local congestion: no pooled connection became free in time
     +-- ProtocolError                     the peer sent bytes we cannot parse (or 0xBF and closed)
     +-- OutcomeUnknownError               a non-idempotent write may or may not have happened
     +-- PartialFailureError               a fanned-out call failed on some nodes only
@@ -135,8 +135,13 @@ class SocketTimeoutError(KTTimeoutError, KTConnectionError):
     """A connect, send or receive did not finish in time; the connection is discarded."""
 
 
-class PoolTimeoutError(KTTimeoutError):
-    """No connection of the pool became free within ``pool_timeout`` (nothing was sent)."""
+class PoolTimeoutError(KyotoTycoonException):
+    """No connection of this client's pool to the node became free within ``pool_timeout``.
+
+    Local congestion (more concurrent callers than ``pool_size``), not a slow or dead
+    server: nothing was sent (``request_sent`` is False), the node's breaker does not
+    count it, and it is deliberately not a :class:`KTTimeoutError`, so an application
+    can answer it differently (shed load, 503) from a node that did not answer (504)."""
 
     def __init__(self, message: str = "", code: int | None = None, **kw: Any) -> None:
         kw.setdefault("request_sent", False)

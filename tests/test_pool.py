@@ -553,6 +553,58 @@ def test_pool_close_discards_connections_in_use(kt_server):
         assert c.call("void") == {}
 
 
+def test_pool_serves_waiters_first_come_first_served(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=1, pool_timeout=10)
+    held = pool.checkout()
+    served: list[int] = []
+
+    def waiter(i: int) -> None:
+        with pool.connection():
+            served.append(i)
+
+    threads = []
+    for i in range(5):
+        threads.append(threading.Thread(target=waiter, args=(i,)))
+        threads[-1].start()
+        while pool.stats().waiting < i + 1:   # queued in this order
+            time.sleep(0.001)
+    pool.checkin(held)
+    # the caller that returned it cannot take it back ahead of the waiters
+    again = pool.checkout()
+    assert served == [0, 1, 2, 3, 4]
+    pool.checkin(again)
+    for t in threads:
+        t.join()
+    assert pool.stats().in_use == 0 and pool.stats().waiting == 0
+
+
+def test_pool_timeout_is_not_overrun_and_interrupted_waiters_leave_the_queue(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=1, pool_timeout=0.2)
+    held = pool.checkout()
+    started = time.monotonic()
+    with pytest.raises(PoolTimeoutError) as info:
+        pool.checkout()
+    assert 0.19 <= time.monotonic() - started < 0.5 and info.value.request_sent is False
+    stats = pool.stats()
+    assert stats.waiting == 0 and stats.timeouts == 1 and stats.in_use == 1
+    pool.checkin(held)
+    assert pool.checkout(timeout=0) is held   # the gone waiter was passed over
+
+
+def test_pool_slot_of_a_lost_connection_comes_back_when_it_is_collected(kt_server):
+    import gc
+
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=1, pool_timeout=0.1)
+    conn = pool.checkout()
+    conn.call("void")
+    del conn                          # its holder died without checkin (an interruption, a bug)
+    gc.collect()
+    stats = pool.stats()
+    assert stats.in_use == 0 and stats.discarded == 1
+    with pool.connection() as fresh:
+        assert fresh.call("void") == {}
+
+
 def test_pool_under_threads(kt_server):
     pool = ConnectionPool(kt_server.host, kt_server.port, size=3, pool_timeout=30)
 

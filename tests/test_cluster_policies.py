@@ -164,7 +164,7 @@ def test_failed_probe_reopens_with_longer_backoff_and_reports_node_down():
     b, clock, _ = opened_breaker(reset_timeout=1.0, max_reset_timeout=3.0)
     waits = []
     for _ in range(4):
-        waits.append(b.stats()["retry_in"])
+        waits.append(b.stats()["next_probe_in"])
         clock.now += waits[-1]
         with pytest.raises(NodeDownError, match="probe failed") as info:
             b.call(lambda: pytest.fail("must not run"), probe=fail(refused()))
@@ -198,7 +198,7 @@ def test_flapping_node_backs_off_longer_each_time():
     for _ in range(3):
         with pytest.raises(KTConnectionError):
             b.call(fail(refused()))
-        waits.append(b.stats()["retry_in"])
+        waits.append(b.stats()["next_probe_in"])
         clock.now += waits[-1]
         b.call(lambda: None)
         clock.now += 1
@@ -206,7 +206,7 @@ def test_flapping_node_backs_off_longer_each_time():
     clock.now += 60                            # stable for a while: back to the short wait
     with pytest.raises(KTConnectionError):
         b.call(fail(refused()))
-    assert b.stats()["retry_in"] == 1.0
+    assert b.stats()["next_probe_in"] == 1.0
 
 
 def test_soft_failures_cannot_mark_more_than_max_down_nodes():
@@ -389,7 +389,7 @@ def test_budget_refills_from_traffic_and_time():
 # -- fan-out -----------------------------------------------------------------------------------------
 
 def test_fanout_runs_in_parallel_and_collects_results_and_errors():
-    fan = Fanout(max_workers=4)
+    fan = Fanout(workers_per_key=1)
     try:
         barrier = threading.Barrier(3, timeout=5)
 
@@ -409,30 +409,78 @@ def test_fanout_runs_in_parallel_and_collects_results_and_errors():
 
 
 def test_fanout_deadline_reports_late_and_unstarted_shards():
-    fan = Fanout(max_workers=2)
+    fan = Fanout(workers_per_key=1)
     release = threading.Event()
     try:
+        # another call keeps node "busy"'s only worker: this call's shard there never starts
+        other = threading.Thread(target=fan.run, args=({"busy": lambda: release.wait(10), "x": lambda: 1},
+                                                       time.monotonic() + 10))
+        other.start()
+        time.sleep(0.2)
         started = time.monotonic()
         results, errors = fan.run({
             "fast": lambda: "fast",
             "slow": lambda: release.wait(10),
-            "slow2": lambda: release.wait(10),
-            "queued": lambda: "never",
+            "busy": lambda: "never",
         }, time.monotonic() + 0.3)
         assert time.monotonic() - started < 5
         assert results == {"fast": "fast"}
         assert isinstance(errors["slow"], DeadlineExceeded) and errors["slow"].request_sent
-        assert isinstance(errors["queued"], DeadlineExceeded) and not errors["queued"].request_sent
+        assert isinstance(errors["busy"], DeadlineExceeded) and not errors["busy"].request_sent
     finally:
         release.set()
+        other.join()
         fan.close()
+
+
+def test_fanout_a_slow_key_does_not_hold_back_the_others():
+    fan = Fanout(workers_per_key=2)
+    release = threading.Event()
+    try:
+        hogs = [threading.Thread(target=fan.run, args=({"slow": lambda: release.wait(10), "x": lambda: 1},
+                                                       time.monotonic() + 10)) for _ in range(4)]
+        for t in hogs:
+            t.start()
+        time.sleep(0.2)  # "slow" has all its workers busy and more of its shards queued
+        started = time.monotonic()
+        assert fan.run({"a": lambda: "a", "b": lambda: "b"}, time.monotonic() + 5) == ({"a": "a", "b": "b"}, {})
+        assert time.monotonic() - started < 1
+    finally:
+        release.set()
+        for t in hogs:
+            t.join()
+        fan.close()
+
+
+def test_fanout_close_racing_with_runs_is_harmless():
+    fan = Fanout(workers_per_key=2)
+    stop = threading.Event()
+    problems: list[BaseException] = []
+
+    def caller() -> None:
+        while not stop.is_set():
+            try:
+                assert fan.run({"a": lambda: 1, "b": lambda: 2}, time.monotonic() + 5) == ({"a": 1, "b": 2}, {})
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+                problems.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for _ in range(100):
+        fan.close()
+    stop.set()
+    for t in threads:
+        t.join()
+    fan.close()
+    assert not problems, problems[:3]
 
 
 def test_fanout_single_and_empty():
     fan = Fanout()
     assert fan.run({}, time.monotonic()) == ({}, {})
     assert fan.run({"a": lambda: 1}, time.monotonic() + 1) == ({"a": 1}, {})
-    assert fan._executor is None      # one shard runs in the caller's thread
+    assert fan._executors == {}       # one shard runs in the caller's thread
     fan.close()
 
 

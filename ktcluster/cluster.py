@@ -166,8 +166,10 @@ class Cluster:
     call, fan-outs included), ``health`` the breaker tuning, ``on_node_event``
     a callback ``(node, old_state, new_state, error)`` for breaker changes.
     ``failover`` maps a node name to the address of its partner; ``bulk_chunk``
-    caps the records per bulk request; ``fanout_workers`` bounds the thread
-    pool used when gevent is not active.
+    caps the records per bulk request; ``fanout_workers`` bounds the threads
+    running one node's shards when gevent is not active (default: ``pool_size``,
+    as a node cannot serve more at once; each node has its own threads, so a slow
+    node never delays another node's shards).
     """
 
     def __init__(self, servers: Servers, *, binary: bool = True,
@@ -179,7 +181,7 @@ class Cluster:
                  health: HealthConfig | None = None, on_node_event: Listener | None = None,
                  failover: Mapping[str, Address] | None = None,
                  failover_ops: Iterable[OpClass] = (OpClass.READ, OpClass.IDEMPOTENT),
-                 bulk_chunk: int = 1000, fanout_workers: int = 16) -> None:
+                 bulk_chunk: int = 1000, fanout_workers: int | None = None) -> None:
         if bulk_chunk < 1:
             raise ArgumentError("bulk_chunk must be at least 1")
         self.binary = binary
@@ -193,7 +195,7 @@ class Cluster:
         #: an attempt with less time left than this gets its waits capped (see _guarded)
         self._longest_wait = max(math.inf if t is None else t for t in (timeout, connect_timeout, pool_timeout))
         self._probe_timeouts = (connect_timeout, 1.0 if timeout is None else min(timeout, 1.0))
-        self._fanout = Fanout(fanout_workers)
+        self._fanout: Fanout[str] = Fanout(pool_size if fanout_workers is None else fanout_workers)
         self._reconfigure = threading.Lock()
         self._counters = {"retries": 0, "failovers": 0, "partial_failures": 0}
         self._counter_lock = threading.Lock()
@@ -289,6 +291,17 @@ class Cluster:
             self.health.forget(gone.name)
         log.info("ring changed (remove %s): %s", name, diff)
         return diff
+
+    def reset_node(self, name: str) -> None:
+        """Close a node's breaker now, forgetting its failures (an operator who knows the node
+        is back); the next call goes to it.  ``name`` is a node's name, or a failover
+        partner's as :meth:`stats` lists it.  ``cluster.health[name].force_open()`` does
+        the opposite."""
+        topo = self._topology
+        names = {m.name for m in [*topo.members.values(), *topo.partners.values()]}
+        if name not in names:
+            raise ArgumentError(f"no node named {name!r}; nodes: {sorted(names)}")
+        self.health[name].reset()
 
     # -- execution core ---------------------------------------------------------------------------
 

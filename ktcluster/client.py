@@ -77,9 +77,11 @@ from .errors import (
     KTConnectionError,
     KyotoTycoonException,
     LogicalInconsistencyError,
+    PartialFailureError,
     PoolTimeoutError,
     ProtocolError,
     ScriptError,
+    ValueDecodeError,
 )
 from .expiry import KEEP, Expire, binary_xt, expires_at, xt_of
 from .packers import KT_PACKER_PICKLE, BytesPacker, make_packer
@@ -276,6 +278,10 @@ class KyotoTycoon:
       that declares or sends more raises :class:`~ktcluster.errors.ProtocolError`
       before it is read (default 257 MiB: one record of KT's largest size);
     * ``socket_module`` -- a socket module to use instead of ``socket``.
+
+    The default packer unpickles, as ng's did, and unpickling runs code: anyone who
+    can write to the server can run code in this process.  Use ``KT_PACKER_BYTES``
+    (or STRING, JSON) unless every writer is trusted; see :mod:`ktcluster.packers`.
     """
 
     def __init__(self, binary: bool = False, pack_type: int = KT_PACKER_PICKLE, custom_packer: Any = None,
@@ -565,6 +571,15 @@ class KyotoTycoon:
         pool.checkin(conn)
         return result
 
+    def _value(self, key: Any, raw: bytes) -> Any:
+        """``raw`` unpacked: ValueDecodeError, naming ``key``, when the packer cannot."""
+        try:
+            return self._unpack(raw)
+        except Exception as exc:
+            what = "the value at the cursor" if key is None else f"the value of {key!r}"
+            raise ValueDecodeError(f"{what} does not decode with {type(self.packer).__name__}: {str(exc)[:200]}",
+                                   key=key, raw=raw) from exc
+
     @staticmethod
     def _db_param(db: Any) -> bytes:
         """The RPC ``DB`` value: an index or a database name."""
@@ -693,14 +708,14 @@ class KyotoTycoon:
         kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
         if self.binary and not self._options:
             brec = self._read_binary(kb, db if db == 0 and type(db) is int else self._db_index(db))
-            return None if brec is None else self._unpack(brec[0])
+            return None if brec is None else self._value(key, brec[0])
         target = self._target(kb, db)
         if target is None:
             rec = self._read_raw(kb, db)
-            return None if rec is None else self._unpack(rec[0])
+            return None if rec is None else self._value(key, rec[0])
         head, body = self._http(_rest.encode_get(target, self._host))
         if head.status == 200:
-            return self._unpack(body)
+            return self._value(key, body)
         if head.status == 404:
             return None
         raise _rest.rest_error(head, body)
@@ -711,9 +726,9 @@ class KyotoTycoon:
         kb = key_bytes(key)
         if self.binary and not self._options:
             brec = self._read_binary(kb, self._db_index(db))
-            return None if brec is None else (self._unpack(brec[0]), expires_at(brec[1]))
+            return None if brec is None else (self._value(key, brec[0]), expires_at(brec[1]))
         rec = self._read_raw(kb, db)
-        return None if rec is None else (self._unpack(rec[0]), rec[1])
+        return None if rec is None else (self._value(key, rec[0]), rec[1])
 
     def _read_binary(self, kb: bytes, dbidx: int) -> tuple[bytes, int] | None:
         """(stored value, xt) of a record read with the binary protocol, or None."""
@@ -772,7 +787,7 @@ class KyotoTycoon:
             out = self._rpc(b"seize", [(b"key", key_bytes(key))], db)
         except LogicalInconsistencyError:
             return None
-        return self._unpack(answer_value(out, b"value"))
+        return self._value(key, answer_value(out, b"value"))
 
     def _put(self, mode: bytes, key: Any, value: Any, expire: Expire, db: Any) -> bool:
         """set/add/replace over HTTP: True, or the error.  REST when there is no expiry."""
@@ -844,7 +859,7 @@ class KyotoTycoon:
                 return self._pack(value)
             if self._concatenates:
                 return raw + self._pack(value)
-            data = self._unpack(raw)
+            data = self._value(key, raw)
             if not isinstance(data, (str, bytes)):
                 raise LogicalInconsistencyError("stored value is not a string or bytes type")
             tail = value
@@ -1008,7 +1023,11 @@ class KyotoTycoon:
 
     def get_bulk(self, keys: Iterable[Any], atomic: bool | None = None, db: Any = 0) -> dict[Any, Any]:
         """Read several records: ``{key: value}`` for those that exist, in request order,
-        keyed by the caller's own key objects (str or bytes)."""
+        keyed by the caller's own key objects (str or bytes).
+
+        When some values do not decode, :class:`~ktcluster.errors.PartialFailureError`
+        is raised: its ``results`` hold the records that did, its ``key_errors`` map each
+        other key to its :class:`~ktcluster.errors.ValueDecodeError`."""
         atomic = self._check_atomic(atomic)
         keys = key_list(keys)
         if not keys:
@@ -1027,8 +1046,28 @@ class KyotoTycoon:
         values = map(found.get, kbs)
         if self._raw_values:
             return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
+        records = [(key, value) for key, value in zip(keys, values, strict=True) if value is not None]
         unpack = self._unpack
-        return {key: unpack(value) for key, value in zip(keys, values, strict=True) if value is not None}
+        try:
+            return {key: unpack(value) for key, value in records}
+        except Exception:  # noqa: BLE001 - some value does not decode: find which, keep the others
+            return self._decode_each(records)
+
+    def _decode_each(self, records: list[tuple[Any, bytes]]) -> dict[Any, Any]:
+        """get_bulk's values one by one: PartialFailureError with the good ones and a
+        ValueDecodeError per bad key (if there is one)."""
+        good: dict[Any, Any] = {}
+        bad: dict[Any, ValueDecodeError] = {}
+        for key, raw in records:
+            try:
+                good[key] = self._value(key, raw)
+            except ValueDecodeError as exc:
+                bad[key] = exc
+        if not bad:
+            return good
+        named = ", ".join(repr(key) for key in list(bad)[:5]) + (", ..." if len(bad) > 5 else "")
+        raise PartialFailureError(f"get_bulk: {len(bad)} of {len(records)} values do not decode ({named})",
+                                  good, {}, [], bad)
 
     # -- matching ---------------------------------------------------------------------------------
 
@@ -1118,7 +1157,7 @@ class Cursor:
     def __init__(self, kt: KyotoTycoon) -> None:
         self._kt = kt
         self._pack = kt._pack
-        self._unpack = kt._unpack
+        self._value = kt._value
         self._key_out = kt._key_out
         self._conn: Connection | None = None
         self._generation = 0
@@ -1247,7 +1286,7 @@ class Cursor:
     def get_value(self, step: bool = False) -> Any:
         """The current record's unpacked value."""
         out = self._call(b"cur_get_value", [(b"step", _FLAG)] if step else [])
-        return self._unpack(answer_value(out, b"value"))
+        return self._value(None, answer_value(out, b"value"))
 
     def get(self, step: bool = False) -> tuple[Any, Any]:
         """``(key, value)`` of the current record, or ``(None, None)`` when the cursor is
@@ -1262,12 +1301,14 @@ class Cursor:
             out = self._call(b"cur_get", [(b"step", _FLAG)] if step else [])
         except LogicalInconsistencyError:
             return None
-        return self._key_out(answer_value(out, b"key")), self._unpack(answer_value(out, b"value")), _expires(out)
+        key = self._key_out(answer_value(out, b"key"))
+        return key, self._value(key, answer_value(out, b"value")), _expires(out)
 
     def seize(self) -> dict[str, Any]:
         """Read and remove the current record: ``{"key": ..., "value": ...}``."""
         out = self._call(b"cur_seize", [])
-        return {"key": self._key_out(answer_value(out, b"key")), "value": self._unpack(answer_value(out, b"value"))}
+        key = self._key_out(answer_value(out, b"key"))
+        return {"key": key, "value": self._value(key, answer_value(out, b"value"))}
 
     def delete(self) -> bool:
         """Delete the server-side cursor and give the connection back to the pool."""

@@ -35,6 +35,12 @@ KT is a database, not a cache, so the cluster never moves a key on its own:
   a server that trickles its reply); a fan-out stops waiting at it (under gevent
   the late shards are interrupted).  Each error says which limit fired:
   :class:`~ktcluster.errors.DeadlineExceeded` for the deadline.
+* **Values** -- the default packer is ``KT_PACKER_BYTES`` (bytes in and out,
+  ``str`` stored as UTF-8): KT has no authentication, and a cluster unpickles
+  what its servers hold only when ``pack_type=KT_PACKER_PICKLE`` asks for it
+  (unpickling runs code).  A value that does not decode raises
+  :class:`~ktcluster.errors.ValueDecodeError` naming its key and node; in a
+  get_bulk, the other records still come back (in ``PartialFailureError.results``).
 
 Each node has one :class:`~ktcluster.client.KyotoTycoon` (and so one bounded
 connection pool).  With ``binary=True`` (the default) get/set/remove and the
@@ -61,11 +67,12 @@ from .errors import (
     KyotoTycoonException,
     NodeDownError,
     PartialFailureError,
+    ValueDecodeError,
 )
 from .expiry import Expire
 from .fanout import Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
-from .packers import KT_PACKER_PICKLE
+from .packers import KT_PACKER_BYTES
 from .pool import DEFAULT_POOL_SIZE
 from .protocol.kcnum import cstr
 from .protocol.kctext import levdist
@@ -161,7 +168,10 @@ class Cluster:
     ints (relative; default 1).
 
     ``binary``, ``pack_type``, ``custom_packer``, ``decode_keys`` and
-    ``max_reply_size`` are :class:`~ktcluster.client.KyotoTycoon`'s; ``pool_size``, ``pool_timeout``,
+    ``max_reply_size`` are :class:`~ktcluster.client.KyotoTycoon`'s, except that
+    ``pack_type`` defaults to ``KT_PACKER_BYTES`` (values are bytes; a ``str`` is
+    stored as UTF-8): pass ``KT_PACKER_PICKLE`` only if every writer to the servers
+    is trusted, since unpickling runs code.  ``pool_size``, ``pool_timeout``,
     ``connect_timeout`` and ``timeout`` (5 s each by default, under the deadline)
     configure each node's pool.  ``retry``
     is the :class:`~ktcluster.retry.RetryPolicy` (its ``deadline`` bounds every
@@ -173,7 +183,7 @@ class Cluster:
     """
 
     def __init__(self, servers: Servers, *, binary: bool = True,
-                 pack_type: int = KT_PACKER_PICKLE, custom_packer: Any = None, decode_keys: bool = True,
+                 pack_type: int = KT_PACKER_BYTES, custom_packer: Any = None, decode_keys: bool = True,
                  weights: Mapping[str, int] | None = None, pool_size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float | None = DEFAULT_NODE_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -377,12 +387,19 @@ class Cluster:
         failed = [key for shard in done.values() for key in shard.failed]
         return done, failed
 
-    def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any]) -> PartialFailureError:
+    def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any],
+                 key_errors: dict[Any, ValueDecodeError] | None = None) -> PartialFailureError:
         errors = {node: s.error for node, s in shards.items() if s.error is not None}
         self._count("partial_failures")
-        summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
-        return PartialFailureError(f"{op} failed on {len(errors)} of {len(shards)} nodes ({summary})",
-                                   results, errors, failed)  # type: ignore[arg-type]
+        what = []
+        if errors:
+            summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
+            what.append(f"failed on {len(errors)} of {len(shards)} nodes ({summary})")
+        if key_errors:
+            named = ", ".join(repr(key) for key in list(key_errors)[:5]) + (", ..." if len(key_errors) > 5 else "")
+            what.append(f"{len(key_errors)} values do not decode ({named})")
+        return PartialFailureError(f"{op} {'; '.join(what)}", results, errors, failed,  # type: ignore[arg-type]
+                                   key_errors)
 
     def _each(self, op: str, call: Callable[[_Member], T]) -> dict[str, T]:
         """Run ``call`` on every node at once: ``{node: result}`` in configuration order."""
@@ -452,19 +469,30 @@ class Cluster:
 
     def get_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> dict[Any, Any]:
         """``{key: value}`` for the keys that exist, in the caller's order.  ``atomic``
-        applies per node (HTTP)."""
+        applies per node (HTTP).  PartialFailureError when some nodes fail (their keys
+        are its ``failed_keys``) or some values do not decode (its ``key_errors``); its
+        ``results`` hold every other record."""
         keys = key_list(keys)
-        shards, failed = self._bulk("get_bulk", keys,
-                                    lambda m, part: m.bulk_client(atomic).get_bulk(part, atomic, db))
-        parts = [part for shard in shards.values() for part in shard.results]
-        if len(parts) == 1 and not failed:
+
+        def run(member: _Member, part: list[Key]) -> tuple[dict[Any, Any], dict[Any, ValueDecodeError]]:
+            try:
+                return member.bulk_client(atomic).get_bulk(part, atomic, db), {}
+            except PartialFailureError as exc:  # values that do not decode: the node's other records are good
+                for error in exc.key_errors.values():
+                    error.node = member.name
+                return exc.results, exc.key_errors
+
+        shards, failed = self._bulk("get_bulk", keys, run)
+        parts = [found for shard in shards.values() for found, _ in shard.results]
+        bad = {key: error for shard in shards.values() for _, errors in shard.results for key, error in errors.items()}
+        if len(parts) == 1 and not failed and not bad:
             return parts[0]  # one node, one chunk: already in the caller's order
         found: dict[Any, Any] = {}
         for part in parts:
             found.update(part)
         ordered = {k: found[k] for k in keys if k in found}
-        if failed:
-            raise self._partial("get_bulk", shards, ordered, failed)
+        if failed or bad:
+            raise self._partial("get_bulk", shards, ordered, failed, bad)
         return ordered
 
     def set_bulk(self, kv_dict: Mapping[Key, Any], expire: Expire = None, atomic: bool | None = None,
@@ -572,7 +600,12 @@ class Cluster:
         order).  Not a snapshot: concurrent writes may or may not be seen."""
         for name in list(self._topology.members):
             with self.cursor(name) as cur:
-                yield from cur.items(db)
+                try:
+                    yield from cur.items(db)
+                except KyotoTycoonException as exc:
+                    if exc.node is None:
+                        exc.node = name
+                    raise
 
     # -- replication ------------------------------------------------------------------------------
 

@@ -7,6 +7,18 @@ written by either library reads back with the other.
 
 A packer is any object with ``pack(value) -> bytes`` and ``unpack(bytes) -> value``
 (pass it as ``custom_packer`` with ``KT_PACKER_CUSTOM``).
+
+**Security.**  KT has no authentication: whoever reaches a server's port can
+store any bytes under any key.  With ``KT_PACKER_PICKLE`` every read unpickles
+those bytes, and unpickling runs code -- one crafted record runs code in every
+process that reads it.  Use pickle only when every client of every server is
+trusted.  ``KyotoTycoon`` keeps python-kyototycoon-ng's pickle default (a
+drop-in must read what ng wrote); ``Cluster`` defaults to ``KT_PACKER_BYTES``
+(bytes in and out, ``str`` stored as UTF-8, as redis-py does) and unpickles only
+when asked.  A value that does not decode raises
+:class:`~ktcluster.errors.ValueDecodeError`; one the packer cannot store
+(``set("k", 5)`` with the string or bytes packer) raises
+:class:`~ktcluster.errors.ArgumentError` before anything is sent.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ import pickle
 import struct
 from typing import Any, Protocol
 
-from .errors import InvalidArgumentError, KyotoTycoonException
+from .errors import ArgumentError, InvalidArgumentError, KyotoTycoonException
 
 __all__ = [
     "KT_PACKER_CUSTOM", "KT_PACKER_PICKLE", "KT_PACKER_JSON", "KT_PACKER_STRING", "KT_PACKER_BYTES",
@@ -43,7 +55,11 @@ class Packer(Protocol):
 
 
 class PicklePacker:
-    """pickle protocol 2 (ng's choice: readable by Python 2 and 3)."""
+    """pickle protocol 2 (ng's choice: readable by Python 2 and 3).
+
+    **Unpickling runs code**: anyone who can write to the KT server (KT has no
+    authentication) can run code in every process that reads through this packer.
+    Use it only when every writer is trusted."""
 
     concatenates = False
 
@@ -76,6 +92,8 @@ class StringPacker:
 
     @staticmethod
     def pack(data: str) -> bytes:
+        if not isinstance(data, str):
+            raise ArgumentError(f"KT_PACKER_STRING stores str, not {type(data).__name__}")
         return data.encode("utf-8")
 
     @staticmethod
@@ -96,7 +114,7 @@ class BytesPacker:
             return data.encode("utf-8")
         if isinstance(data, (bytearray, memoryview)):
             return bytes(data)
-        raise TypeError(f"KT_PACKER_BYTES stores bytes or str, not {type(data).__name__}")
+        raise ArgumentError(f"KT_PACKER_BYTES stores bytes or str, not {type(data).__name__}")
 
     @staticmethod
     def unpack(data: bytes) -> bytes:

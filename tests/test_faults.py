@@ -28,6 +28,7 @@ from ktcluster.errors import (
 )
 from ktcluster.fanout import DeadlineExceeded, gevent_active
 from ktcluster.health import BreakerState, HealthConfig
+from ktcluster.packers import KT_PACKER_PICKLE
 from ktcluster.retry import OpClass, RetryPolicy
 from ktcluster.testing import FaultProxy, KTServer, free_port, start_cluster
 
@@ -60,6 +61,7 @@ def make_cluster():
     made: list[Cluster] = []
 
     def make(servers, **kw) -> Cluster:
+        kw.setdefault("pack_type", KT_PACKER_PICKLE)  # Python values, on the test's own servers
         kw.setdefault("timeout", TIMEOUT)
         kw.setdefault("connect_timeout", TIMEOUT)
         kw.setdefault("retry", RetryPolicy(attempts=3, deadline=DEADLINE, backoff=0.01, max_backoff=0.05))

@@ -18,9 +18,11 @@ Limits (what a slow or hostile server cannot stretch):
 * A request may carry the caller's ``deadline`` (a ``time.monotonic()`` value):
   the connect and the exchange then also end by it, and a wait it cuts short
   raises :class:`~ktcluster.errors.DeadlineExceeded`.  Before every send and
-  receive the socket's timeout becomes what is left (re-armed only when that is
-  shorter by more than :data:`REARM_SLACK`, so the usual request makes no extra
-  system call).
+  receive the socket's timeout becomes what is left, in steps of at most
+  :data:`WAIT_STEP` (the kernel fires a long SO_RCVTIMEO late: 5 s ended 0.1-0.25 s
+  past it, the timer wheel's granularity; a step ends within a few ms), re-armed
+  only when that is shorter by more than :data:`REARM_SLACK`, so the usual request
+  makes no extra system call.  A wait ends about 10-20 ms past its limit at most.
 * ``max_size`` bounds a reply (default :data:`DEFAULT_MAX_REPLY_SIZE`): a reply
   that declares (Content-Length, a binary record size) or reaches more bytes is a
   :class:`~ktcluster.errors.ProtocolError`, raised before its body is read.
@@ -69,7 +71,8 @@ from .protocol.binary import DATAMAXSIZ, Incomplete
 from .protocol.http import ResponseHead, parse_response_head
 from .protocol.rpc import decode_answer, encode_call
 
-__all__ = ["Connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "DEFAULT_MAX_REPLY_SIZE", "REARM_SLACK"]
+__all__ = ["Connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "DEFAULT_MAX_REPLY_SIZE", "REARM_SLACK",
+           "WAIT_STEP"]
 
 T = TypeVar("T")
 
@@ -81,6 +84,9 @@ DEFAULT_MAX_REPLY_SIZE = DATAMAXSIZ + (1 << 20)
 #: a socket timeout is re-armed before a send or receive when the time left is shorter
 #: than it by more than this (seconds): how far past its limit a wait may end.
 REARM_SLACK = 0.01
+#: the longest single wait of a send or receive (seconds); a longer one is made of steps,
+#: because the kernel's timers for long socket timeouts are coarse.
+WAIT_STEP = 0.25
 
 #: size of the receive buffer kept between requests; larger replies grow it temporarily.
 _BUFSIZE = 65536
@@ -234,7 +240,7 @@ class Connection:
             self._native = isinstance(sock, _socket.socket) and (self.timeout is None or self.timeout > 0)
             if self._native:
                 sock.settimeout(None)
-            self._apply(sock, self.timeout)
+            self._apply(sock, None if self.timeout is None else min(self.timeout, WAIT_STEP))
             poll = _original_poll()
             if poll is not None:
                 self._poller = poll()
@@ -254,7 +260,9 @@ class Connection:
         if self._sock is not None:
             if self._native and timeout is not None and timeout <= 0:
                 self._native = False
-            self._apply(self._sock, timeout)
+            step = None if timeout is None else min(timeout, WAIT_STEP)
+            if step != self._applied:
+                self._apply(self._sock, step)
 
     def _apply(self, sock: Any, timeout: float | None) -> None:
         """Set the socket's send/receive timeout."""
@@ -268,7 +276,7 @@ class Connection:
 
     def _arm(self, sock: Any, end: float | None) -> None:
         """Before a send or receive: the socket's timeout becomes the time left until
-        ``end`` (None: no limit); TimeoutError when none is left."""
+        ``end``, at most WAIT_STEP (None: no limit); TimeoutError when none is left."""
         applied = self._applied
         if end is None:
             if applied is not None:
@@ -277,8 +285,21 @@ class Connection:
         left = end - _monotonic()
         if left <= 0:
             raise TimeoutError("no time left")
+        if left > WAIT_STEP:
+            left = WAIT_STEP
         if applied is None or left > applied or applied - left > REARM_SLACK:
             self._apply(sock, left)
+
+    def _send_some(self, sock: Any, data: bytes | memoryview, end: float | None) -> int:
+        """One send, waiting (in steps) until ``end`` for room in the socket's buffer."""
+        while True:
+            self._arm(sock, end)
+            try:
+                return sock.send(data)
+            except (TimeoutError, BlockingIOError):
+                if end is None or end <= _monotonic():
+                    raise
+                # one step of a longer wait ended: wait on
 
     def close(self) -> None:
         """Close the socket.  The connection may connect again later unless it is broken."""
@@ -422,13 +443,11 @@ class Connection:
         """Send all of ``data``; an error before a byte of the request left says request_sent=False."""
         sent = 0
         try:
-            self._arm(sock, end)
-            sent = sock.send(data)
+            sent = self._send_some(sock, data, end)
             if sent < len(data):
                 view = memoryview(data)[sent:]
                 while view:
-                    self._arm(sock, end)
-                    view = view[sock.send(view):]
+                    view = view[self._send_some(sock, view, end):]
         except BaseException as exc:
             self._fail()
             err = self._transport_error(exc, "sending to", request_sent=not first or sent > 0,
@@ -490,7 +509,12 @@ class Connection:
                 grown[:filled] = view[:filled]
                 view = grown
             self._arm(sock, end)
-            n = sock.recv_into(view[filled:])
+            try:
+                n = sock.recv_into(view[filled:])
+            except (TimeoutError, BlockingIOError):
+                if end is None or end <= _monotonic():
+                    raise
+                continue  # one step of a longer wait ended: wait on
             if not n:
                 at_eof = getattr(decode, "at_eof", None)
                 if at_eof is not None and filled:

@@ -27,8 +27,10 @@ import gzip
 import json
 import pickle
 import struct
+import zlib
 from typing import Any, Protocol
 
+from .connection import DEFAULT_MAX_REPLY_SIZE
 from .errors import ArgumentError, InvalidArgumentError, KyotoTycoonException
 
 __all__ = [
@@ -148,14 +150,19 @@ class MemcachePacker:
     Flags are ignored on read and zeroed on write, except the gzip flag: with
     ``gzip_enabled``, values of at least ``gzip_threshold`` bytes are gzipped on
     write with bit ``gzip_flag`` (1..32) set, and values carrying that bit are
-    decompressed on read.  Use :class:`SimpleMemcachePacker` to control the flags.
+    decompressed on read -- to at most ``max_size`` bytes (default 257 MiB, like a
+    reply): a value that inflates to more (a decompression bomb) is a ValueError,
+    which the client reports as a ValueDecodeError.  Use
+    :class:`SimpleMemcachePacker` to control the flags.
     """
 
     concatenates = False
 
-    def __init__(self, gzip_enabled: bool = False, gzip_threshold: int = 128, gzip_flag: int = 1) -> None:
+    def __init__(self, gzip_enabled: bool = False, gzip_threshold: int = 128, gzip_flag: int = 1, *,
+                 max_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
         if not 1 <= gzip_flag <= 32:
             raise ValueError("gzip flag must be an integer between 1 and 32")
+        self.max_size = max_size
         self.gzip_enabled = gzip_enabled
         self.gzip_threshold = gzip_threshold
         self.gzip_flag = gzip_flag
@@ -174,8 +181,25 @@ class MemcachePacker:
             return data
         stored, flags = data[:-4], _FLAGS.unpack(data[-4:])[0]
         if self.gzip_enabled and flags & self._gzip_bit:
-            return gzip.decompress(stored)
+            return _gunzip(stored, self.max_size)
         return stored
+
+
+def _gunzip(data: bytes, max_size: int) -> bytes:
+    """gzip.decompress (every member) that refuses to inflate past ``max_size`` bytes."""
+    out: list[bytes] = []
+    size = 0
+    while data:
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        chunk = member.decompress(data, max_size - size + 1)
+        size += len(chunk)
+        if size > max_size or member.unconsumed_tail:
+            raise ValueError(f"a gzipped value inflates to more than {max_size} bytes")
+        if not member.eof:
+            raise EOFError("a gzipped value ends before its end-of-stream marker")
+        out.append(chunk)
+        data = member.unused_data.lstrip(b"\0")  # members may be padded with NULs, as gzip reads them
+    return b"".join(out)
 
 
 _BUILTIN = {

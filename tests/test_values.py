@@ -9,6 +9,7 @@ value the packer cannot store is an ArgumentError, before anything is sent."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
@@ -19,12 +20,14 @@ import pytest
 
 from ktcluster import (
     KT_PACKER_BYTES,
+    KT_PACKER_CUSTOM,
     KT_PACKER_JSON,
     KT_PACKER_PICKLE,
     KT_PACKER_STRING,
     ArgumentError,
     Cluster,
     KyotoTycoon,
+    MemcachePacker,
     PartialFailureError,
     ValueDecodeError,
 )
@@ -176,4 +179,18 @@ def test_a_value_the_packer_cannot_store_is_an_argument_error(servers, pack_type
     with Cluster([srv.address]) as cluster:
         with pytest.raises(ArgumentError):
             cluster.set("k", 5)
+    kt.close()
+
+
+def test_a_gzip_bomb_does_not_inflate_past_the_limit(servers, raw):
+    """A 50 KB value that inflates to 64 MiB, read through the memcached packer with gzip."""
+    srv = servers[0]
+    raw[srv.address].set("bomb", gzip.compress(bytes(64 << 20)) + b"\0\0\0\1")   # flags: gzip bit 1
+    packer = MemcachePacker(gzip_enabled=True, max_size=1 << 20)
+    kt = KyotoTycoon(pack_type=KT_PACKER_CUSTOM, custom_packer=packer).connect(srv.host, srv.port)
+    with pytest.raises(ValueDecodeError) as info:
+        kt.get("bomb")
+    assert isinstance(info.value.__cause__, ValueError) and "inflates" in str(info.value)
+    kt.set("fine", b"x" * 5000)                                                      # gzipped on the way in
+    assert kt.get("fine") == b"x" * 5000 and len(raw[srv.address].get("fine")) < 200
     kt.close()

@@ -25,6 +25,7 @@ __all__ = [
     "ServerError", "ScriptError", "NoImplementationError", "KTTimeoutError", "SignalTimeoutError",
     "SocketTimeoutError", "PoolTimeoutError", "DeadlineExceeded", "KTConnectionError", "NodeDownError",
     "ProtocolError", "OutcomeUnknownError", "PartialFailureError", "ReplicationError", "ResyncRequiredError",
+    "ValueDecodeError",
 ]
 
 #: public name -> module (relative to this package) that defines it; the rest of __all__
@@ -95,6 +96,7 @@ if TYPE_CHECKING:
         ServerError,
         SignalTimeoutError,
         SocketTimeoutError,
+        ValueDecodeError,
     )
     from .expiry import KEEP, ExpireAt
     from .health import BreakerState, HealthConfig

@@ -68,8 +68,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType, TracebackType
 from typing import Any, NoReturn, TypedDict, TypeVar
 
-from .address import parse_address
-from .connection import DEFAULT_CONNECT_TIMEOUT, Connection
+from .address import format_address, parse_address
+from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, Connection
 from .errors import (
     ArgumentError,
     DeadlineExceeded,
@@ -77,10 +77,11 @@ from .errors import (
     KTConnectionError,
     KyotoTycoonException,
     LogicalInconsistencyError,
+    PartialFailureError,
     PoolTimeoutError,
     ProtocolError,
     ScriptError,
-    SocketTimeoutError,
+    ValueDecodeError,
 )
 from .expiry import KEEP, Expire, binary_xt, expires_at, xt_of
 from .packers import KT_PACKER_PICKLE, BytesPacker, make_packer
@@ -88,7 +89,7 @@ from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool, serve
 from .protocol import binary as _bin
 from .protocol import rest as _rest
 from .protocol.http import ResponseHead
-from .protocol.rpc import decode_answer, encode_call
+from .protocol.rpc import FIELD_COST, answer_float, answer_int, answer_value, decode_answer, encode_call, parse_int
 
 __all__ = ["KyotoTycoon", "Cursor", "Report", "DBReport", "Status", "KEEP_RETRIES"]
 
@@ -100,20 +101,31 @@ T = TypeVar("T")
 #: a time.monotonic() value, or a function returning one (or None) when a call starts
 Deadline = float | Callable[[], "float | None"]
 
-#: kernel timers may fire up to a clock tick early: a wait capped by a deadline that ends
-#: this close to it was cut short by it.
-_TIMER_SLACK = 0.02
-
 _FLAG = b""  # the value of a presence-only RPC parameter (atomic, step, utf...)
 _INT64 = struct.Struct(">q")
+#: fields an RPC answer may hold besides its records (num, SIGNALED...)
+_EXTRA_FIELDS = 4
 
 
-def _decode_set_reply(buf: bytes) -> tuple[int, int]:
-    return _bin.decode_count_reply(buf, _bin.MAGIC_SET_BULK)
+def _count_decoder(magic: int, sent: int) -> Callable[[bytes], tuple[int, int]]:
+    """The decoder of a set_bulk/remove_bulk reply to ``sent`` records (it cannot count more)."""
+    return lambda buf: _bin.decode_count_reply(buf, magic, sent)
 
 
-def _decode_remove_reply(buf: bytes) -> tuple[int, int]:
-    return _bin.decode_count_reply(buf, _bin.MAGIC_REMOVE_BULK)
+def _decode_one_record(buf: bytes) -> tuple[list[tuple[int, bytes, bytes, int]], int]:
+    """The reply to a get_bulk of one key."""
+    return _bin.decode_get_bulk_reply(buf, 1)
+
+
+_SET_ONE = _count_decoder(_bin.MAGIC_SET_BULK, 1)
+_REMOVE_ONE = _count_decoder(_bin.MAGIC_REMOVE_BULK, 1)
+
+
+def _checked_count(count: int, sent: int) -> int:
+    """A bulk write's count, which cannot exceed the records sent."""
+    if count > sent:
+        raise ProtocolError(f"the server counts {count} records of a request of {sent}")
+    return count
 
 
 def key_bytes(key: Any) -> bytes:
@@ -190,6 +202,12 @@ def _seconds(value: Any, what: str) -> float:
     return float(value)
 
 
+def _expires(out: Mapping[bytes, bytes]) -> int | None:
+    """The absolute expiry of an RPC answer's optional ``xt`` field (None: none)."""
+    xt = out.get(b"xt")
+    return None if xt is None else expires_at(parse_int(xt, "xt"))
+
+
 def _found(call: Callable[[], object]) -> bool:
     """True when ``call`` succeeds, False when the server answers 450 (no such record)."""
     try:
@@ -248,14 +266,22 @@ class KyotoTycoon:
     * ``pool_size`` -- most connections open at once (cursors count too);
     * ``pool_timeout`` -- how long a call waits for a free connection before
       :class:`~ktcluster.errors.PoolTimeoutError` (None: forever);
-    * ``connect_timeout`` -- the TCP connect limit (``open``'s ``timeout`` is the
-      limit for every send and receive after that);
+    * ``connect_timeout`` -- the TCP connect limit (``open``'s ``timeout`` bounds
+      each request's whole exchange after that);
     * ``decode_keys`` -- keys the server hands back (match_*, cursors,
       play_script) come as str (True, ng's behaviour; bytes that are not UTF-8
       decode with ``surrogateescape``) or as bytes (False).  get_bulk always
       answers with the caller's own key objects;
     * ``idle_timeout``, ``max_lifetime`` -- when pooled connections are retired;
+    * ``max_reply_size`` -- the largest reply accepted (bytes; an RPC answer's fields
+      count :data:`~ktcluster.protocol.rpc.FIELD_COST` bytes each on top): a reply
+      that declares or sends more raises :class:`~ktcluster.errors.ProtocolError`
+      before it is read (default 257 MiB: one record of KT's largest size);
     * ``socket_module`` -- a socket module to use instead of ``socket``.
+
+    The default packer unpickles, as ng's did, and unpickling runs code: anyone who
+    can write to the server can run code in this process.  Use ``KT_PACKER_BYTES``
+    (or STRING, JSON) unless every writer is trusted; see :mod:`ktcluster.packers`.
     """
 
     def __init__(self, binary: bool = False, pack_type: int = KT_PACKER_PICKLE, custom_packer: Any = None,
@@ -263,11 +289,14 @@ class KyotoTycoon:
                  pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT, decode_keys: bool = True,
                  idle_timeout: float | None = 300.0, max_lifetime: float | None = 3600.0,
-                 socket_module: ModuleType | None = None) -> None:
+                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, socket_module: ModuleType | None = None) -> None:
         if not exceptions:
             # ng: "Relying on separate error states is bad form and should be avoided..."
             raise DeprecationWarning("not raising exceptions on error has been removed")
         packer = make_packer(pack_type, custom_packer)
+        if isinstance(max_reply_size, bool) or not isinstance(max_reply_size, int) or max_reply_size < 1:
+            raise ArgumentError(f"max_reply_size must be a positive number of bytes, not {max_reply_size!r}")
+        self.max_reply_size = max_reply_size
         self.binary = bool(binary)
         #: ng's default for the ``atomic`` argument of the bulk methods.
         self.atomic = not self.binary
@@ -315,8 +344,10 @@ class KyotoTycoon:
 
     def open(self, host: str = "127.0.0.1", port: int = 1978, timeout: float | None = 30) -> bool:
         """Set the server to talk to; connections open lazily, on first use.  ``timeout``
-        bounds every send and receive (seconds; None: none).  Returns True.  (On a view, it
-        gives the view a pool of its own.)  A bad address or timeout is an ArgumentError."""
+        bounds each request's whole exchange, sending it and receiving the complete reply
+        (seconds; None: none): a server trickling its reply cannot stretch a call past it.
+        Returns True.  (On a view, it gives the view a pool of its own.)  A bad address or
+        timeout is an ArgumentError."""
         try:
             host, port = parse_address((host, int(port)))
         except (TypeError, ValueError):
@@ -328,7 +359,7 @@ class KyotoTycoon:
             self._pool.close()
         self._pool = ConnectionPool(host, port, timeout=timeout, **self._pool_options)  # type: ignore[arg-type]
         self._owns_pool = True
-        self._host = f"{host}:{port}".encode()
+        self._host = format_address(host, port).encode()
         self._db_indexes = {}
         return True
 
@@ -377,8 +408,8 @@ class KyotoTycoon:
         ``signaled`` attribute then holds how many were waiting.  Calls carrying
         these use TSV-RPC (REST and binary cannot).
 
-        ``timeout``: the socket timeout of the view's calls (each send and receive),
-        instead of ``open()``'s; a WAIT may block ``wait_time`` longer.
+        ``timeout``: the limit of each of the view's exchanges (sending a request and
+        receiving its reply), instead of ``open()``'s; a WAIT may block ``wait_time`` longer.
 
         ``deadline``: a ``time.monotonic()`` value by which the view's calls must be
         done: the wait for a pooled connection, the connect and the socket timeout
@@ -453,47 +484,47 @@ class KyotoTycoon:
     # -- transport helpers ------------------------------------------------------------------------
 
     def _http(self, request: bytes, head: bool = False) -> tuple[ResponseHead, bytes]:
+        max_size = self.max_reply_size
         if self._limits is not None:
-            return self._limited(lambda conn: conn.request_http(request, head=head))
+            return self._limited(lambda conn, deadline: conn.request_http(request, head=head, deadline=deadline,
+                                                                          max_size=max_size))
         pool = self._pool or self.pool
         conn = pool.checkout()
         try:
-            result = conn.request_http(request, head=head)
+            result = conn.request_http(request, head=head, max_size=max_size)
         except BaseException:
             pool.checkin(conn, discard=True)
             raise
         pool.checkin(conn)
         return result
 
-    def _rpc(self, procedure: bytes, params: list[tuple[bytes, bytes]], db: Any = 0) -> dict[bytes, bytes]:
-        """One RPC call with DB and this view's options; typed errors on failure."""
+    def _rpc(self, procedure: bytes, params: list[tuple[bytes, bytes]], db: Any = 0,
+             max_fields: int | None = None) -> dict[bytes, bytes]:
+        """One RPC call with DB and this view's options; typed errors on failure.
+        ``max_fields``: the most fields the answer can hold (None: as many as
+        ``max_reply_size`` allows)."""
         if db != 0 or type(db) is not int:
             params.append((b"DB", self._db_param(db)))
         if self._options:
             params.extend(self._options)
-            out = decode_answer(*self._http(encode_call(procedure, params, self._host)))
-            if b"SIGNALED" in out:
-                self.signaled = int(out[b"SIGNALED"])
+            out = self._answer(procedure, params, max_fields)
+            signaled = out.get(b"SIGNALED")
+            if signaled is not None:
+                self.signaled = parse_int(signaled, "SIGNALED")
             return out
-        return decode_answer(*self._http(encode_call(procedure, params, self._host)))
+        return self._answer(procedure, params, max_fields)
 
-    def _limited(self, exchange: Callable[[Connection], T]) -> T:
-        """One exchange under this view's limits (see with_options)."""
-        deadline = self._limits[1]  # type: ignore[index]
+    def _answer(self, procedure: bytes, params: list[tuple[bytes, bytes]],
+                max_fields: int | None = None) -> dict[bytes, bytes]:
+        head, body = self._http(encode_call(procedure, params, self._host))
+        return decode_answer(head, body, max_size=self.max_reply_size, max_fields=max_fields)
+
+    def _limited(self, exchange: Callable[[Connection, float | None], T]) -> T:
+        """One exchange under this view's limits (see with_options): the deadline caps the
+        wait for a connection and goes down to the connection with the request."""
+        timeout, deadline, extra = self._limits  # type: ignore[misc]
         if callable(deadline):
             deadline = deadline()
-        if deadline is None:
-            return self._exchange_limited(exchange, None)
-        try:
-            return self._exchange_limited(exchange, deadline)
-        except (SocketTimeoutError, PoolTimeoutError) as exc:
-            if time.monotonic() < deadline - _TIMER_SLACK:
-                raise  # a shorter limit of its own fired
-            raise DeadlineExceeded(f"the call's deadline passed: {exc.message}",
-                                   request_sent=exc.request_sent) from exc
-
-    def _exchange_limited(self, exchange: Callable[[Connection], T], deadline: float | None) -> T:
-        timeout, _, extra = self._limits  # type: ignore[misc]
         pool = self._pool or self.pool
         if deadline is None:
             conn = pool.checkout()
@@ -501,26 +532,23 @@ class KyotoTycoon:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineExceeded("the call's deadline passed before it started", request_sent=False)
-            conn = pool.checkout(left if pool.pool_timeout is None else min(left, pool.pool_timeout))
+            wait = pool.pool_timeout
+            try:
+                conn = pool.checkout(left if wait is None or left < wait else wait)
+            except PoolTimeoutError as exc:
+                if wait is not None and wait <= left:
+                    raise  # the pool's own limit fired
+                raise DeadlineExceeded(f"the call's deadline passed: {exc.message}", request_sent=False) from exc
         base = conn.timeout
+        limit = base if timeout is None else timeout
+        if limit is not None:
+            limit += extra
         try:
-            limit = base if timeout is None else timeout
-            if limit is not None:
-                limit += extra
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left > 0 and not conn.connected:
-                    conn.connect(left)
-                    left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DeadlineExceeded("the call's deadline passed before sending", request_sent=False)
-                if limit is None or left < limit:
-                    limit = left
             if limit == base:
-                result = exchange(conn)
+                result = exchange(conn, deadline)
             else:
                 conn.set_timeout(limit)
-                result = exchange(conn)
+                result = exchange(conn, deadline)
                 conn.set_timeout(base)
         except BaseException:
             pool.checkin(conn, discard=True)
@@ -528,18 +556,29 @@ class KyotoTycoon:
         pool.checkin(conn)
         return result
 
-    def _binary(self, request: bytes, decode: Any, noreply: bool = False) -> Any:
+    def _binary(self, request: bytes | Iterable[bytes], decode: Any, noreply: bool = False) -> Any:
+        max_size = self.max_reply_size
         if self._limits is not None:
-            return self._limited(lambda conn: conn.request_binary(request, decode, noreply=noreply))
+            return self._limited(lambda conn, deadline: conn.request_binary(request, decode, noreply=noreply,
+                                                                            deadline=deadline, max_size=max_size))
         pool = self._pool or self.pool
         conn = pool.checkout()
         try:
-            result = conn.request_binary(request, decode, noreply=noreply)
+            result = conn.request_binary(request, decode, noreply=noreply, max_size=max_size)
         except BaseException:
             pool.checkin(conn, discard=True)
             raise
         pool.checkin(conn)
         return result
+
+    def _value(self, key: Any, raw: bytes) -> Any:
+        """``raw`` unpacked: ValueDecodeError, naming ``key``, when the packer cannot."""
+        try:
+            return self._unpack(raw)
+        except Exception as exc:
+            what = "the value at the cursor" if key is None else f"the value of {key!r}"
+            raise ValueDecodeError(f"{what} does not decode with {type(self.packer).__name__}: {str(exc)[:200]}",
+                                   key=key, raw=raw) from exc
 
     @staticmethod
     def _db_param(db: Any) -> bytes:
@@ -567,7 +606,7 @@ class KyotoTycoon:
         if index is None:
             # ktserver's rule: a name is the DB path after its last '/'; the highest index wins.
             names: dict[bytes, int] = {}
-            report = decode_answer(*self._http(encode_call(b"report", [], self._host)))  # without view options
+            report = self._answer(b"report", [])  # without view options
             for rkey, value in report.items():
                 m = re.fullmatch(rb"db_(\d+)", rkey)
                 path = re.search(rb" path=(.*)\Z", value, re.S)
@@ -596,8 +635,7 @@ class KyotoTycoon:
             out = self._rpc(b"get", [(b"key", key)], db)
         except LogicalInconsistencyError:
             return None
-        xt = out.get(b"xt")
-        return out[b"value"], (expires_at(int(xt)) if xt is not None else None)
+        return answer_value(out, b"value"), _expires(out)
 
     @staticmethod
     def _xt_params(params: list[tuple[bytes, bytes]], xt: int | None) -> list[tuple[bytes, bytes]]:
@@ -633,12 +671,12 @@ class KyotoTycoon:
     def count(self, db: Any = 0) -> int:
         """Number of records in the database (expired ones not yet collected included)."""
         self._not_binary("count")
-        return int(self._rpc(b"status", [], db)[b"count"])
+        return answer_int(self._rpc(b"status", [], db), b"count")
 
     def size(self, db: Any = 0) -> int:
         """Size of the database in bytes."""
         self._not_binary("size")
-        return int(self._rpc(b"status", [], db)[b"size"])
+        return answer_int(self._rpc(b"status", [], db), b"size")
 
     def clear(self, db: Any = 0) -> bool:
         """Remove every record of the database."""
@@ -669,20 +707,15 @@ class KyotoTycoon:
         """The unpacked value of a record, or None when it does not exist."""
         kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
         if self.binary and not self._options:
-            dbidx = db if db == 0 and type(db) is int else self._db_index(db)
-            recs = self._binary(_bin.encode_get_bulk(((dbidx, kb),)), _bin.decode_get_bulk_reply)
-            if not recs:
-                return None
-            if recs[0][1] != kb:
-                raise ProtocolError(f"get_bulk answered key {recs[0][1]!r} for {kb!r}")
-            return self._unpack(recs[0][2])
+            brec = self._read_binary(kb, db if db == 0 and type(db) is int else self._db_index(db))
+            return None if brec is None else self._value(key, brec[0])
         target = self._target(kb, db)
         if target is None:
             rec = self._read_raw(kb, db)
-            return None if rec is None else self._unpack(rec[0])
+            return None if rec is None else self._value(key, rec[0])
         head, body = self._http(_rest.encode_get(target, self._host))
         if head.status == 200:
-            return self._unpack(body)
+            return self._value(key, body)
         if head.status == 404:
             return None
         raise _rest.rest_error(head, body)
@@ -692,13 +725,20 @@ class KyotoTycoon:
         after which it is gone (None: never); None when the record does not exist."""
         kb = key_bytes(key)
         if self.binary and not self._options:
-            recs = self._binary(_bin.encode_get_bulk(((self._db_index(db), kb),)), _bin.decode_get_bulk_reply)
-            if not recs:
-                return None
-            _, _, value, xt = recs[0]
-            return self._unpack(value), expires_at(xt)
+            brec = self._read_binary(kb, self._db_index(db))
+            return None if brec is None else (self._value(key, brec[0]), expires_at(brec[1]))
         rec = self._read_raw(kb, db)
-        return None if rec is None else (self._unpack(rec[0]), rec[1])
+        return None if rec is None else (self._value(key, rec[0]), rec[1])
+
+    def _read_binary(self, kb: bytes, dbidx: int) -> tuple[bytes, int] | None:
+        """(stored value, xt) of a record read with the binary protocol, or None."""
+        recs = self._binary(_bin.encode_get_bulk(((dbidx, kb),)), _decode_one_record)
+        if not recs:
+            return None
+        _, key, value, xt = recs[0]
+        if key != kb:
+            raise ProtocolError(f"get_bulk answered key {key[:80]!r} for {kb[:80]!r}")
+        return value, xt
 
     def get_int(self, key: Any, db: Any = 0) -> int:
         """The value of a record written by ``increment`` (an 8-byte big-endian integer).
@@ -747,7 +787,7 @@ class KyotoTycoon:
             out = self._rpc(b"seize", [(b"key", key_bytes(key))], db)
         except LogicalInconsistencyError:
             return None
-        return self._unpack(out[b"value"])
+        return self._value(key, answer_value(out, b"value"))
 
     def _put(self, mode: bytes, key: Any, value: Any, expire: Expire, db: Any) -> bool:
         """set/add/replace over HTTP: True, or the error.  REST when there is no expiry."""
@@ -779,7 +819,7 @@ class KyotoTycoon:
             packed = self._pack(value)
             if len(packed) > _bin.DATAMAXSIZ:
                 _too_large()
-            return self._binary(_bin.encode_set_bulk(((dbidx, kb, packed, xt),)), _decode_set_reply) > 0
+            return self._binary(_bin.encode_set_bulk(((dbidx, kb, packed, xt),)), _SET_ONE) > 0
         return self._put(_rest.MODE_SET, key, value, expire, db)
 
     def add(self, key: Any, value: Any, expire: Expire = None, db: Any = 0) -> bool:
@@ -819,7 +859,7 @@ class KyotoTycoon:
                 return self._pack(value)
             if self._concatenates:
                 return raw + self._pack(value)
-            data = self._unpack(raw)
+            data = self._value(key, raw)
             if not isinstance(data, (str, bytes)):
                 raise LogicalInconsistencyError("stored value is not a string or bytes type")
             tail = value
@@ -874,8 +914,7 @@ class KyotoTycoon:
             out = self._rpc(b"check", [(b"key", kb)], db)
         except LogicalInconsistencyError:
             return None
-        xt = out.get(b"xt")
-        expires = expires_at(int(xt)) if xt is not None else None
+        expires = _expires(out)
         return None if expires is None else -expires
 
     def increment(self, key: Any, delta: int = 1, expire: Expire = None, db: Any = 0, *,
@@ -893,7 +932,7 @@ class KyotoTycoon:
         if orig is not None:
             params.append((b"orig", _orig_param(orig)))
         xt = self._current_xt(kb, db) if expire is KEEP else xt_of(expire)
-        return int(self._rpc(b"increment", self._xt_params(params, xt), db)[b"num"])
+        return answer_int(self._rpc(b"increment", self._xt_params(params, xt), db), b"num")
 
     def increment_double(self, key: Any, delta: float = 1.0, expire: Expire = None, db: Any = 0, *,
                          orig: float | str | None = None) -> float:
@@ -906,7 +945,7 @@ class KyotoTycoon:
             params.append((b"orig", orig.encode() if isinstance(orig, str) else
                            orig if isinstance(orig, bytes) else repr(float(orig)).encode()))
         xt = self._current_xt(kb, db) if expire is KEEP else xt_of(expire)
-        return float(self._rpc(b"increment_double", self._xt_params(params, xt), db)[b"num"])
+        return answer_float(self._rpc(b"increment_double", self._xt_params(params, xt), db), b"num")
 
     def cas(self, key: Any, old_val: Any = None, new_val: Any = None, expire: Expire = None, db: Any = 0) -> bool:
         """Compare and swap: if the record's value is ``old_val`` (None: the record must
@@ -929,7 +968,7 @@ class KyotoTycoon:
         """Remove a record: True, or False when it did not exist."""
         kb = key_bytes(key)
         if self.binary and not self._options:
-            return self._binary(_bin.encode_remove_bulk(((self._db_index(db), kb),)), _decode_remove_reply) > 0
+            return self._binary(_bin.encode_remove_bulk(((self._db_index(db), kb),)), _REMOVE_ONE) > 0
         return self._on_record(b"remove", kb, db, _rest.encode_delete, 204)
 
     # -- bulk -------------------------------------------------------------------------------------
@@ -962,11 +1001,11 @@ class KyotoTycoon:
                 _too_large()
             recs = [(dbidx, kb, v, bxt) for kb, v in zip(kbs, values, strict=True)]
             request = _bin.set_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_set_bulk(recs)
-            return self._binary(request, _decode_set_reply)
+            return self._binary(request, _count_decoder(_bin.MAGIC_SET_BULK, len(recs)))
         params = [(b"atomic", _FLAG)] if atomic else []
         self._xt_params(params, xt)
         params += zip([b"_" + kb for kb in kbs], values, strict=True)
-        return int(self._rpc(b"set_bulk", params, db)[b"num"])
+        return _checked_count(answer_int(self._rpc(b"set_bulk", params, db), b"num"), len(kbs))
 
     def remove_bulk(self, keys: Iterable[Any], atomic: bool | None = None, db: Any = 0) -> int:
         """Remove several records; returns how many existed."""
@@ -977,14 +1016,18 @@ class KyotoTycoon:
         if self.binary and not self._options:
             recs = list(zip(itertools.repeat(self._db_index(db)), kbs))
             request = _bin.remove_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_remove_bulk(recs)
-            return self._binary(request, _decode_remove_reply)
+            return self._binary(request, _count_decoder(_bin.MAGIC_REMOVE_BULK, len(recs)))
         params = [(b"atomic", _FLAG)] if atomic else []
         params += zip([b"_" + kb for kb in kbs], itertools.repeat(_FLAG))
-        return int(self._rpc(b"remove_bulk", params, db)[b"num"])
+        return _checked_count(answer_int(self._rpc(b"remove_bulk", params, db), b"num"), len(kbs))
 
     def get_bulk(self, keys: Iterable[Any], atomic: bool | None = None, db: Any = 0) -> dict[Any, Any]:
         """Read several records: ``{key: value}`` for those that exist, in request order,
-        keyed by the caller's own key objects (str or bytes)."""
+        keyed by the caller's own key objects (str or bytes).
+
+        When some values do not decode, :class:`~ktcluster.errors.PartialFailureError`
+        is raised: its ``results`` hold the records that did, its ``key_errors`` map each
+        other key to its :class:`~ktcluster.errors.ValueDecodeError`."""
         atomic = self._check_atomic(atomic)
         keys = key_list(keys)
         if not keys:
@@ -993,17 +1036,38 @@ class KyotoTycoon:
         if self.binary and not self._options:
             recs = list(zip(itertools.repeat(self._db_index(db)), kbs))
             request = _bin.get_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_get_bulk(recs)
-            found = self._binary(request, _bin.decode_get_bulk_values)
+            asked = len(recs)
+            found = self._binary(request, lambda buf: _bin.decode_get_bulk_values(buf, asked))
         else:
             kbs = [b"_" + kb for kb in kbs]  # the answer's keys carry the same prefix
             params = [(b"atomic", _FLAG)] if atomic else []
             params += zip(kbs, itertools.repeat(_FLAG))
-            found = self._rpc(b"get_bulk", params, db)
+            found = self._rpc(b"get_bulk", params, db, max_fields=len(kbs) + _EXTRA_FIELDS)
         values = map(found.get, kbs)
         if self._raw_values:
             return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
+        records = [(key, value) for key, value in zip(keys, values, strict=True) if value is not None]
         unpack = self._unpack
-        return {key: unpack(value) for key, value in zip(keys, values, strict=True) if value is not None}
+        try:
+            return {key: unpack(value) for key, value in records}
+        except Exception:  # noqa: BLE001 - some value does not decode: find which, keep the others
+            return self._decode_each(records)
+
+    def _decode_each(self, records: list[tuple[Any, bytes]]) -> dict[Any, Any]:
+        """get_bulk's values one by one: PartialFailureError with the good ones and a
+        ValueDecodeError per bad key (if there is one)."""
+        good: dict[Any, Any] = {}
+        bad: dict[Any, ValueDecodeError] = {}
+        for key, raw in records:
+            try:
+                good[key] = self._value(key, raw)
+            except ValueDecodeError as exc:
+                bad[key] = exc
+        if not bad:
+            return good
+        named = ", ".join(repr(key) for key in list(bad)[:5]) + (", ..." if len(bad) > 5 else "")
+        raise PartialFailureError(f"get_bulk: {len(bad)} of {len(records)} values do not decode ({named})",
+                                  good, {}, [], bad)
 
     # -- matching ---------------------------------------------------------------------------------
 
@@ -1011,7 +1075,7 @@ class KyotoTycoon:
         if limit:  # ng: None or 0 means no limit
             params.append((b"max", b"%d" % _number(limit, "limit")))
         out = self._rpc(procedure, params, db)
-        ranked = sorted((int(rank), k[1:]) for k, rank in out.items() if k[:1] == b"_")
+        ranked = sorted((parse_int(rank, "rank"), k[1:]) for k, rank in out.items() if k[:1] == b"_")
         key_out = self._key_out
         return [key_out(k) for _, k in ranked]
 
@@ -1067,7 +1131,9 @@ class KyotoTycoon:
         nb = key_bytes(name)
         key_out = self._key_out
         if self.binary and not self._options:
-            out = self._binary(_bin.encode_play_script(nb, records), _bin.decode_play_script_reply)
+            most = max(0, self.max_reply_size // FIELD_COST)
+            out = self._binary(_bin.encode_play_script(nb, records),
+                               lambda buf: _bin.decode_play_script_reply(buf, most))
             if out is None:
                 raise ScriptError(f"play_script {nb!r} failed: the server answered 0xBF (the procedure failed "
                                   "or does not exist, or scripting is off; call it over HTTP for the reason)", 500)
@@ -1091,7 +1157,7 @@ class Cursor:
     def __init__(self, kt: KyotoTycoon) -> None:
         self._kt = kt
         self._pack = kt._pack
-        self._unpack = kt._unpack
+        self._value = kt._value
         self._key_out = kt._key_out
         self._conn: Connection | None = None
         self._generation = 0
@@ -1153,7 +1219,7 @@ class Cursor:
         if db is not None and (db != 0 or type(db) is not int):
             params.append((b"DB", self._kt._db_param(db)))
         try:
-            out = conn.call(procedure, params)
+            out = conn.call(procedure, params, max_size=self._kt.max_reply_size)
         except BaseException as exc:
             if server_answered(exc):
                 self._generation = conn.generation
@@ -1215,12 +1281,12 @@ class Cursor:
     def get_key(self, step: bool = False) -> Any:
         """The current record's key (str or bytes, per the client's ``decode_keys``)."""
         out = self._call(b"cur_get_key", [(b"step", _FLAG)] if step else [])
-        return self._key_out(out[b"key"])
+        return self._key_out(answer_value(out, b"key"))
 
     def get_value(self, step: bool = False) -> Any:
         """The current record's unpacked value."""
         out = self._call(b"cur_get_value", [(b"step", _FLAG)] if step else [])
-        return self._unpack(out[b"value"])
+        return self._value(None, answer_value(out, b"value"))
 
     def get(self, step: bool = False) -> tuple[Any, Any]:
         """``(key, value)`` of the current record, or ``(None, None)`` when the cursor is
@@ -1235,13 +1301,14 @@ class Cursor:
             out = self._call(b"cur_get", [(b"step", _FLAG)] if step else [])
         except LogicalInconsistencyError:
             return None
-        xt = out.get(b"xt")
-        return self._key_out(out[b"key"]), self._unpack(out[b"value"]), expires_at(None if xt is None else int(xt))
+        key = self._key_out(answer_value(out, b"key"))
+        return key, self._value(key, answer_value(out, b"value")), _expires(out)
 
     def seize(self) -> dict[str, Any]:
         """Read and remove the current record: ``{"key": ..., "value": ...}``."""
         out = self._call(b"cur_seize", [])
-        return {"key": self._key_out(out[b"key"]), "value": self._unpack(out[b"value"])}
+        key = self._key_out(answer_value(out, b"key"))
+        return {"key": key, "value": self._value(key, answer_value(out, b"value"))}
 
     def delete(self) -> bool:
         """Delete the server-side cursor and give the connection back to the pool."""

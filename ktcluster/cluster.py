@@ -26,14 +26,21 @@ KT is a database, not a cache, so the cluster never moves a key on its own:
   If some nodes fail, :class:`~ktcluster.errors.PartialFailureError` carries
   what the others did (``results``), each failed node's exception (``errors``)
   and the keys whose outcome is not known to be done (``failed_keys``).
-* **Timeouts** -- ``connect_timeout`` bounds a TCP connect, ``timeout`` every
-  send and receive, ``pool_timeout`` the wait for a free pooled connection (5 s
-  each by default), and ``retry.deadline`` (default 10 s) the whole call: no
-  attempt starts after it, and an attempt that starts with less time left than
-  the longest of those waits has every wait capped at the deadline (even in a
-  thread, where a blocked socket cannot be interrupted); a fan-out stops waiting
-  at it (under gevent the late shards are interrupted).  Each error says which
-  limit fired: :class:`~ktcluster.errors.DeadlineExceeded` for the deadline.
+* **Timeouts** -- ``connect_timeout`` bounds a TCP connect, ``timeout`` each
+  request's whole exchange (sending it and receiving all of its reply),
+  ``pool_timeout`` the wait for a free pooled connection (5 s each by default),
+  and ``retry.deadline`` (default 10 s) the whole call: no attempt starts after
+  it, and every attempt carries it down to the socket, so each wait ends by it
+  (even in a thread, where a blocked socket cannot be interrupted, and against
+  a server that trickles its reply); a fan-out stops waiting at it (under gevent
+  the late shards are interrupted).  Each error says which limit fired:
+  :class:`~ktcluster.errors.DeadlineExceeded` for the deadline.
+* **Values** -- the default packer is ``KT_PACKER_BYTES`` (bytes in and out,
+  ``str`` stored as UTF-8): KT has no authentication, and a cluster unpickles
+  what its servers hold only when ``pack_type=KT_PACKER_PICKLE`` asks for it
+  (unpickling runs code).  A value that does not decode raises
+  :class:`~ktcluster.errors.ValueDecodeError` naming its key and node; in a
+  get_bulk, the other records still come back (in ``PartialFailureError.results``).
 
 Each node has one :class:`~ktcluster.client.KyotoTycoon` (and so one bounded
 connection pool).  With ``binary=True`` (the default) get/set/remove and the
@@ -44,7 +51,6 @@ pool.  A Cluster is safe to share between threads and between greenlets.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -52,14 +58,21 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .address import DEFAULT_PORT, Address, Servers, named_addresses, parse_address
+from .address import DEFAULT_PORT, Address, Servers, format_address, named_addresses, parse_address
 from .client import Cursor, KyotoTycoon, key_bytes, key_list, record_map
-from .connection import DEFAULT_CONNECT_TIMEOUT, Connection
-from .errors import ArgumentError, DeadlineExceeded, KyotoTycoonException, NodeDownError, PartialFailureError
+from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, Connection
+from .errors import (
+    ArgumentError,
+    DeadlineExceeded,
+    KyotoTycoonException,
+    NodeDownError,
+    PartialFailureError,
+    ValueDecodeError,
+)
 from .expiry import Expire
 from .fanout import Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
-from .packers import KT_PACKER_PICKLE
+from .packers import KT_PACKER_BYTES
 from .pool import DEFAULT_POOL_SIZE
 from .protocol.kcnum import cstr
 from .protocol.kctext import levdist
@@ -74,8 +87,8 @@ _READ, _IDEMPOTENT, _UNSAFE = OpClass.READ, OpClass.IDEMPOTENT, OpClass.UNSAFE
 T = TypeVar("T")
 log = logging.getLogger("ktcluster.cluster")
 
-#: the deadline of the cluster call running in this thread or greenlet, when its waits must be
-#: capped (read by the members' capped clients as each request starts)
+#: the deadline of the cluster call running in this thread or greenlet (read by the members'
+#: capped clients as each request starts)
 _CALL_DEADLINE: ContextVar[float | None] = ContextVar("ktcluster_call_deadline", default=None)
 
 #: the default socket timeout and pool wait of the nodes' pools (under RetryPolicy's 10 s deadline).
@@ -92,12 +105,13 @@ class Node:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
 
 class _Member:
     """A node at run time: its clients (HTTP, and the binary view over the same pool), its
-    breaker, and ``capped``: the same with every wait ending by the running call's deadline."""
+    breaker, and ``capped``: the same with every wait ending by the running call's deadline
+    (what the cluster's calls use; ``http`` is what :meth:`Cluster.client` hands out)."""
 
     __slots__ = ("node", "name", "http", "fast", "breaker", "capped", "_probe_timeouts")
 
@@ -120,13 +134,8 @@ class _Member:
         """A cheap liveness check on a fresh connection (pooled ones may be stale), within
         the running call's deadline."""
         connect_timeout, timeout = self._probe_timeouts
-        deadline = _CALL_DEADLINE.get()
-        if deadline is not None:
-            left = max(deadline - time.monotonic(), 0.001)
-            connect_timeout = left if connect_timeout is None else min(connect_timeout, left)
-            timeout = left if timeout is None else min(timeout, left)
         with Connection(self.node.host, self.node.port, connect_timeout=connect_timeout, timeout=timeout) as conn:
-            conn.call(b"void")
+            conn.call(b"void", deadline=_CALL_DEADLINE.get())
 
 
 @dataclass(frozen=True)
@@ -158,10 +167,13 @@ class Cluster:
     can be replaced without moving keys).  ``weights`` maps names to positive
     ints (relative; default 1).
 
-    ``binary``, ``pack_type``, ``custom_packer`` and ``decode_keys`` are
-    :class:`~ktcluster.client.KyotoTycoon`'s; ``pool_size``, ``pool_timeout``,
-    ``connect_timeout`` and ``timeout`` (5 s each by default: under the deadline, so a
-    call's first attempt needs no capping) configure each node's pool.  ``retry``
+    ``binary``, ``pack_type``, ``custom_packer``, ``decode_keys`` and
+    ``max_reply_size`` are :class:`~ktcluster.client.KyotoTycoon`'s, except that
+    ``pack_type`` defaults to ``KT_PACKER_BYTES`` (values are bytes; a ``str`` is
+    stored as UTF-8): pass ``KT_PACKER_PICKLE`` only if every writer to the servers
+    is trusted, since unpickling runs code.  ``pool_size``, ``pool_timeout``,
+    ``connect_timeout`` and ``timeout`` (5 s each by default, under the deadline)
+    configure each node's pool.  ``retry``
     is the :class:`~ktcluster.retry.RetryPolicy` (its ``deadline`` bounds every
     call, fan-outs included), ``health`` the breaker tuning, ``on_node_event``
     a callback ``(node, old_state, new_state, error)`` for breaker changes.
@@ -173,7 +185,7 @@ class Cluster:
     """
 
     def __init__(self, servers: Servers, *, binary: bool = True,
-                 pack_type: int = KT_PACKER_PICKLE, custom_packer: Any = None, decode_keys: bool = True,
+                 pack_type: int = KT_PACKER_BYTES, custom_packer: Any = None, decode_keys: bool = True,
                  weights: Mapping[str, int] | None = None, pool_size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float | None = DEFAULT_NODE_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -181,7 +193,8 @@ class Cluster:
                  health: HealthConfig | None = None, on_node_event: Listener | None = None,
                  failover: Mapping[str, Address] | None = None,
                  failover_ops: Iterable[OpClass] = (OpClass.READ, OpClass.IDEMPOTENT),
-                 bulk_chunk: int = 1000, fanout_workers: int | None = None) -> None:
+                 bulk_chunk: int = 1000, fanout_workers: int | None = None,
+                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
         if bulk_chunk < 1:
             raise ArgumentError("bulk_chunk must be at least 1")
         self.binary = binary
@@ -190,10 +203,9 @@ class Cluster:
         self.failover_ops = frozenset(failover_ops)
         self.bulk_chunk = bulk_chunk
         self._client_options = dict(pack_type=pack_type, custom_packer=custom_packer, decode_keys=decode_keys,
-                                    pool_size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout)
+                                    pool_size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
+                                    max_reply_size=max_reply_size)
         self._timeout = timeout
-        #: an attempt with less time left than this gets its waits capped (see _guarded)
-        self._longest_wait = max(math.inf if t is None else t for t in (timeout, connect_timeout, pool_timeout))
         self._probe_timeouts = (connect_timeout, 1.0 if timeout is None else min(timeout, 1.0))
         self._fanout: Fanout[str] = Fanout(pool_size if fanout_workers is None else fanout_workers)
         self._reconfigure = threading.Lock()
@@ -334,28 +346,24 @@ class Cluster:
             self._counters[counter] += 1
 
     def _guarded(self, member: _Member, call: Callable[[_Member], T], deadline: float) -> T:
-        """One attempt on ``member`` through its breaker.  When less time is left than the
-        longest wait the node's limits allow, the attempt goes through the member's capped
-        clients, whose waits end by the deadline (a thread cannot be interrupted in a
-        blocked socket): a wait it cuts short raises DeadlineExceeded, which says nothing
-        about the node."""
-        left = deadline - time.monotonic()
-        token = None
-        if left < self._longest_wait:
-            if left <= 0:
-                raise DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False,
-                                       node=member.name)
-            member = member.capped
-            token = _CALL_DEADLINE.set(deadline)
+        """One attempt on ``member`` through its breaker and the member's capped clients,
+        which carry the deadline down to the socket: every wait ends by it (a thread
+        cannot be interrupted in a blocked socket, and a trickling reply would stretch a
+        per-receive timeout).  A wait it cuts short raises DeadlineExceeded, which says
+        nothing about the node."""
+        if deadline <= time.monotonic():
+            raise DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False,
+                                   node=member.name)
+        capped = member.capped
+        token = _CALL_DEADLINE.set(deadline)
         try:
-            return member.breaker.call(lambda: call(member), member.probe)
+            return member.breaker.call(lambda: call(capped), member.probe)
         except KyotoTycoonException as exc:
             if exc.node is None:
                 exc.node = member.name
             raise
         finally:
-            if token is not None:
-                _CALL_DEADLINE.reset(token)
+            _CALL_DEADLINE.reset(token)
 
     def _keyed(self, cls: OpClass, key: Key, call: Callable[[_Member], T]) -> T:
         topo = self._topology
@@ -392,12 +400,19 @@ class Cluster:
         failed = [key for shard in done.values() for key in shard.failed]
         return done, failed
 
-    def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any]) -> PartialFailureError:
+    def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any],
+                 key_errors: dict[Any, ValueDecodeError] | None = None) -> PartialFailureError:
         errors = {node: s.error for node, s in shards.items() if s.error is not None}
         self._count("partial_failures")
-        summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
-        return PartialFailureError(f"{op} failed on {len(errors)} of {len(shards)} nodes ({summary})",
-                                   results, errors, failed)  # type: ignore[arg-type]
+        what = []
+        if errors:
+            summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
+            what.append(f"failed on {len(errors)} of {len(shards)} nodes ({summary})")
+        if key_errors:
+            named = ", ".join(repr(key) for key in list(key_errors)[:5]) + (", ..." if len(key_errors) > 5 else "")
+            what.append(f"{len(key_errors)} values do not decode ({named})")
+        return PartialFailureError(f"{op} {'; '.join(what)}", results, errors, failed,  # type: ignore[arg-type]
+                                   key_errors)
 
     def _each(self, op: str, call: Callable[[_Member], T]) -> dict[str, T]:
         """Run ``call`` on every node at once: ``{node: result}`` in configuration order."""
@@ -467,19 +482,30 @@ class Cluster:
 
     def get_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> dict[Any, Any]:
         """``{key: value}`` for the keys that exist, in the caller's order.  ``atomic``
-        applies per node (HTTP)."""
+        applies per node (HTTP).  PartialFailureError when some nodes fail (their keys
+        are its ``failed_keys``) or some values do not decode (its ``key_errors``); its
+        ``results`` hold every other record."""
         keys = key_list(keys)
-        shards, failed = self._bulk("get_bulk", keys,
-                                    lambda m, part: m.bulk_client(atomic).get_bulk(part, atomic, db))
-        parts = [part for shard in shards.values() for part in shard.results]
-        if len(parts) == 1 and not failed:
+
+        def run(member: _Member, part: list[Key]) -> tuple[dict[Any, Any], dict[Any, ValueDecodeError]]:
+            try:
+                return member.bulk_client(atomic).get_bulk(part, atomic, db), {}
+            except PartialFailureError as exc:  # values that do not decode: the node's other records are good
+                for error in exc.key_errors.values():
+                    error.node = member.name
+                return exc.results, exc.key_errors
+
+        shards, failed = self._bulk("get_bulk", keys, run)
+        parts = [found for shard in shards.values() for found, _ in shard.results]
+        bad = {key: error for shard in shards.values() for _, errors in shard.results for key, error in errors.items()}
+        if len(parts) == 1 and not failed and not bad:
             return parts[0]  # one node, one chunk: already in the caller's order
         found: dict[Any, Any] = {}
         for part in parts:
             found.update(part)
         ordered = {k: found[k] for k in keys if k in found}
-        if failed:
-            raise self._partial("get_bulk", shards, ordered, failed)
+        if failed or bad:
+            raise self._partial("get_bulk", shards, ordered, failed, bad)
         return ordered
 
     def set_bulk(self, kv_dict: Mapping[Key, Any], expire: Expire = None, atomic: bool | None = None,
@@ -587,7 +613,12 @@ class Cluster:
         order).  Not a snapshot: concurrent writes may or may not be seen."""
         for name in list(self._topology.members):
             with self.cursor(name) as cur:
-                yield from cur.items(db)
+                try:
+                    yield from cur.items(db)
+                except KyotoTycoonException as exc:
+                    if exc.node is None:
+                        exc.node = name
+                    raise
 
     # -- replication ------------------------------------------------------------------------------
 

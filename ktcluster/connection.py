@@ -1,12 +1,33 @@
 """One TCP connection to a KT server: the thin I/O layer under the sans-IO protocol.
 
 A :class:`Connection` owns one socket (connected lazily, TCP_NODELAY) and a
-reusable receive buffer.  It sends a whole request with one ``send`` (a large
-binary bulk request may come as pieces, sent as they are encoded) and reads
-until the protocol layer's decoder accepts the reply; decoding happens only on
-complete bytes, so a decoder error can never leave the stream half-read.  A
-plain socket blocks with kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO) rather than
-Python's timeout mode, which would add a ``poll`` before every send and receive.
+reusable receive buffer.  It sends a whole request (a large binary bulk request
+may come as pieces, sent as they are encoded) and reads until the protocol
+layer's decoder accepts the reply; decoding happens only on complete bytes, so a
+decoder error can never leave the stream half-read.  A plain socket blocks with
+kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO) rather than Python's timeout mode,
+which would add a ``poll`` before every send and receive.
+
+Limits (what a slow or hostile server cannot stretch):
+
+* ``timeout`` bounds each request's whole exchange -- sending it and receiving
+  the complete reply -- not each send or receive: a server that trickles a valid
+  reply byte by byte is cut off at ``timeout`` all the same
+  (:class:`~ktcluster.errors.SocketTimeoutError`).  ``connect_timeout`` bounds the
+  TCP connect.
+* A request may carry the caller's ``deadline`` (a ``time.monotonic()`` value):
+  the connect and the exchange then also end by it, and a wait it cuts short
+  raises :class:`~ktcluster.errors.DeadlineExceeded`.  Before every send and
+  receive the socket's timeout becomes what is left, in steps of at most
+  :data:`WAIT_STEP` (the kernel fires a long SO_RCVTIMEO late: 5 s ended 0.1-0.25 s
+  past it, the timer wheel's granularity; a step ends within a few ms), re-armed
+  only when that is shorter by more than :data:`REARM_SLACK`, so the usual request
+  makes no extra system call.  A wait ends about 10-20 ms past its limit at most.
+* ``max_size`` bounds a reply (default :data:`DEFAULT_MAX_REPLY_SIZE`): a reply
+  that declares (Content-Length, a binary record size) or reaches more bytes is a
+  :class:`~ktcluster.errors.ProtocolError`, raised before its body is read.
+  Nothing is allocated before it arrives: the buffer grows as bytes come, at
+  most doubling what has arrived.
 
 Failure rules (what makes it safe to pool):
 
@@ -44,20 +65,33 @@ from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
-from .errors import KTConnectionError, KyotoTycoonException, ProtocolError, SocketTimeoutError
-from .protocol.binary import Incomplete
+from .address import format_address
+from .errors import DeadlineExceeded, KTConnectionError, KyotoTycoonException, ProtocolError, SocketTimeoutError
+from .protocol.binary import DATAMAXSIZ, Incomplete
 from .protocol.http import ResponseHead, parse_response_head
 from .protocol.rpc import decode_answer, encode_call
 
-__all__ = ["Connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT"]
+__all__ = ["Connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "DEFAULT_MAX_REPLY_SIZE", "REARM_SLACK",
+           "WAIT_STEP"]
 
 T = TypeVar("T")
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 30.0
+#: the largest reply accepted by default: one record of KT's largest size (256 MiB, its
+#: limit for a value and for a request body) with room for its framing.
+DEFAULT_MAX_REPLY_SIZE = DATAMAXSIZ + (1 << 20)
+#: a socket timeout is re-armed before a send or receive when the time left is shorter
+#: than it by more than this (seconds): how far past its limit a wait may end.
+REARM_SLACK = 0.01
+#: the longest single wait of a send or receive (seconds); a longer one is made of steps,
+#: because the kernel's timers for long socket timeouts are coarse.
+WAIT_STEP = 0.25
 
 #: size of the receive buffer kept between requests; larger replies grow it temporarily.
 _BUFSIZE = 65536
+
+_monotonic = time.monotonic
 
 
 def _original_poll() -> Callable[[], Any] | None:
@@ -82,6 +116,10 @@ def _kernel_timeout(timeout: float | None) -> bytes:
     return struct.pack("@ll", seconds, micros)
 
 
+class _ToEOF(Incomplete):
+    """The reply's body runs to EOF: nothing more to decode until the peer closes."""
+
+
 class _HTTPReply:
     """Decoder state for one HTTP response (head first, then an exactly sized body)."""
 
@@ -96,7 +134,7 @@ class _HTTPReply:
         if head is None:
             head = self.head = parse_response_head(buf, head_request=self.head_request)
         if head.length is None:  # the body runs to EOF: see at_eof
-            raise Incomplete(len(buf) + 1)
+            raise _ToEOF(len(buf) + 1)
         end = head.body_start + head.length
         if len(buf) < end:
             raise Incomplete(end)
@@ -112,8 +150,8 @@ class _HTTPReply:
 class Connection:
     """One keep-alive TCP connection to ``host:port``; see the module docstring.
 
-    ``connect_timeout`` bounds the TCP connect, ``timeout`` every later send and
-    receive (None: block forever).  ``created_at`` and ``last_used`` are
+    ``connect_timeout`` bounds the TCP connect, ``timeout`` each request's whole
+    exchange after that (None: no limit).  ``created_at`` and ``last_used`` are
     ``time.monotonic()`` values (the socket's connect time and the end of the
     last complete request); ``generation`` counts (re)connects, so a holder of
     per-connection server state (cursors) can tell that the socket changed.
@@ -121,7 +159,7 @@ class Connection:
 
     __slots__ = ("host", "port", "connect_timeout", "timeout", "broken", "created_at", "last_used",
                  "generation", "_socket_module", "_sock", "_native", "_poller", "_view", "_host_header",
-                 "__weakref__")
+                 "_applied", "__weakref__")
 
     def __init__(self, host: str, port: int, *, connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                  timeout: float | None = DEFAULT_TIMEOUT, socket_module: ModuleType | None = None) -> None:
@@ -137,16 +175,17 @@ class Connection:
         self._native = False
         self._poller: Any = None
         self._view = memoryview(bytearray(_BUFSIZE))
-        self._host_header = f"{host}:{self.port}".encode()
+        self._host_header = format_address(host, self.port).encode()
+        self._applied: float | None = None  # the socket's current send/receive timeout
 
     def __repr__(self) -> str:
         state = "broken" if self.broken else ("open" if self._sock is not None else "idle")
-        return f"<Connection {self.host}:{self.port} {state}>"
+        return f"<Connection {self.address} {state}>"
 
     @property
     def address(self) -> str:
-        """``"host:port"``."""
-        return f"{self.host}:{self.port}"
+        """``"host:port"`` (``"[v6]:port"``)."""
+        return format_address(self.host, self.port)
 
     @property
     def host_header(self) -> bytes:
@@ -179,15 +218,16 @@ class Connection:
                 limit = timeout
             self._connect(limit)
 
-    def _connect(self, limit: float | None = None) -> Any:
+    def _connect(self, limit: float | None, by_deadline: bool = False) -> Any:
         mod = self._socket_module or socket
-        if limit is None:
-            limit = self.connect_timeout
         try:
             sock = mod.create_connection((self.host, self.port), timeout=limit)
         except BaseException as exc:
             self.broken = True
             if isinstance(exc, (TimeoutError, mod.timeout)):
+                if by_deadline:
+                    raise DeadlineExceeded(f"the call's deadline passed while connecting to {self.address}",
+                                           request_sent=False, node_wait=True) from exc
                 raise SocketTimeoutError(f"connecting to {self.address} timed out", request_sent=False) from exc
             if isinstance(exc, OSError):
                 raise KTConnectionError(f"connecting to {self.address} failed: {exc}", request_sent=False) from exc
@@ -198,7 +238,9 @@ class Connection:
             # blocking one with kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO) saves those calls.
             # Other sockets (gevent's) keep their own timeout handling.
             self._native = isinstance(sock, _socket.socket) and (self.timeout is None or self.timeout > 0)
-            self._apply_timeout(sock)
+            if self._native:
+                sock.settimeout(None)
+            self._apply(sock, None if self.timeout is None else min(self.timeout, WAIT_STEP))
             poll = _original_poll()
             if poll is not None:
                 self._poller = poll()
@@ -213,21 +255,51 @@ class Connection:
         return sock
 
     def set_timeout(self, timeout: float | None) -> None:
-        """Change the send/receive timeout (e.g. around a request expected to block)."""
+        """Change the limit of each exchange (e.g. around a request expected to block)."""
         self.timeout = timeout
         if self._sock is not None:
             if self._native and timeout is not None and timeout <= 0:
                 self._native = False
-            self._apply_timeout(self._sock)
+            step = None if timeout is None else min(timeout, WAIT_STEP)
+            if step != self._applied:
+                self._apply(self._sock, step)
 
-    def _apply_timeout(self, sock: Any) -> None:
-        if not self._native:
-            sock.settimeout(self.timeout)
+    def _apply(self, sock: Any, timeout: float | None) -> None:
+        """Set the socket's send/receive timeout."""
+        if self._native:
+            value = _kernel_timeout(timeout)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        else:
+            sock.settimeout(timeout)
+        self._applied = timeout
+
+    def _arm(self, sock: Any, end: float | None) -> None:
+        """Before a send or receive: the socket's timeout becomes the time left until
+        ``end``, at most WAIT_STEP (None: no limit); TimeoutError when none is left."""
+        applied = self._applied
+        if end is None:
+            if applied is not None:
+                self._apply(sock, None)
             return
-        sock.settimeout(None)
-        value = _kernel_timeout(self.timeout)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        left = end - _monotonic()
+        if left <= 0:
+            raise TimeoutError("no time left")
+        if left > WAIT_STEP:
+            left = WAIT_STEP
+        if applied is None or left > applied or applied - left > REARM_SLACK:
+            self._apply(sock, left)
+
+    def _send_some(self, sock: Any, data: bytes | memoryview, end: float | None) -> int:
+        """One send, waiting (in steps) until ``end`` for room in the socket's buffer."""
+        while True:
+            self._arm(sock, end)
+            try:
+                return sock.send(data)
+            except (TimeoutError, BlockingIOError):
+                if end is None or end <= _monotonic():
+                    raise
+                # one step of a longer wait ended: wait on
 
     def close(self) -> None:
         """Close the socket.  The connection may connect again later unless it is broken."""
@@ -285,16 +357,19 @@ class Connection:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def request_http(self, data: bytes, *, head: bool = False) -> tuple[ResponseHead, bytes]:
+    def request_http(self, data: bytes, *, head: bool = False, deadline: float | None = None,
+                     max_size: int = DEFAULT_MAX_REPLY_SIZE) -> tuple[ResponseHead, bytes]:
         """Send one HTTP request and read its response: (head, body).  ``head`` is True for
-        a HEAD request (the answer has no body whatever its Content-Length says)."""
-        head_obj, body = self._exchange(data, _HTTPReply(head))
+        a HEAD request (the answer has no body whatever its Content-Length says).
+        ``deadline`` and ``max_size``: see the module docstring."""
+        head_obj, body = self._exchange(data, _HTTPReply(head), deadline, max_size)
         if not head_obj.keep_alive:
             self.close()
         return head_obj, body
 
     def request_binary(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]], *,
-                       noreply: bool = False) -> T:
+                       noreply: bool = False, deadline: float | None = None,
+                       max_size: int = DEFAULT_MAX_REPLY_SIZE) -> T:
         """Send one binary-protocol request and decode its reply with a
         ``protocol.binary`` decoder; with ``noreply`` nothing is read and None comes back.
 
@@ -303,87 +378,101 @@ class Connection:
         the rest are encoded.  The pieces must not fail midway (encode and check the
         records first): a request cut short breaks the connection."""
         if noreply:
-            self._send_only(data)
+            sock = self._ready_socket(deadline)
+            self._send_request(sock, data, *self._end(deadline))
+            self.last_used = time.monotonic()
             return None  # type: ignore[return-value]
-        return self._exchange(data, decode)
+        return self._exchange(data, decode, deadline, max_size)
 
     def call(self, procedure: bytes | str, params: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]] = (),
-             *, query: bytes = b"") -> dict[bytes, bytes]:
+             *, query: bytes = b"", deadline: float | None = None,
+             max_size: int = DEFAULT_MAX_REPLY_SIZE) -> dict[bytes, bytes]:
         """One TSV-RPC call: the output map, or the typed error for the server's status."""
         if isinstance(procedure, str):
             procedure = procedure.encode()
         pairs = list(params.items() if isinstance(params, Mapping) else params)
-        head, body = self.request_http(encode_call(procedure, pairs, self._host_header, query))
-        return decode_answer(head, body)
+        head, body = self.request_http(encode_call(procedure, pairs, self._host_header, query),
+                                       deadline=deadline, max_size=max_size)
+        return decode_answer(head, body, max_size=max_size)
 
     # -- I/O core ---------------------------------------------------------------------------------
 
-    def _ready_socket(self) -> Any:
+    def _ready_socket(self, deadline: float | None) -> Any:
         if self.broken:
             raise KTConnectionError(f"connection to {self.address} is broken and cannot be reused",
                                     request_sent=False)
-        return self._sock or self._connect()
+        if self._sock is not None:
+            return self._sock
+        if deadline is None:
+            return self._connect(self.connect_timeout)
+        left = deadline - _monotonic()
+        if left <= 0:
+            raise DeadlineExceeded(f"the call's deadline passed before connecting to {self.address}",
+                                   request_sent=False)
+        limit = self.connect_timeout
+        if limit is None or left < limit:
+            return self._connect(left, by_deadline=True)
+        return self._connect(limit)
 
-    def _send(self, sock: Any, data: bytes) -> None:
-        """Hand ``data`` to the kernel; errors before the first byte left say request_sent=False."""
+    def _end(self, deadline: float | None) -> tuple[float | None, bool]:
+        """When the exchange starting now must end, and whether that is the caller's deadline."""
+        if self.timeout is None:
+            return deadline, deadline is not None
+        end = _monotonic() + self.timeout
+        if deadline is not None and deadline <= end:
+            return deadline, True
+        return end, False
+
+    def _send_request(self, sock: Any, data: bytes | Iterable[bytes], end: float | None, by_deadline: bool) -> None:
+        """Hand the request to the kernel by ``end``.  Pieces that fail before the first one
+        was sent leave the connection usable and raise as they are."""
+        if isinstance(data, bytes):
+            self._send_piece(sock, data, end, by_deadline, first=True)
+            return
+        first = True
         try:
-            sent = sock.send(data)
+            for piece in data:
+                self._send_piece(sock, piece, end, by_deadline, first)
+                first = False
+        except BaseException:
+            if not first:
+                self._fail()  # the request was cut short: the stream is out of sync
+            raise
+
+    def _send_piece(self, sock: Any, data: bytes, end: float | None, by_deadline: bool, first: bool) -> None:
+        """Send all of ``data``; an error before a byte of the request left says request_sent=False."""
+        sent = 0
+        try:
+            sent = self._send_some(sock, data, end)
+            if sent < len(data):
+                view = memoryview(data)[sent:]
+                while view:
+                    view = view[self._send_some(sock, view, end):]
         except BaseException as exc:
             self._fail()
-            raise self._transport_error(exc, "sending to", request_sent=False) from exc
-        if sent < len(data):
-            try:
-                sock.sendall(memoryview(data)[sent:])
-            except BaseException as exc:
-                self._fail()
-                raise self._transport_error(exc, "sending to", request_sent=True) from exc
-
-    def _send_pieces(self, sock: Any, pieces: Iterable[bytes]) -> None:
-        sent = False
-        try:
-            for piece in pieces:
-                if not sent:
-                    self._send(sock, piece)
-                    sent = True
-                else:
-                    sock.sendall(piece)
-        except BaseException as exc:
-            if not sent:
-                raise
-            self._fail()
-            err = self._transport_error(exc, "sending to", request_sent=True)
+            err = self._transport_error(exc, "sending to", request_sent=not first or sent > 0,
+                                        by_deadline=by_deadline)
             if err is exc:
                 raise
             raise err from exc
 
-    def _send_only(self, data: bytes | Iterable[bytes]) -> None:
-        sock = self._ready_socket()
-        if isinstance(data, bytes):
-            self._send(sock, data)
-        else:
-            self._send_pieces(sock, data)
-        self.last_used = time.monotonic()
-
-    def _exchange(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]]) -> T:
-        sock = self._ready_socket()
-        if isinstance(data, bytes):
-            self._send(sock, data)
-        else:
-            self._send_pieces(sock, data)
+    def _exchange(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]],
+                  deadline: float | None, max_size: int) -> T:
+        sock = self._ready_socket(deadline)
+        end, by_deadline = self._end(deadline)
+        self._send_request(sock, data, end, by_deadline)
         try:
-            result = self._receive(sock, decode)
+            result = self._receive(sock, decode, end, max_size)
         except BaseException as exc:
             self._fail()
-            if isinstance(exc, KyotoTycoonException):
-                raise
-            err = self._transport_error(exc, "receiving from", request_sent=True)
+            err = self._transport_error(exc, "receiving from", request_sent=True, by_deadline=by_deadline)
             if err is exc:
                 raise
             raise err from exc
         self.last_used = time.monotonic()
         return result
 
-    def _receive(self, sock: Any, decode: Callable[[bytes], tuple[T, int]]) -> T:
+    def _receive(self, sock: Any, decode: Callable[[bytes], tuple[T, int]], end: float | None, max_size: int) -> T:
         view = self._view
         size = len(view)
         filled = 0
@@ -392,30 +481,55 @@ class Connection:
         while True:
             if filled >= needed and (filled >= 2 * parsed_at or not self._more_pending(sock)):
                 data = bytes(view[:filled])
+                private = view is not self._view
+                if private:
+                    view = self._view  # a large reply: only its copy is held while it is decoded
                 try:
                     result, used = decode(data)
+                except _ToEOF:
+                    needed = sys.maxsize  # complete at EOF only (at_eof)
                 except Incomplete as inc:
                     needed = max(inc.needed, filled + 1)
                     parsed_at = filled
+                    if needed > max_size:
+                        raise self._too_large(f"declares a reply of at least {needed} bytes", max_size) from None
                 else:
                     if used != filled:
                         raise ProtocolError(f"{filled - used} unexpected bytes after the reply from {self.address}")
                     return result
-            if needed > size or filled == size:
-                # A large reply: continue in a bigger private buffer (ours stays small).
-                size = max(needed, 2 * size)
+                if private:
+                    view = memoryview(bytearray(size))
+                    view[:filled] = data
+                del data
+            if filled == size:
+                # A large reply: continue in a bigger private buffer (ours stays small), at most
+                # twice what arrived, no larger than the reply needs or may be.
+                size = min(2 * size, needed if needed > filled else 2 * size, max_size + 1)
                 grown = memoryview(bytearray(size))
                 grown[:filled] = view[:filled]
                 view = grown
-            n = sock.recv_into(view[filled:])
+            self._arm(sock, end)
+            try:
+                n = sock.recv_into(view[filled:])
+            except (TimeoutError, BlockingIOError):
+                if end is None or end <= _monotonic():
+                    raise
+                continue  # one step of a longer wait ended: wait on
             if not n:
                 at_eof = getattr(decode, "at_eof", None)
                 if at_eof is not None and filled:
-                    return at_eof(bytes(view[:filled]))
+                    data = bytes(view[:filled])
+                    del view
+                    return at_eof(data)
                 raise KTConnectionError(
                     f"{self.address} closed the connection "
                     + ("before replying" if not filled else f"after {filled} bytes of its reply"))
             filled += n
+            if filled > max_size:
+                raise self._too_large(f"sent more than {max_size} bytes", max_size)
+
+    def _too_large(self, what: str, max_size: int) -> ProtocolError:
+        return ProtocolError(f"{self.address} {what}: over the limit of {max_size} bytes (max_reply_size)")
 
     def _more_pending(self, sock: Any) -> bool:
         """Are more reply bytes already waiting?  Used to avoid re-decoding a large reply after
@@ -433,15 +547,21 @@ class Connection:
         try:
             return sock.recv(1, (self._socket_module or socket).MSG_PEEK)
         finally:
-            sock.settimeout(self.timeout)
+            sock.settimeout(self._applied)
 
-    def _transport_error(self, exc: BaseException, what: str, *, request_sent: bool) -> BaseException:
-        """The ktcluster error for a low-level failure (other BaseExceptions pass through)."""
+    def _transport_error(self, exc: BaseException, what: str, *, request_sent: bool,
+                         by_deadline: bool = False) -> BaseException:
+        """The ktcluster error for a low-level failure (other BaseExceptions pass through).
+        A timeout is the caller's DeadlineExceeded when its deadline was the limit."""
         mod = self._socket_module or socket
         if isinstance(exc, KyotoTycoonException):
             return exc
         if isinstance(exc, (TimeoutError, mod.timeout)) or (self._native and isinstance(exc, BlockingIOError)):
-            return SocketTimeoutError(f"{what} {self.address} timed out", request_sent=request_sent)
+            if by_deadline:
+                return DeadlineExceeded(f"the call's deadline passed while {what} {self.address}",
+                                        request_sent=request_sent, node_wait=True)
+            return SocketTimeoutError(f"{what} {self.address} timed out (the exchange's limit is "
+                                      f"{self.timeout} s)", request_sent=request_sent)
         if isinstance(exc, OSError):
             return KTConnectionError(f"{what} {self.address} failed: {exc}", request_sent=request_sent)
         return exc

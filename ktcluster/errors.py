@@ -21,9 +21,10 @@ from "we do not know whether the write happened"::
     +-- PoolTimeoutError                  local congestion: no pooled connection became free in time
     +-- ProtocolError                     the peer sent bytes we cannot parse (or 0xBF and closed)
     +-- OutcomeUnknownError               a non-idempotent write may or may not have happened
-    +-- PartialFailureError               a fanned-out call failed on some nodes only
+    +-- PartialFailureError               a fanned-out call failed on some nodes (or values) only
     +-- ReplicationError                  the replication stream broke
         +-- ResyncRequiredError           the master no longer has the history asked for
+    +-- ValueDecodeError                  a stored value the packer cannot decode (also a ValueError)
 
 Transport errors carry ``request_sent``: False when the request provably never
 left this process (connect failed, breaker open), which is what makes a retry of
@@ -54,6 +55,7 @@ __all__ = [
     "PartialFailureError",
     "ReplicationError",
     "ResyncRequiredError",
+    "ValueDecodeError",
     "error_for_status",
 ]
 
@@ -149,8 +151,15 @@ class PoolTimeoutError(KyotoTycoonException):
 
 
 class DeadlineExceeded(KTTimeoutError):
-    """A cluster call's deadline (``RetryPolicy.deadline``) passed before this part of it
-    finished; ``request_sent`` is False only when it provably never started."""
+    """A call's deadline (``RetryPolicy.deadline``, a view's ``deadline``) passed before this
+    part of it finished; ``request_sent`` is False only when it provably never started.
+    ``node_wait`` is True when the deadline cut short a wait on the node itself (a connect,
+    a send, a reply): the node did not answer in time, which its breaker counts."""
+
+    def __init__(self, message: str = "", code: int | None = None, *, node_wait: bool = False,
+                 **kw: Any) -> None:
+        super().__init__(message, code, **kw)
+        self.node_wait = node_wait
 
 
 class NodeDownError(KTConnectionError):
@@ -175,20 +184,24 @@ class OutcomeUnknownError(KyotoTycoonException):
 
 
 class PartialFailureError(KyotoTycoonException):
-    """A call fanned out to several nodes failed on some of them.
+    """A call fanned out to several nodes failed on some of them, or a get_bulk read
+    values that do not decode.
 
     ``results`` holds what the successful nodes returned (for get_bulk: the
-    records found on them; for set_bulk/remove_bulk: the per-node counts),
-    ``errors`` maps each failed node name to its exception, and
-    ``failed_keys`` lists the keys whose outcome is not known to be done.
+    records found on them that decoded; for set_bulk/remove_bulk: the per-node
+    counts), ``errors`` maps each failed node name to its exception,
+    ``failed_keys`` lists the keys whose outcome is not known to be done (retry
+    those), and ``key_errors`` maps each key whose value did not decode to its
+    :class:`ValueDecodeError` (retrying cannot help those).
     """
 
     def __init__(self, message: str, results: Any, errors: dict[str, BaseException],
-                 failed_keys: list[Any] | None = None) -> None:
+                 failed_keys: list[Any] | None = None, key_errors: dict[Any, ValueDecodeError] | None = None) -> None:
         super().__init__(message)
         self.results = results
         self.errors = errors
         self.failed_keys = failed_keys or []
+        self.key_errors = key_errors or {}
 
 
 class ReplicationError(KyotoTycoonException):
@@ -208,6 +221,20 @@ class ResyncRequiredError(ReplicationError):
         super().__init__(message, code, **kw)
         self.requested_ts = requested_ts
         self.oldest_ts = oldest_ts
+
+
+class ValueDecodeError(KyotoTycoonException, ValueError):
+    """A stored value that the client's packer cannot decode (a pickle, JSON or UTF-8
+    error...): ``key`` names the record (None when unknown, e.g. a cursor's value),
+    ``node`` the cluster node, ``raw`` holds the stored bytes and ``__cause__`` the
+    packer's exception.  The connection is fine; retrying cannot help.  Also a
+    ValueError, the class JSON and UTF-8 decoding errors belong to."""
+
+    def __init__(self, message: str = "", code: int | None = None, *, key: Any = None, raw: bytes = b"",
+                 **kw: Any) -> None:
+        super().__init__(message, code, **kw)
+        self.key = key
+        self.raw = raw
 
 
 _STATUS_ERRORS: dict[int, type[KyotoTycoonException]] = {

@@ -76,11 +76,10 @@ class FailureKind(str, Enum):
 def classify_failure(exc: BaseException) -> FailureKind | None:
     """Whether ``exc`` says something about the node's health (None: it does not).
 
-    A call's deadline that cut short a wait for the node (its ``__cause__`` is the
-    transport timeout) counts as that timeout: the node did not answer in time."""
+    A call's deadline that cut short a wait on the node (``node_wait``: a connect, a
+    send, a reply) counts as the timeout it was: the node did not answer in time."""
     if isinstance(exc, DeadlineExceeded):
-        cause = exc.__cause__
-        return classify_failure(cause) if isinstance(cause, KTConnectionError) else None
+        return FailureKind.SOFT if exc.node_wait else None
     if isinstance(exc, NodeDownError) or not isinstance(exc, KTConnectionError):
         return None
     if isinstance(exc, KTTimeoutError) or exc.request_sent:

@@ -7,6 +7,18 @@ written by either library reads back with the other.
 
 A packer is any object with ``pack(value) -> bytes`` and ``unpack(bytes) -> value``
 (pass it as ``custom_packer`` with ``KT_PACKER_CUSTOM``).
+
+**Security.**  KT has no authentication: whoever reaches a server's port can
+store any bytes under any key.  With ``KT_PACKER_PICKLE`` every read unpickles
+those bytes, and unpickling runs code -- one crafted record runs code in every
+process that reads it.  Use pickle only when every client of every server is
+trusted.  ``KyotoTycoon`` keeps python-kyototycoon-ng's pickle default (a
+drop-in must read what ng wrote); ``Cluster`` defaults to ``KT_PACKER_BYTES``
+(bytes in and out, ``str`` stored as UTF-8, as redis-py does) and unpickles only
+when asked.  A value that does not decode raises
+:class:`~ktcluster.errors.ValueDecodeError`; one the packer cannot store
+(``set("k", 5)`` with the string or bytes packer) raises
+:class:`~ktcluster.errors.ArgumentError` before anything is sent.
 """
 
 from __future__ import annotations
@@ -15,9 +27,11 @@ import gzip
 import json
 import pickle
 import struct
+import zlib
 from typing import Any, Protocol
 
-from .errors import InvalidArgumentError, KyotoTycoonException
+from .connection import DEFAULT_MAX_REPLY_SIZE
+from .errors import ArgumentError, InvalidArgumentError, KyotoTycoonException
 
 __all__ = [
     "KT_PACKER_CUSTOM", "KT_PACKER_PICKLE", "KT_PACKER_JSON", "KT_PACKER_STRING", "KT_PACKER_BYTES",
@@ -43,7 +57,11 @@ class Packer(Protocol):
 
 
 class PicklePacker:
-    """pickle protocol 2 (ng's choice: readable by Python 2 and 3)."""
+    """pickle protocol 2 (ng's choice: readable by Python 2 and 3).
+
+    **Unpickling runs code**: anyone who can write to the KT server (KT has no
+    authentication) can run code in every process that reads through this packer.
+    Use it only when every writer is trusted."""
 
     concatenates = False
 
@@ -76,6 +94,8 @@ class StringPacker:
 
     @staticmethod
     def pack(data: str) -> bytes:
+        if not isinstance(data, str):
+            raise ArgumentError(f"KT_PACKER_STRING stores str, not {type(data).__name__}")
         return data.encode("utf-8")
 
     @staticmethod
@@ -96,7 +116,7 @@ class BytesPacker:
             return data.encode("utf-8")
         if isinstance(data, (bytearray, memoryview)):
             return bytes(data)
-        raise TypeError(f"KT_PACKER_BYTES stores bytes or str, not {type(data).__name__}")
+        raise ArgumentError(f"KT_PACKER_BYTES stores bytes or str, not {type(data).__name__}")
 
     @staticmethod
     def unpack(data: bytes) -> bytes:
@@ -130,14 +150,19 @@ class MemcachePacker:
     Flags are ignored on read and zeroed on write, except the gzip flag: with
     ``gzip_enabled``, values of at least ``gzip_threshold`` bytes are gzipped on
     write with bit ``gzip_flag`` (1..32) set, and values carrying that bit are
-    decompressed on read.  Use :class:`SimpleMemcachePacker` to control the flags.
+    decompressed on read -- to at most ``max_size`` bytes (default 257 MiB, like a
+    reply): a value that inflates to more (a decompression bomb) is a ValueError,
+    which the client reports as a ValueDecodeError.  Use
+    :class:`SimpleMemcachePacker` to control the flags.
     """
 
     concatenates = False
 
-    def __init__(self, gzip_enabled: bool = False, gzip_threshold: int = 128, gzip_flag: int = 1) -> None:
+    def __init__(self, gzip_enabled: bool = False, gzip_threshold: int = 128, gzip_flag: int = 1, *,
+                 max_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
         if not 1 <= gzip_flag <= 32:
             raise ValueError("gzip flag must be an integer between 1 and 32")
+        self.max_size = max_size
         self.gzip_enabled = gzip_enabled
         self.gzip_threshold = gzip_threshold
         self.gzip_flag = gzip_flag
@@ -156,8 +181,25 @@ class MemcachePacker:
             return data
         stored, flags = data[:-4], _FLAGS.unpack(data[-4:])[0]
         if self.gzip_enabled and flags & self._gzip_bit:
-            return gzip.decompress(stored)
+            return _gunzip(stored, self.max_size)
         return stored
+
+
+def _gunzip(data: bytes, max_size: int) -> bytes:
+    """gzip.decompress (every member) that refuses to inflate past ``max_size`` bytes."""
+    out: list[bytes] = []
+    size = 0
+    while data:
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        chunk = member.decompress(data, max_size - size + 1)
+        size += len(chunk)
+        if size > max_size or member.unconsumed_tail:
+            raise ValueError(f"a gzipped value inflates to more than {max_size} bytes")
+        if not member.eof:
+            raise EOFError("a gzipped value ends before its end-of-stream marker")
+        out.append(chunk)
+        data = member.unused_data.lstrip(b"\0")  # members may be padded with NULs, as gzip reads them
+    return b"".join(out)
 
 
 _BUILTIN = {

@@ -16,6 +16,11 @@ record's KT timestamp, so a consumer can resume exactly after it with
 * a closed or broken connection raises :class:`~ktcluster.errors.KTConnectionError`
   (ng: ``IOError``), a refusal (no update log) :class:`~ktcluster.errors.ReplicationError`,
   and garbage :class:`~ktcluster.errors.ProtocolError` -- all KyotoTycoonException;
+* a master cannot exhaust the consumer: a log entry announced larger than
+  ``max_record_size`` (default 257 MiB) is a ProtocolError before its bytes are
+  read, sizes inside an entry are read in linear time and at most 10 bytes long,
+  and ``timeout`` bounds the arrival of each message (a master trickling a record
+  is cut off);
   a bad ``sid`` raises :class:`~ktcluster.errors.ArgumentError`, a ``ValueError`` as in ng;
 * ``close()`` ends ``consume()`` cleanly, from any thread;
 * op codes other than SET/REMOVE/CLEAR (KT never writes them) are skipped, as
@@ -92,9 +97,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .address import Servers, named_addresses
+from .address import Servers, format_address, named_addresses
 from .atomicfile import write_atomic
-from .connection import Connection
+from .connection import DEFAULT_MAX_REPLY_SIZE, Connection
 from .errors import (
     ArgumentError,
     InvalidArgumentError,
@@ -154,23 +159,26 @@ def _check_sid(sid: int) -> int:
 # -- one connection ---------------------------------------------------------------------------
 
 
-def _bytes_needed(buf: bytes) -> int:
+def _bytes_needed(buf: bytes, max_size: int) -> int:
     """How many bytes the first message in ``buf`` needs (``buf`` holds no complete message)."""
     try:
-        decode_stream_message(buf)
+        decode_stream_message(buf, 0, max_size)
     except Incomplete as inc:
         return inc.needed
     raise AssertionError("a complete message was left undecoded")
 
 
 class _Link:
-    """One replication connection: connect, handshake, then read messages (acknowledging heartbeats)."""
+    """One replication connection: connect, handshake, then read messages (acknowledging
+    heartbeats), each within ``timeout`` and ``max_size``."""
 
-    __slots__ = ("address", "_sock", "_buf")
+    __slots__ = ("address", "_sock", "_buf", "_timeout", "_max_size")
 
-    def __init__(self, host: str, port: int, timeout: float) -> None:
-        self.address = f"{host}:{port}"
+    def __init__(self, host: str, port: int, timeout: float, max_size: int) -> None:
+        self.address = format_address(host, port)
         self._buf = b""
+        self._timeout = timeout
+        self._max_size = max_size
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except TimeoutError as exc:
@@ -187,35 +195,42 @@ class _Link:
     def handshake(self, ts: int, sid: int, flags: int) -> None:
         """Ask for the entries after ``ts``; raise unless the master accepts."""
         self._send(encode_handshake(ts, sid, flags))
+        end = time.monotonic() + self._timeout
         while not self._buf:
-            self._buf = self._recv()
+            self._buf = self._recv(end)
         used = decode_accept(self._buf)
         self._buf = self._buf[used:]
 
     def read(self) -> list[LogRecord | int]:
-        """The next items of :func:`decode_log_stream` (at least one); heartbeats are acknowledged."""
+        """The next items of :func:`decode_log_stream` (at least one, complete within the
+        timeout); heartbeats are acknowledged."""
         buf = self._buf
+        end = time.monotonic() + self._timeout
         while True:
-            items, pos, heartbeats = decode_log_stream(buf)
+            items, pos, heartbeats = decode_log_stream(buf, 0, self._max_size)
             if items:
                 self._buf = buf[pos:]
                 if heartbeats:
                     self._send(ACK * heartbeats)
                 return items
-            need = _bytes_needed(buf)
+            need = _bytes_needed(buf, self._max_size)
             chunks = [buf]
             have = len(buf)
             while have < need:
-                chunk = self._recv()
+                chunk = self._recv(end)
                 chunks.append(chunk)
                 have += len(chunk)
             buf = b"".join(chunks)
 
-    def _recv(self) -> bytes:
+    def _recv(self, end: float) -> bytes:
+        left = end - time.monotonic()
         try:
+            if left <= 0:
+                raise TimeoutError
+            self._sock.settimeout(left)
             data = self._sock.recv(_CHUNK)
         except TimeoutError as exc:
-            raise SocketTimeoutError(f"no data from {self.address} within the timeout") from exc
+            raise SocketTimeoutError(f"no complete message from {self.address} within {self._timeout} s") from exc
         except OSError as exc:
             raise KTConnectionError(f"reading from {self.address} failed: {exc}") from exc
         if not data:
@@ -247,15 +262,21 @@ class KyotoSlave:
     ``sid`` is this consumer's server id: the master sends every entry except
     those whose origin is ``sid`` -- or, with ``whitesid=True``, only those
     (give a master's own ``-sid`` to read just the writes made on it).
-    ``timeout`` bounds connecting and every wait for data (an idle master sends
-    a heartbeat every 0.1 s).  With ``reconnect=True`` a broken connection is
-    reopened (exponential backoff up to ``max_backoff`` seconds) after the last
-    timestamp seen; otherwise the error is raised.
+    ``timeout`` bounds connecting and the arrival of each message, a record or a
+    heartbeat (an idle master sends a heartbeat every 0.1 s); ``max_record_size``
+    bounds a log entry (a larger one is a ProtocolError before it is read).  With
+    ``reconnect=True`` a broken connection is reopened (exponential backoff up to
+    ``max_backoff`` seconds) after the last timestamp seen; otherwise the error is
+    raised.
     """
 
     def __init__(self, sid: int, host: str = "127.0.0.1", port: int = 1978, timeout: float = 30, *,
-                 whitesid: bool = False, reconnect: bool = False, max_backoff: float = 5.0) -> None:
+                 whitesid: bool = False, reconnect: bool = False, max_backoff: float = 5.0,
+                 max_record_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
         self.sid = _check_sid(sid)
+        if isinstance(max_record_size, bool) or not isinstance(max_record_size, int) or max_record_size < 1:
+            raise ArgumentError(f"max_record_size must be a positive number of bytes, not {max_record_size!r}")
+        self.max_record_size = max_record_size
         self.host = host
         self.port = int(port)
         self.timeout = timeout
@@ -270,7 +291,7 @@ class KyotoSlave:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     def __repr__(self) -> str:
         return f"<KyotoSlave sid={self.sid} {self.address}>"
@@ -365,7 +386,7 @@ class KyotoSlave:
         return link
 
     def _link(self) -> _Link:
-        link = _Link(self.host, self.port, self.timeout)
+        link = _Link(self.host, self.port, self.timeout, self.max_record_size)
         with self._lock:
             self._links.add(link)
         if self._closed.is_set():  # close() ran while we were connecting
@@ -389,7 +410,7 @@ class KyotoSlave:
         (origin sid == ours, origin sid != ours)."""
         conn = Connection(self.host, self.port, timeout=self.timeout)
         try:
-            files = parse_ulog_list(conn.call("ulog_list").items())
+            files = parse_ulog_list(conn.call("ulog_list", max_size=self.max_record_size).items())
         finally:
             conn.close()
         if not files or files[0].id == 1:
@@ -579,13 +600,15 @@ class ReplicationStream:
     ``origin_sids``: node name -> that master's ``-sid``, to read only entries
     written on it (dual-master pairs).  See the module docstring for the
     guarantees; records are the dicts of :class:`KyotoSlave` plus ``node``.
+    ``timeout`` and ``max_record_size`` are KyotoSlave's, per master.
     """
 
     def __init__(self, masters: Servers,
                  sid: int, since: float | Checkpoint | Mapping[str, Any] | None = None, *,
                  origin_sids: Mapping[str, int] | None = None, idle_timeout: float = 5.0,
                  max_buffer: int = 4 << 20, timeout: float = 30.0, max_backoff: float = 5.0,
-                 on_idle: Callable[[str, bool], None] | None = None) -> None:
+                 on_idle: Callable[[str, bool], None] | None = None,
+                 max_record_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
         self.sid = _check_sid(sid)
         if idle_timeout <= 0:
             raise ArgumentError("idle_timeout must be positive")
@@ -613,7 +636,8 @@ class ReplicationStream:
         for index, (name, host, port) in enumerate(addresses):
             origin = origin_sids.get(name)
             slave = KyotoSlave(sid if origin is None else origin, host, port, timeout,
-                               whitesid=origin is not None, reconnect=True, max_backoff=max_backoff)
+                               whitesid=origin is not None, reconnect=True, max_backoff=max_backoff,
+                               max_record_size=max_record_size)
             self._sources.append(_Source(index, name, slave, starts[name], permits))
         self._inbox: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
         self._heap: list[tuple[int, int]] = []

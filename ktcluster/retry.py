@@ -17,7 +17,10 @@ UNSAFE         increment, increment_double, append, add, cas,      only errors w
 When an UNSAFE operation fails after its request may have reached the server (a
 broken connection, a socket timeout, the call's deadline), it is not retried and
 :class:`~ktcluster.errors.OutcomeUnknownError` is raised (``__cause__`` is the
-transport error).  Nothing else is ever retried: answers
+transport error).  The error that ends a call says ``request_sent=True`` when any of
+its attempts may have reached the server, with the first such attempt's error as its
+``__cause__``: a retried write whose last attempt found the node down may still have
+been applied by an earlier one.  Nothing else is ever retried: answers
 from the server (450 logical errors, 400, 500, 501...), protocol errors,
 :class:`~ktcluster.errors.NodeDownError` (the breaker is open: retrying
 cannot help) and :class:`~ktcluster.errors.PoolTimeoutError` (the pool is
@@ -40,13 +43,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
-from .errors import DeadlineExceeded, KTConnectionError, NodeDownError, OutcomeUnknownError
+from .errors import DeadlineExceeded, KTConnectionError, KyotoTycoonException, NodeDownError, OutcomeUnknownError
 
 __all__ = ["OpClass", "OPERATIONS", "op_class", "is_retryable", "RetryBudget", "RetryPolicy", "NO_RETRY"]
 
@@ -86,6 +89,22 @@ def _final_error(cls: OpClass, exc: BaseException) -> BaseException:
         return OutcomeUnknownError(
             f"the outcome of this non-idempotent operation is unknown (not retried): {exc}", node=exc.node)
     return exc
+
+
+def _may_have_sent(exc: BaseException) -> bool:
+    return not isinstance(exc, KyotoTycoonException) or exc.request_sent
+
+
+def _raise_final(cls: OpClass, exc: BaseException, sent: BaseException | None) -> NoReturn:
+    """Raise the error that ends a call whose last attempt failed with ``exc``; ``sent`` is
+    the first error of an earlier attempt that may have reached the server (or None)."""
+    final = _final_error(cls, exc)
+    if sent is not None and sent is not exc and isinstance(final, KyotoTycoonException) and not final.request_sent:
+        final.request_sent = True  # this attempt sent nothing, but an earlier one may have
+        raise final from sent
+    if final is exc:
+        raise exc
+    raise final from exc
 
 
 class RetryBudget:
@@ -180,18 +199,21 @@ class RetryPolicy:
             return fn()
         except BaseException as exc:
             if self.attempts <= 1 or not is_retryable(cls, exc):
-                final = _final_error(cls, exc)
-                if final is exc:
-                    raise
-                raise final from exc
+                _raise_final(cls, exc, None)
             first: BaseException | None = exc
+            sent = exc if _may_have_sent(exc) else None
 
         def attempt() -> T:
-            nonlocal first
+            nonlocal first, sent
             if first is not None:
                 replay, first = first, None
                 raise replay
-            return fn()
+            try:
+                return fn()
+            except BaseException as exc:
+                if sent is None and _may_have_sent(exc):
+                    sent = exc
+                raise
 
         stop: stop_base = stop_after_attempt(self.attempts) | _stop_at_deadline(deadline)
         if self.budget is not None:
@@ -207,10 +229,7 @@ class RetryPolicy:
         try:
             return retrying(attempt)
         except BaseException as exc:
-            final = _final_error(cls, exc)
-            if final is exc:
-                raise
-            raise final from exc
+            _raise_final(cls, exc, sent)
 
 
 #: A policy that never retries (every error surfaces at once; UNSAFE still reports OutcomeUnknownError).

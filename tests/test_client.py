@@ -812,7 +812,7 @@ def test_a_views_deadline_caps_every_wait(kt_server_factory, mode):
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded) as info:           # a hung server: the receive is cut
             c.with_options(deadline=started + 0.3).get("k")
-        assert info.value.request_sent is True and isinstance(info.value.__cause__, SocketTimeoutError)
+        assert info.value.request_sent is True and "while receiving" in str(info.value)
         assert time.monotonic() - started < 10
         short = KyotoTycoon(binary=mode).connect(srv.host, srv.port, 0.2)
         with pytest.raises(SocketTimeoutError) as own:          # a shorter limit of its own says so

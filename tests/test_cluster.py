@@ -23,6 +23,7 @@ from ktcluster.errors import (
     ScriptError,
 )
 from ktcluster.fanout import gevent_active
+from ktcluster.packers import KT_PACKER_PICKLE
 from ktcluster.testing import KTServer, start_cluster
 
 SCRIPT = str(Path(__file__).parent / "golden" / "golden.lua")
@@ -40,6 +41,8 @@ def make_cluster(servers):
     made: list[Cluster] = []
 
     def make(**kw) -> Cluster:
+        # These tests store Python objects, on servers of their own: pickle must be asked for.
+        kw.setdefault("pack_type", KT_PACKER_PICKLE)
         cluster = Cluster(kw.pop("addresses", [s.address for s in servers]), **kw)
         made.append(cluster)
         return cluster

@@ -344,6 +344,27 @@ def test_unsafe_op_sent_then_failed_is_outcome_unknown(first):
     assert isinstance(info.value.__cause__, KTConnectionError)
 
 
+@pytest.mark.parametrize("cls", [OpClass.READ, OpClass.IDEMPOTENT])
+def test_the_final_error_says_sent_when_an_earlier_attempt_may_have_been(cls):
+    """Issue 12, bug 6: the first attempt reached the node (and may have been applied), the
+    next found it refusing, then down: the error must not say that nothing was sent."""
+    first = broken()
+    fn = Flaky(first, refused(), NodeDownError("down", node="n"))
+    with pytest.raises(NodeDownError) as info:
+        policy(attempts=3).run(cls, fn, far())
+    assert fn.calls == 3
+    assert info.value.request_sent is True and info.value.__cause__ is first
+    fn = Flaky(refused(), NodeDownError("down", node="n"))               # nothing ever left: it says so
+    with pytest.raises(NodeDownError) as info:
+        policy(attempts=3).run(cls, fn, far())
+    assert info.value.request_sent is False and info.value.__cause__ is None
+    sent = timed_out()
+    fn = Flaky(sent, DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False))
+    with pytest.raises(DeadlineExceeded) as info:
+        policy(attempts=3).run(cls, fn, far())
+    assert info.value.request_sent is True and info.value.__cause__ is sent
+
+
 def test_no_retry_policy_still_reports_unknown_outcomes():
     with pytest.raises(OutcomeUnknownError):
         NO_RETRY.run(OpClass.UNSAFE, Flaky(broken()), far())

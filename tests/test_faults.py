@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from ktcluster.errors import (
 )
 from ktcluster.fanout import DeadlineExceeded, gevent_active
 from ktcluster.health import BreakerState, HealthConfig
+from ktcluster.packers import KT_PACKER_PICKLE
 from ktcluster.retry import OpClass, RetryPolicy
 from ktcluster.testing import FaultProxy, KTServer, free_port, start_cluster
 
@@ -59,6 +61,7 @@ def make_cluster():
     made: list[Cluster] = []
 
     def make(servers, **kw) -> Cluster:
+        kw.setdefault("pack_type", KT_PACKER_PICKLE)  # Python values, on the test's own servers
         kw.setdefault("timeout", TIMEOUT)
         kw.setdefault("connect_timeout", TIMEOUT)
         kw.setdefault("retry", RetryPolicy(attempts=3, deadline=DEADLINE, backoff=0.01, max_backoff=0.05))
@@ -215,6 +218,50 @@ def test_idempotent_writes_are_retried(make_cluster, servers):
         with pytest.raises(KTTimeoutError):
             cluster.set("x", 1)
         assert proxy.accepted == 3 and cluster.stats()["retries"] == 2
+
+
+class ApplyThenVanish:
+    """A node that dies after applying a write: the first request is passed to ``target``
+    and its reply awaited (the write is applied), then the client's connection is closed
+    without the reply and nothing listens any more (later connects are refused)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        client, _ = self.listener.accept()
+        self.listener.close()
+        host, port = self.target.rsplit(":", 1)
+        with client, socket.create_connection((host, int(port)), timeout=10) as upstream:
+            upstream.sendall(client.recv(1 << 16))
+            upstream.recv(1)  # the server answered: the write is done
+
+
+@pytest.mark.parametrize("op", ["set", "remove", "set_bulk"])
+def test_an_applied_write_is_never_reported_as_unsent(make_cluster, servers, op):
+    """Issue 12, bug 6: the first attempt reached the node and was applied, the node then
+    died: the retries found it refusing, then marked down, but the error that ends the call
+    must say request_sent=True, with the first attempt's error as its cause."""
+    node = servers[0].address
+    host, port = node.rsplit(":", 1)
+    with KyotoTycoon().connect(host, int(port)) as direct:
+        direct.set("x", "old")
+        vanishing = ApplyThenVanish(node)
+        cluster = make_cluster({"n": vanishing.address})
+        call = {"set": lambda: cluster.set("x", "new"), "remove": lambda: cluster.remove("x"),
+                "set_bulk": lambda: cluster.set_bulk({"x": "new"})}[op]
+        with pytest.raises(KyotoTycoonException) as info:
+            call()
+        vanishing.thread.join(10)
+        error = info.value.errors["n"] if op == "set_bulk" else info.value
+        assert isinstance(error, NodeDownError)                 # what the last attempt found
+        assert error.request_sent is True
+        assert isinstance(error.__cause__, KTConnectionError) and error.__cause__.request_sent is True
+        assert direct.get("x") == (None if op == "remove" else "new")   # the write was applied
 
 
 def test_node_killed_mid_set_bulk(make_cluster, servers):

@@ -5,6 +5,9 @@ replies) and the embedded server (decode requests record by record, encode
 replies).  All integers are big-endian.  A decoder given too few bytes raises
 :class:`Incomplete` saying how many bytes (from the start of the buffer) it
 needs at least; sizes over KT's limit raise :class:`~ktcluster.errors.ProtocolError`.
+The reply decoders take the most records the request can produce (``max_hits``:
+a get_bulk of n keys finds at most n records; ``max_records`` for play_script) and
+refuse a reply that declares more, before reading any record.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def encode_play_script(name: bytes, records: Iterable[tuple[bytes, bytes]], flag
 # -- replies (client decodes) -----------------------------------------------------------------
 
 
-def _reply_header(buf: bytes, magic: int) -> int:
+def _reply_header(buf: bytes, magic: int, max_hits: int | None = None) -> int:
     if not buf:
         raise Incomplete(1)
     if buf[0] != magic:
@@ -157,17 +160,21 @@ def _reply_header(buf: bytes, magic: int) -> int:
         raise ProtocolError(f"unexpected reply magic 0x{buf[0]:02x}, expected 0x{magic:02x}")
     if len(buf) < 5:
         raise Incomplete(5)
-    return _REPLY.unpack_from(buf)[1]
+    hits = _REPLY.unpack_from(buf)[1]
+    if max_hits is not None and hits > max_hits:
+        raise ProtocolError(f"the reply declares {hits} records where the request allows at most {max_hits}")
+    return hits
 
 
-def decode_count_reply(buf: bytes, magic: int) -> tuple[int, int]:
-    """Reply of set_bulk/remove_bulk: (hits, bytes consumed)."""
-    return _reply_header(buf, magic), 5
+def decode_count_reply(buf: bytes, magic: int, max_hits: int | None = None) -> tuple[int, int]:
+    """Reply of set_bulk/remove_bulk: (hits, bytes consumed); ``max_hits``: the records sent."""
+    return _reply_header(buf, magic, max_hits), 5
 
 
-def decode_get_bulk_reply(buf: bytes) -> tuple[list[tuple[int, bytes, bytes, int]], int]:
-    """Reply of get_bulk: ([(dbidx, key, value, xt)...] in request order, bytes consumed)."""
-    hits = _reply_header(buf, MAGIC_GET_BULK)
+def decode_get_bulk_reply(buf: bytes, max_hits: int | None = None) -> tuple[list[tuple[int, bytes, bytes, int]], int]:
+    """Reply of get_bulk: ([(dbidx, key, value, xt)...] in request order, bytes consumed);
+    ``max_hits``: the keys asked for."""
+    hits = _reply_header(buf, MAGIC_GET_BULK, max_hits)
     unpack = _SET_REC.unpack_from
     pos, end = 5, len(buf)
     out = []
@@ -187,10 +194,10 @@ def decode_get_bulk_reply(buf: bytes) -> tuple[list[tuple[int, bytes, bytes, int
     return out, pos
 
 
-def decode_get_bulk_values(buf: bytes) -> tuple[dict[bytes, bytes], int]:
+def decode_get_bulk_values(buf: bytes, max_hits: int | None = None) -> tuple[dict[bytes, bytes], int]:
     """The same reply as :func:`decode_get_bulk_reply` in the shape a client wants:
     ({key: value}, bytes consumed); dbidx and xt are skipped, duplicate keys collapse."""
-    hits = _reply_header(buf, MAGIC_GET_BULK)
+    hits = _reply_header(buf, MAGIC_GET_BULK, max_hits)
     unpack = _SIZES.unpack_from
     pos, end = 5, len(buf)
     out = {}
@@ -209,13 +216,14 @@ def decode_get_bulk_values(buf: bytes) -> tuple[dict[bytes, bytes], int]:
     return out, pos
 
 
-def decode_play_script_reply(buf: bytes) -> tuple[list[tuple[bytes, bytes]] | None, int]:
+def decode_play_script_reply(buf: bytes, max_records: int | None = None
+                             ) -> tuple[list[tuple[bytes, bytes]] | None, int]:
     """Reply of play_script: ([(key, value)...], bytes consumed).  ``(None, 1)`` when the
     server answered its error byte 0xBF: the procedure failed (a complete answer, unlike
     0xBF to a bulk request, after which the server closes the connection)."""
     if buf and buf[0] == MAGIC_ERROR:
         return None, 1
-    rnum = _reply_header(buf, MAGIC_PLAY_SCRIPT)
+    rnum = _reply_header(buf, MAGIC_PLAY_SCRIPT, max_records)
     pos, end = 5, len(buf)
     out = []
     for _ in range(rnum):

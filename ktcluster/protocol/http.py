@@ -21,7 +21,7 @@ from .binary import Incomplete
 from .kcnum import atoi, atoih, cstr
 
 __all__ = [
-    "SERVER_NAME", "LINE_MAX", "BODY_MAX", "reason", "http_date", "format_http_date",
+    "SERVER_NAME", "LINE_MAX", "BODY_MAX", "RESPONSE_HEAD_MAX", "reason", "http_date", "format_http_date",
     "encode_request", "ResponseHead", "parse_response_head",
     "RequestHead", "BadRequest", "HTTPError", "IncompleteChunkEnd", "read_line", "parse_request_head",
     "read_request_body", "encode_response", "encode_error_response",
@@ -32,6 +32,8 @@ SERVER_NAME = b"KyotoTycoon/0.9.56b"
 LINE_MAX = 8191
 #: largest request body ktserver accepts (RECVMAXSIZ).
 BODY_MAX = 1 << 28
+#: largest response head a client accepts (ktserver's are a few hundred bytes).
+RESPONSE_HEAD_MAX = 1 << 16
 
 _REASONS = {
     100: "Continue", 101: "Switching Protocols", 102: "Processing", 200: "OK", 201: "Created",
@@ -120,11 +122,13 @@ class ResponseHead(NamedTuple):
 
 
 def parse_response_head(buf: bytes, pos: int = 0, *, head_request: bool = False) -> ResponseHead:
-    """Parse the status line and headers starting at ``pos``."""
-    end = buf.find(b"\r\n\r\n", pos)
+    """Parse the status line and headers starting at ``pos``.  A head over
+    :data:`RESPONSE_HEAD_MAX` bytes, a malformed status line and a Content-Length
+    that is not a plain decimal number are ProtocolErrors."""
+    end = buf.find(b"\r\n\r\n", pos, pos + RESPONSE_HEAD_MAX + 4)
     if end < 0:
-        if len(buf) - pos > 1 << 20:
-            raise ProtocolError("HTTP response head larger than 1 MiB")
+        if len(buf) - pos >= RESPONSE_HEAD_MAX + 4:
+            raise ProtocolError(f"HTTP response head larger than {RESPONSE_HEAD_MAX} bytes")
         raise Incomplete(len(buf) + 1)
     lines = buf[pos:end].split(b"\r\n")
     status_line = lines[0]
@@ -156,12 +160,10 @@ def parse_response_head(buf: bytes, pos: int = 0, *, head_request: bool = False)
     if head_request or status in (204, 304) or 100 <= status < 200:
         length = 0
     elif b"content-length" in headers:
-        try:
-            length = int(headers[b"content-length"])
-        except ValueError:
-            raise ProtocolError("malformed Content-Length in HTTP response") from None
-        if length < 0:
-            raise ProtocolError("negative Content-Length in HTTP response")
+        text = headers[b"content-length"]
+        if not text.isdigit() or len(text) > 18:  # ASCII digits only: no sign, blank or underscore
+            raise ProtocolError(f"malformed Content-Length {text[:40]!r} in HTTP response")
+        length = int(text)
     elif b"transfer-encoding" in headers:
         raise ProtocolError("chunked HTTP responses are not supported (KT never sends them)")
     else:

@@ -28,7 +28,7 @@ from .binary import MAGIC_ERROR, MAGIC_NOP, MAGIC_REPLICATION, XTMAX, Incomplete
 __all__ = [
     "OP_SET", "OP_REMOVE", "OP_CLEAR", "FLAG_WHITESID", "DUMMY_FREQ", "ACK",
     "LogEntry", "StreamMessage",
-    "encode_varnum", "decode_varnum",
+    "VARNUM_MAX", "encode_varnum", "decode_varnum",
     "encode_handshake", "decode_handshake",
     "decode_accept", "encode_log_message", "encode_nop", "decode_stream_message", "LogRecord", "decode_log_stream",
     "encode_log_entry", "decode_log_entry", "entry_origin",
@@ -53,6 +53,10 @@ _NOP = struct.Struct(">BQ")
 _ENTRY_HEAD = struct.Struct(">HHB")
 _ENTRY_ORIGIN = struct.Struct(">HH")
 _XT5 = struct.Struct(">Q")
+_UINT64 = (1 << 64) - 1
+#: the longest varnum KC writes (a 64-bit number in 7-bit groups); a log entry's sizes
+#: may not be longer.
+VARNUM_MAX = 10
 
 
 class LogEntry(NamedTuple):
@@ -88,19 +92,23 @@ def encode_varnum(num: int) -> bytes:
     return bytes(reversed(out))
 
 
-def decode_varnum(buf: bytes, pos: int, end: int | None = None) -> tuple[int, int]:
-    """(value, new pos); raises ProtocolError when the buffer (or ``end``) comes mid-number."""
-    num = 0
+def decode_varnum(buf: bytes, pos: int, end: int | None = None, max_len: int | None = None) -> tuple[int, int]:
+    """(value, new pos) of the number at ``pos``, read as KC's readvarnum does (modulo
+    2**64, so in linear time whatever its length).  ProtocolError when the buffer (or
+    ``end``) comes mid-number, or when the number runs longer than ``max_len`` bytes."""
     if end is None:
         end = len(buf)
-    while True:
-        if pos >= end:
-            raise ProtocolError("truncated varnum in a replication log entry")
+    stop = end if max_len is None else min(end, pos + max_len)
+    num = 0
+    while pos < stop:
         c = buf[pos]
         pos += 1
-        num = (num << 7) | (c & 0x7F)
+        num = ((num << 7) | (c & 0x7F)) & _UINT64
         if c < 0x80:
             return num, pos
+    if stop < end:
+        raise ProtocolError(f"a varnum longer than {max_len} bytes in a replication log entry")
+    raise ProtocolError("truncated varnum in a replication log entry")
 
 
 # -- handshake --------------------------------------------------------------------------------
@@ -148,8 +156,9 @@ def encode_nop(ts: int) -> bytes:
     return _NOP.pack(MAGIC_NOP, ts)
 
 
-def decode_stream_message(buf: bytes, pos: int = 0) -> tuple[StreamMessage, int]:
-    """One message at ``pos``: (message, new pos).  0xBF or another byte: ProtocolError."""
+def decode_stream_message(buf: bytes, pos: int = 0, max_size: int | None = None) -> tuple[StreamMessage, int]:
+    """One message at ``pos``: (message, new pos).  0xBF or another byte: ProtocolError;
+    so is a log entry announced larger than ``max_size`` bytes (before its bytes come)."""
     end = len(buf)
     if pos >= end:
         raise Incomplete(pos + 1)
@@ -158,6 +167,8 @@ def decode_stream_message(buf: bytes, pos: int = 0) -> tuple[StreamMessage, int]
         if end < pos + 13:
             raise Incomplete(pos + 13)
         _, ts, size = _LOG_HEAD.unpack_from(buf, pos)
+        if max_size is not None and size > max_size:
+            raise _too_large(size, max_size)
         stop = pos + 13 + size
         if end < stop:
             raise Incomplete(stop)
@@ -167,6 +178,11 @@ def decode_stream_message(buf: bytes, pos: int = 0) -> tuple[StreamMessage, int]
             raise Incomplete(pos + 9)
         return StreamMessage(True, _NOP.unpack_from(buf, pos)[1], b""), pos + 9
     raise _bad_magic(magic)
+
+
+def _too_large(size: int, max_size: int) -> ProtocolError:
+    return ProtocolError(f"the master announced a log entry of {size} bytes, over the limit of {max_size} "
+                         "(max_record_size)")
 
 
 def _bad_magic(magic: int) -> ProtocolError:
@@ -179,7 +195,7 @@ def _bad_magic(magic: int) -> ProtocolError:
 LogRecord = tuple[int, int, int, int, bytes, bytes]
 
 
-def decode_log_stream(buf: bytes, pos: int = 0) -> tuple[list[LogRecord | int], int, int]:
+def decode_log_stream(buf: bytes, pos: int = 0, max_size: int | None = None) -> tuple[list[LogRecord | int], int, int]:
     """Every complete message from ``pos`` on, entries parsed: (items, new pos, heartbeats).
 
     An item is a :data:`LogRecord` tuple for a log entry, or the bare ts (an int)
@@ -187,7 +203,8 @@ def decode_log_stream(buf: bytes, pos: int = 0) -> tuple[list[LogRecord | int], 
     the heartbeats, each of which the client must acknowledge with :data:`ACK`.
     The bytes after ``new pos`` are the start of an incomplete message (the list
     is empty when not even one message is complete; :func:`decode_stream_message`
-    then says how many bytes it needs).  Errors as for :func:`decode_stream_message`.
+    then says how many bytes it needs).  Errors (and ``max_size``) as for
+    :func:`decode_stream_message`.
     Plain tuples, parsed in place: this is the consumers' hot path.
     """
     out: list[LogRecord | int] = []
@@ -202,6 +219,8 @@ def decode_log_stream(buf: bytes, pos: int = 0) -> tuple[list[LogRecord | int], 
             if end < pos + 13:
                 break
             _, ts, size = log_head(buf, pos)
+            if max_size is not None and size > max_size:
+                raise _too_large(size, max_size)
             stop = pos + 13 + size
             if end < stop:
                 break
@@ -255,7 +274,7 @@ def _parse_entry(buf: bytes, pos: int, end: int, ts: int) -> LogRecord:
         ksiz = buf[pos]
         pos += 1
     else:
-        ksiz, pos = decode_varnum(buf, pos, end)
+        ksiz, pos = decode_varnum(buf, pos, end, VARNUM_MAX)
     if op == OP_REMOVE:
         if pos + ksiz > end:
             raise ProtocolError("truncated REMOVE entry in the replication stream")
@@ -264,7 +283,7 @@ def _parse_entry(buf: bytes, pos: int, end: int, ts: int) -> LogRecord:
         vsiz = buf[pos]
         pos += 1
     else:
-        vsiz, pos = decode_varnum(buf, pos, end)
+        vsiz, pos = decode_varnum(buf, pos, end, VARNUM_MAX)
     kend = pos + ksiz
     if kend + vsiz > end:
         raise ProtocolError("truncated SET entry in the replication stream")

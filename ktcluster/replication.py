@@ -95,6 +95,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 from .address import Servers, format_address, named_addresses
@@ -687,25 +688,40 @@ class ReplicationStream:
             src.thread.start()
         try:
             yield from self._merge()
-        finally:
+        except GeneratorExit:  # the consumer stopped iterating: a normal end
             self.close()
+            raise
+        except BaseException:
+            # Interrupted: stop without blocking, for a switch here could let another
+            # interruption (the consumer's own gevent.Timeout) replace this one.
+            self._halt()
+            raise
+        self.close()
 
     def close(self) -> None:
         """Stop every reader thread and close every connection (idempotent)."""
-        self._stop.set()
-        for src in self._sources:
-            src.slave.close()
-        self._inbox.put(None)
+        self._halt()
         current = threading.current_thread()
         for src in self._sources:
             if src.thread is not None and src.thread is not current:
                 src.thread.join(src.slave.timeout + 1)
 
+    def _halt(self) -> None:
+        """Tell the readers to stop and close their connections; they end on their own."""
+        self._stop.set()
+        for src in self._sources:
+            src.slave.close()
+        self._inbox.put(None)
+
     def __enter__(self) -> ReplicationStream:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self._halt()
 
     # -- reader threads ---------------------------------------------------------------------------
 

@@ -217,6 +217,59 @@ def test_greenlets_killed_or_timed_out_anywhere_leak_nothing(servers):
 
 
 @NEEDS_GEVENT
+def test_replication_streams_killed_or_timed_out_anywhere_leak_nothing(servers):
+    import gevent
+
+    cluster = make_cluster(servers)
+    fds_before = open_fds()
+    rng = random.Random(3)
+    seen = [0]
+    foreign: list[str] = []
+
+    def writer() -> None:
+        while True:
+            cluster.set(rng.choice(KEYS), value_of(rng.choice(KEYS)))
+            gevent.sleep(0.001)
+
+    def consumer() -> None:
+        while True:
+            timeout = gevent.Timeout(rng.uniform(0, 1.5))
+            try:
+                with timeout, cluster.replication(sid=100 + rng.randrange(100), since=0) as stream:
+                    for record in stream:
+                        assert record["node"] in cluster.nodes
+                        seen[0] += 1
+            except gevent.Timeout as exc:
+                if exc is not timeout:
+                    foreign.append(f"someone else's Timeout: {exc!r}")
+            except KyotoTycoonException:
+                pass
+            except BaseException as exc:
+                if isinstance(exc, gevent.GreenletExit):
+                    raise
+                foreign.append("".join(traceback.format_exception(exc)))
+
+    feeder = gevent.spawn(writer)
+    consumers = [gevent.spawn(consumer) for _ in range(8)]
+    end = time.monotonic() + 4
+    kills = 0
+    while time.monotonic() < end:
+        gevent.sleep(rng.uniform(0, 0.05))
+        victim = rng.randrange(len(consumers))
+        consumers[victim].kill(block=False)
+        consumers[victim] = gevent.spawn(consumer)
+        kills += 1
+    gevent.killall([feeder, *consumers])
+    assert not foreign, foreign[:3]
+    assert kills > 30 and seen[0] > 100, (kills, seen[0])
+    give_up = time.monotonic() + 5       # the readers of halted streams end on their own
+    while open_fds() > fds_before + assert_pools_consistent(cluster) and time.monotonic() < give_up:
+        gevent.sleep(0.05)
+    assert open_fds() <= fds_before + assert_pools_consistent(cluster)
+    cluster.close()
+
+
+@NEEDS_GEVENT
 def test_a_timeout_while_waiting_for_a_connection_is_that_timeout(servers):
     import gevent
 

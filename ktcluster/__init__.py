@@ -32,7 +32,7 @@ __all__ = [
 #: are the error classes of .errors
 _EXPORTS = {
     "KyotoTycoon": "client",
-    "Cursor": "client",
+    "Cursor": "cursor",
     "KT_PACKER_CUSTOM": "packers",
     "KT_PACKER_PICKLE": "packers",
     "KT_PACKER_JSON": "packers",
@@ -74,8 +74,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .client import Cursor, KyotoTycoon
+    from .client import KyotoTycoon
     from .cluster import Cluster
+    from .cursor import Cursor
     from .errors import (
         ArgumentError,
         DeadlineExceeded,

@@ -42,25 +42,30 @@ KT is a database, not a cache, so the cluster never moves a key on its own:
   :class:`~ktcluster.errors.ValueDecodeError` naming its key and node; in a
   get_bulk, the other records still come back (in ``PartialFailureError.results``).
 
-Each node has one :class:`~ktcluster.client.KyotoTycoon` (and so one bounded
-connection pool).  With ``binary=True`` (the default) get/set/remove and the
-bulk calls use KT's binary protocol and everything else HTTP, over the same
-pool.  A Cluster is safe to share between threads and between greenlets.
+Each node has one :class:`~ktcluster.transport.Transport` (and so one bounded
+connection pool).  A call checks its arguments and encodes its keys (and packs
+its values) once, routes them, and runs the operations of :mod:`ktcluster.ops` on
+the nodes under one :class:`~ktcluster.deadline.Deadline`: ``_execute`` (retries,
+failover) -> ``_guarded`` (the breaker) -> ``Transport.run`` -> the socket.  With
+``binary=True`` (the default) get/set/remove and the bulk calls use KT's binary
+protocol and everything else HTTP, over the same pool.  A Cluster is safe to share
+between threads and between greenlets.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from . import ops
 from .address import DEFAULT_PORT, Address, Servers, format_address, named_addresses, parse_address
-from .client import Cursor, KyotoTycoon, key_bytes, key_list, record_map
-from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, Connection
+from .client import KyotoTycoon
+from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE
+from .cursor import Cursor
+from .deadline import Deadline
 from .errors import (
     ArgumentError,
     DeadlineExceeded,
@@ -72,27 +77,28 @@ from .errors import (
 from .expiry import Expire
 from .fanout import Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
-from .packers import KT_PACKER_BYTES
+from .keys import DB, Key, decode_key, keep_bytes, key_bytes, key_list, keys_bytes
+from .ops import AUTO, HTTP, Op, Session
+from .packers import KT_PACKER_BYTES, make_packer
 from .pool import DEFAULT_POOL_SIZE
 from .protocol.kcnum import cstr
 from .protocol.kctext import levdist
 from .replication import ReplicationStream
 from .retry import OpClass, RetryPolicy, op_class
-from .ring import Key, Ring, RingDiff
+from .ring import Ring, RingDiff
+from .transport import Transport
 
 __all__ = ["Cluster", "Node", "Address", "DEFAULT_PORT", "DEFAULT_NODE_TIMEOUT"]
-
-_READ, _IDEMPOTENT, _UNSAFE = OpClass.READ, OpClass.IDEMPOTENT, OpClass.UNSAFE
 
 T = TypeVar("T")
 log = logging.getLogger("ktcluster.cluster")
 
-#: the deadline of the cluster call running in this thread or greenlet (read by the members'
-#: capped clients as each request starts)
-_CALL_DEADLINE: ContextVar[float | None] = ContextVar("ktcluster_call_deadline", default=None)
-
 #: the default socket timeout and pool wait of the nodes' pools (under RetryPolicy's 10 s deadline).
 DEFAULT_NODE_TIMEOUT = 5.0
+
+#: what an attempt runs on a node: a function of the node and the call's deadline
+Call = Callable[["_Member", Deadline], T]
+
 
 @dataclass(frozen=True)
 class Node:
@@ -109,33 +115,29 @@ class Node:
 
 
 class _Member:
-    """A node at run time: its clients (HTTP, and the binary view over the same pool), its
-    breaker, and ``capped``: the same with every wait ending by the running call's deadline
-    (what the cluster's calls use; ``http`` is what :meth:`Cluster.client` hands out)."""
+    """A node at run time: its transport (pool), the session its operations use, its
+    breaker, and the single-server client that :meth:`Cluster.client` hands out."""
 
-    __slots__ = ("node", "name", "http", "fast", "breaker", "capped", "_probe_timeouts")
+    __slots__ = ("node", "name", "transport", "session", "breaker", "client", "probe_timeout")
 
-    def __init__(self, node: Node, name: str, http: KyotoTycoon, binary: bool, breaker: CircuitBreaker,
-                 probe_timeouts: tuple[float | None, float | None], capped: _Member | None = None) -> None:
+    def __init__(self, node: Node, name: str, transport: Transport, session: Session, client: KyotoTycoon,
+                 breaker: CircuitBreaker, probe_timeout: float | None) -> None:
         self.node = node
         self.name = name
-        self.http = http
-        self.fast = http.with_protocol(binary=True) if binary else http   # same pool and packer
+        self.transport = transport
+        self.session = session
+        self.client = client
         self.breaker = breaker
-        self._probe_timeouts = probe_timeouts
-        self.capped = capped or _Member(node, name, http.with_options(deadline=_CALL_DEADLINE.get), binary,
-                                        breaker, probe_timeouts, self)
+        self.probe_timeout = probe_timeout
 
-    def bulk_client(self, atomic: bool | None) -> KyotoTycoon:
-        """The binary client, unless an atomic (HTTP-only) bulk call was asked for."""
-        return self.http if atomic else self.fast
+    def probe(self, deadline: Deadline) -> None:
+        """A cheap liveness check on a fresh connection (pooled ones may be stale)."""
+        self.transport.probe(self.session, deadline, self.probe_timeout)
 
-    def probe(self) -> None:
-        """A cheap liveness check on a fresh connection (pooled ones may be stale), within
-        the running call's deadline."""
-        connect_timeout, timeout = self._probe_timeouts
-        with Connection(self.node.host, self.node.port, connect_timeout=connect_timeout, timeout=timeout) as conn:
-            conn.call(b"void", deadline=_CALL_DEADLINE.get())
+
+def _op(make_op: Callable[[Session], Op[T]]) -> Call[T]:
+    """The attempt that runs an operation of :mod:`ktcluster.ops` on a node."""
+    return lambda member, deadline: member.transport.run(make_op(member.session), deadline)
 
 
 @dataclass(frozen=True)
@@ -148,14 +150,42 @@ class _Topology:
 
 
 class _Shard:
-    """What one node did in a bulk call: results of its completed chunks, and what failed."""
+    """What one node did in a bulk call: the results of its completed chunks, and its
+    error with the indices (into the call's keys) not known to be done."""
 
     __slots__ = ("results", "error", "failed")
 
     def __init__(self) -> None:
         self.results: list[Any] = []
         self.error: BaseException | None = None
-        self.failed: list[Any] = []
+        self.failed: list[int] = []
+
+
+# -- planning and merging (pure) ------------------------------------------------------------------
+
+
+def plan_bulk(ring: Ring, kbs: Sequence[bytes], chunk: int) -> dict[str, list[list[int]]]:
+    """The chunks of a bulk call: per node, lists of at most ``chunk`` indices into
+    ``kbs``, in the caller's order."""
+    groups = ring.partition(range(len(kbs)), kbs)
+    return {node: [idx[i:i + chunk] for i in range(0, len(idx), chunk)] for node, idx in groups.items()}
+
+
+def _sorted_union(lists: Iterable[list[Any]], limit: int | None) -> list[Any]:
+    merged = sorted({k for keys in lists for k in keys})
+    return merged[:limit] if limit else merged
+
+
+def _merge(per_node: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Sum the numeric fields every node reports; keep each node's dict under "nodes"."""
+    merged: dict[str, Any] = {}
+    dicts = list(per_node.values())
+    for field in dicts[0] if dicts else ():
+        values = [d.get(field) for d in dicts]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            merged[field] = sum(values)  # type: ignore[arg-type]
+    merged["nodes"] = per_node
+    return merged
 
 
 class Cluster:
@@ -203,10 +233,14 @@ class Cluster:
         self.failover_ops = frozenset(failover_ops)
         self.bulk_chunk = bulk_chunk
         self._client_options = dict(pack_type=pack_type, custom_packer=custom_packer, decode_keys=decode_keys,
-                                    pool_size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
                                     max_reply_size=max_reply_size)
-        self._timeout = timeout
-        self._probe_timeouts = (connect_timeout, 1.0 if timeout is None else min(timeout, 1.0))
+        self._pool_options = dict(size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
+                                  timeout=timeout, max_reply_size=max_reply_size)
+        #: the session the cluster checks arguments and decodes values with (every node's
+        #: has the same packer)
+        self._session = Session(make_packer(pack_type, custom_packer), decode_key if decode_keys else keep_bytes,
+                                b"", AUTO if binary else HTTP, max_reply_size=max_reply_size)
+        self._probe_timeout = 1.0 if timeout is None else min(timeout, 1.0)
         self._fanout: Fanout[str] = Fanout(pool_size if fanout_workers is None else fanout_workers)
         self._reconfigure = threading.Lock()
         self._counters = {"retries": 0, "failovers": 0, "partial_failures": 0}
@@ -218,7 +252,7 @@ class Cluster:
             if name not in members:
                 raise ArgumentError(f"failover names unknown node {name!r}")
             host, port = parse_address(address)
-            partner = Node(f"{host}:{port}", host, port)
+            partner = Node(format_address(host, port), host, port)
             partners[name] = self._member(partner, f"{name}~{partner.address}")
         self._topology = _Topology(Ring({n.name: n.weight for n in nodes}), members, partners)
 
@@ -231,9 +265,10 @@ class Cluster:
         return [Node(name, host, port, weights.get(name, 1)) for name, host, port in named]
 
     def _member(self, node: Node, name: str) -> _Member:
-        http = KyotoTycoon(binary=False, **self._client_options)  # type: ignore[arg-type]
-        http.open(node.host, node.port, timeout=self._timeout)
-        return _Member(node, name, http, self.binary, self.health[name], self._probe_timeouts)
+        transport = Transport(node.host, node.port, **self._pool_options)  # type: ignore[arg-type]
+        session = self._session.derive(host=transport.host_header, db_names=transport.db_names)
+        client = KyotoTycoon._over(transport, wire=HTTP, **self._client_options)
+        return _Member(node, name, transport, session, client, self.health[name], self._probe_timeout)
 
     # -- topology ---------------------------------------------------------------------------------
 
@@ -253,7 +288,7 @@ class Cluster:
 
     def client(self, node: str) -> KyotoTycoon:
         """The single-server client of a node (HTTP; shares the node's pool)."""
-        return self._member_named(node).http
+        return self._member_named(node).client
 
     def _member_named(self, node: str) -> _Member:
         member = self._topology.members.get(node)
@@ -299,7 +334,7 @@ class Cluster:
             partner = topo.partners.get(name)
             self._topology = _Topology(ring, members, {n: p for n, p in topo.partners.items() if n != name})
         for gone in [topo.members[name]] + ([partner] if partner else []):
-            gone.http.close()
+            gone.transport.close()
             self.health.forget(gone.name)
         log.info("ring changed (remove %s): %s", name, diff)
         return diff
@@ -317,11 +352,10 @@ class Cluster:
 
     # -- execution core ---------------------------------------------------------------------------
 
-    def _deadline(self) -> float:
-        return time.monotonic() + self.retry.deadline
+    def _deadline(self) -> Deadline:
+        return Deadline.after(self.retry.deadline)
 
-    def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Callable[[_Member], T],
-                 deadline: float) -> T:
+    def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Call[T], deadline: Deadline) -> T:
         """Run ``call`` on ``node`` under the retry policy, its breaker and its failover."""
         member = topo.members[node]
 
@@ -345,60 +379,52 @@ class Cluster:
         with self._counter_lock:
             self._counters[counter] += 1
 
-    def _guarded(self, member: _Member, call: Callable[[_Member], T], deadline: float) -> T:
-        """One attempt on ``member`` through its breaker and the member's capped clients,
-        which carry the deadline down to the socket: every wait ends by it (a thread
-        cannot be interrupted in a blocked socket, and a trickling reply would stretch a
-        per-receive timeout).  A wait it cuts short raises DeadlineExceeded, which says
-        nothing about the node."""
-        if deadline <= time.monotonic():
+    def _guarded(self, member: _Member, call: Call[T], deadline: Deadline) -> T:
+        """One attempt on ``member`` through its breaker, the deadline carried down to the
+        socket: every wait ends by it (a thread cannot be interrupted in a blocked socket,
+        and a trickling reply would stretch a per-receive timeout)."""
+        left = deadline.left()
+        if left is not None and left <= 0:
             raise DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False,
                                    node=member.name)
-        capped = member.capped
-        token = _CALL_DEADLINE.set(deadline)
         try:
-            return member.breaker.call(lambda: call(capped), member.probe)
+            return member.breaker.call(lambda: call(member, deadline), lambda: member.probe(deadline))
         except KyotoTycoonException as exc:
             if exc.node is None:
                 exc.node = member.name
             raise
-        finally:
-            _CALL_DEADLINE.reset(token)
 
-    def _keyed(self, cls: OpClass, key: Key, call: Callable[[_Member], T]) -> T:
+    def _keyed(self, operation: str, key: Key, make_op: Callable[[Session], Op[T]]) -> T:
+        """One operation on the node that owns ``key``."""
         topo = self._topology
-        return self._execute(cls, topo, topo.ring.node_for(key), call, time.monotonic() + self.retry.deadline)
+        return self._execute(op_class(operation), topo, topo.ring.node_for(key), _op(make_op), self._deadline())
 
-    def _bulk(self, op: str, keys: list[Key], run: Callable[[_Member, list[Key]], Any]
-              ) -> tuple[dict[str, _Shard], list[Key]]:
-        """Group ``keys`` by node and run ``run(member, chunk)`` for every chunk, all nodes
-        at once.  Returns the shards and the keys whose outcome is not known to be done."""
-        topo = self._topology
+    def _bulk(self, operation: str, topo: _Topology, plan: dict[str, list[list[int]]],
+              make_op: Callable[[Session, list[int]], Op[Any]]) -> dict[str, _Shard]:
+        """Run ``make_op(session, chunk)`` for every chunk of ``plan`` (see :func:`plan_bulk`),
+        each node's chunks in turn, all nodes at once, under one deadline."""
         deadline = self._deadline()
-        cls = op_class(op)
-        groups = topo.ring.partition(keys)
-        chunk = self.bulk_chunk
+        cls = op_class(operation)
 
-        def shard_task(node: str, part: list[Key]) -> Callable[[], _Shard]:
+        def shard_task(node: str, chunks: list[list[int]]) -> Callable[[], _Shard]:
             def task() -> _Shard:
                 shard = _Shard()
-                for start in range(0, len(part), chunk):
-                    piece = part if len(part) <= chunk else part[start:start + chunk]
+                for done, chunk in enumerate(chunks):
                     try:
-                        shard.results.append(self._execute(cls, topo, node, lambda m, p=piece: run(m, p),
-                                                           deadline))
+                        shard.results.append(self._execute(cls, topo, node,
+                                                           _op(lambda s, c=chunk: make_op(s, c)), deadline))
                     except Exception as exc:
-                        shard.error, shard.failed = exc, part[start:]
+                        shard.error = exc
+                        shard.failed = [i for c in chunks[done:] for i in c]
                         break
                 return shard
             return task
 
-        done, errors = self._fanout.run({n: shard_task(n, part) for n, part in groups.items()}, deadline)
+        shards, errors = self._fanout.run({n: shard_task(n, chunks) for n, chunks in plan.items()}, deadline)
         for node, exc in errors.items():
-            shard = done[node] = _Shard()
-            shard.error, shard.failed = exc, groups[node]
-        failed = [key for shard in done.values() for key in shard.failed]
-        return done, failed
+            shard = shards[node] = _Shard()
+            shard.error, shard.failed = exc, [i for c in plan[node] for i in c]
+        return shards
 
     def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any],
                  key_errors: dict[Any, ValueDecodeError] | None = None) -> PartialFailureError:
@@ -414,12 +440,20 @@ class Cluster:
         return PartialFailureError(f"{op} {'; '.join(what)}", results, errors, failed,  # type: ignore[arg-type]
                                    key_errors)
 
-    def _each(self, op: str, call: Callable[[_Member], T]) -> dict[str, T]:
+    def _counts(self, op: str, shards: dict[str, _Shard], keys: Sequence[Any]) -> int:
+        """set_bulk/remove_bulk's result: the total count, or PartialFailureError with each
+        node's count as ``results``."""
+        failed = [keys[i] for shard in shards.values() for i in shard.failed]
+        if failed:
+            raise self._partial(op, shards, {n: sum(s.results) for n, s in shards.items()}, failed)
+        return sum(sum(s.results) for s in shards.values())
+
+    def _each(self, operation: str, call: Call[T]) -> dict[str, T]:
         """Run ``call`` on every node at once: ``{node: result}`` in configuration order."""
         topo = self._topology
         names = list(topo.members)
         deadline = self._deadline()
-        cls = op_class(op)
+        cls = op_class(operation)
         results, errors = self._fanout.run(
             {n: (lambda n=n: self._execute(cls, topo, n, call, deadline)) for n in names}, deadline)
         if errors:
@@ -428,109 +462,120 @@ class Cluster:
                     raise exc  # the same call to every node: the caller's mistake, not a node's
             self._count("partial_failures")
             summary = ", ".join(f"{node}: {exc}" for node, exc in errors.items())
-            raise PartialFailureError(f"{op} failed on {len(errors)} of {len(names)} nodes ({summary})",
+            raise PartialFailureError(f"{operation} failed on {len(errors)} of {len(names)} nodes ({summary})",
                                       {n: results[n] for n in names if n in results}, errors)
         return {n: results[n] for n in names}
 
+    def _each_op(self, operation: str, make_op: Callable[[Session], Op[T]]) -> dict[str, T]:
+        return self._each(operation, _op(make_op))
+
     # -- single records ---------------------------------------------------------------------------
 
-    def get(self, key: Key, db: Any = 0) -> Any:
+    def get(self, key: Key, db: DB = 0) -> Any:
         """The value of a record, or None."""
-        return self._keyed(_READ, key, lambda m: m.fast.get(key, db))
+        return self._keyed("get", key, lambda s: ops.get(s, key, db))
 
-    def get_with_expiry(self, key: Key, db: Any = 0) -> tuple[Any, int | None] | None:
+    def get_with_expiry(self, key: Key, db: DB = 0) -> tuple[Any, int | None] | None:
         """``(value, expires)`` or None; see KyotoTycoon.get_with_expiry."""
-        return self._keyed(_READ, key, lambda m: m.fast.get_with_expiry(key, db))
+        return self._keyed("get_with_expiry", key, lambda s: ops.get_with_expiry(s, key, db))
 
-    def get_int(self, key: Key, db: Any = 0) -> int:
-        return self._keyed(_READ, key, lambda m: m.http.get_int(key, db))
+    def get_int(self, key: Key, db: DB = 0) -> int:
+        return self._keyed("get_int", key, lambda s: ops.get_int(s, key, db))
 
-    def check(self, key: Key, db: Any = 0) -> bool:
-        return self._keyed(_READ, key, lambda m: m.http.check(key, db))
+    def check(self, key: Key, db: DB = 0) -> bool:
+        return self._keyed("check", key, lambda s: ops.check(s, key, db))
 
-    def set(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed(_IDEMPOTENT, key, lambda m: m.fast.set(key, value, expire, db))
+    def set(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
+        return self._keyed("set", key, lambda s: ops.set_record(s, key, value, expire, db))
 
-    def add(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed(_UNSAFE, key, lambda m: m.http.add(key, value, expire, db))
+    def add(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
+        return self._keyed("add", key, lambda s: ops.add(s, key, value, expire, db))
 
-    def replace(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed(_IDEMPOTENT, key, lambda m: m.http.replace(key, value, expire, db))
+    def replace(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
+        return self._keyed("replace", key, lambda s: ops.replace(s, key, value, expire, db))
 
-    def append(self, key: Key, value: Any, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed(_UNSAFE, key, lambda m: m.http.append(key, value, expire, db))
+    def append(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
+        return self._keyed("append", key, lambda s: ops.append(s, key, value, expire, db))
 
-    def increment(self, key: Key, delta: int = 1, expire: Expire = None, db: Any = 0, *,
+    def increment(self, key: Key, delta: int = 1, expire: Expire = None, db: DB = 0, *,
                   orig: int | str | None = None) -> int:
-        return self._keyed(_UNSAFE, key, lambda m: m.http.increment(key, delta, expire, db, orig=orig))
+        return self._keyed("increment", key, lambda s: ops.increment(s, key, delta, expire, db, orig))
 
-    def increment_double(self, key: Key, delta: float = 1.0, expire: Expire = None, db: Any = 0, *,
+    def increment_double(self, key: Key, delta: float = 1.0, expire: Expire = None, db: DB = 0, *,
                          orig: float | str | None = None) -> float:
-        return self._keyed(_UNSAFE, key,
-                           lambda m: m.http.increment_double(key, delta, expire, db, orig=orig))
+        return self._keyed("increment_double", key, lambda s: ops.increment_double(s, key, delta, expire, db, orig))
 
-    def cas(self, key: Key, old_val: Any = None, new_val: Any = None, expire: Expire = None, db: Any = 0) -> bool:
-        return self._keyed(_UNSAFE, key, lambda m: m.http.cas(key, old_val, new_val, expire, db))
+    def cas(self, key: Key, old_val: Any = None, new_val: Any = None, expire: Expire = None, db: DB = 0) -> bool:
+        return self._keyed("cas", key, lambda s: ops.cas(s, key, old_val, new_val, expire, db))
 
-    def remove(self, key: Key, db: Any = 0) -> bool:
-        return self._keyed(_IDEMPOTENT, key, lambda m: m.fast.remove(key, db))
+    def remove(self, key: Key, db: DB = 0) -> bool:
+        return self._keyed("remove", key, lambda s: ops.remove(s, key, db))
 
-    def seize(self, key: Key, db: Any = 0) -> Any:
-        return self._keyed(_UNSAFE, key, lambda m: m.http.seize(key, db))
+    def seize(self, key: Key, db: DB = 0) -> Any:
+        return self._keyed("seize", key, lambda s: ops.seize(s, key, db))
 
     # -- bulk -------------------------------------------------------------------------------------
 
-    def get_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> dict[Any, Any]:
+    def get_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: DB = 0) -> dict[Any, Any]:
         """``{key: value}`` for the keys that exist, in the caller's order.  ``atomic``
         applies per node (HTTP).  PartialFailureError when some nodes fail (their keys
         are its ``failed_keys``) or some values do not decode (its ``key_errors``); its
         ``results`` hold every other record."""
+        session = self._session
+        atomic = ops.check_atomic(session, atomic)
+        ops.check_db(session, db)
         keys = key_list(keys)
-
-        def run(member: _Member, part: list[Key]) -> tuple[dict[Any, Any], dict[Any, ValueDecodeError]]:
-            try:
-                return member.bulk_client(atomic).get_bulk(part, atomic, db), {}
-            except PartialFailureError as exc:  # values that do not decode: the node's other records are good
-                for error in exc.key_errors.values():
-                    error.node = member.name
-                return exc.results, exc.key_errors
-
-        shards, failed = self._bulk("get_bulk", keys, run)
-        parts = [found for shard in shards.values() for found, _ in shard.results]
-        bad = {key: error for shard in shards.values() for _, errors in shard.results for key, error in errors.items()}
-        if len(parts) == 1 and not failed and not bad:
-            return parts[0]  # one node, one chunk: already in the caller's order
-        found: dict[Any, Any] = {}
-        for part in parts:
-            found.update(part)
-        ordered = {k: found[k] for k in keys if k in found}
+        kbs = keys_bytes(keys)
+        topo = self._topology
+        plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
+        shards = self._bulk("get_bulk", topo, plan,
+                            lambda s, chunk: ops.get_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
+        raws: list[bytes | None] = [None] * len(keys)
+        for node, shard in shards.items():
+            for chunk, found in zip(plan[node], shard.results, strict=False):  # results: done chunks
+                for i, raw in zip(chunk, found, strict=True):
+                    raws[i] = raw
+        bad: dict[Any, ValueDecodeError] = {}
+        try:
+            records = ops.bulk_values(session, keys, raws)
+        except PartialFailureError as exc:  # values that do not decode: the other records are good
+            records, bad = exc.results, exc.key_errors
+            for key, error in bad.items():
+                error.node = topo.ring.node_for(key)
+        failed = [keys[i] for shard in shards.values() for i in shard.failed]
         if failed or bad:
-            raise self._partial("get_bulk", shards, ordered, failed, bad)
-        return ordered
+            raise self._partial("get_bulk", shards, records, failed, bad)
+        return records
 
     def set_bulk(self, kv_dict: Mapping[Key, Any], expire: Expire = None, atomic: bool | None = None,
-                 db: Any = 0) -> int:
+                 db: DB = 0) -> int:
         """Store records on their nodes; returns how many were stored.  On partial failure
         ``results`` maps each node to the records it stored."""
-        keys = list(record_map(kv_dict))
+        session = self._session
+        atomic, xt = ops.set_bulk_args(session, kv_dict, expire, atomic)
+        ops.check_db(session, db)
+        keys = list(kv_dict)
+        kbs = keys_bytes(keys)
+        values = ops.packed_values(session, list(kv_dict.values()))
+        topo = self._topology
+        plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
+        shards = self._bulk("set_bulk", topo, plan, lambda s, chunk: ops.set_bulk_encoded(
+            s, [kbs[i] for i in chunk], [values[i] for i in chunk], xt, atomic, db))
+        return self._counts("set_bulk", shards, keys)
 
-        def run(member: _Member, part: list[Key]) -> int:
-            records = kv_dict if len(part) == len(keys) else {k: kv_dict[k] for k in part}
-            return member.bulk_client(atomic).set_bulk(records, expire, atomic, db)
-
-        shards, failed = self._bulk("set_bulk", keys, run)
-        if failed:
-            raise self._partial("set_bulk", shards, {n: sum(s.results) for n, s in shards.items()}, failed)
-        return sum(sum(s.results) for s in shards.values())
-
-    def remove_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: Any = 0) -> int:
+    def remove_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: DB = 0) -> int:
         """Remove records from their nodes; returns how many existed.  On partial failure
         ``results`` maps each node to the records it removed."""
-        shards, failed = self._bulk("remove_bulk", list(key_list(keys)),
-                                    lambda m, part: m.bulk_client(atomic).remove_bulk(part, atomic, db))
-        if failed:
-            raise self._partial("remove_bulk", shards, {n: sum(s.results) for n, s in shards.items()}, failed)
-        return sum(sum(s.results) for s in shards.values())
+        session = self._session
+        atomic = ops.check_atomic(session, atomic)
+        ops.check_db(session, db)
+        keys = key_list(keys)
+        kbs = keys_bytes(keys)
+        topo = self._topology
+        plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
+        shards = self._bulk("remove_bulk", topo, plan,
+                            lambda s, chunk: ops.remove_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
+        return self._counts("remove_bulk", shards, keys)
 
     # -- whole-cluster operations -------------------------------------------------------------------
 
@@ -539,53 +584,54 @@ class Cluster:
         as its operation class allows; PartialFailureError when some nodes fail."""
         if method.startswith("_") or not callable(getattr(KyotoTycoon, method, None)):
             raise ArgumentError(f"KyotoTycoon has no method {method!r}")
-        return self._each(method, lambda m: getattr(m.http, method)(*args, **kwargs))
+        return self._each(method, lambda m, deadline: getattr(m.client.with_options(deadline=deadline.at),
+                                                              method)(*args, **kwargs))
 
-    def count(self, db: Any = 0) -> int:
+    def count(self, db: DB = 0) -> int:
         """Records in the database, over all nodes."""
-        return sum(self._each("count", lambda m: m.http.count(db)).values())
+        return sum(self._each_op("count", lambda s: ops.status_field(s, "count", b"count", db)).values())
 
-    def size(self, db: Any = 0) -> int:
+    def size(self, db: DB = 0) -> int:
         """Database size in bytes, over all nodes."""
-        return sum(self._each("size", lambda m: m.http.size(db)).values())
+        return sum(self._each_op("size", lambda s: ops.status_field(s, "size", b"size", db)).values())
 
-    def status(self, db: Any = 0) -> dict[str, Any]:
+    def status(self, db: DB = 0) -> dict[str, Any]:
         """The database's status merged over nodes: numeric fields summed, and each
         node's own (typed) status under ``"nodes"``."""
-        return _merge(self._each("status", lambda m: m.http.status(db, typed=True)))
+        return _merge(self._each_op("status", lambda s: ops.status(s, db, True)))
 
     def report(self) -> dict[str, Any]:
         """The servers' reports merged like :meth:`status`."""
-        return _merge(self._each("report", lambda m: m.http.report(typed=True)))
+        return _merge(self._each_op("report", lambda s: ops.report(s, True)))
 
-    def clear(self, db: Any = 0) -> bool:
+    def clear(self, db: DB = 0) -> bool:
         """Remove every record on every node."""
-        self._each("clear", lambda m: m.http.clear(db))
+        self._each_op("clear", lambda s: ops.clear(s, db))
         return True
 
-    def vacuum(self, db: Any = 0, *, step: int | None = None) -> bool:
-        self._each("vacuum", lambda m: m.http.vacuum(db, step=step))
+    def vacuum(self, db: DB = 0, *, step: int | None = None) -> bool:
+        self._each_op("vacuum", lambda s: ops.vacuum(s, db, step))
         return True
 
-    def match_prefix(self, prefix: Key, limit: int | None = None, db: Any = 0) -> list[Any]:
+    def match_prefix(self, prefix: Key, limit: int | None = None, db: DB = 0) -> list[Any]:
         """Keys starting with ``prefix`` on any node, sorted.  ``limit`` caps the result;
         which keys it keeps follows each node's DB order (tree DBs: the first ones)."""
-        per_node = self._each("match_prefix", lambda m: m.http.match_prefix(prefix, limit, db))
+        per_node = self._each_op("match_prefix", lambda s: ops.match_prefix(s, prefix, limit, db))
         return _sorted_union(per_node.values(), limit)
 
-    def match_regex(self, regex: Key, limit: int | None = None, db: Any = 0) -> list[Any]:
+    def match_regex(self, regex: Key, limit: int | None = None, db: DB = 0) -> list[Any]:
         """Keys matching ``regex`` on any node, sorted; ``limit`` as for match_prefix."""
-        per_node = self._each("match_regex", lambda m: m.http.match_regex(regex, limit, db))
+        per_node = self._each_op("match_regex", lambda s: ops.match_regex(s, regex, limit, db))
         return _sorted_union(per_node.values(), limit)
 
-    def match_similar(self, origin: Key, distance: int | None = 0, limit: int | None = None, db: Any = 0, *,
+    def match_similar(self, origin: Key, distance: int | None = 0, limit: int | None = None, db: DB = 0, *,
                       utf: bool | None = None) -> list[Any]:
         """Keys within ``distance`` of ``origin`` on any node, nearest first (ties in key
         order).  KT does not return distances, so the merge recomputes them as the
         server does (in UTF-8 code points with ``utf``, the default for a str origin,
         else in bytes)."""
-        per_node = self._each("match_similar",
-                              lambda m: m.http.match_similar(origin, distance, limit, db, utf=utf))
+        per_node = self._each_op("match_similar",
+                                 lambda s: ops.match_similar(s, origin, distance, limit, db, utf))
         chars = utf if utf is not None else isinstance(origin, str)
         target = cstr(key_bytes(origin))
         merged = sorted({k for keys in per_node.values() for k in keys},
@@ -599,16 +645,16 @@ class Cluster:
             raise ArgumentError("play_script needs exactly one of node= or key=")
         topo = self._topology
         target = topo.ring.node_for(key) if key is not None else self._member_named(node).name  # type: ignore
-        return self._execute(op_class("play_script"), topo, target, lambda m: m.fast.play_script(name, kv_dict),
-                             self._deadline())
+        return self._execute(op_class("play_script"), topo, target,
+                             _op(lambda s: ops.play_script(s, name, kv_dict)), self._deadline())
 
     # -- cursors ----------------------------------------------------------------------------------
 
     def cursor(self, node: str) -> Cursor:
         """A cursor on one node (cursors live on a server; no retries, no failover)."""
-        return self._member_named(node).http.cursor()
+        return self._member_named(node).client.cursor()
 
-    def iterate(self, db: Any = 0) -> Iterator[tuple[Any, Any]]:
+    def iterate(self, db: DB = 0) -> Iterator[tuple[Any, Any]]:
         """Every ``(key, value)`` of the cluster, node after node (each node in its DB's
         order).  Not a snapshot: concurrent writes may or may not be seen."""
         for name in list(self._topology.members):
@@ -639,7 +685,7 @@ class Cluster:
         nodes = {}
         for member in list(topo.members.values()) + list(topo.partners.values()):
             nodes[member.name] = {"address": member.node.address, "health": breakers.get(member.name),
-                                  "pool": member.http.pool.stats()}
+                                  "pool": member.transport.stats()}
         budget = self.retry.budget
         return {"nodes": nodes, **self._counters, "down": self.health.down(),
                 "retry_budget": None if budget is None else {"tokens": budget.tokens, "denied": budget.denied}}
@@ -648,7 +694,7 @@ class Cluster:
         """Close every pool and stop the fan-out threads.  Calls after close reconnect."""
         topo = self._topology
         for member in list(topo.members.values()) + list(topo.partners.values()):
-            member.http.close()
+            member.transport.close()
         self._fanout.close()
 
     def __enter__(self) -> Cluster:
@@ -659,20 +705,3 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<Cluster {list(self.nodes.values())} binary={self.binary} down={self.health.down()}>"
-
-
-def _sorted_union(lists: Iterable[list[Any]], limit: int | None) -> list[Any]:
-    merged = sorted({k for keys in lists for k in keys})
-    return merged[:limit] if limit else merged
-
-
-def _merge(per_node: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Sum the numeric fields every node reports; keep each node's dict under "nodes"."""
-    merged: dict[str, Any] = {}
-    dicts = list(per_node.values())
-    for field in dicts[0] if dicts else ():
-        values = [d.get(field) for d in dicts]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            merged[field] = sum(values)  # type: ignore[arg-type]
-    merged["nodes"] = per_node
-    return merged

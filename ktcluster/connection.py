@@ -15,7 +15,7 @@ Limits (what a slow or hostile server cannot stretch):
   reply byte by byte is cut off at ``timeout`` all the same
   (:class:`~ktcluster.errors.SocketTimeoutError`).  ``connect_timeout`` bounds the
   TCP connect.
-* A request may carry the caller's ``deadline`` (a ``time.monotonic()`` value):
+* A request may carry the caller's :class:`~ktcluster.deadline.Deadline`:
   the connect and the exchange then also end by it, and a wait it cuts short
   raises :class:`~ktcluster.errors.DeadlineExceeded`.  Before every send and
   receive the socket's timeout becomes what is left, in steps of at most
@@ -62,17 +62,19 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from types import ModuleType, TracebackType
+from types import EllipsisType, ModuleType, TracebackType
 from typing import Any, TypeVar
 
 from .address import format_address
+from .deadline import NO_DEADLINE, Deadline
 from .errors import DeadlineExceeded, KTConnectionError, KyotoTycoonException, ProtocolError, SocketTimeoutError
-from .protocol.binary import DATAMAXSIZ, Incomplete
-from .protocol.http import ResponseHead, parse_response_head
+from .protocol.binary import DATAMAXSIZ
+from .protocol.framing import Incomplete
+from .protocol.http import HTTPReply, ReadToEOF, ResponseHead
 from .protocol.rpc import decode_answer, encode_call
 
 __all__ = ["Connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "DEFAULT_MAX_REPLY_SIZE", "REARM_SLACK",
-           "WAIT_STEP"]
+           "WAIT_STEP", "OWN", "Limit"]
 
 T = TypeVar("T")
 
@@ -87,6 +89,11 @@ REARM_SLACK = 0.01
 #: the longest single wait of a send or receive (seconds); a longer one is made of steps,
 #: because the kernel's timers for long socket timeouts are coarse.
 WAIT_STEP = 0.25
+
+#: a request's ``timeout`` when it keeps the connection's own
+OWN: EllipsisType = ...
+#: a request's limit: seconds, None (none), or OWN
+Limit = float | None | EllipsisType
 
 #: size of the receive buffer kept between requests; larger replies grow it temporarily.
 _BUFSIZE = 65536
@@ -114,37 +121,6 @@ def _kernel_timeout(timeout: float | None) -> bytes:
     if sys.platform == "win32":
         return struct.pack("@I", seconds * 1000 + micros // 1000)
     return struct.pack("@ll", seconds, micros)
-
-
-class _ToEOF(Incomplete):
-    """The reply's body runs to EOF: nothing more to decode until the peer closes."""
-
-
-class _HTTPReply:
-    """Decoder state for one HTTP response (head first, then an exactly sized body)."""
-
-    __slots__ = ("head_request", "head")
-
-    def __init__(self, head_request: bool) -> None:
-        self.head_request = head_request
-        self.head: ResponseHead | None = None
-
-    def __call__(self, buf: bytes) -> tuple[tuple[ResponseHead, bytes], int]:
-        head = self.head
-        if head is None:
-            head = self.head = parse_response_head(buf, head_request=self.head_request)
-        if head.length is None:  # the body runs to EOF: see at_eof
-            raise _ToEOF(len(buf) + 1)
-        end = head.body_start + head.length
-        if len(buf) < end:
-            raise Incomplete(end)
-        return (head, buf[head.body_start:end]), end
-
-    def at_eof(self, buf: bytes) -> tuple[ResponseHead, bytes]:
-        """The peer closed the connection after ``buf``: complete only for a body without length."""
-        if self.head is None or self.head.length is not None:
-            raise KTConnectionError(f"the connection closed after {len(buf)} bytes of an HTTP response")
-        return self.head, buf[self.head.body_start:]
 
 
 class Connection:
@@ -357,19 +333,20 @@ class Connection:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def request_http(self, data: bytes, *, head: bool = False, deadline: float | None = None,
-                     max_size: int = DEFAULT_MAX_REPLY_SIZE) -> tuple[ResponseHead, bytes]:
+    def request_http(self, data: bytes, *, head: bool = False, deadline: Deadline = NO_DEADLINE,
+                     max_size: int = DEFAULT_MAX_REPLY_SIZE, timeout: Limit = OWN) -> tuple[ResponseHead, bytes]:
         """Send one HTTP request and read its response: (head, body).  ``head`` is True for
         a HEAD request (the answer has no body whatever its Content-Length says).
-        ``deadline`` and ``max_size``: see the module docstring."""
-        head_obj, body = self._exchange(data, _HTTPReply(head), deadline, max_size)
+        ``deadline`` and ``max_size``: see the module docstring; ``timeout``: this
+        exchange's limit instead of the connection's (:data:`OWN`)."""
+        head_obj, body = self._exchange(data, HTTPReply(head), deadline, max_size, timeout)
         if not head_obj.keep_alive:
             self.close()
         return head_obj, body
 
     def request_binary(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]], *,
-                       noreply: bool = False, deadline: float | None = None,
-                       max_size: int = DEFAULT_MAX_REPLY_SIZE) -> T:
+                       noreply: bool = False, deadline: Deadline = NO_DEADLINE,
+                       max_size: int = DEFAULT_MAX_REPLY_SIZE, timeout: Limit = OWN) -> T:
         """Send one binary-protocol request and decode its reply with a
         ``protocol.binary`` decoder; with ``noreply`` nothing is read and None comes back.
 
@@ -379,13 +356,13 @@ class Connection:
         records first): a request cut short breaks the connection."""
         if noreply:
             sock = self._ready_socket(deadline)
-            self._send_request(sock, data, *self._end(deadline))
+            self._send_request(sock, data, *deadline.end(self.timeout if timeout is OWN else timeout))
             self.last_used = time.monotonic()
             return None  # type: ignore[return-value]
-        return self._exchange(data, decode, deadline, max_size)
+        return self._exchange(data, decode, deadline, max_size, timeout)
 
     def call(self, procedure: bytes | str, params: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]] = (),
-             *, query: bytes = b"", deadline: float | None = None,
+             *, query: bytes = b"", deadline: Deadline = NO_DEADLINE,
              max_size: int = DEFAULT_MAX_REPLY_SIZE) -> dict[bytes, bytes]:
         """One TSV-RPC call: the output map, or the typed error for the server's status."""
         if isinstance(procedure, str):
@@ -397,31 +374,17 @@ class Connection:
 
     # -- I/O core ---------------------------------------------------------------------------------
 
-    def _ready_socket(self, deadline: float | None) -> Any:
+    def _ready_socket(self, deadline: Deadline) -> Any:
         if self.broken:
             raise KTConnectionError(f"connection to {self.address} is broken and cannot be reused",
                                     request_sent=False)
         if self._sock is not None:
             return self._sock
-        if deadline is None:
-            return self._connect(self.connect_timeout)
-        left = deadline - _monotonic()
-        if left <= 0:
+        limit, bound = deadline.cap(self.connect_timeout)
+        if limit is not None and limit <= 0:
             raise DeadlineExceeded(f"the call's deadline passed before connecting to {self.address}",
                                    request_sent=False)
-        limit = self.connect_timeout
-        if limit is None or left < limit:
-            return self._connect(left, by_deadline=True)
-        return self._connect(limit)
-
-    def _end(self, deadline: float | None) -> tuple[float | None, bool]:
-        """When the exchange starting now must end, and whether that is the caller's deadline."""
-        if self.timeout is None:
-            return deadline, deadline is not None
-        end = _monotonic() + self.timeout
-        if deadline is not None and deadline <= end:
-            return deadline, True
-        return end, False
+        return self._connect(limit, by_deadline=bound)
 
     def _send_request(self, sock: Any, data: bytes | Iterable[bytes], end: float | None, by_deadline: bool) -> None:
         """Hand the request to the kernel by ``end``.  Pieces that fail before the first one
@@ -457,9 +420,9 @@ class Connection:
             raise err from exc
 
     def _exchange(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]],
-                  deadline: float | None, max_size: int) -> T:
+                  deadline: Deadline, max_size: int, timeout: Limit) -> T:
         sock = self._ready_socket(deadline)
-        end, by_deadline = self._end(deadline)
+        end, by_deadline = deadline.end(self.timeout if timeout is OWN else timeout)  # type: ignore[arg-type]
         self._send_request(sock, data, end, by_deadline)
         try:
             result = self._receive(sock, decode, end, max_size)
@@ -486,7 +449,7 @@ class Connection:
                     view = self._view  # a large reply: only its copy is held while it is decoded
                 try:
                     result, used = decode(data)
-                except _ToEOF:
+                except ReadToEOF:
                     needed = sys.maxsize  # complete at EOF only (at_eof)
                 except Incomplete as inc:
                     needed = max(inc.needed, filled + 1)

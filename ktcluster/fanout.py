@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any, Generic, TypeVar
 
 from . import forksafe
+from .deadline import Deadline
 from .errors import DeadlineExceeded
 
 __all__ = ["Fanout", "DeadlineExceeded", "gevent_active"]
@@ -75,7 +75,7 @@ class Fanout(Generic[K]):
         self._lock = threading.Lock()
         self._executors = {}
 
-    def run(self, tasks: Mapping[K, Callable[[], T]], deadline: float) -> tuple[dict[K, T], dict[K, BaseException]]:
+    def run(self, tasks: Mapping[K, Callable[[], T]], deadline: Deadline) -> tuple[dict[K, T], dict[K, BaseException]]:
         """Run all ``tasks``; return their results and errors, both keyed like ``tasks``."""
         if not tasks:
             return {}, {}
@@ -95,7 +95,7 @@ class Fanout(Generic[K]):
             return executor.submit(task)
 
     def _run_threads(self, tasks: Mapping[K, Callable[[], T]],
-                     deadline: float) -> tuple[dict[K, T], dict[K, BaseException]]:
+                     deadline: Deadline) -> tuple[dict[K, T], dict[K, BaseException]]:
         results: dict[K, T] = {}
         errors: dict[K, BaseException] = {}
         if len(tasks) == 1:  # no thread hop for a lone task (the cluster caps its waits at the deadline)
@@ -109,7 +109,8 @@ class Fanout(Generic[K]):
         try:
             for key, task in tasks.items():
                 futures[self._submit(key, task)] = key
-            _, pending = wait_futures(futures, timeout=max(0.0, deadline - time.monotonic()))
+            left = deadline.left()
+            _, pending = wait_futures(futures, timeout=None if left is None else max(0.0, left))
         except BaseException:
             for fut in futures:
                 fut.cancel()
@@ -147,20 +148,22 @@ def _captured(task: Callable[[], T]) -> Callable[[], tuple[bool, Any]]:
 
 
 def _run_greenlets(tasks: Mapping[K, Callable[[], T]],
-                   deadline: float) -> tuple[dict[K, T], dict[K, BaseException]]:
+                   deadline: Deadline) -> tuple[dict[K, T], dict[K, BaseException]]:
     import gevent
 
+    left = deadline.left()
+    backstop = None if left is None else max(0.0, left + BACKSTOP)
     if len(tasks) == 1:  # no greenlet to spawn: run it here, under the deadline
         ((key, task),) = tasks.items()
         late = DeadlineExceeded("the call's deadline passed before this shard finished")
         try:
-            with gevent.Timeout(max(0.0, deadline + BACKSTOP - time.monotonic()), late):
+            with gevent.Timeout(backstop, late):
                 return {key: task()}, {}
         except Exception as exc:
             return {}, {key: exc}
     greenlets = {key: gevent.spawn(_captured(task)) for key, task in tasks.items()}
     try:
-        gevent.joinall(list(greenlets.values()), timeout=max(0.0, deadline + BACKSTOP - time.monotonic()))
+        gevent.joinall(list(greenlets.values()), timeout=backstop)
     except BaseException:
         # The caller is interrupted: stop the shards without blocking, for a switch here could
         # let another interruption (the caller's own gevent.Timeout) replace this one.

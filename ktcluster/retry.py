@@ -49,6 +49,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
+from .deadline import Deadline
 from .errors import DeadlineExceeded, KTConnectionError, KyotoTycoonException, NodeDownError, OutcomeUnknownError
 
 __all__ = ["OpClass", "OPERATIONS", "op_class", "is_retryable", "RetryBudget", "RetryPolicy", "NO_RETRY"]
@@ -150,13 +151,14 @@ class RetryBudget:
 
 
 class _stop_at_deadline(stop_base):
-    """Stop when the next attempt would begin at or after ``deadline`` (a monotonic time)."""
+    """Stop when the next attempt would begin at or after the call's deadline."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: Deadline) -> None:
         self.deadline = deadline
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return time.monotonic() + retry_state.upcoming_sleep >= self.deadline
+        left = self.deadline.left()
+        return left is not None and retry_state.upcoming_sleep >= left
 
 
 class _stop_without_budget(stop_base):
@@ -188,8 +190,8 @@ class RetryPolicy:
     max_backoff: float = 1.0
     budget: RetryBudget | None = field(default_factory=RetryBudget, compare=False)
 
-    def run(self, cls: OpClass, fn: Callable[[], T], deadline: float, on_retry: RetryHook | None = None) -> T:
-        """Call ``fn`` under this policy; ``deadline`` is the absolute (monotonic) end of the call.
+    def run(self, cls: OpClass, fn: Callable[[], T], deadline: Deadline, on_retry: RetryHook | None = None) -> T:
+        """Call ``fn`` under this policy; no attempt starts after ``deadline`` (the call's).
 
         ``on_retry(attempt, error, wait)`` is called before each retry's wait.
         """

@@ -7,7 +7,7 @@ box can be replaced without moving keys; with names equal to ``"host:port"``
 the ring agrees with libketama clients configured with the same servers.
 
 Keys are hashed as the bytes the client stores them as
-(:func:`ktcluster.client.key_bytes`: ``str`` as UTF-8, ``bytes`` as
+(:func:`ktcluster.keys.key_bytes`: ``str`` as UTF-8, ``bytes`` as
 themselves), so ``"a"`` and ``b"a"`` land on the same node.  (uhashring itself
 hashes ``str(key)``, which would turn ``b"a"`` into the text ``"b'a'"``, so
 lookups are done here, on the continuum uhashring built.)  A key owns the
@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from uhashring import HashRing
 
-from .client import key_bytes
 from .errors import ArgumentError
+from .keys import Key, key_bytes
 
 try:  # CPython's built-in MD5 is about twice as fast as OpenSSL's on key-sized inputs
     from _md5 import md5
@@ -45,8 +45,6 @@ REPLICAS = 4
 _SPACE = 1 << 32
 _LE32 = struct.Struct("<I").unpack_from
 T = TypeVar("T")
-
-Key = str | bytes | bytearray | memoryview
 
 
 def key_hash(key: Key) -> int:
@@ -134,21 +132,26 @@ class Ring:
         i = bisect_left(self._points, h)
         return self._owners[i if i < len(self._points) else 0]
 
-    def partition(self, keys: Iterable[T]) -> dict[str, list[T]]:
+    def partition(self, keys: Iterable[T], kbs: Sequence[bytes] | None = None) -> dict[str, list[T]]:
         """``keys`` grouped by owning node, input order kept inside each group (the
-        bulk-call hot path; a one-node ring takes the keys as they are)."""
+        bulk-call hot path; a one-node ring takes the keys as they are).  With ``kbs``
+        (the keys' bytes, already encoded, in the same order) ``keys`` may be any items,
+        e.g. the indices of the keys in a call."""
+        items = keys if isinstance(keys, list) else list(keys)
         if len(self._weights) == 1:
-            return {self._owners[0]: keys if isinstance(keys, list) else list(keys)}
+            return {self._owners[0]: items}
+        if kbs is None:
+            kbs = [key_bytes(key) for key in items]
         groups: dict[str, list[T]] = {}
         points, owners, last = self._points, self._owners, len(self._points)
-        for key in keys:
-            i = bisect_left(points, _LE32(md5(key_bytes(key)).digest())[0])
+        for item, kb in zip(items, kbs, strict=True):
+            i = bisect_left(points, _LE32(md5(kb).digest())[0])
             owner = owners[i if i < last else 0]
             group = groups.get(owner)
             if group is None:
-                groups[owner] = [key]
+                groups[owner] = [item]
             else:
-                group.append(key)
+                group.append(item)
         return groups
 
     def with_node(self, name: str, weight: int = 1) -> Ring:

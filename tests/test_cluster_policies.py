@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from ktcluster.deadline import Deadline
 from ktcluster.errors import (
     ArgumentError,
     InvalidArgumentError,
@@ -303,8 +304,8 @@ def policy(**kw) -> RetryPolicy:
     return RetryPolicy(**kw)
 
 
-def far() -> float:
-    return time.monotonic() + 60
+def far() -> Deadline:
+    return Deadline.after(60)
 
 
 def test_reads_retry_until_success():
@@ -378,7 +379,7 @@ def test_deadline_stops_retries():
     fn = Flaky(*[broken() for _ in range(100)])
     started = time.monotonic()
     with pytest.raises(KTConnectionError):
-        policy(attempts=100, backoff=0.05, max_backoff=0.05).run(OpClass.READ, fn, time.monotonic() + 0.2)
+        policy(attempts=100, backoff=0.05, max_backoff=0.05).run(OpClass.READ, fn, Deadline.after(0.2))
     assert fn.calls < 100
     assert time.monotonic() - started < 5
 
@@ -422,7 +423,7 @@ def test_fanout_runs_in_parallel_and_collects_results_and_errors():
                 return i * 10
             return run
 
-        results, errors = fan.run({i: task(i) for i in range(3)}, time.monotonic() + 10)
+        results, errors = fan.run({i: task(i) for i in range(3)}, Deadline.after(10))
         assert results == {0: 0, 1: 10} and list(errors) == [2]
         assert not gevent_active()
     finally:
@@ -435,7 +436,7 @@ def test_fanout_deadline_reports_late_and_unstarted_shards():
     try:
         # another call keeps node "busy"'s only worker: this call's shard there never starts
         other = threading.Thread(target=fan.run, args=({"busy": lambda: release.wait(10), "x": lambda: 1},
-                                                       time.monotonic() + 10))
+                                                       Deadline.after(10)))
         other.start()
         time.sleep(0.2)
         started = time.monotonic()
@@ -443,7 +444,7 @@ def test_fanout_deadline_reports_late_and_unstarted_shards():
             "fast": lambda: "fast",
             "slow": lambda: release.wait(10),
             "busy": lambda: "never",
-        }, time.monotonic() + 0.3)
+        }, Deadline.after(0.3))
         assert time.monotonic() - started < 5
         assert results == {"fast": "fast"}
         assert isinstance(errors["slow"], DeadlineExceeded) and errors["slow"].request_sent
@@ -459,12 +460,12 @@ def test_fanout_a_slow_key_does_not_hold_back_the_others():
     release = threading.Event()
     try:
         hogs = [threading.Thread(target=fan.run, args=({"slow": lambda: release.wait(10), "x": lambda: 1},
-                                                       time.monotonic() + 10)) for _ in range(4)]
+                                                       Deadline.after(10))) for _ in range(4)]
         for t in hogs:
             t.start()
         time.sleep(0.2)  # "slow" has all its workers busy and more of its shards queued
         started = time.monotonic()
-        assert fan.run({"a": lambda: "a", "b": lambda: "b"}, time.monotonic() + 5) == ({"a": "a", "b": "b"}, {})
+        assert fan.run({"a": lambda: "a", "b": lambda: "b"}, Deadline.after(5)) == ({"a": "a", "b": "b"}, {})
         assert time.monotonic() - started < 1
     finally:
         release.set()
@@ -481,7 +482,7 @@ def test_fanout_close_racing_with_runs_is_harmless():
     def caller() -> None:
         while not stop.is_set():
             try:
-                assert fan.run({"a": lambda: 1, "b": lambda: 2}, time.monotonic() + 5) == ({"a": 1, "b": 2}, {})
+                assert fan.run({"a": lambda: 1, "b": lambda: 2}, Deadline.after(5)) == ({"a": 1, "b": 2}, {})
             except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
                 problems.append(exc)
 
@@ -499,8 +500,8 @@ def test_fanout_close_racing_with_runs_is_harmless():
 
 def test_fanout_single_and_empty():
     fan = Fanout()
-    assert fan.run({}, time.monotonic()) == ({}, {})
-    assert fan.run({"a": lambda: 1}, time.monotonic() + 1) == ({"a": 1}, {})
+    assert fan.run({}, Deadline.after(0)) == ({}, {})
+    assert fan.run({"a": lambda: 1}, Deadline.after(1)) == ({"a": 1}, {})
     assert fan._executors == {}       # one shard runs in the caller's thread
     fan.close()
 
@@ -509,6 +510,6 @@ def test_fanout_base_exceptions_propagate():
     fan = Fanout()
     try:
         with pytest.raises(KeyboardInterrupt):
-            fan.run({"a": fail(KeyboardInterrupt()), "b": lambda: 1}, time.monotonic() + 5)
+            fan.run({"a": fail(KeyboardInterrupt()), "b": lambda: 1}, Deadline.after(5))
     finally:
         fan.close()

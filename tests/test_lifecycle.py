@@ -84,7 +84,7 @@ def assert_pools_consistent(cluster: Cluster) -> int:
     """No connection checked out, every idle one healthy; returns how many are idle."""
     idle = 0
     for name, member in cluster._topology.members.items():
-        pool = member.http.pool
+        pool = member.transport.pool
         stats = settled(pool)
         assert stats.in_use == 0, f"{name}: {stats}"
         assert stats.waiting == 0, f"{name}: {stats}"

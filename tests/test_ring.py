@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from uhashring import HashRing
 
-from ktcluster.client import key_bytes
+from ktcluster.keys import key_bytes
 from ktcluster.errors import InvalidArgumentError
 from ktcluster.ring import Ring, key_hash
 

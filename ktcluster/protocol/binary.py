@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ProtocolError
+from .framing import Incomplete
 
 __all__ = [
     "MAGIC_NOP", "MAGIC_REPLICATION", "MAGIC_PLAY_SCRIPT", "MAGIC_SET_BULK",
@@ -54,14 +55,6 @@ _KEY_REC = struct.Struct(">HI")        # dbidx, ksiz
 _SCRIPT_REC = struct.Struct(">II")     # ksiz, vsiz
 _REPLY = struct.Struct(">BI")          # magic, hits/rnum
 _SIZES = struct.Struct(">2xII8x")      # ksiz, vsiz of a get_bulk reply record
-
-
-class Incomplete(Exception):
-    """The buffer ends inside a frame; ``needed`` is the minimal total length."""
-
-    def __init__(self, needed: int) -> None:
-        super().__init__(needed)
-        self.needed = needed
 
 
 def _check_size(size: int) -> None:

@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from ..errors import ProtocolError
-from .binary import Incomplete
+from ..errors import KTConnectionError, ProtocolError
+from .framing import Incomplete
 from .kcnum import atoi, atoih, cstr
 
 __all__ = [
     "SERVER_NAME", "LINE_MAX", "BODY_MAX", "RESPONSE_HEAD_MAX", "reason", "http_date", "format_http_date",
-    "encode_request", "ResponseHead", "parse_response_head",
+    "encode_request", "ResponseHead", "parse_response_head", "HTTPReply", "ReadToEOF",
     "RequestHead", "BadRequest", "HTTPError", "IncompleteChunkEnd", "read_line", "parse_request_head",
     "read_request_body", "encode_response", "encode_error_response",
 ]
@@ -170,6 +170,41 @@ def parse_response_head(buf: bytes, pos: int = 0, *, head_request: bool = False)
         length = None
         keep_alive = False
     return ResponseHead(status, headers, length, keep_alive, end + 4)
+
+
+class ReadToEOF(Incomplete):
+    """The response's body runs to EOF: nothing more to decode until the peer closes."""
+
+
+class HTTPReply:
+    """The decoder of one HTTP response (head first, then an exactly sized body), in the
+    shape a reader calls: ``reply(buf) -> ((head, body), used)`` or :class:`Incomplete`
+    (:class:`ReadToEOF` when the body ends only at EOF: then ``reply.at_eof(buf)``).
+    ``head_request``: the response to a HEAD request has no body whatever it declares.
+    It keeps the parsed head between calls, so the head is parsed once."""
+
+    __slots__ = ("head_request", "head")
+
+    def __init__(self, head_request: bool = False) -> None:
+        self.head_request = head_request
+        self.head: ResponseHead | None = None
+
+    def __call__(self, buf: bytes) -> tuple[tuple[ResponseHead, bytes], int]:
+        head = self.head
+        if head is None:
+            head = self.head = parse_response_head(buf, head_request=self.head_request)
+        if head.length is None:  # the body runs to EOF: see at_eof
+            raise ReadToEOF(len(buf) + 1)
+        end = head.body_start + head.length
+        if len(buf) < end:
+            raise Incomplete(end)
+        return (head, buf[head.body_start:end]), end
+
+    def at_eof(self, buf: bytes) -> tuple[ResponseHead, bytes]:
+        """The peer closed the connection after ``buf``: complete only for a body without length."""
+        if self.head is None or self.head.length is not None:
+            raise KTConnectionError(f"the connection closed after {len(buf)} bytes of an HTTP response")
+        return self.head, buf[self.head.body_start:]
 
 
 # -- server side ------------------------------------------------------------------------------

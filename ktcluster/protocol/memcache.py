@@ -30,7 +30,8 @@ import struct
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from .binary import DATAMAXSIZ, Incomplete
+from .binary import DATAMAXSIZ
+from .framing import Incomplete
 from .http import SERVER_NAME, read_line
 from .kcnum import INT64MAX, atoi, atoin, to_int64
 

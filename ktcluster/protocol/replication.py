@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from ..errors import ProtocolError, ReplicationError
-from .binary import MAGIC_ERROR, MAGIC_NOP, MAGIC_REPLICATION, XTMAX, Incomplete
+from .binary import MAGIC_ERROR, MAGIC_NOP, MAGIC_REPLICATION, XTMAX
+from .framing import Incomplete
 
 __all__ = [
     "OP_SET", "OP_REMOVE", "OP_CLEAR", "FLAG_WHITESID", "DUMMY_FREQ", "ACK",

@@ -1,0 +1,134 @@
+"""One server as the client reaches it: its pool, and requests carried under a deadline.
+
+A :class:`Transport` owns the :class:`~ktcluster.pool.ConnectionPool` to one server and
+what is known about that server (the DB name -> index map the binary protocol needs),
+shared by every client view of it.
+
+* :meth:`Transport.exchange` sends one request of :mod:`ktcluster.ops`
+  (:class:`~ktcluster.ops.Http` or :class:`~ktcluster.ops.Binary`) on a pooled
+  connection and returns the answer.  The call's :class:`~ktcluster.deadline.Deadline`
+  caps the wait for a connection, the connect and the whole exchange; a wait it cuts
+  short is :class:`~ktcluster.errors.DeadlineExceeded`.  A connection that failed in
+  any way (even interrupted) is discarded, never pooled again.
+* :meth:`Transport.run` drives an operation (a generator of requests, see
+  :mod:`ktcluster.ops`) to its result, every request through :meth:`exchange`.
+* :meth:`Transport.run_on` does the same on a connection the caller holds (a cursor's).
+* :meth:`Transport.probe` checks that the server answers, on a fresh connection.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, TypeVar
+
+from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN, Connection, Limit
+from .deadline import NO_DEADLINE, Deadline
+from .errors import DeadlineExceeded, PoolTimeoutError
+from .ops import Http, Op, Request, Session, void
+from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool, PoolStats
+
+__all__ = ["Transport"]
+
+T = TypeVar("T")
+
+
+class Transport:
+    """The way to one server ``host:port``; see the module docstring.
+
+    ``timeout`` is each exchange's limit (None: none), ``max_reply_size`` the largest
+    reply accepted; the other keywords are the pool's."""
+
+    __slots__ = ("pool", "host_header", "db_names", "max_reply_size")
+
+    def __init__(self, host: str, port: int, *, timeout: float | None = 30.0, size: int = DEFAULT_POOL_SIZE,
+                 pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
+                 connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT, idle_timeout: float | None = 300.0,
+                 max_lifetime: float | None = 3600.0, max_reply_size: int = DEFAULT_MAX_REPLY_SIZE,
+                 socket_module: ModuleType | None = None) -> None:
+        self.pool = ConnectionPool(host, port, size=size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
+                                   timeout=timeout, idle_timeout=idle_timeout, max_lifetime=max_lifetime,
+                                   socket_module=socket_module)
+        self.host_header = self.pool.address.encode()
+        #: the server's DB name -> index map (filled by ops.db_index)
+        self.db_names: dict[bytes, int] = {}
+        self.max_reply_size = max_reply_size
+
+    def __repr__(self) -> str:
+        return f"<Transport {self.pool.address}>"
+
+    @property
+    def address(self) -> str:
+        return self.pool.address
+
+    def stats(self) -> PoolStats:
+        return self.pool.stats()
+
+    def close(self) -> None:
+        """Close the pooled connections (those in use close when they come back)."""
+        self.pool.close()
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def checkout(self, deadline: Deadline = NO_DEADLINE) -> Connection:
+        """A pooled connection, waiting at most ``pool_timeout`` and the deadline."""
+        pool = self.pool
+        if not deadline:
+            return pool.checkout()
+        wait, bound = deadline.cap(pool.pool_timeout)
+        if wait is not None and wait <= 0:
+            raise DeadlineExceeded("the call's deadline passed before it started", request_sent=False)
+        try:
+            return pool.checkout(wait)
+        except PoolTimeoutError as exc:
+            if not bound:
+                raise  # the pool's own limit fired
+            raise DeadlineExceeded(f"the call's deadline passed: {exc.message}", request_sent=False) from exc
+
+    def send(self, conn: Connection, request: Request, deadline: Deadline = NO_DEADLINE,
+             timeout: Limit = OWN) -> Any:
+        """One request on ``conn`` (which breaks it on any failure midway)."""
+        if type(request) is Http:
+            return conn.request_http(request.data, head=request.head, deadline=deadline,
+                                     max_size=self.max_reply_size, timeout=timeout)
+        return conn.request_binary(request.data, request.decode, noreply=request.noreply,  # type: ignore[union-attr]
+                                   deadline=deadline, max_size=self.max_reply_size, timeout=timeout)
+
+    def exchange(self, request: Request, deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN) -> Any:
+        """One request on a pooled connection: its answer (see the module docstring)."""
+        pool = self.pool
+        conn = self.checkout(deadline)
+        try:
+            answer = self.send(conn, request, deadline, timeout)
+        except BaseException:
+            pool.checkin(conn, discard=True)
+            raise
+        pool.checkin(conn)
+        return answer
+
+    def run(self, op: Op[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN) -> T:
+        """Drive ``op`` to its result, each request on a pooled connection."""
+        exchange = self.exchange
+        try:
+            request = op.send(None)
+            while True:
+                request = op.send(exchange(request, deadline, timeout))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def run_on(self, conn: Connection, op: Op[T], deadline: Deadline = NO_DEADLINE) -> T:
+        """Drive ``op`` to its result on ``conn`` (held by the caller)."""
+        send = self.send
+        try:
+            request = op.send(None)
+            while True:
+                request = op.send(send(conn, request, deadline))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def probe(self, session: Session, deadline: Deadline = NO_DEADLINE, timeout: float | None = 1.0) -> None:
+        """Raise unless the server answers ``void`` on a fresh connection (pooled ones may be
+        stale) within ``timeout`` and the deadline."""
+        pool = self.pool
+        with Connection(pool.host, pool.port, connect_timeout=pool.connect_timeout, timeout=timeout,
+                        socket_module=pool.socket_module) as conn:
+            self.run_on(conn, void(session), deadline)

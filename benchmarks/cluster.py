@@ -117,7 +117,6 @@ def _measure(args: argparse.Namespace) -> None:
 def fan_out(servers: list[str], args: argparse.Namespace) -> None:
     from ktcluster import KT_PACKER_BYTES, KyotoTycoon
     from ktcluster.cluster import Cluster
-    from ktcluster.ops import BINARY
 
     cluster = Cluster(servers, pack_type=KT_PACKER_BYTES)
     keys = [f"fan:{i:05d}" for i in range(KEYS)]

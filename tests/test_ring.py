@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from uhashring import HashRing
 
-from ktcluster.keys import key_bytes
 from ktcluster.errors import InvalidArgumentError
+from ktcluster.keys import key_bytes
 from ktcluster.ring import Ring, key_hash
 
 VECTORS = Path(__file__).with_name("ring_vectors.json")

@@ -76,7 +76,7 @@ from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN, Li
 from .deadline import NO_DEADLINE, Deadline
 from .errors import ArgumentError, KTConnectionError, KyotoTycoonException
 from .expiry import Expire
-from .keys import DB, decode_key, keep_bytes, key_bytes
+from .keys import DB, Key, KeyT, decode_key, keep_bytes, key_bytes
 from .ops import BINARY, HTTP, KEEP_RETRIES, DBReport, Op, Report, Session, Status
 from .packers import KT_PACKER_PICKLE, make_packer
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool
@@ -406,31 +406,31 @@ class KyotoTycoon:
 
     # -- single records ---------------------------------------------------------------------------
 
-    def get(self, key: Any, db: DB = 0) -> Any:
+    def get(self, key: Key, db: DB = 0) -> Any:
         """The unpacked value of a record, or None when it does not exist."""
         return self._run(ops.get(self._session, key, db))
 
-    def get_with_expiry(self, key: Any, db: DB = 0) -> tuple[Any, int | None] | None:
+    def get_with_expiry(self, key: Key, db: DB = 0) -> tuple[Any, int | None] | None:
         """``(value, expires)`` of a record, where ``expires`` is the absolute epoch second
         after which it is gone (None: never); None when the record does not exist."""
         return self._run(ops.get_with_expiry(self._session, key, db))
 
-    def get_int(self, key: Any, db: DB = 0) -> int:
+    def get_int(self, key: Key, db: DB = 0) -> int:
         """The value of a record written by ``increment`` (an 8-byte big-endian integer).
 
         A missing record raises LogicalInconsistencyError (ng raised
         KyotoTycoonException); so does a value that is not 8 bytes long."""
         return self._run(ops.get_int(self._session, key, db))
 
-    def check(self, key: Any, db: DB = 0) -> bool:
+    def check(self, key: Key, db: DB = 0) -> bool:
         """Does the record exist?"""
         return self._run(ops.check(self._session, key, db))
 
-    def seize(self, key: Any, db: DB = 0) -> Any:
+    def seize(self, key: Key, db: DB = 0) -> Any:
         """Read a record's value and remove the record atomically; None when it is missing."""
         return self._run(ops.seize(self._session, key, db))
 
-    def set(self, key: Any, value: Any, expire: Expire = None, db: DB = 0) -> bool:
+    def set(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
         """Store a record (creating or overwriting it).  Returns True.
 
         ``expire``: see :mod:`ktcluster.expiry` (None: never; seconds from now;
@@ -438,18 +438,18 @@ class KyotoTycoon:
         server skipped the record (a DB index it does not have), as ng did."""
         return self._run(ops.set_record(self._session, key, value, expire, db))
 
-    def add(self, key: Any, value: Any, expire: Expire = None, db: DB = 0) -> bool:
+    def add(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
         """Store a record that does not exist yet.  Returns True; an existing record
         raises LogicalInconsistencyError (ng raised KyotoTycoonException, its base).
         ``expire=KEEP`` means no expiry here (a new record has none to keep)."""
         return self._run(ops.add(self._session, key, value, expire, db))
 
-    def replace(self, key: Any, value: Any, expire: Expire = None, db: DB = 0) -> bool:
+    def replace(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
         """Overwrite an existing record.  True, or False when the server refuses (no such
         record, no such database...: ng's answer to every error status)."""
         return self._run(_ng_false(ops.replace(self._session, key, value, expire, db)))
 
-    def append(self, key: Any, value: Any, expire: Expire = None, db: DB = 0) -> bool:
+    def append(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
         """Append to a record's string (or bytes) value, creating it when missing.
 
         With the bytes and string packers the server appends (atomic, one round
@@ -457,13 +457,13 @@ class KyotoTycoon:
         (which must be str or bytes), retried when the record changed meanwhile."""
         return self._run(ops.append(self._session, key, value, expire, db))
 
-    def touch(self, key: Any, expire: Expire = None, db: DB = 0) -> bool:
+    def touch(self, key: Key, expire: Expire = None, db: DB = 0) -> bool:
         """Give an existing record a new expiry without changing its value (KT has no
         native touch: a cas of the value onto itself, retried on concurrent change).
         True, or False when the record does not exist."""
         return self._run(ops.touch(self._session, key, expire, db))
 
-    def increment(self, key: Any, delta: int = 1, expire: Expire = None, db: DB = 0, *,
+    def increment(self, key: Key, delta: int = 1, expire: Expire = None, db: DB = 0, *,
                   orig: int | str | None = None) -> int:
         """Add ``delta`` to an integer record (8-byte big-endian; created as
         ``orig + delta``, orig defaulting to 0) and return the new value.
@@ -474,36 +474,36 @@ class KyotoTycoon:
         like every KT write, no ``expire`` clears an existing expiry."""
         return self._run(ops.increment(self._session, key, delta, expire, db, orig))
 
-    def increment_double(self, key: Any, delta: float = 1.0, expire: Expire = None, db: DB = 0, *,
+    def increment_double(self, key: Key, delta: float = 1.0, expire: Expire = None, db: DB = 0, *,
                          orig: float | str | None = None) -> float:
         """Add ``delta`` to a decimal record (KT's 16-byte fixed-point format) and return
         the new value; ``orig`` as for increment.  Sent with full precision (ng: 6 digits)."""
         return self._run(ops.increment_double(self._session, key, delta, expire, db, orig))
 
-    def cas(self, key: Any, old_val: Any = None, new_val: Any = None, expire: Expire = None, db: DB = 0) -> bool:
+    def cas(self, key: Key, old_val: Any = None, new_val: Any = None, expire: Expire = None, db: DB = 0) -> bool:
         """Compare and swap: if the record's value is ``old_val`` (None: the record must
         not exist), store ``new_val`` (None: remove the record).  True, or
         LogicalInconsistencyError on a mismatch (as ng raised)."""
         return self._run(ops.cas(self._session, key, old_val, new_val, expire, db))
 
-    def remove(self, key: Any, db: DB = 0) -> bool:
+    def remove(self, key: Key, db: DB = 0) -> bool:
         """Remove a record: True, or False when the server refuses (no such record, no such
         database...: ng's answer to every error status)."""
         return self._run(_ng_false(ops.remove(self._session, key, db)))
 
     # -- bulk -------------------------------------------------------------------------------------
 
-    def set_bulk(self, kv_dict: Mapping[Any, Any], expire: Expire = None, atomic: bool | None = None,
+    def set_bulk(self, kv_dict: Mapping[KeyT, Any], expire: Expire = None, atomic: bool | None = None,
                  db: DB = 0) -> int:
         """Store several records; returns how many were stored.  ``atomic`` (HTTP
         only; the default in HTTP mode, as in ng) makes it all-or-nothing."""
         return self._run(ops.set_bulk(self._session, kv_dict, expire, atomic, db))
 
-    def remove_bulk(self, keys: Iterable[Any], atomic: bool | None = None, db: DB = 0) -> int:
+    def remove_bulk(self, keys: Iterable[KeyT], atomic: bool | None = None, db: DB = 0) -> int:
         """Remove several records; returns how many existed."""
         return self._run(ops.remove_bulk(self._session, keys, atomic, db))
 
-    def get_bulk(self, keys: Iterable[Any], atomic: bool | None = None, db: DB = 0) -> dict[Any, Any]:
+    def get_bulk(self, keys: Iterable[KeyT], atomic: bool | None = None, db: DB = 0) -> dict[KeyT, Any]:
         """Read several records: ``{key: value}`` for those that exist, in request order,
         keyed by the caller's own key objects (str or bytes).
 

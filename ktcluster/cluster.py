@@ -58,6 +58,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from . import ops
@@ -77,7 +78,7 @@ from .errors import (
 from .expiry import Expire
 from .fanout import Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
-from .keys import DB, Key, decode_key, keep_bytes, key_bytes, key_list, keys_bytes
+from .keys import DB, Key, KeyT, decode_key, keep_bytes, key_bytes, key_list, keys_bytes
 from .ops import AUTO, HTTP, Op, Session
 from .packers import KT_PACKER_BYTES, make_packer
 from .pool import DEFAULT_POOL_SIZE
@@ -183,7 +184,7 @@ def _merge(per_node: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for field in dicts[0] if dicts else ():
         values = [d.get(field) for d in dicts]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            merged[field] = sum(values)  # type: ignore[arg-type]
+            merged[field] = sum(values)
     merged["nodes"] = per_node
     return merged
 
@@ -400,8 +401,8 @@ class Cluster:
         return self._execute(op_class(operation), topo, topo.ring.node_for(key), _op(make_op), self._deadline())
 
     def _bulk(self, operation: str, topo: _Topology, plan: dict[str, list[list[int]]],
-              make_op: Callable[[Session, list[int]], Op[Any]]) -> dict[str, _Shard]:
-        """Run ``make_op(session, chunk)`` for every chunk of ``plan`` (see :func:`plan_bulk`),
+              make_op: Callable[[list[int], Session], Op[Any]]) -> dict[str, _Shard]:
+        """Run ``make_op(chunk, session)`` for every chunk of ``plan`` (see :func:`plan_bulk`),
         each node's chunks in turn, all nodes at once, under one deadline."""
         deadline = self._deadline()
         cls = op_class(operation)
@@ -411,8 +412,8 @@ class Cluster:
                 shard = _Shard()
                 for done, chunk in enumerate(chunks):
                     try:
-                        shard.results.append(self._execute(cls, topo, node,
-                                                           _op(lambda s, c=chunk: make_op(s, c)), deadline))
+                        shard.results.append(self._execute(cls, topo, node, _op(partial(make_op, chunk)),
+                                                           deadline))
                     except Exception as exc:
                         shard.error = exc
                         shard.failed = [i for c in chunks[done:] for i in c]
@@ -437,7 +438,7 @@ class Cluster:
         if key_errors:
             named = ", ".join(repr(key) for key in list(key_errors)[:5]) + (", ..." if len(key_errors) > 5 else "")
             what.append(f"{len(key_errors)} values do not decode ({named})")
-        return PartialFailureError(f"{op} {'; '.join(what)}", results, errors, failed,  # type: ignore[arg-type]
+        return PartialFailureError(f"{op} {'; '.join(what)}", results, errors, failed,
                                    key_errors)
 
     def _counts(self, op: str, shards: dict[str, _Shard], keys: Sequence[Any]) -> int:
@@ -455,7 +456,7 @@ class Cluster:
         deadline = self._deadline()
         cls = op_class(operation)
         results, errors = self._fanout.run(
-            {n: (lambda n=n: self._execute(cls, topo, n, call, deadline)) for n in names}, deadline)
+            {n: partial(self._execute, cls, topo, n, call, deadline) for n in names}, deadline)
         if errors:
             for exc in errors.values():
                 if isinstance(exc, ArgumentError):
@@ -516,7 +517,7 @@ class Cluster:
 
     # -- bulk -------------------------------------------------------------------------------------
 
-    def get_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: DB = 0) -> dict[Any, Any]:
+    def get_bulk(self, keys: Iterable[KeyT], atomic: bool | None = None, db: DB = 0) -> dict[KeyT, Any]:
         """``{key: value}`` for the keys that exist, in the caller's order.  ``atomic``
         applies per node (HTTP).  PartialFailureError when some nodes fail (their keys
         are its ``failed_keys``) or some values do not decode (its ``key_errors``); its
@@ -529,7 +530,7 @@ class Cluster:
         topo = self._topology
         plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
         shards = self._bulk("get_bulk", topo, plan,
-                            lambda s, chunk: ops.get_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
+                            lambda chunk, s: ops.get_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
         raws: list[bytes | None] = [None] * len(keys)
         for node, shard in shards.items():
             for chunk, found in zip(plan[node], shard.results, strict=False):  # results: done chunks
@@ -547,7 +548,7 @@ class Cluster:
             raise self._partial("get_bulk", shards, records, failed, bad)
         return records
 
-    def set_bulk(self, kv_dict: Mapping[Key, Any], expire: Expire = None, atomic: bool | None = None,
+    def set_bulk(self, kv_dict: Mapping[KeyT, Any], expire: Expire = None, atomic: bool | None = None,
                  db: DB = 0) -> int:
         """Store records on their nodes; returns how many were stored.  On partial failure
         ``results`` maps each node to the records it stored."""
@@ -559,11 +560,11 @@ class Cluster:
         values = ops.packed_values(session, list(kv_dict.values()))
         topo = self._topology
         plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
-        shards = self._bulk("set_bulk", topo, plan, lambda s, chunk: ops.set_bulk_encoded(
+        shards = self._bulk("set_bulk", topo, plan, lambda chunk, s: ops.set_bulk_encoded(
             s, [kbs[i] for i in chunk], [values[i] for i in chunk], xt, atomic, db))
         return self._counts("set_bulk", shards, keys)
 
-    def remove_bulk(self, keys: Iterable[Key], atomic: bool | None = None, db: DB = 0) -> int:
+    def remove_bulk(self, keys: Iterable[KeyT], atomic: bool | None = None, db: DB = 0) -> int:
         """Remove records from their nodes; returns how many existed.  On partial failure
         ``results`` maps each node to the records it removed."""
         session = self._session
@@ -574,7 +575,7 @@ class Cluster:
         topo = self._topology
         plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
         shards = self._bulk("remove_bulk", topo, plan,
-                            lambda s, chunk: ops.remove_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
+                            lambda chunk, s: ops.remove_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
         return self._counts("remove_bulk", shards, keys)
 
     # -- whole-cluster operations -------------------------------------------------------------------

@@ -66,6 +66,7 @@ from types import EllipsisType, ModuleType, TracebackType
 from typing import Any, TypeVar
 
 from .address import format_address
+from .concurrency import original
 from .deadline import NO_DEADLINE, Deadline
 from .errors import DeadlineExceeded, KTConnectionError, KyotoTycoonException, ProtocolError, SocketTimeoutError
 from .protocol.binary import DATAMAXSIZ
@@ -101,16 +102,6 @@ _BUFSIZE = 65536
 _monotonic = time.monotonic
 
 
-def _original_poll() -> Callable[[], Any] | None:
-    """The standard library's ``select.poll`` even under gevent (whose poll would go through
-    its hub; a zero-timeout poll never blocks, so the original is right there too); None
-    where the platform has none."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("select"):
-        return monkey.get_original("select", "poll")
-    return getattr(select, "poll", None)
-
-
 def _kernel_timeout(timeout: float | None) -> bytes:
     """SO_RCVTIMEO/SO_SNDTIMEO value for ``timeout`` seconds (None: none)."""
     if timeout is None:
@@ -121,6 +112,33 @@ def _kernel_timeout(timeout: float | None) -> bytes:
     if sys.platform == "win32":
         return struct.pack("@I", seconds * 1000 + micros // 1000)
     return struct.pack("@ll", seconds, micros)
+
+
+def open_socket(host: str, port: int, limit: float | None, *, socket_module: ModuleType | None = None,
+                by_deadline: bool = False) -> Any:
+    """A TCP connection to ``host:port`` (TCP_NODELAY), made within ``limit`` seconds, its
+    failures as ktcluster errors, all ``request_sent=False``: SocketTimeoutError (or
+    DeadlineExceeded when ``by_deadline``: the limit is the caller's deadline), or
+    KTConnectionError."""
+    mod = socket_module or socket
+    address = format_address(host, port)
+    try:
+        sock = mod.create_connection((host, port), timeout=limit)
+    except (TimeoutError, mod.timeout) as exc:
+        if by_deadline:
+            raise DeadlineExceeded(f"the call's deadline passed while connecting to {address}",
+                                   request_sent=False, node_wait=True) from exc
+        raise SocketTimeoutError(f"connecting to {address} timed out", request_sent=False) from exc
+    except OSError as exc:
+        raise KTConnectionError(f"connecting to {address} failed: {exc}", request_sent=False) from exc
+    try:
+        sock.setsockopt(mod.IPPROTO_TCP, mod.TCP_NODELAY, 1)
+    except BaseException as exc:
+        sock.close()
+        if isinstance(exc, OSError):
+            raise KTConnectionError(f"connecting to {address} failed: {exc}", request_sent=False) from exc
+        raise
+    return sock
 
 
 class Connection:
@@ -197,19 +215,11 @@ class Connection:
     def _connect(self, limit: float | None, by_deadline: bool = False) -> Any:
         mod = self._socket_module or socket
         try:
-            sock = mod.create_connection((self.host, self.port), timeout=limit)
-        except BaseException as exc:
+            sock = open_socket(self.host, self.port, limit, socket_module=mod, by_deadline=by_deadline)
+        except BaseException:
             self.broken = True
-            if isinstance(exc, (TimeoutError, mod.timeout)):
-                if by_deadline:
-                    raise DeadlineExceeded(f"the call's deadline passed while connecting to {self.address}",
-                                           request_sent=False, node_wait=True) from exc
-                raise SocketTimeoutError(f"connecting to {self.address} timed out", request_sent=False) from exc
-            if isinstance(exc, OSError):
-                raise KTConnectionError(f"connecting to {self.address} failed: {exc}", request_sent=False) from exc
             raise
         try:
-            sock.setsockopt(mod.IPPROTO_TCP, mod.TCP_NODELAY, 1)
             # A native socket in Python's timeout mode polls before every send and recv; a
             # blocking one with kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO) saves those calls.
             # Other sockets (gevent's) keep their own timeout handling.
@@ -217,7 +227,7 @@ class Connection:
             if self._native:
                 sock.settimeout(None)
             self._apply(sock, None if self.timeout is None else min(self.timeout, WAIT_STEP))
-            poll = _original_poll()
+            poll = original("select", "poll")
             if poll is not None:
                 self._poller = poll()
                 self._poller.register(sock.fileno(), select.POLLIN)
@@ -422,7 +432,7 @@ class Connection:
     def _exchange(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]],
                   deadline: Deadline, max_size: int, timeout: Limit) -> T:
         sock = self._ready_socket(deadline)
-        end, by_deadline = deadline.end(self.timeout if timeout is OWN else timeout)  # type: ignore[arg-type]
+        end, by_deadline = deadline.end(self.timeout if timeout is OWN else timeout)
         self._send_request(sock, data, end, by_deadline)
         try:
             result = self._receive(sock, decode, end, max_size)

@@ -27,7 +27,6 @@ not exist: the child starts new ones (:mod:`ktcluster.forksafe`).
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,22 +34,17 @@ from concurrent.futures import wait as wait_futures
 from typing import Any, Generic, TypeVar
 
 from . import forksafe
+from .concurrency import gevent_active
 from .deadline import Deadline
 from .errors import DeadlineExceeded
 
-__all__ = ["Fanout", "DeadlineExceeded", "gevent_active"]
+__all__ = ["Fanout", "DeadlineExceeded"]
 
 #: how long after the deadline unfinished greenlets are interrupted (gevent)
 BACKSTOP = 0.05
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
-
-
-def gevent_active() -> bool:
-    """True when gevent has monkey-patched ``socket`` (then blocking calls only block a greenlet)."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and monkey.is_module_patched("socket")
 
 
 class Fanout(Generic[K]):
@@ -123,13 +117,13 @@ class Fanout(Generic[K]):
         for fut, key in futures.items():
             if key in errors:
                 continue
-            exc = fut.exception()
-            if exc is None:
+            failure = fut.exception()
+            if failure is None:
                 results[key] = fut.result()
-            elif isinstance(exc, Exception):
-                errors[key] = exc
+            elif isinstance(failure, Exception):
+                errors[key] = failure
             else:
-                raise exc  # KeyboardInterrupt, SystemExit...: not a shard failure
+                raise failure  # KeyboardInterrupt, SystemExit...: not a shard failure
         return results, errors
 
 

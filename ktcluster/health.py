@@ -196,7 +196,7 @@ class CircuitBreaker:
                                              or not self._may_soft_open()):
                 return
             self._level = self._level + 1 if self._clock() - self._closed_at < self.config.max_reset_timeout else 0
-            self._open_locked(exc)
+            self._open_locked(exc)  # type: ignore[arg-type]  # a failure kind implies an error
 
     def _may_soft_open(self) -> bool:
         return self._registry is None or self._registry.may_soft_open(self.node)

@@ -15,14 +15,16 @@ Every function raises :class:`~ktcluster.errors.ArgumentError` for what it refus
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ArgumentError
 
-__all__ = ["Key", "DB", "key_bytes", "keys_bytes", "key_list", "record_map", "decode_key", "keep_bytes",
+__all__ = ["Key", "KeyT", "DB", "key_bytes", "keys_bytes", "key_list", "record_map", "decode_key", "keep_bytes",
            "db_param"]
 
 Key = str | bytes | bytearray | memoryview
+#: the caller's key type, kept through a bulk call (get_bulk answers with the caller's key objects)
+KeyT = TypeVar("KeyT", bound=Key)
 DB = int | str | bytes
 
 
@@ -31,9 +33,9 @@ def key_bytes(key: Any) -> bytes:
     back as str round-trip through ``surrogateescape``), bytes-like is copied."""
     kind = type(key)
     if kind is str:
-        return key.encode("utf-8", "surrogateescape")  # type: ignore[no-any-return]
+        return key.encode("utf-8", "surrogateescape")
     if kind is bytes:
-        return key  # type: ignore[no-any-return]
+        return key
     if isinstance(key, (bytes, bytearray, memoryview)):
         return bytes(key)
     if isinstance(key, str):

@@ -117,7 +117,7 @@ class Session:
         self.max_reply_size = max_reply_size
         self.atomic = wire == HTTP if atomic is None else atomic
         self.db_names = {} if db_names is None else db_names
-        self.signaled = [None] if signaled is None else signaled
+        self.signaled: list[int | None] = [None] if signaled is None else signaled
         #: binary requests where KT has an opcode (not with options: only RPC carries them)
         self.fast = wire != HTTP and not options
         #: ng's binary mode: HTTP-only operations raise NotImplementedError
@@ -444,7 +444,7 @@ def get_int(s: Session, key: Any, db: Any) -> Op[int]:
             raise _rest.rest_error(head, raw)
     if len(raw) != 8:
         raise LogicalInconsistencyError(f"the value of {key!r} is {len(raw)} bytes, not an 8-byte integer")
-    return _INT64.unpack(raw)[0]  # type: ignore[no-any-return]
+    return _INT64.unpack(raw)[0]
 
 
 def _on_record(s: Session, procedure: bytes, kb: bytes, db: Any, rest_request: Callable[[bytes, bytes], bytes],
@@ -471,7 +471,7 @@ def remove(s: Session, key: Any, db: Any) -> Op[bool]:
     kb = key_bytes(key)
     if s.fast:
         dbidx = yield from db_index(s, db)
-        return (yield Binary(_bin.encode_remove_bulk(((dbidx, kb),)), _REMOVE_ONE)) > 0  # type: ignore[no-any-return]
+        return (yield Binary(_bin.encode_remove_bulk(((dbidx, kb),)), _REMOVE_ONE)) > 0
     return (yield from _on_record(s, b"remove", kb, db, _rest.encode_delete, 204))
 
 
@@ -510,7 +510,7 @@ def set_record(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[
         packed = s.pack(value)
         if len(packed) > _bin.DATAMAXSIZ:
             _too_large()
-        return (yield Binary(_bin.encode_set_bulk(((dbidx, kb, packed, xt),)), _SET_ONE)) > 0  # type: ignore[no-any-return]
+        return (yield Binary(_bin.encode_set_bulk(((dbidx, kb, packed, xt),)), _SET_ONE)) > 0
     return (yield from _put(s, _rest.MODE_SET, key, value, expire, db))
 
 
@@ -540,16 +540,15 @@ def append(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool
 
     def appended(raw: bytes | None) -> bytes:
         if raw is None:
-            return s.pack(value)  # type: ignore[no-any-return]
+            return s.pack(value)
         if s.concatenates:
-            return raw + s.pack(value)  # type: ignore[no-any-return]
+            return raw + s.pack(value)
         data = s.value(key, raw)
         if not isinstance(data, (str, bytes)):
             raise LogicalInconsistencyError("stored value is not a string or bytes type")
-        tail: str | bytes = value
-        if type(data) is not type(tail):
-            tail = tail.encode("utf-8") if isinstance(tail, str) else tail.decode("utf-8")
-        return s.pack(data + tail)  # type: ignore[operator,no-any-return]
+        if isinstance(data, bytes):
+            return s.pack(data + (value.encode("utf-8") if isinstance(value, str) else value))
+        return s.pack(data + (value.decode("utf-8") if isinstance(value, bytes) else value))
 
     if expire is KEEP:
         return (yield from write_keeping(s, key, db, appended, create=True))
@@ -684,7 +683,7 @@ def set_bulk_encoded(s: Session, kbs: list[bytes], values: list[bytes], xt: int 
             _too_large()
         recs = [(dbidx, kb, v, bxt) for kb, v in zip(kbs, values, strict=True)]
         request = _bin.set_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_set_bulk(recs)
-        return (yield Binary(request, _count_decoder(_bin.MAGIC_SET_BULK, len(recs))))  # type: ignore[no-any-return]
+        return (yield Binary(request, _count_decoder(_bin.MAGIC_SET_BULK, len(recs))))
     params = [(b"atomic", _FLAG)] if atomic else []
     xt_params(params, xt)
     params += zip([b"_" + kb for kb in kbs], values, strict=True)
@@ -704,7 +703,7 @@ def remove_bulk_encoded(s: Session, kbs: list[bytes], atomic: bool, db: Any) -> 
     if s.fast and not atomic:
         recs = list(zip(itertools.repeat((yield from db_index(s, db))), kbs))
         request = _bin.remove_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_remove_bulk(recs)
-        return (yield Binary(request, _count_decoder(_bin.MAGIC_REMOVE_BULK, len(recs))))  # type: ignore[no-any-return]
+        return (yield Binary(request, _count_decoder(_bin.MAGIC_REMOVE_BULK, len(recs))))
     params = [(b"atomic", _FLAG)] if atomic else []
     params += zip([b"_" + kb for kb in kbs], itertools.repeat(_FLAG))
     return _checked_count(answer_int((yield from rpc(s, b"remove_bulk", params, db)), b"num"), len(kbs))

@@ -121,7 +121,7 @@ class _Waiter:
         self.gone = False  # gave up (timed out or interrupted): pass it over
 
 
-class _Tracker(weakref.ref):  # type: ignore[type-arg]
+class _Tracker(weakref.ref):
     """A weak reference to one of the pool's connections: while ``out`` it is checked out,
     and if it dies so (its holder lost it) the pool gets the slot back."""
 

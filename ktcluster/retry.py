@@ -1,18 +1,12 @@
 """Which operations may be retried, when, and how often (tenacity underneath).
 
-Every data operation belongs to an :class:`OpClass`:
+Every data operation belongs to an :class:`OpClass`, listed once in
+:data:`OPERATIONS` (docs/failures.md shows the same table; a test keeps them equal):
 
-=============  ==================================================  ==============================
-class          operations                                          retried on
-=============  ==================================================  ==============================
-READ           get, get_bulk, get_int, check, match_*, count,      connection errors and socket
-               size, status, report, cursor reads                  timeouts
-IDEMPOTENT     set, set_bulk, replace, remove, remove_bulk,        same (doing it twice leaves
-               clear, vacuum                                       the same state)
-UNSAFE         increment, increment_double, append, add, cas,      only errors with
-               seize, play_script                                  ``request_sent=False`` (the
-                                                                   request never left us)
-=============  ==================================================  ==============================
+* READ -- retried on connection errors and socket timeouts;
+* IDEMPOTENT -- the same (doing it twice leaves the same state);
+* UNSAFE -- retried only on errors with ``request_sent=False`` (the request never
+  left us); an operation not listed is UNSAFE (idempotency is never guessed).
 
 When an UNSAFE operation fails after its request may have reached the server (a
 broken connection, a socket timeout, the call's deadline), it is not retried and
@@ -65,7 +59,7 @@ class OpClass(str, Enum):
 
 OPERATIONS: dict[str, OpClass] = {
     **dict.fromkeys(["get", "get_with_expiry", "get_bulk", "get_int", "check", "match_prefix", "match_regex",
-                     "match_similar", "count", "size", "status", "report", "cursor", "void", "echo"], OpClass.READ),
+                     "match_similar", "count", "size", "status", "report"], OpClass.READ),
     **dict.fromkeys(["set", "set_bulk", "replace", "remove", "remove_bulk", "clear", "vacuum"],
                     OpClass.IDEMPOTENT),
     **dict.fromkeys(["increment", "increment_double", "append", "add", "cas", "seize", "play_script"],

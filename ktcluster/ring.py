@@ -33,7 +33,7 @@ from .errors import ArgumentError
 from .keys import Key, key_bytes
 
 try:  # CPython's built-in MD5 is about twice as fast as OpenSSL's on key-sized inputs
-    from _md5 import md5
+    from _md5 import md5  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - interpreters built without it
     from hashlib import md5
 

@@ -113,7 +113,7 @@ class Transport:
             while True:
                 request = op.send(exchange(request, deadline, timeout))
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return done.value
 
     def run_on(self, conn: Connection, op: Op[T], deadline: Deadline = NO_DEADLINE) -> T:
         """Drive ``op`` to its result on ``conn`` (held by the caller)."""
@@ -123,7 +123,7 @@ class Transport:
             while True:
                 request = op.send(send(conn, request, deadline))
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return done.value
 
     def probe(self, session: Session, deadline: Deadline = NO_DEADLINE, timeout: float | None = 1.0) -> None:
         """Raise unless the server answers ``void`` on a fresh connection (pooled ones may be

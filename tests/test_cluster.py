@@ -15,6 +15,7 @@ from threaded import run_threads
 
 from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster, parse_address
+from ktcluster.concurrency import gevent_active
 from ktcluster.errors import (
     ArgumentError,
     LogicalInconsistencyError,
@@ -22,7 +23,6 @@ from ktcluster.errors import (
     PartialFailureError,
     ScriptError,
 )
-from ktcluster.fanout import gevent_active
 from ktcluster.packers import KT_PACKER_PICKLE
 from ktcluster.testing import KTServer, start_cluster
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from ktcluster.concurrency import gevent_active
 from ktcluster.deadline import Deadline
 from ktcluster.errors import (
     ArgumentError,
@@ -20,7 +21,7 @@ from ktcluster.errors import (
     ServerError,
     SocketTimeoutError,
 )
-from ktcluster.fanout import DeadlineExceeded, Fanout, gevent_active
+from ktcluster.fanout import DeadlineExceeded, Fanout
 from ktcluster.health import BreakerState, CircuitBreaker, FailureKind, Health, HealthConfig, classify_failure
 from ktcluster.retry import NO_RETRY, OPERATIONS, OpClass, RetryBudget, RetryPolicy, is_retryable, op_class
 

@@ -145,3 +145,15 @@ def test_shell_samples_run(path: Path, addresses: str, tmp_path: Path) -> None:
         proc = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block.code], cwd=tmp_path, capture_output=True,
                               text=True, timeout=180, env=env, check=False)
         assert proc.returncode == 0, f"{path.name}:{block.line}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+def test_the_retry_table_of_failures_md_is_the_operation_table():
+    """docs/failures.md lists each operation class's operations: exactly retry.OPERATIONS."""
+    from ktcluster.retry import OPERATIONS, OpClass
+
+    text = (ROOT / "docs" / "failures.md").read_text()
+    for cls in OpClass:
+        row = re.search(rf"^\| {cls.name} \| ([^|]*) \|", text, re.M)
+        assert row, f"no {cls.name} row in docs/failures.md"
+        listed = {name.strip() for name in re.sub(r"\(.*?\)", "", row.group(1)).split(",")}
+        assert listed == {op for op, c in OPERATIONS.items() if c is cls}, cls

@@ -18,6 +18,7 @@ import pytest
 
 from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster
+from ktcluster.concurrency import gevent_active
 from ktcluster.errors import (
     KTConnectionError,
     KTTimeoutError,
@@ -26,7 +27,7 @@ from ktcluster.errors import (
     OutcomeUnknownError,
     PartialFailureError,
 )
-from ktcluster.fanout import DeadlineExceeded, gevent_active
+from ktcluster.fanout import DeadlineExceeded
 from ktcluster.health import BreakerState, HealthConfig
 from ktcluster.packers import KT_PACKER_PICKLE
 from ktcluster.retry import OpClass, RetryPolicy

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import pytest
 
 from ktcluster import KT_PACKER_BYTES, Cluster, KyotoTycoon
+from ktcluster.concurrency import gevent_active
 from ktcluster.errors import (
     KTConnectionError,
     KTTimeoutError,
@@ -31,7 +32,6 @@ from ktcluster.errors import (
     NodeDownError,
     PoolTimeoutError,
 )
-from ktcluster.fanout import gevent_active
 from ktcluster.health import BreakerState, HealthConfig
 from ktcluster.retry import RetryPolicy
 from ktcluster.testing import FaultProxy, start_cluster

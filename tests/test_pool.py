@@ -393,7 +393,7 @@ def test_base_exception_midway_breaks_the_connection(kt_server):
 @pytest.mark.parametrize("probe", ["poll", "peek"])
 def test_is_alive_sees_a_close_or_stray_bytes_before_anything_is_sent(scripted, monkeypatch, probe):
     if probe == "peek":  # the fallback where the platform has no poll
-        monkeypatch.setattr(connection_module, "_original_poll", lambda: None)
+        monkeypatch.setattr(connection_module, "original", lambda module, name: None)
     replied = [threading.Event() for _ in range(3)]
     done = [threading.Event() for _ in range(3)]
 

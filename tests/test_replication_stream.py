@@ -18,9 +18,9 @@ from ktcluster import KT_PACKER_BYTES, Checkpoint, ReplicationStream
 from ktcluster.cli import main as cli_main
 from ktcluster.cli.tail import tail
 from ktcluster.cluster import Cluster
+from ktcluster.concurrency import gevent_active
 from ktcluster.connection import Connection
 from ktcluster.errors import ResyncRequiredError
-from ktcluster.fanout import gevent_active
 from ktcluster.testing import KTServer, start_cluster
 
 FLUSH = 0.3  # KT flushes its update log every 0.1 s

@@ -67,7 +67,7 @@ def _digits(data: bytes, pos: int) -> tuple[int, int, int]:
     last 64 digits: the same low 64 bits as the exact value (10^64 is a multiple of
     2^64), and larger than anything the callers saturate or overflow at."""
     start = pos
-    pos = _DIGIT_RUN.match(data, pos).end()
+    pos = _DIGIT_RUN.match(data, pos).end()  # type: ignore[union-attr]  # [0-9]* always matches
     digits = data[start:pos]
     if len(digits) > _INT_DIGITS:
         digits = digits.lstrip(b"0")

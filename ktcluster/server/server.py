@@ -47,6 +47,7 @@ from ..protocol.http import (
     parse_request_head,
     read_request_body,
 )
+from ..protocol.kcnum import atoi
 from ..protocol.rpc import RPC_PREFIX
 from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM, ConfigError, ServerConfig
 from .netio import BufferedSocket, accept_loop, open_listener
@@ -412,15 +413,12 @@ class Server:
 
     def db_by_expr(self, expr: bytes | None) -> Database | None:
         """The database an RPC ``DB`` value or REST path segment names: a decimal index
-        when it starts with a digit (kc::atoi), else an exact name; absent or an empty C
-        string = DB 0."""
+        when it starts with a digit (kc::atoi, kept in a 32-bit int: 2^32 is DB 0), else
+        an exact name; absent or an empty C string = DB 0."""
         if not expr or expr[0] == 0:
             return self.dbs[0] if self.dbs else None
         if 0x30 <= expr[0] <= 0x39:
-            end = 1
-            while end < len(expr) and 0x30 <= expr[end] <= 0x39:
-                end += 1
-            index = int(expr[:end])
+            index = (atoi(expr) + (1 << 31)) % (1 << 32) - (1 << 31)
         else:
             nul = expr.find(b"\0")
             index = self.db_index.get((expr if nul < 0 else expr[:nul]).decode("utf-8", "surrogateescape"), -1)

@@ -1,0 +1,102 @@
+"""Divergences from a real ktserver 0.9.56b that differential fuzzing found (issue 13), one
+regression test each: the embedded server must answer exactly as ktserver does.  Every
+test runs against the embedded server and against $KT_SERVER_BIN.
+
+Several of them are about *when* ktserver's idle maintenance runs: whenever its poller has
+seen no request arrive for 0.1 s and no request waits in its queue, a free worker thread
+collects expired records and defragments .kch files, even while other requests are blocked
+(a ``WAIT``, a body that is slow to arrive).  The tests send their requests pipelined (one
+write, no idle gap) where the maintenance must not run, and block a request for a second
+where it must."""
+
+from __future__ import annotations
+
+import pytest
+from server_wire import Wire
+
+from ktcluster.protocol.rpc import answer_fields, encode_call
+
+Call = tuple[str, list[tuple[bytes, bytes]]]
+
+
+def pipelined(wire: Wire, calls: list[Call]) -> list[tuple[int, dict[bytes, bytes]]]:
+    """Send several calls in one write, then read the answers."""
+    wire.sock.sendall(b"".join(encode_call(name.encode(), fields) for name, fields in calls))
+    out = []
+    for _ in calls:
+        head, body = wire.response()
+        out.append((head.status, dict(answer_fields(head, body))))
+    return out
+
+
+def set_(key: bytes, value: bytes = b"v", **params: bytes) -> Call:
+    return ("set", [(b"key", key), (b"value", value)] + [(k.encode(), v) for k, v in params.items()])
+
+
+def remove(key: bytes) -> Call:
+    return ("remove", [(b"key", key)])
+
+
+MATCH_ALL: Call = ("match_prefix", [(b"prefix", b"")])
+
+
+# -- D6: .kch's fragment count --------------------------------------------------------------
+
+
+def test_hash_file_counts_fragments(kt_server_factory):
+    srv = kt_server_factory("casket.kch")
+    with Wire(srv.host, srv.port) as wire:
+        answers = pipelined(wire, [set_(b"a"), set_(b"b"), set_(b"c"), remove(b"a"), remove(b"b"),
+                                   set_(b"c", b"a longer value that moves"), ("status", [])])
+        assert answers[-1][1][b"frgcnt"] == b"3"
+
+
+# -- D4: increment_double's %f is cut at 127 characters ---------------------------------------
+
+
+@pytest.mark.parametrize("num, expected", [
+    (1e308, ("%f" % 1e308).encode()[:127] + b"*"),
+    (-1e200, ("%f" % -1e200).encode()[:127] + b"*"),
+    (1e120, ("%f" % 1e120).encode()),                # 127 characters: whole
+    (2e120, ("%f" % 2e120).encode()[:127] + b"\0"),  # 128: the last is the C string's end
+])
+def test_increment_double_result_is_cut_like_kt_formatter(kt_server_factory, num, expected):
+    """KT formats with snprintf into 128 bytes: a longer result is cut and marked."""
+    srv = kt_server_factory(":")
+    with Wire(srv.host, srv.port) as wire:
+        status, out = wire.rpc("increment_double", key=b"n", num=repr(num))
+    assert (status, out[b"num"]) == (200, expected)
+
+
+# -- D5: CacheDB's order after an atomic set_bulk ----------------------------------------------
+
+
+def test_cache_atomic_set_bulk_moves_records_to_the_end_of_their_slot(kt_server_factory):
+    srv = kt_server_factory("*")
+    with Wire(srv.host, srv.port) as wire:
+        answers = pipelined(wire, [set_(b"k1"), set_(b"k10"),
+                                   ("set_bulk", [(b"_k1", b"zz"), (b"atomic", b"")]), MATCH_ALL])
+    assert answers[-1][1] == {b"_k10": b"0", b"_k1": b"1", b"num": b"2"}
+
+
+# -- D1, D2: cursor ids and database indexes wrap as ktserver's C integers ---------------------
+
+
+@pytest.mark.parametrize("curid", [b"9223372036854775808", b"18446744073709551615"])
+def test_cursor_id_of_2_63_and_above_is_no_cursor(kt_server_factory, curid):
+    srv = kt_server_factory(":")
+    with Wire(srv.host, srv.port) as wire:
+        wire.set(b"a", b"v")
+        status, out = wire.rpc("cur_jump", CUR=curid)
+    assert (status, out) == (400, {b"ERROR": b"no such cursor"})
+
+
+@pytest.mark.parametrize("index", [b"4294967296", b"9223372036854775809", b"4294967297"])
+def test_database_index_is_a_32_bit_int(kt_server_factory, index):
+    srv = kt_server_factory(":", "+")
+    with Wire(srv.host, srv.port) as wire:
+        wire.set(b"x", b"zero", db=0)
+        wire.set(b"x", b"one", db=1)
+        want = b"zero" if index == b"4294967296" else b"one"
+        assert wire.rpc("get", key=b"x", DB=index)[1] == {b"value": want}
+        assert wire.http(b"GET /%s/x HTTP/1.1\r\n\r\n" % index)[2] == want

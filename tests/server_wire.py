@@ -3,10 +3,13 @@ that the server tests do not depend on the client library."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+from golden_replay import libexec_dir
 
 from ktcluster.protocol.binary import (
     MAGIC_SET_BULK,
@@ -25,8 +28,9 @@ from ktcluster.protocol.replication import (
     encode_handshake,
 )
 from ktcluster.protocol.rpc import answer_fields, encode_call
+from ktcluster.testing import using_real_server
 
-__all__ = ["Wire", "NOBODY", "connect", "update_log"]
+__all__ = ["Wire", "NOBODY", "connect", "update_log", "memcached_plugin", "proc_status", "rss", "cpu_seconds"]
 
 #: a sid no server uses: a replication stream for it carries every entry
 NOBODY = 65535
@@ -150,3 +154,29 @@ def update_log(host: str, port: int, ts: int = 0, sid: int = NOBODY) -> list[tup
                 return out
             if message.payload:
                 out.append((message.ts, decode_log_entry(message.payload)))
+
+
+def memcached_plugin() -> str:
+    """The -plsv argument of the memcached plug-in of the server under test."""
+    return os.path.join(libexec_dir(), "ktplugservmemc.so") if using_real_server() else "ktplugservmemc.so"
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A number of /proc/PID/status (``VmRSS`` in kB, ``Threads``...)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def rss(pid: int) -> int:
+    """The resident memory of a process, in bytes."""
+    return proc_status(pid, "VmRSS") * 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used (user + system)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -11,6 +11,9 @@ where it must."""
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 from server_wire import Wire
 
@@ -29,6 +32,14 @@ def pipelined(wire: Wire, calls: list[Call]) -> list[tuple[int, dict[bytes, byte
     return out
 
 
+def block_one_request(srv, seconds: float = 1.0) -> None:
+    """Keep one request of another connection blocked for ``seconds`` (a WAIT no one
+    signals) and return when it has timed out."""
+    with Wire(srv.host, srv.port) as other:
+        status, _ = other.rpc("void", WAIT=b"nobody", WAITTIME=b"%g" % seconds)
+    assert status == 503
+
+
 def set_(key: bytes, value: bytes = b"v", **params: bytes) -> Call:
     return ("set", [(b"key", key), (b"value", value)] + [(k.encode(), v) for k, v in params.items()])
 
@@ -40,15 +51,66 @@ def remove(key: bytes) -> Call:
 MATCH_ALL: Call = ("match_prefix", [(b"prefix", b"")])
 
 
-# -- D6: .kch's fragment count --------------------------------------------------------------
+# -- D3: idle maintenance runs while another request is blocked --------------------------------
 
 
-def test_hash_file_counts_fragments(kt_server_factory):
+@pytest.mark.parametrize("spec", [":", "casket.kch", "casket.kct", "+"])
+def test_expired_record_is_collected_while_another_request_waits(kt_server_factory, spec):
+    srv = kt_server_factory(spec)
+    with Wire(srv.host, srv.port) as wire:
+        assert wire.rpc("set", key=b"a", value=b"v", xt=-1)[0] == 200
+        block_one_request(srv)
+        answers = pipelined(wire, [("status", []), MATCH_ALL])
+    assert answers[0][1][b"count"] == b"0"
+    assert answers[1][1] == {b"num": b"0"}
+
+
+def test_expired_record_is_collected_while_a_body_is_slow_to_arrive(kt_server_factory):
+    srv = kt_server_factory(":", args=["-tout", "5"])
+    with Wire(srv.host, srv.port) as wire:
+        assert wire.rpc("set", key=b"a", value=b"v", xt=-1)[0] == 200
+        with socket.create_connection((srv.host, srv.port), timeout=10) as slow:
+            body = b"key\tb\nvalue\tw\n"
+            slow.sendall(b"POST /rpc/set HTTP/1.1\r\nContent-Type: text/tab-separated-values\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))
+            done = threading.Event()
+            threading.Timer(1.0, done.set).start()
+            done.wait()
+            slow.sendall(body)
+            assert slow.recv(12) == b"HTTP/1.1 200"
+        answers = pipelined(wire, [("status", []), MATCH_ALL])
+    assert answers[0][1][b"count"] == b"1"
+    assert answers[1][1] == {b"_b": b"0", b"num": b"1"}
+
+
+def test_no_maintenance_between_pipelined_requests(kt_server_factory):
+    srv = kt_server_factory(":")
+    with Wire(srv.host, srv.port) as wire:
+        answers = pipelined(wire, [set_(b"a", xt=b"-1"), ("status", []), MATCH_ALL])
+    assert answers[1][1][b"count"] == b"1"
+    assert answers[2][1] == {b"_a": b"0", b"num": b"1"}
+
+
+# -- D3b, D6: .kch defragmentation and its fragment count --------------------------------------
+
+
+def test_hash_file_counts_fragments_until_defragmented(kt_server_factory):
     srv = kt_server_factory("casket.kch")
     with Wire(srv.host, srv.port) as wire:
         answers = pipelined(wire, [set_(b"a"), set_(b"b"), set_(b"c"), remove(b"a"), remove(b"b"),
                                    set_(b"c", b"a longer value that moves"), ("status", [])])
         assert answers[-1][1][b"frgcnt"] == b"3"
+        block_one_request(srv)
+        assert wire.rpc("status")[1][b"frgcnt"] == b"0"
+
+
+def test_hash_file_order_after_idle_defragmentation(kt_server_factory):
+    srv = kt_server_factory("casket.kch")
+    with Wire(srv.host, srv.port) as wire:
+        pipelined(wire, [set_(b"a"), set_(b"b"), set_(b"c"), remove(b"a"), remove(b"b")])
+        block_one_request(srv)
+        answers = pipelined(wire, [set_(b"d"), MATCH_ALL])
+    assert answers[1][1] == {b"_c": b"0", b"_d": b"1", b"num": b"2"}
 
 
 # -- D4: increment_double's %f is cut at 127 characters ---------------------------------------

@@ -1,8 +1,9 @@
 """Bounded work per request (issue 13): one request or one client must never stall the
 server or make it grow.  ``-th`` worker threads serve the requests as ktserver's do (a
 blocked request holds one; idle connections hold none), a replication handshake whose
-client left stops scanning the update log, and after repeated rounds of abuse the
-server's threads and memory are back where they started.  Every test runs against the embedded server and against
+client left stops scanning the update log, a backtracking regular expression is
+answered at once, and after repeated rounds of abuse the server's threads and memory
+are back where they started.  Every test runs against the embedded server and against
 $KT_SERVER_BIN and asserts only what both do; resource figures come from /proc."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import random
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -195,3 +197,49 @@ def test_threads_and_memory_return_to_baseline_after_rounds_of_abuse(kt_server_f
     assert threads_after <= threads
     grown = memory_after - memory
     assert grown < 16 << 20, f"RSS grew by {grown >> 20} MiB over six rounds"
+
+
+# -- regular expressions that backtrack -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("regex, expected", [
+    (rb"^(a|a)*$", set()), (rb"^(a*)*$", set()), (rb"(a|aa)*b", {b"aaab"}), (rb"^(a+)+b", {b"aaab"}),
+    (rb"(x+x+)+y", {b"xxy"}), (rb"^(a|a)*!$", {b"a" * 40 + b"!"}),
+])
+def test_backtracking_regex_is_answered_at_once_and_stalls_no_one(kt_server_factory, regex, expected):
+    srv = kt_server_factory(":")
+    with Wire(srv.host, srv.port, timeout=WAIT) as wire, Wire(srv.host, srv.port, timeout=WAIT) as other:
+        for key in (b"a" * 40 + b"!", b"x" * 40, b"aaab", b"xxy"):
+            wire.set(key, b"v")
+        started = time.monotonic()
+        status, out = wire.rpc("match_regex", regex=regex)
+        took = time.monotonic() - started
+        assert status == 200
+        assert {k[1:] for k in out if k != b"num"} == expected
+        assert took < 5.0, f"match_regex took {took:.1f} s"
+        assert other.rpc("void")[0] == 200
+
+
+def test_many_backtracking_regexes_at_once_do_not_stall_other_clients(kt_server_factory):
+    srv = kt_server_factory(":", args=["-th", "8"])
+    with Wire(srv.host, srv.port) as wire:
+        for i in range(200):
+            wire.set(b"a" * 30 + b"%03d" % i, b"v")
+    errors: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            with Wire(srv.host, srv.port, timeout=60) as conn:
+                assert conn.rpc("match_regex", regex=rb"^(a|a)*$")[1] == {b"num": b"0"}
+        except BaseException as exc:
+            errors.append(exc)
+
+    searchers = [threading.Thread(target=search) for _ in range(4)]
+    for thread in searchers:
+        thread.start()
+    with Wire(srv.host, srv.port, timeout=WAIT) as other:
+        for _ in range(20):
+            assert other.rpc("get", key=b"a" * 30 + b"000")[0] == 200
+    for thread in searchers:
+        thread.join(60)
+    assert not errors

@@ -18,6 +18,7 @@ import pytest
 from server_wire import Wire
 
 from ktcluster.protocol.rpc import answer_fields, encode_call
+from ktcluster.testing import using_real_server
 
 Call = tuple[str, list[tuple[bytes, bytes]]]
 
@@ -162,3 +163,21 @@ def test_database_index_is_a_32_bit_int(kt_server_factory, index):
         want = b"zero" if index == b"4294967296" else b"one"
         assert wire.rpc("get", key=b"x", DB=index)[1] == {b"value": want}
         assert wire.http(b"GET /%s/x HTTP/1.1\r\n\r\n" % index)[2] == want
+
+
+# -- D7 (not matched): B+ tree cursors and leaf pages ------------------------------------------
+
+
+@pytest.mark.xfail(not using_real_server(), strict=True,
+                   reason="the embedded server does not emulate Kyoto Cabinet's B+ tree leaf pages "
+                          "(docs/embedded-server.md)")
+def test_tree_cursor_whose_record_went_away_follows_its_leaf_page(kt_server_factory):
+    """A backward cursor whose record was removed looks for the next one from the leaf
+    page it remembers: after a page split (a record of 9,000 bytes overflows the 8 KiB
+    page) that is another page than before.  ktserver's expiry collector is such a
+    cursor too, which is how a .kct collects an expired record at another moment."""
+    srv = kt_server_factory("casket.kct")
+    with Wire(srv.host, srv.port) as wire:
+        answers = pipelined(wire, [set_(b"c"), ("cur_jump_back", [(b"CUR", b"1")]), set_(b"b"), remove(b"c"),
+                                   set_(b"a", b"x" * 9000), ("cur_get_key", [(b"CUR", b"1")])])
+    assert answers[-1] == (200, {b"key": b"a"})

@@ -269,7 +269,7 @@ def do_report(session, db, cur, inmap, outmap):
     outmap[b"db_total_count"] = b"%d" % total_count
     outmap[b"db_total_size"] = b"%d" % total_size
     outmap[b"serv_conn_count"] = b"%d" % server.connection_count()
-    outmap[b"serv_task_count"] = b"%d" % server.task_count()
+    outmap[b"serv_task_count"] = b"0"   # the requests waiting for a worker are not counted (thserv)
     outmap[b"serv_thread_count"] = b"%d" % server.config.threads
     now = time.time()
     outmap[b"serv_current_time"] = b"%.6f" % now

@@ -16,8 +16,7 @@ itself, or the memcached plug-in), with ktserver's rules:
   holds its worker; with every worker busy, further requests wait, exactly as with
   ktserver.  (ktserver's poller thread queues the ready connections for its workers;
   here the workers poll themselves, which saves a thread switch per request.  The one
-  visible difference: requests waiting for a worker are not counted, see
-  :meth:`ThreadedServer.task_count`.)
+  visible difference: the requests waiting for a worker are not counted anywhere.)
 * **Idle event.**  When no connection and no request has arrived for 0.1 s and a worker
   is free, that worker runs ``handler.process_idle()``, at most once per 0.1 s, even
   while other requests are blocked.
@@ -105,11 +104,6 @@ class ThreadedServer:
         """The open connections."""
         with self._lock:
             return list(self._conns.values())
-
-    def task_count(self) -> int:
-        """Requests that have arrived and wait for a worker: they wait in the poller,
-        uncounted, so always 0 (ktserver counts its queue)."""
-        return 0
 
     def listener_fd(self) -> int:
         return self._listener.fileno()

@@ -118,6 +118,16 @@ class Wire:
         head, body = self.response()
         return head.status, dict(answer_fields(head, body))
 
+    def pipelined(self, calls: list[tuple[str, list[tuple[bytes, bytes]]]]) -> list[tuple[int, dict[bytes, bytes]]]:
+        """Send several calls in one write (no idle gap in which the server's idle
+        maintenance could run), then read the answers: (HTTP status, output map) each."""
+        self.sock.sendall(b"".join(encode_call(name.encode(), fields) for name, fields in calls))
+        out = []
+        for _ in calls:
+            head, body = self.response()
+            out.append((head.status, dict(answer_fields(head, body))))
+        return out
+
     def get(self, key: bytes, db: int = 0) -> bytes | None:
         status, out = self.rpc("get", [(b"key", key)], DB=db)
         return out[b"value"] if status == 200 else None

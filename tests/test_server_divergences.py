@@ -17,20 +17,9 @@ import threading
 import pytest
 from server_wire import Wire
 
-from ktcluster.protocol.rpc import answer_fields, encode_call
 from ktcluster.testing import using_real_server
 
 Call = tuple[str, list[tuple[bytes, bytes]]]
-
-
-def pipelined(wire: Wire, calls: list[Call]) -> list[tuple[int, dict[bytes, bytes]]]:
-    """Send several calls in one write, then read the answers."""
-    wire.sock.sendall(b"".join(encode_call(name.encode(), fields) for name, fields in calls))
-    out = []
-    for _ in calls:
-        head, body = wire.response()
-        out.append((head.status, dict(answer_fields(head, body))))
-    return out
 
 
 def block_one_request(srv, seconds: float = 1.0) -> None:
@@ -61,7 +50,7 @@ def test_expired_record_is_collected_while_another_request_waits(kt_server_facto
     with Wire(srv.host, srv.port) as wire:
         assert wire.rpc("set", key=b"a", value=b"v", xt=-1)[0] == 200
         block_one_request(srv)
-        answers = pipelined(wire, [("status", []), MATCH_ALL])
+        answers = wire.pipelined([("status", []), MATCH_ALL])
     assert answers[0][1][b"count"] == b"0"
     assert answers[1][1] == {b"num": b"0"}
 
@@ -79,7 +68,7 @@ def test_expired_record_is_collected_while_a_body_is_slow_to_arrive(kt_server_fa
             done.wait()
             slow.sendall(body)
             assert slow.recv(12) == b"HTTP/1.1 200"
-        answers = pipelined(wire, [("status", []), MATCH_ALL])
+        answers = wire.pipelined([("status", []), MATCH_ALL])
     assert answers[0][1][b"count"] == b"1"
     assert answers[1][1] == {b"_b": b"0", b"num": b"1"}
 
@@ -87,7 +76,7 @@ def test_expired_record_is_collected_while_a_body_is_slow_to_arrive(kt_server_fa
 def test_no_maintenance_between_pipelined_requests(kt_server_factory):
     srv = kt_server_factory(":")
     with Wire(srv.host, srv.port) as wire:
-        answers = pipelined(wire, [set_(b"a", xt=b"-1"), ("status", []), MATCH_ALL])
+        answers = wire.pipelined([set_(b"a", xt=b"-1"), ("status", []), MATCH_ALL])
     assert answers[1][1][b"count"] == b"1"
     assert answers[2][1] == {b"_a": b"0", b"num": b"1"}
 
@@ -98,7 +87,7 @@ def test_no_maintenance_between_pipelined_requests(kt_server_factory):
 def test_hash_file_counts_fragments_until_defragmented(kt_server_factory):
     srv = kt_server_factory("casket.kch")
     with Wire(srv.host, srv.port) as wire:
-        answers = pipelined(wire, [set_(b"a"), set_(b"b"), set_(b"c"), remove(b"a"), remove(b"b"),
+        answers = wire.pipelined([set_(b"a"), set_(b"b"), set_(b"c"), remove(b"a"), remove(b"b"),
                                    set_(b"c", b"a longer value that moves"), ("status", [])])
         assert answers[-1][1][b"frgcnt"] == b"3"
         block_one_request(srv)
@@ -108,9 +97,9 @@ def test_hash_file_counts_fragments_until_defragmented(kt_server_factory):
 def test_hash_file_order_after_idle_defragmentation(kt_server_factory):
     srv = kt_server_factory("casket.kch")
     with Wire(srv.host, srv.port) as wire:
-        pipelined(wire, [set_(b"a"), set_(b"b"), set_(b"c"), remove(b"a"), remove(b"b")])
+        wire.pipelined([set_(b"a"), set_(b"b"), set_(b"c"), remove(b"a"), remove(b"b")])
         block_one_request(srv)
-        answers = pipelined(wire, [set_(b"d"), MATCH_ALL])
+        answers = wire.pipelined([set_(b"d"), MATCH_ALL])
     assert answers[1][1] == {b"_c": b"0", b"_d": b"1", b"num": b"2"}
 
 
@@ -137,7 +126,7 @@ def test_increment_double_result_is_cut_like_kt_formatter(kt_server_factory, num
 def test_cache_atomic_set_bulk_moves_records_to_the_end_of_their_slot(kt_server_factory):
     srv = kt_server_factory("*")
     with Wire(srv.host, srv.port) as wire:
-        answers = pipelined(wire, [set_(b"k1"), set_(b"k10"),
+        answers = wire.pipelined([set_(b"k1"), set_(b"k10"),
                                    ("set_bulk", [(b"_k1", b"zz"), (b"atomic", b"")]), MATCH_ALL])
     assert answers[-1][1] == {b"_k10": b"0", b"_k1": b"1", b"num": b"2"}
 
@@ -178,6 +167,6 @@ def test_tree_cursor_whose_record_went_away_follows_its_leaf_page(kt_server_fact
     cursor too, which is how a .kct collects an expired record at another moment."""
     srv = kt_server_factory("casket.kct")
     with Wire(srv.host, srv.port) as wire:
-        answers = pipelined(wire, [set_(b"c"), ("cur_jump_back", [(b"CUR", b"1")]), set_(b"b"), remove(b"c"),
+        answers = wire.pipelined([set_(b"c"), ("cur_jump_back", [(b"CUR", b"1")]), set_(b"b"), remove(b"c"),
                                    set_(b"a", b"x" * 9000), ("cur_get_key", [(b"CUR", b"1")])])
     assert answers[-1] == (200, {b"key": b"a"})

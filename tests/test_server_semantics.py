@@ -9,24 +9,11 @@ import time
 
 from server_wire import Wire
 
-from ktcluster.protocol.rpc import answer_fields, encode_call
-
-
-def pipelined(wire: Wire, calls: list[tuple[str, list[tuple[bytes, bytes]]]]) -> list[tuple[int, dict]]:
-    """Send several calls in one write (no idle gap in which the server's idle GC could
-    run), then read the answers."""
-    wire.sock.sendall(b"".join(encode_call(name.encode(), fields) for name, fields in calls))
-    out = []
-    for _ in calls:
-        head, body = wire.response()
-        out.append((head.status, dict(answer_fields(head, body))))
-    return out
-
 
 def test_expired_records_stay_counted_and_matched_until_collected(kt_server_factory):
     srv = kt_server_factory(":")
     with Wire(srv.host, srv.port) as wire:
-        answers = pipelined(wire, [
+        answers = wire.pipelined([
             ("set", [(b"key", b"old"), (b"value", b"v"), (b"xt", b"-1")]),
             ("get", [(b"key", b"old")]),
             ("status", []),

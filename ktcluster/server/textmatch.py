@@ -511,24 +511,11 @@ class _Automaton:
 
     def matches(self, text: bytes) -> bool:
         """Whether a match ends anywhere in ``text`` (a searching automaton)."""
-        cache = self._cache
-        step, accept = cache.step, cache.accept
-        sid = self._initial(cache, text, 0)
-        matched: int
-        for byte in text:
-            nxt = step[sid][byte]
-            if nxt == _UNKNOWN:
-                nxt, matched = self._advance(cache, sid, byte)
-            else:
-                matched = accept[sid][byte]
-            if matched:
-                return True
-            sid = nxt
-        matched = accept[sid][256]
-        return bool(self._advance(cache, sid, 256)[1] if matched == _UNKNOWN else matched)
+        return self.last_end(text, 0, first=True) >= 0
 
-    def last_end(self, text: bytes, start: int) -> int:
-        """Reading ``text`` from ``start``, the last position where a match ends, or -1."""
+    def last_end(self, text: bytes, start: int, first: bool = False) -> int:
+        """Reading ``text`` from ``start``, the last position where a match ends (the
+        first one if ``first``), or -1."""
         cache = self._cache
         step, accept = cache.step, cache.accept
         sid = self._initial(cache, text, start)
@@ -542,6 +529,8 @@ class _Automaton:
             else:
                 matched = accept[sid][byte]
             if matched:
+                if first:
+                    return pos
                 last = pos
             if nxt == _DEAD:
                 return last

@@ -16,16 +16,23 @@ import threading
 import time
 
 import pytest
+from difffuzz.runner import run_on, server_argv
+from difffuzz.steps import IDLING, generate
+from golden_replay import libexec_dir
 from server_wire import NOBODY, Wire, connect, cpu_seconds, memcached_plugin, proc_status, rss
 
 from ktcluster.protocol.binary import encode_set_bulk
 from ktcluster.protocol.replication import encode_handshake
-from ktcluster.testing import free_port
+from ktcluster.testing import free_port, using_real_server
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
 
 WAIT = 15.0
 XT_NONE = 0x7FFFFFFFFFFFFFFF
+
+
+def memcached_libexec() -> str | None:
+    return libexec_dir() if using_real_server() else None
 
 
 def threads_of(pid: int) -> int:
@@ -175,10 +182,16 @@ def abuse(srv, memc_port: int, rng: random.Random) -> None:
             sock.close()
 
 
+def fuzz_round(srv, memc_port: int, seed: int) -> None:
+    """A session of the differential fuzzer (tests/difffuzz) without its pauses."""
+    session = generate(seed, [":", "casket.kch"], 150, lua=False)
+    run_on(srv, memc_port, session.with_steps([step for step in session.steps if step.kind not in IDLING]))
+
+
 def test_threads_and_memory_return_to_baseline_after_rounds_of_abuse(kt_server_factory):
     memc_port = free_port()
-    srv = kt_server_factory(":", args=["-tout", "1", "-ulog", "ulog", "-sid", "1", "-plsv", memcached_plugin(),
-                                       "-plex", f"port={memc_port}#tout=1"])
+    args = server_argv(generate(0, [], 0, lua=False), memc_port, memcached_libexec(), timeout=1)
+    srv = kt_server_factory(":", "casket.kch", args=args)
     connect(memc_port, timeout=WAIT).close()
     rng = random.Random(13)
 
@@ -189,14 +202,17 @@ def test_threads_and_memory_return_to_baseline_after_rounds_of_abuse(kt_server_f
             assert report[b"serv_conn_count"] == b"1"
         return threads_of(srv.pid), rss(srv.pid)
 
-    abuse(srv, memc_port, rng)   # warm up: first allocations, the update log file
-    threads, memory = settled()
-    for _ in range(6):
+    for seed in range(2):   # warm up: first allocations, caches, the update log file
         abuse(srv, memc_port, rng)
+        fuzz_round(srv, memc_port, seed)
+    threads, memory = settled()
+    for seed in range(2, 7):
+        abuse(srv, memc_port, rng)
+        fuzz_round(srv, memc_port, seed)
     threads_after, memory_after = settled()
     assert threads_after <= threads
     grown = memory_after - memory
-    assert grown < 16 << 20, f"RSS grew by {grown >> 20} MiB over six rounds"
+    assert grown < 16 << 20, f"RSS grew by {grown >> 20} MiB over five rounds"
 
 
 # -- regular expressions that backtrack -----------------------------------------------------------

@@ -2,7 +2,8 @@
 
 :func:`run` starts a server (``command``: ``[ktserver]`` or ``[python, -m,
 ktcluster.server]``) with the session's configuration in a fresh directory, runs the
-steps in order and returns one *transcript* per step: the bytes of the answer as read
+steps in order (:func:`run_on` runs them on a server already running) and returns one
+*transcript* per step: the bytes of the answer as read
 with the protocol's framing, with what legitimately differs between two servers, or
 two runs of one, replaced by placeholders:
 
@@ -51,7 +52,7 @@ from ktcluster.testing import KTServer, free_port
 
 from .steps import Session, Step
 
-__all__ = ["run", "server_argv", "READ_TIMEOUT"]
+__all__ = ["run", "run_on", "server_argv", "READ_TIMEOUT"]
 
 READ_TIMEOUT = 8.0
 #: how long a half-closed throwaway connection may take to be closed by the server
@@ -78,16 +79,16 @@ class Transcript(list):
     """The masked answers of a session's steps, one bytes object per step."""
 
 
-def server_argv(session: Session, memc_port: int, libexec: str | None) -> list[str]:
-    """The options and databases of a session (after -host/-port/-log)."""
-    args = ["-tout", "3"]
+def server_argv(session: Session, memc_port: int, libexec: str | None, timeout: float = 3) -> list[str]:
+    """The options of a session's server (after -host/-port/-log, before the databases)."""
+    args = ["-tout", f"{timeout:g}"]
     if session.ulog:
         args += ["-ulog", "ulog", "-sid", "1"]
     if session.lua:
         args += ["-scr", LUA_SCRIPT]
     if session.memcached:
         plugin = os.path.join(libexec, "ktplugservmemc.so") if libexec else "ktplugservmemc.so"
-        args += ["-plsv", plugin, "-plex", f"port={memc_port}#tout=3"]
+        args += ["-plsv", plugin, "-plex", f"port={memc_port}#tout={timeout:g}"]
     return args
 
 
@@ -109,6 +110,15 @@ def run(session: Session, command: Sequence[str], libexec: str | None = None) ->
     memc_port = free_port()
     server = _Server(command, *session.dbs, args=server_argv(session, memc_port, libexec))
     server.start()
+    try:
+        return run_on(server, memc_port, session)
+    finally:
+        server.cleanup()
+
+
+def run_on(server: KTServer, memc_port: int, session: Session) -> Transcript:
+    """Run ``session``'s steps on a running server (started with :func:`server_argv`'s
+    options and the session's databases); its transcript."""
     runner = _Runner(server, memc_port, len(session.dbs))
     try:
         if session.memcached:
@@ -116,7 +126,6 @@ def run(session: Session, command: Sequence[str], libexec: str | None = None) ->
         return Transcript(runner.step(step) for step in session.steps)
     finally:
         runner.close()
-        server.cleanup()
 
 
 class _Conn:

@@ -24,7 +24,7 @@ from ktcluster.protocol import binary, rest
 from ktcluster.protocol.replication import FLAG_WHITESID, encode_handshake
 from ktcluster.protocol.tsv import encode_map, quote_encode, url_encode
 
-__all__ = ["Step", "Session", "generate", "DB_TYPES", "LUA_PROCEDURES"]
+__all__ = ["Step", "Session", "generate", "DB_TYPES", "LUA_PROCEDURES", "IDLING"]
 
 #: the database specs a campaign goes through (every type, and the options that change
 #: how a type orders, expires or evicts records).  ProtoHashDB ("-") is left out: it
@@ -34,6 +34,8 @@ __all__ = ["Step", "Session", "generate", "DB_TYPES", "LUA_PROCEDURES"]
 DB_TYPES = [":", "+", "*", "%", "casket.kch", "casket.kct", "casket.kcd", "casket.kcf",
             ":#ktopts=p", "casket.kct#ktopts=p", "*#capcnt=12", ":#ktcapcnt=10", "+#ktcapsiz=400",
             "casket.kch#ktcapcnt=10", "casket.kct#rcomp=decimal", "%#rcomp=lexdesc", ":#bnum=7", "*#bnum=7"]
+#: the kinds of step that let the servers idle
+IDLING = ("pause", "block", "repl")
 #: the B+ tree types: their sessions stay within one leaf page (see _Generator)
 _PAGED = (".kct", ".kcf", "%")
 #: the procedures of fuzz.lua

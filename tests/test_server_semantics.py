@@ -5,6 +5,7 @@ directions, increment formats.  Runs against the embedded server or $KT_SERVER_B
 from __future__ import annotations
 
 import struct
+import threading
 import time
 
 from server_wire import Wire
@@ -137,3 +138,35 @@ def test_bulk_operations_count_records_and_misses_in_report(kt_server_factory):
         "cnt_set", "cnt_set_misses", "cnt_remove", "cnt_remove_misses", "cnt_get", "cnt_get_misses")}
     assert counters == {"cnt_set": b"3", "cnt_set_misses": b"0", "cnt_remove": b"2", "cnt_remove_misses": b"1",
                         "cnt_get": b"3", "cnt_get_misses": b"2"}
+
+
+def test_report_counters_never_go_back_while_connections_come_and_go(kt_server_factory):
+    """A connection's cnt_* counts must be in every report, before and after it closes
+    (ktserver keeps them per worker thread)."""
+    srv = kt_server_factory(":")
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            while not done.is_set():
+                with Wire(srv.host, srv.port) as conn:
+                    conn.get(b"k")
+        except BaseException as exc:
+            errors.append(exc)
+
+    churners = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in churners:
+        thread.start()
+    seen = []
+    try:
+        with Wire(srv.host, srv.port) as reporter:
+            for _ in range(1500):
+                seen.append(int(reporter.rpc("report")[1][b"cnt_get"]))
+    finally:
+        done.set()
+        for thread in churners:
+            thread.join(30)
+    assert not errors
+    assert seen[-1] > 0
+    assert all(a <= b for a, b in zip(seen, seen[1:], strict=False)), "a report lost a closing connection's counts"

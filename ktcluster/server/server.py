@@ -276,7 +276,8 @@ class Server:
         self.rpc_handler = rpc.handle
         self.rest_handler = rest.handle
         self.name = f"localhost:{config.port}" if config.port != 80 else "localhost"
-        self._counts_lock = threading.Lock()
+        self._counts_lock = threading.Lock()   # guards the two below: a session moves atomically
+        self._sessions: set[Session] = set()
         self._finished_counts = [0] * 8
         self._idle_count = 0
         self._next_sync = time.time() + config.sync_interval
@@ -383,13 +384,13 @@ class Server:
         return self._core.connection_count() if self._core is not None else 0
 
     def counts(self) -> list[int]:
-        """The ``cnt_*`` totals over every connection served."""
-        sessions = self._core.connections() if self._core is not None else []
+        """The ``cnt_*`` totals over every connection served (a closing connection's
+        are in, before and after it moves to the finished ones)."""
         with self._counts_lock:
             total = list(self._finished_counts)
-        for session in sessions:
-            for i, value in enumerate(session.counts):
-                total[i] += value
+            for session in self._sessions:
+                for i, value in enumerate(session.counts):
+                    total[i] += value
         return total
 
     def db_by_expr(self, expr: bytes | None) -> Database | None:
@@ -430,7 +431,10 @@ class Server:
         except OSError:
             pass
         self.log(LOG_INFO, f"connected: expr={addr[0]}:{addr[1]}")
-        return Session(self, sock, addr)
+        session = Session(self, sock, addr)
+        with self._counts_lock:
+            self._sessions.add(session)
+        return session
 
     def process(self, session: Session) -> bool:
         return session.serve()
@@ -439,6 +443,7 @@ class Server:
         self.log(LOG_INFO, f"disconnecting: expr={session.addr[0]}:{session.addr[1]}")
         session.close()
         with self._counts_lock:
+            self._sessions.discard(session)
             for i, value in enumerate(session.counts):
                 self._finished_counts[i] += value
 

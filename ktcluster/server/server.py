@@ -53,6 +53,7 @@ from ..protocol.rpc import RPC_PREFIX
 from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM, ConfigError, ServerConfig
 from .netio import BufferedSocket, open_listener
 from .storage import Cursor, Database, DBError, StorageError
+from .thserv import AVAILABLE as thserv_available
 from .thserv import ThreadedServer
 from .ulog import UlogError, UpdateLog
 
@@ -298,6 +299,8 @@ class Server:
         self.log(LOG_ERROR, f"database error: {exc.code}: {exc.name}: {exc.message}")
 
     def _open(self, config: ServerConfig) -> None:
+        if not thserv_available:
+            raise ConfigError("the embedded server needs Linux (it serves its connections with epoll)")
         if config.plugin_db_path and not config.void_db:
             self.log(LOG_ERROR, f"could not load a plug-in database file: {config.plugin_db_path}")
             raise ConfigError(f"{config.plugin_db_path}: could not load a plug-in database file")

@@ -29,7 +29,8 @@ itself, or the memcached plug-in), with ktserver's rules:
 
 Threads: the caller of :meth:`serve_forever` (which only waits) and ``threads`` workers,
 whatever the number of connections.  A bug in ``process`` is logged through
-``handler.log_error`` and closes that connection only.
+``handler.log_error`` and closes that connection only.  It needs epoll, so Linux
+(:data:`AVAILABLE`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Any, Protocol
 
 from .netio import BufferedSocket
 
-__all__ = ["Handler", "ThreadedServer", "IDLE_WAIT", "TIMER_INTERVAL"]
+__all__ = ["Handler", "ThreadedServer", "IDLE_WAIT", "TIMER_INTERVAL", "AVAILABLE"]
 
 #: this long without a new connection or request is idleness
 IDLE_WAIT = 0.1
@@ -51,7 +52,9 @@ IDLE_WAIT = 0.1
 TIMER_INTERVAL = 0.5
 #: how long stopping waits for the workers to finish their requests
 _FINISH_WAIT = 10.0
-_ARMED = select.EPOLLIN | select.EPOLLONESHOT
+#: the poller is Linux's epoll (ktserver's Linux build uses it too)
+AVAILABLE = hasattr(select, "epoll")
+_ARMED = select.EPOLLIN | select.EPOLLONESHOT if AVAILABLE else 0
 
 
 class Handler(Protocol):

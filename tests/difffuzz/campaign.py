@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from . import runner
 from .runner import run
 from .steps import DB_TYPES, Session, Step, generate
 
@@ -75,12 +76,12 @@ class Report:
 
 
 def first_divergence(session: Session, real: Sequence[str], embedded: Sequence[str], libexec: str | None,
-                     runner: Callable[..., list[bytes]] = run) -> Divergence | None:
+                     run_session: Callable[..., list[bytes]] = run) -> Divergence | None:
     """Run ``session`` on both servers (at the same time); the first step where they
     differ, if any."""
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        real_run = pool.submit(runner, session, real, libexec)
-        embedded_run = pool.submit(runner, session, embedded, None)
+        real_run = pool.submit(run_session, session, real, libexec)
+        embedded_run = pool.submit(run_session, session, embedded, None)
         a, b = real_run.result(), embedded_run.result()
     for index, (x, y) in enumerate(zip(a, b, strict=True)):
         if x != y:
@@ -177,12 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shrink-budget", type=float, default=300.0, help="seconds spent shrinking each divergence")
     parser.add_argument("--save", metavar="DIR", help="write each shrunk session to DIR, for --replay")
     parser.add_argument("--replay", metavar="FILE", help="run a saved session again, and nothing else")
+    parser.add_argument("--compare-sizes", action="store_true",
+                        help="compare status's size, realsize and cusage too (emulated figures)")
     args = parser.parse_args(argv)
     binary = os.environ.get("KT_SERVER_BIN")
     if not binary:
         parser.error("set KT_SERVER_BIN to a real ktserver (and KT_LIBEXEC to its plug-ins)")
     libexec = os.environ.get("KT_LIBEXEC") or os.path.join(os.path.dirname(os.path.realpath(binary)), "..",
                                                            "libexec")
+    runner.MASK_SIZES = not args.compare_sizes
     if args.replay:
         found = replay(args.replay, [binary], libexec)
         print(found or "no divergence")

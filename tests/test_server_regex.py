@@ -107,6 +107,11 @@ CASES = [
     (b'(o)', b'hello world', b'[$1$&$$]', b'hell[oo$] w[oo$]rld', True, []),
     (b'x*', b'abc', b'-', b'-abc', True, ALL),
     (b'', b'abc', b'-', b'abc', True, ALL),
+    # an optional iteration that would match nothing is not taken: $1 keeps what came before
+    (b'(a*){1,2}', b'aabd', b'[$1|$2]', b'[aa|][|]bd', True, ALL),
+    (b'(b|){1,2}', b'b d', b'[$1|$2]', b'[b|][|] d', True, ALL),
+    (b'(a*){1,2}[ab]+', b'ab dc bd ', b'[$1|$2]', b'[a|] dc [|]d ', True,
+     [b'a', b'a)', b'aa', b'aaa', b'ab', b'b', b'ba\n']),
     # glibc's match is the leftmost-longest one
     (b'a||b', b'b', b'<$0>', b'<b>', True, ALL),
     (b'(a|ab)c?', b'abc', b'<$0>', b'<abc>', True, [b'a', b'a)', b'aa', b'aaa', b'ab', b'ba\n']),

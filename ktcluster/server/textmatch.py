@@ -330,10 +330,12 @@ class _Program:
     the backtracking priority), ``_TEST`` (a zero-width test of the context), ``_MATCH``,
     ``_SAVE`` (record the position in capture slot ``arg``: group g's start is slot 2g,
     its end 2g+1, group 0 the whole match), ``_BACKREF`` (consume what group ``arg``
-    matched), and ``_ENTER``/``_CHECK`` around the body of an unbounded repetition (the
-    backtracking matcher refuses an iteration that consumed nothing).  The automaton
-    treats the last four as no-ops.  ``slots`` is the number of capture slots, ``loops``
-    of unbounded repetitions."""
+    matched), and ``_ENTER``/``_CHECK`` around each optional iteration of a repetition
+    (numbered ``arg``): the matchers of subexpressions refuse an optional iteration that
+    consumed nothing, as glibc does (``(a*){1,2}`` on "aa" leaves ``$1`` = "aa").  The
+    automaton treats the last four as no-ops (refusing an empty iteration changes no
+    match).  ``slots`` is the number of capture slots, ``loops`` of optional
+    iterations."""
 
     def __init__(self, tree: Node, groups: int) -> None:
         if _size(tree) > STATE_MAX:
@@ -353,6 +355,10 @@ class _Program:
         self.outs.append(out)
         self.outs2.append(out2)
         return len(self.ops) - 1
+
+    def _new_loop(self) -> int:
+        self.loops += 1
+        return self.loops - 1
 
     def _compile(self, node: Node, after: int) -> int:
         """The instructions of ``node`` followed by ``after``: its first one (built from the
@@ -379,16 +385,18 @@ class _Program:
         if kind == BACKREF:
             return self._add(_BACKREF, node[1], after)
         child, low, high = node[1], node[2], node[3]
-        if high < 0:
+        if high < 0:   # the loop, each turn refused if it consumes nothing
             loop = self._add(_SPLIT, None, -1, after)
-            self.loops += 1
-            body = self._compile(child, self._add(_CHECK, self.loops - 1, loop))
-            self.outs[loop] = self._add(_ENTER, self.loops - 1, body)
+            number = self._new_loop()
+            body = self._compile(child, self._add(_CHECK, number, loop))
+            self.outs[loop] = self._add(_ENTER, number, body)
             state = loop
         else:
             state = after
-            for _ in range(high - low):
-                state = self._add(_SPLIT, None, self._compile(child, state), after)
+            for _ in range(high - low):   # optional copies, each refused if it consumes nothing
+                number = self._new_loop()
+                body = self._compile(child, self._add(_CHECK, number, state))
+                state = self._add(_SPLIT, None, self._add(_ENTER, number, body), after)
         for _ in range(low):
             state = self._compile(child, state)
         return state
@@ -551,7 +559,7 @@ def _captures(program: _Program, text: bytes, start: int, end: int) -> Captures 
     first (a Pike machine: every thread at once, in priority order, so linear in the
     text; for programs without back references)."""
     ops, args, outs = program.ops, program.args, program.outs
-    threads = _follow(program, text, start, [(program.start, (-1,) * program.slots)])
+    threads = _follow(program, text, start, [(program.start, (-1,) * (program.slots + program.loops))])
     for pos in range(start, end):
         byte = text[pos]
         moved = [(outs[pc], caps) for pc, caps in threads if ops[pc] == _BYTE and args[pc][byte]]
@@ -560,7 +568,7 @@ def _captures(program: _Program, text: bytes, start: int, end: int) -> Captures 
         threads = _follow(program, text, pos + 1, moved)
     for pc, caps in threads:
         if ops[pc] == _MATCH:
-            return caps
+            return caps[:program.slots]
     return None
 
 
@@ -570,8 +578,10 @@ Threads = list[tuple[int, Captures]]
 def _follow(program: _Program, text: bytes, pos: int, threads: Threads) -> Threads:
     """The threads of ``threads`` (in priority order) followed through the instructions
     that consume nothing, up to a byte or the match; a later thread reaching an
-    instruction already reached is dropped."""
+    instruction already reached is dropped (but at a ``_CHECK``, whose outcome is the
+    thread's own: a thread's captures end with the start of each optional iteration)."""
     ops, args, outs, outs2 = program.ops, program.args, program.outs, program.outs2
+    base = program.slots
     ctx = _context(text, pos)
     out: Threads = []
     seen: set[int] = set()
@@ -579,10 +589,14 @@ def _follow(program: _Program, text: bytes, pos: int, threads: Threads) -> Threa
         stack = [thread]
         while stack:
             pc, caps = stack.pop()
+            op = ops[pc]
+            if op == _CHECK:
+                if caps[base + args[pc]] != pos:
+                    stack.append((outs[pc], caps))
+                continue
             if pc in seen:
                 continue
             seen.add(pc)
-            op = ops[pc]
             if op == _BYTE or op == _MATCH:
                 out.append((pc, caps))
             elif op == _SPLIT:
@@ -591,8 +605,8 @@ def _follow(program: _Program, text: bytes, pos: int, threads: Threads) -> Threa
             elif op == _TEST:
                 if args[pc](ctx):
                     stack.append((outs[pc], caps))
-            elif op == _SAVE:
-                slot = args[pc]
+            elif op == _SAVE or op == _ENTER:
+                slot = args[pc] if op == _SAVE else base + args[pc]
                 stack.append((outs[pc], caps[:slot] + (pos,) + caps[slot + 1:]))
             else:
                 stack.append((outs[pc], caps))

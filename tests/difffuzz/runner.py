@@ -214,6 +214,14 @@ class _Runner:
             conn.close()
 
     def step(self, step: Step) -> bytes:
+        """The masked answer to ``step`` (a server that cannot be reached any more, a
+        crashed one, answers that)."""
+        try:
+            return self._step(step)
+        except OSError as exc:
+            return b"<cannot connect: %s>" % type(exc).__name__.encode()
+
+    def _step(self, step: Step) -> bytes:
         if step.kind == "pause":
             time.sleep(step.seconds)
             return self.settle()

@@ -112,6 +112,10 @@ CASES = [
     (b'(b|){1,2}', b'b d', b'[$1|$2]', b'[b|][|] d', True, ALL),
     (b'(a*){1,2}[ab]+', b'ab dc bd ', b'[$1|$2]', b'[a|] dc [|]d ', True,
      [b'a', b'a)', b'aa', b'aaa', b'ab', b'b', b'ba\n']),
+    # a repetition's first iteration may match nothing, and then sets its groups
+    (b'()*\\1', b'ab', b'<$0>', b'<>ab', True, ALL),
+    (b'(a|())*\\2', b'xa', b'[$1|$2]', b'[|]xa', True, ALL),
+    (b'(a)?\\1b', b'b', b'<$0>', b'b', False, []),
     # glibc's match is the leftmost-longest one
     (b'a||b', b'b', b'<$0>', b'<b>', True, ALL),
     (b'(a|ab)c?', b'abc', b'<$0>', b'<abc>', True, [b'a', b'a)', b'aa', b'aaa', b'ab', b'ba\n']),

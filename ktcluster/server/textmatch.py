@@ -330,9 +330,10 @@ class _Program:
     the backtracking priority), ``_TEST`` (a zero-width test of the context), ``_MATCH``,
     ``_SAVE`` (record the position in capture slot ``arg``: group g's start is slot 2g,
     its end 2g+1, group 0 the whole match), ``_BACKREF`` (consume what group ``arg``
-    matched), and ``_ENTER``/``_CHECK`` around each optional iteration of a repetition
-    (numbered ``arg``): the matchers of subexpressions refuse an optional iteration that
-    consumed nothing, as glibc does (``(a*){1,2}`` on "aa" leaves ``$1`` = "aa").  The
+    matched), and ``_ENTER``/``_CHECK`` around the optional iterations of a repetition
+    but its first (numbered ``arg``): the matchers of subexpressions refuse such an
+    iteration if it consumed nothing, as glibc does (``(a*){1,2}`` on "aa" leaves
+    ``$1`` = "aa", while ``()*\\1`` matches: its first iteration sets the group).  The
     automaton treats the last four as no-ops (refusing an empty iteration changes no
     match).  ``slots`` is the number of capture slots, ``loops`` of optional
     iterations."""
@@ -384,16 +385,22 @@ class _Program:
             return self._add(_TEST, _CONTEXT_TESTS[node[1]], after)
         if kind == BACKREF:
             return self._add(_BACKREF, node[1], after)
+        # the optional iterations after the first one are refused if they consume nothing
         child, low, high = node[1], node[2], node[3]
-        if high < 0:   # the loop, each turn refused if it consumes nothing
+        if high < 0:   # a loop
             loop = self._add(_SPLIT, None, -1, after)
             number = self._new_loop()
             body = self._compile(child, self._add(_CHECK, number, loop))
             self.outs[loop] = self._add(_ENTER, number, body)
             state = loop
+            optional = 1 if low == 0 else 0   # an optional first iteration, before the loop
         else:
             state = after
-            for _ in range(high - low):   # optional copies, each refused if it consumes nothing
+            optional = high - low
+        for copy in range(optional):   # the optional copies, the last first
+            if copy == optional - 1 and low == 0:
+                state = self._add(_SPLIT, None, self._compile(child, state), after)
+            else:
                 number = self._new_loop()
                 body = self._compile(child, self._add(_CHECK, number, state))
                 state = self._add(_SPLIT, None, self._add(_ENTER, number, body), after)
@@ -408,7 +415,7 @@ def _size(node: Node) -> int:
     if kind in (CAT, ALT):
         return sum(_size(child) for child in node[1]) + len(node[1])
     if kind == REP:
-        return (_size(node[1]) + 3) * max(node[2], node[3], 1)
+        return (_size(node[1]) + 3) * max(node[2], node[3] + 1, 2)
     if kind == GROUP:
         return _size(node[2]) + 2
     return 1

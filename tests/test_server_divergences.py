@@ -170,3 +170,16 @@ def test_tree_cursor_whose_record_went_away_follows_its_leaf_page(kt_server_fact
         answers = wire.pipelined([set_(b"c"), ("cur_jump_back", [(b"CUR", b"1")]), set_(b"b"), remove(b"c"),
                                    set_(b"a", b"x" * 9000), ("cur_get_key", [(b"CUR", b"1")])])
     assert answers[-1] == (200, {b"key": b"a"})
+
+
+# -- found by the campaign of the differential fuzzer -------------------------------------------
+
+
+def test_response_header_values_have_their_controls_turned_into_spaces(kt_server_factory):
+    """kthttp writes each header value through kc::strnrmspc: REST's Location repeats the
+    request's raw path, control bytes included, which come out as single spaces."""
+    srv = kt_server_factory(":")
+    with Wire(srv.host, srv.port) as wire:
+        status, headers, _ = wire.http(b"PUT /a\x05\x01b\x7fc HTTP/1.1\r\nContent-Length: 1\r\n\r\nv")
+    assert status == 201
+    assert headers[b"location"].endswith(b"/a b c")

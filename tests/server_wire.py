@@ -3,10 +3,13 @@ that the server tests do not depend on the client library."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+from golden_replay import libexec_dir
 
 from ktcluster.protocol.binary import (
     MAGIC_SET_BULK,
@@ -25,8 +28,9 @@ from ktcluster.protocol.replication import (
     encode_handshake,
 )
 from ktcluster.protocol.rpc import answer_fields, encode_call
+from ktcluster.testing import using_real_server
 
-__all__ = ["Wire", "NOBODY", "connect", "update_log"]
+__all__ = ["Wire", "NOBODY", "connect", "update_log", "memcached_plugin", "proc_status", "rss", "cpu_seconds"]
 
 #: a sid no server uses: a replication stream for it carries every entry
 NOBODY = 65535
@@ -114,6 +118,16 @@ class Wire:
         head, body = self.response()
         return head.status, dict(answer_fields(head, body))
 
+    def pipelined(self, calls: list[tuple[str, list[tuple[bytes, bytes]]]]) -> list[tuple[int, dict[bytes, bytes]]]:
+        """Send several calls in one write (no idle gap in which the server's idle
+        maintenance could run), then read the answers: (HTTP status, output map) each."""
+        self.sock.sendall(b"".join(encode_call(name.encode(), fields) for name, fields in calls))
+        out = []
+        for _ in calls:
+            head, body = self.response()
+            out.append((head.status, dict(answer_fields(head, body))))
+        return out
+
     def get(self, key: bytes, db: int = 0) -> bytes | None:
         status, out = self.rpc("get", [(b"key", key)], DB=db)
         return out[b"value"] if status == 200 else None
@@ -150,3 +164,29 @@ def update_log(host: str, port: int, ts: int = 0, sid: int = NOBODY) -> list[tup
                 return out
             if message.payload:
                 out.append((message.ts, decode_log_entry(message.payload)))
+
+
+def memcached_plugin() -> str:
+    """The -plsv argument of the memcached plug-in of the server under test."""
+    return os.path.join(libexec_dir(), "ktplugservmemc.so") if using_real_server() else "ktplugservmemc.so"
+
+
+def proc_status(pid: int, field: str) -> int:
+    """A number of /proc/PID/status (``VmRSS`` in kB, ``Threads``...)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def rss(pid: int) -> int:
+    """The resident memory of a process, in bytes."""
+    return proc_status(pid, "VmRSS") * 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used (user + system)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -16,7 +16,7 @@ from server_wire import connect, update_log
 
 from ktcluster.connection import Connection
 from ktcluster.protocol import memcache as mc
-from ktcluster.protocol.binary import Incomplete
+from ktcluster.protocol.framing import Incomplete
 from ktcluster.protocol.kcnum import INT64MAX
 from ktcluster.protocol.replication import OP_SET
 from ktcluster.testing import free_port, using_real_server

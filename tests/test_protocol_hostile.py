@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from ktcluster.address import format_address, parse_address
 from ktcluster.errors import ArgumentError, KyotoTycoonException, ProtocolError
 from ktcluster.protocol import binary
-from ktcluster.protocol.binary import Incomplete
+from ktcluster.protocol.framing import Incomplete
 from ktcluster.protocol.http import RESPONSE_HEAD_MAX, ResponseHead, parse_response_head
 from ktcluster.protocol.replication import (
     VARNUM_MAX,

@@ -1,12 +1,7 @@
 """POSIX extended regular expressions as ktserver reads them (glibc's regcomp with
 REG_EXTENDED, C locale): RPC ``match_regex`` and the Lua ``kt.regex`` (match and
-replace), for a table of patterns whose answers were recorded from ktserver.  Runs
-against the embedded server or $KT_SERVER_BIN.
-
-The cases in LEFTMOST_LONGEST show what the embedded server's translation into Python's
-``re`` cannot give (glibc's leftmost-longest match; see
-``ktcluster.server.textmatch.translate``): whether a text matches is the same, the
-extent of a replaced match is not.  They are expected failures on the embedded server.
+replace), for a table of patterns whose answers were recorded from ktserver, glibc's
+leftmost-longest matches included.  Runs against the embedded server or $KT_SERVER_BIN.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ import os
 import pytest
 from server_wire import Wire
 
-from ktcluster.testing import KTServer, using_real_server
+from ktcluster.testing import KTServer
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "regex.lua")
 
@@ -112,8 +107,16 @@ CASES = [
     (b'(o)', b'hello world', b'[$1$&$$]', b'hell[oo$] w[oo$]rld', True, []),
     (b'x*', b'abc', b'-', b'-abc', True, ALL),
     (b'', b'abc', b'-', b'abc', True, ALL),
-]
-LEFTMOST_LONGEST = [
+    # an optional iteration that would match nothing is not taken: $1 keeps what came before
+    (b'(a*){1,2}', b'aabd', b'[$1|$2]', b'[aa|][|]bd', True, ALL),
+    (b'(b|){1,2}', b'b d', b'[$1|$2]', b'[b|][|] d', True, ALL),
+    (b'(a*){1,2}[ab]+', b'ab dc bd ', b'[$1|$2]', b'[a|] dc [|]d ', True,
+     [b'a', b'a)', b'aa', b'aaa', b'ab', b'b', b'ba\n']),
+    # a repetition's first iteration may match nothing, and then sets its groups
+    (b'()*\\1', b'ab', b'<$0>', b'<>ab', True, ALL),
+    (b'(a|())*\\2', b'xa', b'[$1|$2]', b'[|]xa', True, ALL),
+    (b'(a)?\\1b', b'b', b'<$0>', b'b', False, []),
+    # glibc's match is the leftmost-longest one
     (b'a||b', b'b', b'<$0>', b'<b>', True, ALL),
     (b'(a|ab)c?', b'abc', b'<$0>', b'<abc>', True, [b'a', b'a)', b'aa', b'aaa', b'ab', b'ba\n']),
     (b'(a*)*', b'aa', b'[$1]', b'[aa]', True, ALL),
@@ -155,11 +158,4 @@ def check(wire: Wire, case: tuple) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[repr(case[0])[2:-1] for case in CASES])
 def test_pattern(wire, case):
-    check(wire, case)
-
-
-@pytest.mark.xfail(not using_real_server(), strict=True,
-                   reason="leftmost-longest matching is beyond Python's re (documented limit)")
-@pytest.mark.parametrize("case", LEFTMOST_LONGEST, ids=[repr(case[0])[2:-1] for case in LEFTMOST_LONGEST])
-def test_leftmost_longest(wire, case):
     check(wire, case)

@@ -9,7 +9,6 @@ asserts only what both do."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import socket
@@ -18,10 +17,9 @@ import threading
 import time
 
 import pytest
-from golden_replay import libexec_dir
-from server_wire import Wire, connect
+from server_wire import Wire, connect, memcached_plugin, rss
 
-from ktcluster.testing import KTServer, free_port, using_real_server
+from ktcluster.testing import KTServer, free_port
 
 TIMEOUT = 2  # the server's -tout: a request that has begun must arrive within it
 WAIT = 15.0  # how long a test waits for anything
@@ -273,19 +271,6 @@ def test_huge_declared_size_is_refused_at_once(server, name):
     got, closed = exchange(server.port, data, half_close=False)  # no timeout involved: refused on sight
     assert (undated(got), closed) == (answer, True)
     assert server.ping()
-
-
-def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-def memcached_plugin() -> str:
-    """The -plsv argument of the memcached plug-in of the server under test."""
-    return os.path.join(libexec_dir(), "ktplugservmemc.so") if using_real_server() else "ktplugservmemc.so"
 
 
 def test_half_sent_huge_bodies_do_not_grow_memory(kt_server_factory):

@@ -5,28 +5,16 @@ directions, increment formats.  Runs against the embedded server or $KT_SERVER_B
 from __future__ import annotations
 
 import struct
+import threading
 import time
 
 from server_wire import Wire
-
-from ktcluster.protocol.rpc import answer_fields, encode_call
-
-
-def pipelined(wire: Wire, calls: list[tuple[str, list[tuple[bytes, bytes]]]]) -> list[tuple[int, dict]]:
-    """Send several calls in one write (no idle gap in which the server's idle GC could
-    run), then read the answers."""
-    wire.sock.sendall(b"".join(encode_call(name.encode(), fields) for name, fields in calls))
-    out = []
-    for _ in calls:
-        head, body = wire.response()
-        out.append((head.status, dict(answer_fields(head, body))))
-    return out
 
 
 def test_expired_records_stay_counted_and_matched_until_collected(kt_server_factory):
     srv = kt_server_factory(":")
     with Wire(srv.host, srv.port) as wire:
-        answers = pipelined(wire, [
+        answers = wire.pipelined([
             ("set", [(b"key", b"old"), (b"value", b"v"), (b"xt", b"-1")]),
             ("get", [(b"key", b"old")]),
             ("status", []),
@@ -150,3 +138,35 @@ def test_bulk_operations_count_records_and_misses_in_report(kt_server_factory):
         "cnt_set", "cnt_set_misses", "cnt_remove", "cnt_remove_misses", "cnt_get", "cnt_get_misses")}
     assert counters == {"cnt_set": b"3", "cnt_set_misses": b"0", "cnt_remove": b"2", "cnt_remove_misses": b"1",
                         "cnt_get": b"3", "cnt_get_misses": b"2"}
+
+
+def test_report_counters_never_go_back_while_connections_come_and_go(kt_server_factory):
+    """A connection's cnt_* counts must be in every report, before and after it closes
+    (ktserver keeps them per worker thread)."""
+    srv = kt_server_factory(":")
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            while not done.is_set():
+                with Wire(srv.host, srv.port) as conn:
+                    conn.get(b"k")
+        except BaseException as exc:
+            errors.append(exc)
+
+    churners = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in churners:
+        thread.start()
+    seen = []
+    try:
+        with Wire(srv.host, srv.port) as reporter:
+            for _ in range(1500):
+                seen.append(int(reporter.rpc("report")[1][b"cnt_get"]))
+    finally:
+        done.set()
+        for thread in churners:
+            thread.join(30)
+    assert not errors
+    assert seen[-1] > 0
+    assert all(a <= b for a, b in zip(seen, seen[1:], strict=False)), "a report lost a closing connection's counts"

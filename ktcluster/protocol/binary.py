@@ -22,7 +22,7 @@ from .framing import Incomplete
 __all__ = [
     "MAGIC_NOP", "MAGIC_REPLICATION", "MAGIC_PLAY_SCRIPT", "MAGIC_SET_BULK",
     "MAGIC_REMOVE_BULK", "MAGIC_GET_BULK", "MAGIC_ERROR", "FLAG_NOREPLY",
-    "XT_NONE", "XTMAX", "DATAMAXSIZ", "Incomplete",
+    "XT_NONE", "XTMAX", "DATAMAXSIZ",
     "encode_set_bulk", "encode_remove_bulk", "encode_get_bulk", "encode_play_script",
     "CHUNK_RECORDS", "set_bulk_chunks", "remove_bulk_chunks", "get_bulk_chunks",
     "decode_count_reply", "decode_get_bulk_reply", "decode_get_bulk_values", "decode_play_script_reply",

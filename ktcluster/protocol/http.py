@@ -5,7 +5,7 @@ response heads; the embedded server parses request heads and bodies with
 kthttp.h's exact rules (lines end at LF, every CR is dropped, a line holds at
 most 8191 bytes, only ``HTTP/1.0``/``HTTP/1.1`` are accepted) and encodes
 responses with ktserver's header order.  A parser given too few bytes raises
-:class:`~ktcluster.protocol.binary.Incomplete`; a request ktserver would drop
+:class:`~ktcluster.protocol.framing.Incomplete`; a request ktserver would drop
 silently raises :class:`BadRequest`; one it would answer with an error status
 raises :class:`HTTPError`.
 """
@@ -416,12 +416,23 @@ def _capitalize(name: bytes) -> bytes:
 _HEADER_LINES: dict[bytes, bytes | None] = {}
 
 
+#: the bytes kc::strnrmspc takes for spaces: the controls, space and DEL
+_SPACES = bytes(range(1, 0x21)) + b"\x7f"
+_TO_SPACE = bytes.maketrans(_SPACES, b" " * len(_SPACES))
+
+
+def _normalize_spaces(text: bytes) -> bytes:
+    """kc::strnrmspc on a C string: up to its first NUL, every run of controls, spaces
+    and DELs one space, none at either end."""
+    return b" ".join(cstr(text).translate(_TO_SPACE).split())
+
+
 def _header_prefix(name: bytes) -> bytes | None:
     """``Capitalized-Name: `` of a header name as kthttp send_result writes it (None:
     a name it drops), memoised."""
     prefix = _HEADER_LINES.get(name, b"")
     if prefix == b"":
-        norm = b" ".join(name.split()).lower()
+        norm = _normalize_spaces(name).lower()
         prefix = _capitalize(norm) + b": " if norm and b":" not in norm and b" " not in norm else None
         if len(_HEADER_LINES) < 1024:
             _HEADER_LINES[name] = prefix
@@ -443,7 +454,7 @@ def encode_response(code: int, headers: Mapping[bytes, bytes], body: bytes, *, k
     for name, value in sorted(headers.items()) if len(headers) > 1 else headers.items():
         prefix = _header_prefix(name)
         if prefix is not None:
-            parts.append(prefix + b" ".join(value.split()) + b"\r\n")
+            parts.append(prefix + _normalize_spaces(value) + b"\r\n")
     parts.append(b"\r\n")
     if has_body:
         parts.append(body)

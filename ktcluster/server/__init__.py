@@ -13,14 +13,16 @@ Modules, from the bottom up:
   Cabinet type in its order, its ``size`` and ``status``) and :mod:`.cursors` (each
   type's cursor rules); beneath them :mod:`.kcdb` (error codes, visitor answers),
   :mod:`.dbspec` (``path#param=value`` specs, ``#rcomp`` comparators),
-  :mod:`.increments` (the increment record formats), :mod:`.textmatch` (POSIX regex,
-  edit distance), :mod:`.hashing` (the hash functions that order records),
+  :mod:`.increments` (the increment record formats), :mod:`.textmatch` (POSIX regular
+  expressions in linear time), :mod:`.hashing` (the hash functions that order records),
   :mod:`.sortedlist` and :mod:`.persistence` (the files);
 * :mod:`.ulog` -- the update log files, their time stamps and readers;
 * :mod:`.config` -- the command line;
 * :mod:`.netio` -- buffered blocking sockets and listeners (ktserver's timeouts);
-* :mod:`.server` -- listener, one thread per connection (first-byte dispatch, the HTTP
-  loop), WAIT/SIGNAL conditions, counters, the log;
+* :mod:`.thserv` -- ktserver's threaded server: connections in a poller, ``-th``
+  worker threads, the idle and timer events;
+* :mod:`.server` -- the server: databases, first-byte dispatch, the HTTP loop,
+  WAIT/SIGNAL conditions, counters, the log, the idle maintenance;
 * :mod:`.rpc`, :mod:`.rest`, :mod:`.binary`, :mod:`.replication` -- the protocol front
   ends on top of the databases (encoding/decoding lives in :mod:`ktcluster.protocol`);
 * :mod:`.slave` -- the replication slave of ``-mhost``/``-rts`` (``server.slave``);

@@ -15,8 +15,12 @@ answer ``SERVER_ERROR server is read-only``), ``q`` (message queue on a tree dat
 acknowledged are stored again when the connection closes).  ``q`` with ``r`` refuses to
 start, as the plug-in does (the server itself keeps running).
 
-Each connection runs in its own thread; an idle connection waits for its next command
-indefinitely, while a command that has begun must arrive within ``tout`` seconds.
+The plug-in has a :mod:`.thserv` server of its own, as ktserver's: ``th`` worker threads
+(a queue ``get`` waiting for a message holds one), idle connections waiting in a poller
+for their next command indefinitely, while a command that has begun must arrive within
+``tout`` seconds.  It binds every address unless ``host`` is given (ktserver's ``-host``
+does not apply to it), and refuses an address such as ``0.0.0.0`` as ktserver's socket
+layer does (the server itself keeps running).
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import memcache as mc
-from ..protocol.binary import Incomplete
+from ..protocol.framing import Incomplete
 from ..protocol.kcnum import atof, atoi, to_int64
 from .config import LOG_ERROR, LOG_SYSTEM
-from .netio import BufferedSocket, accept_loop, open_listener
+from .netio import BufferedSocket, invalid_address, open_listener
 from .storage import DUPREC, NOP, NOREC, Database, DBError
+from .thserv import ThreadedServer
 
 if TYPE_CHECKING:
     from .server import Server
@@ -115,10 +120,8 @@ class MemcachedServer:
         self._queue_cond = threading.Condition()
         self._queue_gen = 0
         self._stopping = threading.Event()
-        self._listener: socket.socket | None = None
-        self._acceptor: threading.Thread | None = None
-        self._connections: dict[int, _Connection] = {}
-        self._lock = threading.Lock()
+        self._core: ThreadedServer | None = None
+        self._thread: threading.Thread | None = None
         server.log(LOG_SYSTEM, f"the plug-in memcached server configured: expr={server.config.plugin_server_expr}")
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -137,52 +140,57 @@ class MemcachedServer:
             except OSError:
                 self.server.log(LOG_ERROR, f"unknown host: {opts.host}")
                 return
+        expr = f"{host}:{opts.port}"
+        if invalid_address(host, opts.port):
+            self.server.log(LOG_ERROR, f"socket error: expr={expr} msg=invalid address expression")
+            return
         try:
             listener = open_listener(host, opts.port, socket.SOMAXCONN)
         except OSError as exc:
-            self.server.log(LOG_ERROR, f"socket error: {exc}")
+            self.server.log(LOG_ERROR, f"socket error: expr={expr} msg={exc.strerror}")
             return
-        self._listener = listener
-        self.server.log(LOG_SYSTEM, f"server socket opened: expr={host}:{opts.port} timeout={opts.timeout:.1f}")
-        self._acceptor = threading.Thread(target=self._accept_loop, name="kt-memcached", daemon=True)
-        self._acceptor.start()
+        self.server.log(LOG_SYSTEM, f"server socket opened: expr={expr} timeout={opts.timeout:.1f}")
+        self._core = ThreadedServer(listener, self, opts.threads, self._stopping, name="kt-memcached")
+        self._thread = threading.Thread(target=self._core.serve_forever, name="kt-memcached", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting, end every connection (its unacknowledged queue messages are
-        stored again) and wait for them."""
+        """Stop serving: every connection ends (its unacknowledged queue messages are
+        stored again)."""
         self._stopping.set()
         with self._queue_cond:
             self._queue_cond.notify_all()
-        if self._acceptor is not None:
-            self._acceptor.join()
-            self._acceptor = None
-        with self._lock:
-            connections = list(self._connections.values())
-        for conn in connections:
-            conn.shutdown()
-        for conn in connections:
-            conn.thread.join(5.0)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._core is not None:
+            self._core.close()
+            self._core = None
 
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        try:
-            accept_loop(listener, self._stopping, self._connected)
-        finally:
-            listener.close()
+    # -- the thserv.Handler -------------------------------------------------------------------
 
-    def _connected(self, sock: socket.socket, addr: Any) -> None:
-        conn = _Connection(self, sock)
-        with self._lock:
-            self._connections[id(conn)] = conn
-        conn.thread.start()
+    def connect(self, sock: socket.socket, addr: Any) -> _Connection:
+        return _Connection(self, sock)
 
-    def _finished(self, conn: _Connection) -> None:
-        with self._lock:
-            self._connections.pop(id(conn), None)
+    def process(self, conn: _Connection) -> bool:
+        tokens = conn.read_command()
+        return tokens is not None and conn.dispatch(tokens)
+
+    def process_idle(self) -> None:
+        pass
+
+    def process_timer(self) -> None:
+        pass
+
+    def disconnect(self, conn: _Connection) -> None:
+        conn.restore_taken()
+        conn.close()
+
+    def log_error(self, message: str) -> None:
+        self.server.log(LOG_ERROR, f"memcached: {message}")
 
     def connection_count(self) -> int:
-        return len(self._connections)
+        return self._core.connection_count() if self._core is not None else 0
 
     # -- shared state -------------------------------------------------------------------------
 
@@ -236,7 +244,7 @@ class _Connection(BufferedSocket):
     """One memcached client: read buffer, command loop, taken queue messages."""
 
     def __init__(self, plugin: MemcachedServer, sock: socket.socket) -> None:
-        super().__init__(sock, plugin._stopping)
+        super().__init__(sock)
         self.plugin = plugin
         self.taken: dict[bytes, bytes] = {}   # queue messages fetched, not yet acknowledged
         self.flags = plugin.options.flags
@@ -245,12 +253,11 @@ class _Connection(BufferedSocket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        self.thread = threading.Thread(target=self.run, name="kt-memcached-conn", daemon=True)
 
     def read_command(self) -> list[bytes] | None:
-        """The tokens of the next command line (waiting for it as long as it takes), or
-        None when the connection is done."""
-        if not self.wait_for_request():
+        """The tokens of the command whose bytes have begun to arrive, or None when the
+        connection is done."""
+        if not self.begin_request():
             return None
         while True:
             try:
@@ -268,21 +275,7 @@ class _Connection(BufferedSocket):
         except mc.BadDataBlock:
             return None
 
-    # -- the loop -----------------------------------------------------------------------------
-
-    def run(self) -> None:
-        plugin = self.plugin
-        try:
-            while True:
-                tokens = self.read_command()
-                if tokens is None or not self.dispatch(tokens):
-                    break
-        except Exception as exc:  # a bug in one connection must not take the listener down
-            plugin.server.log(LOG_ERROR, f"unexpected error in a memcached session: {exc!r}")
-        finally:
-            self.restore_taken()
-            self.close()
-            plugin._finished(self)
+    # -- commands -----------------------------------------------------------------------------
 
     def dispatch(self, tokens: list[bytes]) -> bool:
         """Run one command; whether the connection stays open."""
@@ -312,8 +305,6 @@ class _Connection(BufferedSocket):
 
     def reply(self, noreply: bool, data: bytes) -> bool:
         return True if noreply else self.send(data)
-
-    # -- commands -----------------------------------------------------------------------------
 
     def store(self, tokens: list[bytes], op: str) -> bool:
         """set / add / replace."""

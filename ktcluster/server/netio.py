@@ -1,27 +1,28 @@
 """Blocking socket I/O for the server's connections and listeners.
 
 Shared by the server's sessions (:mod:`.server`), the memcached plug-in
-(:mod:`.memcached`) and the replication slave (:mod:`.slave`); the bytes themselves are
-encoded and decoded by :mod:`ktcluster.protocol`.
+(:mod:`.memcached`), both served by :mod:`.thserv`, and the replication slave
+(:mod:`.slave`); the bytes themselves are encoded and decoded by
+:mod:`ktcluster.protocol`.
 
 Timeouts are ktserver's: the socket timeout (``-tout``) bounds every read *inside* a
-request, while a connection waiting for its next request waits indefinitely
-(:meth:`BufferedSocket.wait_for_request`).  Large reads are collected in pieces and
-joined once, never preallocated, so memory follows what actually arrives (a client
-announcing 256 MiB and sending nothing costs nothing).
+request; between requests a connection waits in :mod:`.thserv`'s poller, without a
+timeout.  Large reads are collected in pieces and joined once, never preallocated, so
+memory follows what actually arrives (a client announcing 256 MiB and sending nothing
+costs nothing).
 """
 
 from __future__ import annotations
 
+import select
 import socket
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from ..protocol.binary import Incomplete
+from ..protocol.framing import Incomplete
+from ..protocol.kcnum import atoi
 
-__all__ = ["BufferedSocket", "open_listener", "accept_loop", "RECV_SIZE"]
+__all__ = ["BufferedSocket", "open_listener", "RECV_SIZE"]
 
 #: bytes asked of one recv()
 RECV_SIZE = 65536
@@ -32,32 +33,25 @@ _RECV_MAX = 1 << 20
 class BufferedSocket:
     """A connected socket and the bytes read from it: ``buf[pos:]`` is unread."""
 
-    def __init__(self, sock: socket.socket, stopping: threading.Event | None = None) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = b""
         self.pos = 0
-        self._stopping = stopping
 
-    def wait_for_request(self) -> bool:
-        """Make the first byte of the next request available, waiting through socket
-        timeouts for as long as it takes (until ``stopping`` is set); False when the
-        connection is done."""
-        if self.pos < len(self.buf):
-            return True
-        stopping = self._stopping
-        while stopping is None or not stopping.is_set():
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except TimeoutError:
-                continue
-            except OSError:
+    def begin_request(self) -> bool:
+        """Make the first byte of the next request available.  The poller saw bytes (or
+        the end) arrive, so one read gets them; False when the connection is done."""
+        return self.pos < len(self.buf) or self.fill()
+
+    def peer_closed(self) -> bool:
+        """Whether the peer has closed the connection (or it failed), found without
+        waiting and without consuming what the peer sent."""
+        try:
+            if not select.select([self.sock], [], [], 0)[0]:
                 return False
-            if not data:
-                return False
-            self.buf = data
-            self.pos = 0
+            return not self.sock.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
             return True
-        return False
 
     def fill(self) -> bool:
         """Read more bytes (waiting at most the socket timeout); False on EOF, timeout or
@@ -144,9 +138,16 @@ class BufferedSocket:
             pass
 
 
+def invalid_address(host: str, port: int) -> bool:
+    """What kt::ServerSocket::open refuses as an "invalid address expression" (ktsocket.cc):
+    an address whose first number is 0 (``0.0.0.0``), or a port outside 1..32767.  No
+    host ("") binds every address."""
+    return bool(host and atoi(host.encode()) < 1) or not 1 <= port <= 32767
+
+
 def open_listener(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening TCP socket on ``host`` (an IPv4 address, "" = every interface) with a
-    short accept timeout for :func:`accept_loop`; OSError if it cannot bind."""
+    """A listening TCP socket on ``host`` (an IPv4 address, "" = every interface);
+    OSError if it cannot bind."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -155,22 +156,4 @@ def open_listener(host: str, port: int, backlog: int) -> socket.socket:
     except OSError:
         listener.close()
         raise
-    listener.settimeout(0.25)
     return listener
-
-
-def accept_loop(listener: socket.socket, stopping: threading.Event,
-                on_connect: Callable[[socket.socket, Any], None]) -> None:
-    """Accept connections and hand each to ``on_connect(sock, addr)`` until ``stopping``
-    is set (looked at every 0.25 s)."""
-    while not stopping.is_set():
-        try:
-            sock, addr = listener.accept()
-        except TimeoutError:
-            continue
-        except OSError:
-            if stopping.is_set():
-                break
-            time.sleep(0.01)
-            continue
-        on_connect(sock, addr)

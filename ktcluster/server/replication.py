@@ -8,6 +8,10 @@ stamp.  At the end of the log it sends a 0xB0 heartbeat with
 ``max(now - 1 s, highest time stamp read)``, waits for the single byte 0xB1 (anything
 else ends the session), sleeps 0.1 s and looks again.
 
+Entries are sent in batches of 64 KiB; a slave that has gone (its connection closed)
+is noticed within 1024 entries read, so a handshake whose client left does not go on
+scanning the log.
+
 A requested time stamp older than the oldest remaining update-log file is not an error:
 as with ktserver, the stream starts at the oldest file and the entries of removed files
 are silently missing.
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["serve"]
 
 _BATCH = 1 << 16
+#: entries read between two looks at whether the slave is still there
+_CHECK_EVERY = 1024
 _ERROR = bytes((MAGIC_ERROR,))
 
 
@@ -75,9 +81,13 @@ def _stream(session: Session, reader, sid: int, white: bool) -> None:
     missed = 0
     out: list[bytes] = []
     pending = 0
+    scanned = 0
     while not stopping.is_set():
         entry = reader.read()
         if entry is not None:
+            scanned += 1
+            if scanned % _CHECK_EVERY == 0 and session.peer_closed():
+                return   # the slave has gone: stop scanning the log for it
             message, mts = entry
             origin = entry_origin(message)
             wanted = origin is not None and ((origin[0] == sid) if white else (origin[0] != sid))

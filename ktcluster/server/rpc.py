@@ -41,6 +41,8 @@ RV_SUCCESS, RV_NOIMPL, RV_INVALID, RV_LOGIC, RV_TIMEOUT, RV_INTERNAL = 0, 1, 2, 
 HTTP_STATUS = {RV_SUCCESS: 200, RV_NOIMPL: 501, RV_INVALID: 400, RV_LOGIC: 450, RV_TIMEOUT: 503, RV_INTERNAL: 500}
 
 _UINT64MAX = (1 << 64) - 1
+#: the buffer kc::strprintf formats a floating-point number into
+_FORMAT_BUFSIZ = 128
 _DEFAULT_WAIT = 30.0
 KT_VERSION = b"0.9.56b (2.19)"
 KT_FEATURES = b"(epoll)(lua)"
@@ -78,8 +80,8 @@ def call(session: Session, name: bytes, inmap: dict[bytes, bytes]) -> tuple[int,
     db = server.db_by_expr(inmap.get(b"DB"))
     cur = None
     cexpr = inmap.get(b"CUR")
-    if cexpr and 0x30 <= cexpr[0] <= 0x39:
-        curid = atoi(cexpr)
+    curid = atoi(cexpr) if cexpr and 0x30 <= cexpr[0] <= 0x39 else -1   # 2^63 and above wrap negative
+    if curid >= 0:
         cur = session.cursors.get(curid)
         if cur is None:
             if db is not None:
@@ -267,7 +269,7 @@ def do_report(session, db, cur, inmap, outmap):
     outmap[b"db_total_count"] = b"%d" % total_count
     outmap[b"db_total_size"] = b"%d" % total_size
     outmap[b"serv_conn_count"] = b"%d" % server.connection_count()
-    outmap[b"serv_task_count"] = b"%d" % max(server.task_count() - 1, 0)
+    outmap[b"serv_task_count"] = b"0"   # the requests waiting for a worker are not counted (thserv)
     outmap[b"serv_thread_count"] = b"%d" % server.config.threads
     now = time.time()
     outmap[b"serv_current_time"] = b"%.6f" % now
@@ -435,7 +437,16 @@ def do_increment(session, db, inmap, outmap, key, num):
 @procedure(db=True, params=(b"key", b"num"), count=(Counter.SET,), logical=(LOGIC,))
 def do_increment_double(session, db, inmap, outmap, key, num):
     orig = _orig(inmap, -math.inf, math.inf, atof, 0.0)
-    outmap[b"num"] = b"%f" % db.increment_double(key, atof(num), orig, _xt(inmap))
+    outmap[b"num"] = _format_f(db.increment_double(key, atof(num), orig, _xt(inmap)))
+
+
+def _format_f(num: float) -> bytes:
+    """kc::strprintf's ``%f``: snprintf into a 128-byte buffer, so a longer result is cut
+    at 127 bytes and marked with ``*``, and one of exactly 128 ends in the buffer's NUL."""
+    text = b"%f" % num
+    if len(text) >= _FORMAT_BUFSIZ:
+        return text[:_FORMAT_BUFSIZ - 1] + (b"*" if len(text) > _FORMAT_BUFSIZ else b"\0")
+    return text
 
 
 @procedure(db=True, params=(b"key",), count=(Counter.SET,), logical=(LOGIC,))

@@ -12,10 +12,10 @@ Design:
 
 * **Runtimes.**  ktserver gives each of its ``-th`` worker threads a Lua state of its
   own (``kt.thid`` = the worker's index, globals private to the state).  The embedded
-  server runs a thread per connection, so it keeps a pool of at most ``-th`` Lua 5.1
-  states (``lupa.lua51``, like ktserver's build): a call takes an idle state (creating
-  one, with the lowest free ``thid``, while fewer than ``-th`` exist) and waits when all
-  are busy, just as ktserver's requests wait for a worker.  States are created on first
+  server keeps a pool of at most ``-th`` Lua 5.1 states (``lupa.lua51``, like
+  ktserver's build): a call takes an idle state (creating one, with the lowest free
+  ``thid``, while fewer than ``-th`` exist), and since no more than ``-th`` workers call
+  at once it never waits (``kt.thid`` numbers the state, not the worker).  States are created on first
   need, each running the script's top level once, as every ktserver worker does at
   start; the first one is made at start-up so that a broken script is logged then.
 * **Concurrency.**  lupa releases the GIL while Lua code runs, so scripts run in

@@ -1,14 +1,15 @@
-"""The server: listener, one thread per connection, first-byte dispatch, the HTTP loop.
+"""The server: the databases and front ends behind ktserver's threaded server.
 
-Each connection gets a :class:`Session` running in its own thread with a blocking socket
-(the fastest arrangement in CPython for a few busy connections; a ``WAIT`` or a slow
-client just blocks its own thread).  Every request starts by looking at one byte:
-``0x00`` or ``>= 0x80`` is the binary protocol (:mod:`.binary`, :mod:`.replication`),
-anything else an HTTP request (:mod:`.rpc` under ``/rpc/``, :mod:`.rest` otherwise).
-The two may alternate and be pipelined on one connection.
-
-Timeouts are ktserver's: ``-tout`` bounds every blocking read *inside* a request, while
-an idle keep-alive connection waits for its next request indefinitely.
+The listener, the poller and the ``-th`` worker threads are :mod:`.thserv`'s, with
+ktserver's rules (an idle connection costs no thread; a blocked request holds its
+worker; the idle event collects expired records and defragments files whenever no
+request has arrived for 0.1 s and none waits, even while others are blocked).  Each
+connection is a :class:`Session`; each request starts by looking at one byte: ``0x00``
+or ``>= 0x80`` is the binary protocol (:mod:`.binary`, :mod:`.replication`), anything
+else an HTTP request (:mod:`.rpc` under ``/rpc/``, :mod:`.rest` otherwise).  The two may
+alternate and be pipelined on one connection.  ``-tout`` bounds every blocking read
+*inside* a request; an idle keep-alive connection waits for its next request
+indefinitely.
 
 Hooks for the parts other modules add (created at start when the command line asks for
 them, None or empty otherwise):
@@ -37,7 +38,7 @@ import threading
 import time
 from typing import Any
 
-from ..protocol.binary import Incomplete
+from ..protocol.framing import Incomplete
 from ..protocol.http import (
     BadRequest,
     HTTPError,
@@ -50,8 +51,10 @@ from ..protocol.http import (
 from ..protocol.kcnum import atoi
 from ..protocol.rpc import RPC_PREFIX
 from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM, ConfigError, ServerConfig
-from .netio import BufferedSocket, accept_loop, open_listener
+from .netio import BufferedSocket, invalid_address, open_listener
 from .storage import Cursor, Database, DBError, StorageError
+from .thserv import AVAILABLE as thserv_available
+from .thserv import ThreadedServer
 from .ulog import UlogError, UpdateLog
 
 __all__ = ["Server", "Session", "Conditions", "Logger", "Counter"]
@@ -186,28 +189,21 @@ class Session(BufferedSocket):
     """One client connection: its read buffer, its cursors, its counters."""
 
     def __init__(self, server: Server, sock: socket.socket, addr: Any) -> None:
-        super().__init__(sock, server.stopping)
+        super().__init__(sock)
         self.server = server
         self.addr = addr
         self.cursors: dict[int, Cursor] = {}
         self.counts = [0] * 8
 
-    def run(self) -> None:
-        """Serve requests until the connection ends (or a front end ends it)."""
-        server = self.server
-        binary = server.binary_handler
-        while self.wait_for_request():
-            first = self.buf[self.pos]
-            server.task_started()
-            try:
-                if first == 0 or first >= 0x80:
-                    keep = binary(self, first)
-                else:
-                    keep = self.handle_http()
-            finally:
-                server.task_finished()
-            if not keep:
-                return
+    def serve(self) -> bool:
+        """Serve the request whose bytes have begun to arrive; whether the connection stays
+        open."""
+        if not self.begin_request():
+            return False
+        first = self.buf[self.pos]
+        if first == 0 or first >= 0x80:
+            return self.server.binary_handler(self, first)
+        return self.handle_http()
 
     def handle_http(self) -> bool:
         """One HTTP request and its answer; whether the connection stays open."""
@@ -281,14 +277,13 @@ class Server:
         self.rpc_handler = rpc.handle
         self.rest_handler = rest.handle
         self.name = f"localhost:{config.port}" if config.port != 80 else "localhost"
-        self._sessions: dict[int, Session] = {}
-        self._sessions_lock = threading.Lock()
+        self._counts_lock = threading.Lock()   # guards the two below: a session moves atomically
+        self._sessions: set[Session] = set()
         self._finished_counts = [0] * 8
-        self._tasks = 0
-        self._tasks_lock = threading.Lock()
-        self._last_event = time.monotonic()
-        self._listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
+        self._idle_count = 0
+        self._next_sync = time.time() + config.sync_interval
+        self._next_snapshot = time.time() + config.snapshot_interval
+        self._core: ThreadedServer | None = None
         self.log(LOG_SYSTEM, f"================ [START]: pid={self.pid}")
         try:
             self._open(config)
@@ -304,6 +299,8 @@ class Server:
         self.log(LOG_ERROR, f"database error: {exc.code}: {exc.name}: {exc.message}")
 
     def _open(self, config: ServerConfig) -> None:
+        if not thserv_available:
+            raise ConfigError("the embedded server needs Linux (it serves its connections with epoll)")
         if config.plugin_db_path and not config.void_db:
             self.log(LOG_ERROR, f"could not load a plug-in database file: {config.plugin_db_path}")
             raise ConfigError(f"{config.plugin_db_path}: could not load a plug-in database file")
@@ -350,9 +347,7 @@ class Server:
             if not host:
                 self.log(LOG_ERROR, f"unknown host: {config.host}")
                 raise ConfigError(f"unknown host: {config.host}")
-        # ktsocket.cc: no host binds every address; an address whose atoi is < 1 (0.0.0.0)
-        # and a port outside 1..INT16MAX are refused
-        if (host and atoi(host.encode()) < 1) or not 1 <= config.port <= 32767:
+        if invalid_address(host or "", config.port):
             message = f"socket error: expr={host or ''}:{config.port} msg=invalid address expression"
             self.log(LOG_ERROR, message)
             raise ConfigError(message)
@@ -361,7 +356,7 @@ class Server:
         except OSError as exc:
             self.log(LOG_ERROR, f"socket error: {exc}")
             raise ConfigError(f"could not listen on port {config.port}: {exc.strerror}") from None
-        self._listener = listener
+        self._core = ThreadedServer(listener, self, config.threads, self.stopping)
         self.log(LOG_SYSTEM, f"server socket opened: expr={host or ''}:{config.port} timeout={config.timeout:.1f}")
 
     # -- snapshots (-bgs) ---------------------------------------------------------------------
@@ -394,132 +389,111 @@ class Server:
 
     # -- counters and tasks -------------------------------------------------------------------
 
-    def task_started(self) -> None:
-        with self._tasks_lock:
-            self._tasks += 1
-        self._last_event = time.monotonic()
-
-    def task_finished(self) -> None:
-        with self._tasks_lock:
-            self._tasks -= 1
-        self._last_event = time.monotonic()
-
-    def task_count(self) -> int:
-        return self._tasks
-
     def connection_count(self) -> int:
-        return len(self._sessions)
+        return self._core.connection_count() if self._core is not None else 0
 
     def counts(self) -> list[int]:
-        """The ``cnt_*`` totals over every connection served."""
-        with self._sessions_lock:
+        """The ``cnt_*`` totals over every connection served (a closing connection's
+        are in, before and after it moves to the finished ones)."""
+        with self._counts_lock:
             total = list(self._finished_counts)
-            for session in self._sessions.values():
+            for session in self._sessions:
                 for i, value in enumerate(session.counts):
                     total[i] += value
         return total
 
     def db_by_expr(self, expr: bytes | None) -> Database | None:
         """The database an RPC ``DB`` value or REST path segment names: a decimal index
-        when it starts with a digit (kc::atoi), else an exact name; absent or an empty C
-        string = DB 0."""
+        when it starts with a digit (kc::atoi, kept in a 32-bit int: 2^32 is DB 0), else
+        an exact name; absent or an empty C string = DB 0."""
         if not expr or expr[0] == 0:
             return self.dbs[0] if self.dbs else None
         if 0x30 <= expr[0] <= 0x39:
-            end = 1
-            while end < len(expr) and 0x30 <= expr[end] <= 0x39:
-                end += 1
-            index = int(expr[:end])
+            index = (atoi(expr) + (1 << 31)) % (1 << 32) - (1 << 31)
         else:
             nul = expr.find(b"\0")
             index = self.db_index.get((expr if nul < 0 else expr[:nul]).decode("utf-8", "surrogateescape"), -1)
         return self.dbs[index] if 0 <= index < len(self.dbs) else None
 
-    # -- serving ------------------------------------------------------------------------------
+    # -- serving (the thserv.Handler) --------------------------------------------------------
 
     def serve_forever(self) -> None:
-        """Accept connections until :meth:`stop`; then wake every waiter."""
-        listener = self._listener
-        assert listener is not None
+        """Serve until :meth:`stop`; then wake every waiter."""
+        core = self._core
+        assert core is not None
         for plugin in self.plugins:
             plugin.start()
         if self.slave is not None:
             self.slave.start()
-        timer = threading.Thread(target=self._timer_loop, name="kt-timer", daemon=True)
-        timer.start()
-        self.log(LOG_SYSTEM, f"listening server socket started: fd={listener.fileno()}")
+        self.log(LOG_SYSTEM, f"listening server socket started: fd={core.listener_fd()}")
         try:
-            accept_loop(listener, self.stopping, self._spawn)
+            core.serve_forever()
         finally:
             self.stopping.set()
             self.conditions.broadcast_all()
             self.log(LOG_SYSTEM, "server stopped")
-            timer.join()
 
-    def _spawn(self, sock: socket.socket, addr: Any) -> None:
-        self._last_event = time.monotonic()
+    def connect(self, sock: socket.socket, addr: Any) -> Session:
         sock.settimeout(self.config.timeout if self.config.timeout > 0 else None)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        self.log(LOG_INFO, f"connected: expr={addr[0]}:{addr[1]}")
         session = Session(self, sock, addr)
-        thread = threading.Thread(target=self._serve_session, args=(session,), daemon=True,
-                                  name=f"kt-conn-{addr}")
-        with self._sessions_lock:
-            self._sessions[id(session)] = session
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-        thread.start()
+        with self._counts_lock:
+            self._sessions.add(session)
+        return session
 
-    def _serve_session(self, session: Session) -> None:
-        self.log(LOG_INFO, f"connected: expr={session.addr[0]}:{session.addr[1]}")
-        try:
-            session.run()
-        except Exception as exc:  # a bug in one connection must not take the server down
-            self.log(LOG_ERROR, f"unexpected error in a session: {exc!r}")
-        finally:
-            session.close()
-            with self._sessions_lock:
-                self._sessions.pop(id(session), None)
-                for i, value in enumerate(session.counts):
-                    self._finished_counts[i] += value
-            self.log(LOG_INFO, f"disconnecting: expr={session.addr[0]}:{session.addr[1]}")
+    def process(self, session: Session) -> bool:
+        return session.serve()
 
-    def _timer_loop(self) -> None:
-        """ktserver's idle and timer events: while no request has been running for 0.1 s
-        the garbage collector of one database advances (round robin); -asi synchronises
-        the databases and -bgs snapshots them periodically."""
-        idle_count = 0
-        next_sync = time.time() + self.config.sync_interval
-        next_snapshot = time.time() + self.config.snapshot_interval
-        while not self.stopping.wait(0.1):
-            if (self._tasks == 0 and time.monotonic() - self._last_event >= 0.1 and self.dbs
-                    and not self.config.read_only):
-                db = self.dbs[idle_count % len(self.dbs)]
-                idle_count += 1
-                for _ in range(4):
-                    if self._tasks > 0:
-                        break
-                    try:
-                        db.vacuum(2)
-                    except DBError:
-                        break
-            if self.config.sync_interval > 0 and time.time() >= next_sync:
-                for db in self.dbs:
-                    db.synchronize(self.config.sync_hard)
-                next_sync = time.time() + self.config.sync_interval
-            if self.config.snapshot_path and self.config.snapshot_interval > 0 and time.time() >= next_snapshot:
-                self.dump_snapshots()
-                next_snapshot = time.time() + self.config.snapshot_interval
+    def disconnect(self, session: Session) -> None:
+        self.log(LOG_INFO, f"disconnecting: expr={session.addr[0]}:{session.addr[1]}")
+        session.close()
+        with self._counts_lock:
+            self._sessions.discard(session)
+            for i, value in enumerate(session.counts):
+                self._finished_counts[i] += value
+
+    def log_error(self, message: str) -> None:
+        self.log(LOG_ERROR, message)
+
+    def process_idle(self) -> None:
+        """ktserver's idle event: the garbage collector of one database (round robin)
+        advances four steps.  (ktserver stops early when a request waits for a worker;
+        here a waiting request is not counted, see thserv.)"""
+        if not self.dbs or self.config.read_only:
+            return
+        db = self.dbs[self._idle_count % len(self.dbs)]
+        self._idle_count += 1
+        for _ in range(4):
+            try:
+                db.vacuum(2)
+            except DBError as exc:
+                self.log_db_error(exc)
+                break
+
+    def process_timer(self) -> None:
+        """ktserver's timer event: -asi synchronises the databases, -bgs snapshots them."""
+        config = self.config
+        if config.sync_interval > 0 and not config.read_only and time.time() >= self._next_sync:
+            self.log(LOG_INFO, "synchronizing databases")
+            for db in self.dbs:
+                try:
+                    db.synchronize(config.sync_hard)
+                except DBError as exc:
+                    self.log_db_error(exc)
+                    break
+            self._next_sync = time.time() + config.sync_interval
+        if config.snapshot_path and config.snapshot_interval > 0 and time.time() >= self._next_snapshot:
+            self.dump_snapshots()
+            self._next_snapshot = time.time() + config.snapshot_interval
 
     def stop(self) -> None:
-        """Stop accepting and end every connection (safe from a signal handler)."""
+        """Stop serving (safe from a signal handler): within 0.1 s every connection is
+        shut down and :meth:`serve_forever` returns."""
         self.stopping.set()
-        with self._sessions_lock:
-            sessions = list(self._sessions.values())
-        for session in sessions:
-            session.shutdown()
 
     def restart(self) -> None:
         """SIGUSR1 (or SIGHUP as a daemon): reopen the log and reload the script."""
@@ -535,13 +509,9 @@ class Server:
             plugin.stop()
         if self.slave is not None:
             self.slave.stop()
-        with self._sessions_lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(2.0)
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        if self._core is not None:
+            self._core.close()
+            self._core = None
         if self.config.snapshot_path and self.dbs:
             self.dump_snapshots()
         for db in self.dbs:

@@ -161,6 +161,7 @@ class Database:
                 self._apply_raw(op, key, stored)
         finally:
             store.disk = disk
+        store.opened()
         store.after_write(running=False)
 
     def _apply_raw(self, op: int, key: bytes, stored: bytes) -> bool:
@@ -497,9 +498,13 @@ class Database:
             count = 0
             if atomic:
                 now = _now()
-                recs = self._store.recs
+                store = self._store
+                recs = store.recs
                 for key, value in records:
-                    self._apply(key, recs.get(key), (value, xt), now)
+                    rec = recs.get(key)
+                    if rec is not None and store.lru:
+                        store.touch(key, rec)
+                    self._apply(key, rec, (value, xt), now)
                     count += 1
                 if self._gc_enabled:
                     self._score(_XTSCUNIT)

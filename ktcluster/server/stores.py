@@ -183,6 +183,9 @@ class RecordStore:
     def defrag(self, step: int) -> None:
         """Defragment the file (only HashDB has something to do)."""
 
+    def opened(self) -> None:
+        """The file's records are loaded: reset what Kyoto Cabinet does not keep in it."""
+
     def _place(self, key: bytes, okey: Any) -> None:
         self.order.add(okey)
         self.by_okey[okey] = key
@@ -423,6 +426,8 @@ class HashFileStore(RecordStore):
     larger than its record is split (adjust_record); a removed record's block becomes
     free.  Defragmentation shifts records down over free blocks, a few blocks per step
     from where the last step stopped (defrag_impl).  The order key is the offset.
+    ``frgcnt`` counts the blocks freed by removals and moves since the last defragmentation
+    (or the opening), as kchashdb.h's ``frgcnt_``.
     """
 
     def __init__(self, spec: DBSpec, persist: bool, disk: Journal | RecordFiles | None) -> None:
@@ -432,6 +437,7 @@ class HashFileStore(RecordStore):
         self.free_map: dict[int, int] = {}
         self.free_blocks = SortedList()   # (size, -offset): KC's free block pool
         self.dfcur = 0                    # where defragmentation goes on
+        self.frgcnt = 0
         roff = 64 + 6 * 1024 + 14 + 6 * self.bnum   # header, free block pool, buckets
         self.roff = roff + (-roff & 7)
 
@@ -450,6 +456,10 @@ class HashFileStore(RecordStore):
         self.order.discard(okey)
         del self.by_okey[okey]
         self._free(okey)   # moves the cursors on the block
+        self.frgcnt += 1
+
+    def opened(self) -> None:
+        self.frgcnt = 0
 
     def clear(self) -> None:
         super().clear()
@@ -534,6 +544,7 @@ class HashFileStore(RecordStore):
         self.order.discard(old)
         del self.by_okey[old]
         self._free(old)
+        self.frgcnt += 1
         # a cursor or an iteration always appends (accept_impl isiter)
         okey = self._append(size + (-size & 7)) if self.isiter else self._allocate(size)
         rec[2] = okey
@@ -558,6 +569,7 @@ class HashFileStore(RecordStore):
     def defrag(self, step: int) -> None:
         """KC HashDB::defrag: ``step`` < 1 defragments the whole file, otherwise ``step``
         blocks from where the last call stopped."""
+        self.frgcnt = 0
         if step < 1:
             self.dfcur = 0
             step = 1 << 62
@@ -624,7 +636,7 @@ class HashFileStore(RecordStore):
 
     def status(self) -> dict[str, Any]:
         out = super().status()
-        out.update(_LIBRARY_FIELDS, apow=3, bnum=self.bnum, chksum=188, dfunit=0, flags=1, fpow=10, frgcnt=0,
+        out.update(_LIBRARY_FIELDS, apow=3, bnum=self.bnum, chksum=188, dfunit=0, flags=1, fpow=10, frgcnt=self.frgcnt,
                    msiz=67108864, realsize=out["size"], trimmed=0)
         return out
 

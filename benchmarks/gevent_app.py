@@ -31,11 +31,13 @@ connections, each sending its next request when the previous answer arrived (a c
 loop, so the load is bounded), random keys, wrk's timeout at 60 s so that slow answers count
 in the latencies instead of being dropped.  Each round runs every (clients, endpoint) for
 every library in turn, the libraries' order rotated from round to round, so they see the
-same machine state; the table shows the median over rounds of each figure.  Per run:
-successful (2xx) requests/s, p50 and p99 latency, the CPU time per request of the app's
-process and of the KT servers (fresh servers only), and the errors (non-2xx answers and
-socket errors).  wrk's own CPU time per request (its headroom) is printed at the end,
-with a calibration: wrk alone against a node's ``/rpc/void``.
+same machine state.  Per run: successful (2xx) requests/s, p50 and p99 latency, the CPU
+time per request of the app's process (and of it, the time in Python's garbage collector)
+and of the KT servers (fresh servers only), and the errors (non-2xx answers and socket
+errors).  The first table shows the median over rounds of each figure, the second
+ktcluster's ratios to each peer paired by round (the libraries of a round ran back to
+back), their median and range.  wrk's own CPU time per request (its headroom) is printed
+at the end, with a calibration: wrk alone against a node's ``/rpc/void``.
 
 Targets (issue 11): ktcluster >= 1.0x ukt's requests/s and p99 <= ukt's, on every endpoint
 at every concurrency.  Prints numbers; it never asserts.

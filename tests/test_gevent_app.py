@@ -1,10 +1,12 @@
 """examples/gevent_app.py: a gevent WSGI server sharing one Cluster, driven by concurrent
-requests; one node then dies and the app answers with the right status codes."""
+requests; one node then dies and the app answers with the right status codes; one
+keep-alive connection is fast (TCP_NODELAY); local pool congestion is a 503 with Retry-After."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -16,16 +18,16 @@ from urllib.parse import quote
 import pytest
 
 from ktcluster.cluster import Cluster
-from ktcluster.testing import KTServer, free_port, start_cluster
+from ktcluster.testing import FaultProxy, KTServer, free_port, start_cluster
 
 APP = Path(__file__).parent.parent / "examples" / "gevent_app.py"
 
 
 class App:
-    def __init__(self, servers: list[str]) -> None:
+    def __init__(self, servers: list[str], *options: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, str(APP), "--listen", f"127.0.0.1:{self.port}",
-                                      "--timeout", "1", *servers], stderr=subprocess.PIPE)
+                                      "--timeout", "1", *options, *servers], stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -39,11 +41,16 @@ class App:
             time.sleep(0.05)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        return self.response(method, path, body)[:2]
+
+    def response(self, method: str, path: str, body: bytes | None = None
+                 ) -> tuple[int, bytes, http.client.HTTPMessage]:
+        """(status, body, headers) of one request on a new connection."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
         try:
             conn.request(method, path, body=body)
             resp = conn.getresponse()
-            return resp.status, resp.read()
+            return resp.status, resp.read(), resp.headers
         finally:
             conn.close()
 
@@ -114,3 +121,43 @@ def test_a_dead_node_maps_to_http_errors(app, servers):
     assert report["results"] == {k: "v" for k in records if k not in groups[dead.address]}
     health = json.loads(app.request("GET", "/health")[1])
     assert health["down"] == [dead.address]
+
+
+def test_one_keep_alive_connection_is_fast(app):
+    """gevent.pywsgi writes a response's head and its body in two sends.  Without TCP_NODELAY
+    on the accepted socket, Nagle's algorithm holds the body back until the client ACKs the
+    head, which a client delays by ~40 ms: one keep-alive connection got ~23 requests/s."""
+    value = b"v" * 100
+    assert app.request("PUT", "/kv/nagle", value)[0] == 204
+    conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=15)
+    latencies = []
+    try:
+        for _ in range(200):
+            start = time.perf_counter()
+            conn.request("GET", "/kv/nagle")
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, value)
+            latencies.append(time.perf_counter() - start)
+    finally:
+        conn.close()
+    assert statistics.median(latencies) < 0.020  # ~0.3 ms with TCP_NODELAY, ~40 ms without
+
+
+def test_local_congestion_is_503_with_retry_after(servers):
+    """No free pooled connection within pool_timeout (PoolTimeoutError) is local congestion,
+    not a slow node: 503 with Retry-After, while the request holding the connection succeeds."""
+    with FaultProxy(servers[0].address, latency=3.0) as slow:
+        running = App([slow.address], "--timeout", "10", "--pool-size", "1", "--pool-timeout", "0.2")
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                held = pool.submit(running.request, "GET", "/kv/held")
+                deadline = time.monotonic() + 10
+                while slow.received == 0:  # the first request holds the pool's only connection
+                    assert time.monotonic() < deadline and not held.done()
+                    time.sleep(0.01)
+                status, body, headers = running.response("GET", "/kv/waiting")
+                assert status == 503 and headers["Retry-After"] == "1"
+                assert "became free within 0.2 s" in json.loads(body)["error"]
+                assert held.result(30) == (404, b"")
+        finally:
+            running.stop()

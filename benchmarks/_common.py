@@ -102,10 +102,18 @@ class BareSocket:
 
 def ops_per_second(fn: Callable[[], object], duration: float) -> float:
     """Calls of ``fn`` per second over a batch of about ``duration`` seconds (GC paused)."""
+    return timed_batch(fn, duration)[0]
+
+
+def timed_batch(fn: Callable[[], object], duration: float) -> tuple[float, float]:
+    """(calls per second, this process's CPU seconds per call) over a batch of about
+    ``duration`` seconds (GC paused).  CPU time counts what the client itself costs,
+    system calls included, whatever the server and other processes do meanwhile."""
     gc.disable()
     try:
         n = 0
         batch = 1
+        cpu0 = time.process_time()
         start = time.perf_counter()
         deadline = start + duration
         while True:
@@ -114,7 +122,7 @@ def ops_per_second(fn: Callable[[], object], duration: float) -> float:
             n += batch
             now = time.perf_counter()
             if now >= deadline:
-                return n / (now - start)
+                return n / (now - start), (time.process_time() - cpu0) / n
             batch = min(batch * 2, 64)
     finally:
         gc.enable()
@@ -122,30 +130,36 @@ def ops_per_second(fn: Callable[[], object], duration: float) -> float:
 
 @dataclass
 class Case:
-    """One operation measured for several libraries: ``runs`` maps a library to a callable."""
+    """One operation measured for several libraries: ``runs`` maps a library to a callable;
+    ``records`` is how many records one call handles (CPU is shown per record)."""
 
     name: str
     runs: dict[str, Callable[[], object]]
     best: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    records: int = 1
 
 
 def measure(cases: Sequence[Case], duration: float, rounds: int) -> None:
-    """The fastest of ``rounds`` short batches for every (case, library).  Libraries take
-    turns batch by batch, so load from other processes hits all of them alike, and the
-    fastest batch is the one least disturbed by it."""
+    """The fastest of ``rounds`` short batches for every (case, library), and the least CPU
+    per call of them.  Libraries take turns batch by batch, so load from other processes
+    hits all of them alike, and the best batch is the one least disturbed by it."""
     for case in cases:
         for fn in case.runs.values():
             fn()  # warm up: connect, fill caches
     for _ in range(rounds):
         for case in cases:
             for lib, fn in case.runs.items():
-                rate = ops_per_second(fn, duration)
+                rate, cpu = timed_batch(fn, duration)
                 case.best[lib] = max(case.best.get(lib, 0.0), rate)
+                case.cpu[lib] = min(case.cpu.get(lib, float("inf")), cpu)
 
 
 def print_table(cases: Sequence[Case], libs: Sequence[str], ours: str,
-                targets: dict[tuple[str, str], float] | None = None) -> None:
-    """ops/s per library, then ``ours / lib`` ratios (and the target when one is set)."""
+                targets: dict[tuple[str, str], float] | None = None, cpu_libs: Sequence[str] | None = None) -> None:
+    """ops/s per library and ``ours / lib`` ratios (with the target when one is set), then
+    the client's CPU per record (µs) of ``cpu_libs`` and ``lib / ours`` CPU ratios (above
+    1: ours costs less)."""
     targets = targets or {}
     others = [lib for lib in libs if lib != ours]
     head = f"{'operation':<28}" + "".join(f"{lib + ' ops/s':>22}" for lib in libs)
@@ -167,4 +181,21 @@ def print_table(cases: Sequence[Case], libs: Sequence[str], ours: str,
             else:
                 text = "-"
             line += f"{text:>24}"
+        print(line)
+    if not cpu_libs:
+        return
+    cpu_others = [lib for lib in cpu_libs if lib != ours]
+    print()
+    head = f"{'client CPU, us per record':<28}" + "".join(f"{lib:>14}" for lib in cpu_libs)
+    head += "".join(f"{lib + ' / ' + ours:>18}" for lib in cpu_others)
+    print(head)
+    print("-" * len(head))
+    for case in cases:
+        line = f"{case.name:<28}"
+        for lib in cpu_libs:
+            cpu = case.cpu.get(lib)
+            line += f"{cpu * 1e6 / case.records:>14.2f}" if cpu else f"{'-':>14}"
+        for lib in cpu_others:
+            mine, theirs = case.cpu.get(ours), case.cpu.get(lib)
+            line += f"{theirs / mine:>17.2f}x" if mine and theirs else f"{'-':>18}"
         print(line)

@@ -101,7 +101,9 @@ def test_replication_handshakes_of_departed_clients_stop_scanning(kt_server_fact
     """A log of 60,000 entries the requester's sid filters out: a handshake scans it
     sending only a dummy record every 256 entries.  A hundred clients that sent the
     handshake and left at once must not each cost a scan of the whole log (ktserver stops
-    at its second dummy record, when sending fails)."""
+    at its second dummy record, when sending fails).  Measured: one whole scan costs the
+    embedded server 0.13 CPU seconds, so a hundred would cost 13; the hundred departed
+    clients cost 0.9-1.2 (connection, handshake, a reader, 1,024 entries each)."""
     srv = kt_server_factory(":", args=["-ulog", "ulog", "-sid", "7", "-th", "4"])
     with Wire(srv.host, srv.port, timeout=WAIT) as wire:
         for start in range(0, 60000, 1000):
@@ -113,7 +115,7 @@ def test_replication_handshakes_of_departed_clients_stop_scanning(kt_server_fact
                 sock.sendall(encode_handshake(0, 7))
         assert wire.rpc("void")[0] == 200
     used = quiet_cpu_seconds(srv.pid) - before
-    assert used < 1.0, f"{used:.1f} CPU seconds for 100 departed replication clients"
+    assert used < 3.0, f"{used:.1f} CPU seconds for 100 departed replication clients"
 
 
 # -- the memcached plug-in's address -------------------------------------------------------------

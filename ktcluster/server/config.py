@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..protocol.kcnum import atof, atoix
-from .dbspec import DBSpec
+from .db.dbspec import DBSpec
 
 __all__ = ["ServerConfig", "UsageError", "ConfigError", "parse_args", "usage_text",
            "LOG_DEBUG", "LOG_INFO", "LOG_SYSTEM", "LOG_ERROR", "LOG_ALL"]

@@ -39,9 +39,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from ..protocol.kcnum import INT64MAX, INT64MIN, cstr
-from ..protocol.kctext import levenshtein, utf8_to_ucs
-from ..protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, encode_log_entry, split_xt
+from ...protocol.kcnum import INT64MAX, INT64MIN, cstr
+from ...protocol.kctext import levenshtein, utf8_to_ucs
+from ...protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, encode_log_entry, split_xt
 from .dbspec import DBSpec
 from .increments import increment_decimal, increment_int
 from .kcdb import DUPREC, INVALID, LOGIC, NOIMPL, NOP, NOPERM, NOREC, REMOVE, SYSTEM, DBError, norec

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from ..protocol.replication import join_xt
+from ...protocol.replication import join_xt
 from .cursors import DirCursor, HashFileCursor, PlantCursor, StoreCursor
 from .dbspec import TYPE_NUMBERS, DBSpec, comparator
 from .hashing import murmur, tr1_fnv

@@ -101,7 +101,7 @@ class ServerConfig:
     @property
     def void_db(self) -> bool:
         """``-pldb ktplugdbvoid.so``: every database is the void plug-in database."""
-        return bool(self.plugin_db_path) and os.path.basename(self.plugin_db_path) == "ktplugdbvoid.so"
+        return self.plugin_db_path is not None and os.path.basename(self.plugin_db_path) == "ktplugdbvoid.so"
 
 
 def usage_text(progname: str) -> str:

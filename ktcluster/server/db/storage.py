@@ -222,11 +222,15 @@ class Database:
     # -- internals ----------------------------------------------------------------------------
 
     def _log_set(self, key: bytes, value: bytes, xt: int, sid: int | None = None) -> None:
-        self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_SET, key,
-                                          self._store.stored(value, xt)))
+        """Log a SET to the update log, if there is one (as the origin ``sid``, default the server's)."""
+        if self._sink is not None:
+            self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_SET, key,
+                                              self._store.stored(value, xt)))
 
     def _log_remove(self, key: bytes, sid: int | None = None) -> None:
-        self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_REMOVE, key))
+        """Log a REMOVE to the update log, if there is one."""
+        if self._sink is not None:
+            self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_REMOVE, key))
 
     def _check_writable(self) -> None:
         if not self.writable:
@@ -277,15 +281,13 @@ class Database:
             return
         store = self._store
         if result is REMOVE:
-            if self._sink is not None:
-                self._log_remove(key)
+            self._log_remove(key)
             if rec is not None:
                 store.delete(key)
             return
         value, xt = result
         xt = INT64MAX if self.persistent else modify_exptime(xt, now)
-        if self._sink is not None:
-            self._log_set(key, value, xt)
+        self._log_set(key, value, xt)
         if rec is None:
             store.insert(key, value, xt)
         else:
@@ -372,8 +374,7 @@ class Database:
                 axt = XTMAX
             else:
                 axt = modify_exptime(xt, _now())
-            if self._sink is not None:
-                self._log_set(key, value, axt)
+            self._log_set(key, value, axt)
             if rec is None:
                 store.insert(key, value, axt)
             else:
@@ -457,8 +458,7 @@ class Database:
         logged either way, as ktserver does."""
         store = self._store
         rec = store.recs.get(key)
-        if self._sink is not None:
-            self._log_remove(key)
+        self._log_remove(key)
         if rec is None:
             found = False
         else:
@@ -601,13 +601,13 @@ class Database:
             store = self._store
             if limit == 0:
                 return out
-            keys = store.order.irange(prefix) if store.tree and store.rank_of is None else store.ordered_keys()
+            keys = store.order.irange(prefix) if store.lexical else store.ordered_keys()
             for key in keys:
                 if key.startswith(prefix):
                     out.append(key)
                     if len(out) >= limit:
                         break
-                elif store.tree and store.rank_of is None:
+                elif store.lexical:
                     break   # past the keys with this prefix
             return out
 
@@ -755,13 +755,11 @@ class Cursor:
                 if result is NOP:
                     return NOP
                 if result is REMOVE:
-                    if db._sink is not None:
-                        db._log_remove(key)
+                    db._log_remove(key)
                     return REMOVE
                 value, xtp = result
                 axt = INT64MAX if persist else modify_exptime(xtp, now)
-                if db._sink is not None:
-                    db._log_set(key, value, axt)
+                db._log_set(key, value, axt)
                 return value, axt
 
             try:

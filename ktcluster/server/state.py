@@ -4,7 +4,7 @@
 names one: :meth:`ServerState.db_by_expr`), the update log, the WAIT/SIGNAL conditions,
 the operation counters of ``report``, the ``stopping`` event and the parts the command
 line adds (the Lua engine, the replication slave, the memcached plug-in), typed by the
-protocols below.  It opens and closes the files (:meth:`ServerState.open`,
+hook protocols below.  It opens and closes the files (:meth:`ServerState.open`,
 :meth:`ServerState.close`); it knows nothing of sockets or threads.  Beside it, the
 values every front end answers with: ktserver's return values (:data:`RV_SUCCESS`...)
 and their HTTP statuses, the version strings, the :class:`Counter` indices.
@@ -27,7 +27,7 @@ from .db.storage import Database, DBError, StorageError
 from .db.ulog import UlogError, UpdateLog
 from .log import Logger
 
-__all__ = ["ServerState", "Counter", "OperationCounts", "Conditions", "ScriptEngine", "Slave", "Plugin",
+__all__ = ["ServerState", "Counter", "OperationCounts", "Conditions", "ScriptingHook", "SlaveHook", "PluginHook",
            "RV_SUCCESS", "RV_NOIMPL", "RV_INVALID", "RV_LOGIC", "RV_TIMEOUT", "RV_INTERNAL", "HTTP_STATUS",
            "KT_VERSION", "KT_FEATURES", "KC_VERSION", "KC_FEATURES"]
 
@@ -152,7 +152,7 @@ class Conditions:
             self._cond.notify_all()
 
 
-class ScriptEngine(Protocol):
+class ScriptingHook(Protocol):
     """``state.scripting``, the Lua engine of ``-scr``
     (:func:`ktcluster.server.scripting.create_engine`)."""
 
@@ -163,7 +163,7 @@ class ScriptEngine(Protocol):
         """Reread the script (SIGUSR1)."""
 
 
-class Slave(Protocol):
+class SlaveHook(Protocol):
     """``state.slave``, the replication slave of ``-mhost``/``-rts``
     (:func:`ktcluster.server.frontends.slave.create_slave`).  ``host`` is the master
     ("" = none), ``rts`` the last time stamp applied (``synchronize`` reads it)."""
@@ -182,7 +182,7 @@ class Slave(Protocol):
         """The ``repl_*`` fields of ``report`` (none while no master is set)."""
 
 
-class Plugin(Protocol):
+class PluginHook(Protocol):
     """One of ``state.plugins``: a listener started and stopped with the server
     (``-plsv``; :func:`ktcluster.server.frontends.memcached.create_plugin`)."""
 
@@ -201,8 +201,8 @@ class ServerState:
     (:class:`~.db.ulog.UpdateLog` or None), ``conditions``, ``counts``
     (:class:`OperationCounts`), ``stopping`` (an Event: the server is stopping),
     ``start_time``, ``pid``, ``name`` (the host name of REST's ``Location``), and the
-    parts the process adds: ``scripting`` (:class:`ScriptEngine` or None), ``slave``
-    (:class:`Slave` or None), ``plugins`` (list of :class:`Plugin`)."""
+    parts the process adds: ``scripting`` (:class:`ScriptingHook` or None), ``slave``
+    (:class:`SlaveHook` or None), ``plugins`` (list of :class:`PluginHook`)."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -216,9 +216,9 @@ class ServerState:
         self.ulog: UpdateLog | None = None
         self.dbs: list[Database] = []
         self.db_index: dict[str, int] = {}
-        self.scripting: ScriptEngine | None = None
-        self.slave: Slave | None = None
-        self.plugins: list[Plugin] = []
+        self.scripting: ScriptingHook | None = None
+        self.slave: SlaveHook | None = None
+        self.plugins: list[PluginHook] = []
         self.log(LOG_SYSTEM, f"================ [START]: pid={self.pid}")
 
     def log(self, kind: int, message: str) -> None:

@@ -3,8 +3,9 @@
 For every call: ``WAIT`` (block on a named condition first; 503 if no signal comes),
 ``DB`` (index or name), ``CUR`` (a per-connection cursor, created on first use), the
 procedure, then ``SIGNAL``/``SIGNALBROAD``.  Each procedure fills an output map and
-returns a return value that becomes the HTTP status (:data:`HTTP_STATUS`); failures put
-ktserver's message under ``ERROR``.  Input decoding and output encoding are
+returns a return value that becomes the HTTP status
+(:data:`~ktcluster.server.state.HTTP_STATUS`); failures put ktserver's message under
+``ERROR``.  Input decoding and output encoding are
 :mod:`ktcluster.protocol.rpc`'s.
 """
 

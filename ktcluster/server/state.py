@@ -5,7 +5,7 @@ names one: :meth:`ServerState.db_by_expr`), the update log, the WAIT/SIGNAL cond
 the operation counters of ``report``, the ``stopping`` event and the parts the command
 line adds (the Lua engine, the replication slave, the memcached plug-in), typed by the
 hook protocols below.  It opens and closes the files (:meth:`ServerState.open`,
-:meth:`ServerState.close`); it knows nothing of sockets or threads.  Beside it, the
+:meth:`ServerState.close`); it knows nothing of sockets or workers.  Beside it, the
 values every front end answers with: ktserver's return values (:data:`RV_SUCCESS`...)
 and their HTTP statuses, the version strings, the :class:`Counter` indices.
 

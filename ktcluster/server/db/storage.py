@@ -221,16 +221,14 @@ class Database:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _log_set(self, key: bytes, value: bytes, xt: int, sid: int | None = None) -> None:
-        """Log a SET to the update log, if there is one (as the origin ``sid``, default the server's)."""
-        if self._sink is not None:
-            self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_SET, key,
-                                              self._store.stored(value, xt)))
+    # The writers log through these when there is an update log (``if self._sink is not
+    # None``: without one, the write path makes no call).
 
-    def _log_remove(self, key: bytes, sid: int | None = None) -> None:
-        """Log a REMOVE to the update log, if there is one."""
-        if self._sink is not None:
-            self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_REMOVE, key))
+    def _log_set(self, sink: UpdateSink, key: bytes, value: bytes, xt: int) -> None:
+        sink.write(encode_log_entry(self._sid, self.index, OP_SET, key, self._store.stored(value, xt)))
+
+    def _log_remove(self, sink: UpdateSink, key: bytes) -> None:
+        sink.write(encode_log_entry(self._sid, self.index, OP_REMOVE, key))
 
     def _check_writable(self) -> None:
         if not self.writable:
@@ -281,13 +279,15 @@ class Database:
             return
         store = self._store
         if result is REMOVE:
-            self._log_remove(key)
+            if self._sink is not None:
+                self._log_remove(self._sink, key)
             if rec is not None:
                 store.delete(key)
             return
         value, xt = result
         xt = INT64MAX if self.persistent else modify_exptime(xt, now)
-        self._log_set(key, value, xt)
+        if self._sink is not None:
+            self._log_set(self._sink, key, value, xt)
         if rec is None:
             store.insert(key, value, xt)
         else:
@@ -374,7 +374,8 @@ class Database:
                 axt = XTMAX
             else:
                 axt = modify_exptime(xt, _now())
-            self._log_set(key, value, axt)
+            if self._sink is not None:
+                self._log_set(self._sink, key, value, axt)
             if rec is None:
                 store.insert(key, value, axt)
             else:
@@ -458,7 +459,8 @@ class Database:
         logged either way, as ktserver does."""
         store = self._store
         rec = store.recs.get(key)
-        self._log_remove(key)
+        if self._sink is not None:
+            self._log_remove(self._sink, key)
         if rec is None:
             found = False
         else:
@@ -755,11 +757,13 @@ class Cursor:
                 if result is NOP:
                     return NOP
                 if result is REMOVE:
-                    db._log_remove(key)
+                    if db._sink is not None:
+                        db._log_remove(db._sink, key)
                     return REMOVE
                 value, xtp = result
                 axt = INT64MAX if persist else modify_exptime(xtp, now)
-                db._log_set(key, value, axt)
+                if db._sink is not None:
+                    db._log_set(db._sink, key, value, axt)
                 return value, axt
 
             try:

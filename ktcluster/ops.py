@@ -308,9 +308,13 @@ def _read_raw(s: Session, key: bytes, db: Any) -> Op[tuple[bytes, int | None] | 
     return answer_value(out, b"value"), _expires(out)
 
 
-def _read_binary(kb: bytes, dbidx: int) -> Op[tuple[bytes, int] | None]:
-    """(stored value, xt) of a record read with the binary protocol, or None."""
-    recs = yield Binary(_bin.encode_get_bulk(((dbidx, kb),)), _decode_one_record)
+def _get_one(kb: bytes, dbidx: int) -> Binary:
+    """The binary request that reads one record (its answer goes to :func:`_one_record`)."""
+    return Binary(_bin.encode_get_bulk(((dbidx, kb),)), _decode_one_record)
+
+
+def _one_record(kb: bytes, recs: list[tuple[int, bytes, bytes, int]]) -> tuple[bytes, int] | None:
+    """(stored value, xt) from the answer to :func:`_get_one`, or None."""
     if not recs:
         return None
     _, key, value, xt = recs[0]
@@ -406,7 +410,8 @@ def void(s: Session) -> Op[dict[bytes, bytes]]:
 def get(s: Session, key: Any, db: Any) -> Op[Any]:
     kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
     if s.fast:
-        brec = yield from _read_binary(kb, db if db == 0 and type(db) is int else (yield from db_index(s, db)))
+        dbidx = db if db == 0 and type(db) is int else (yield from db_index(s, db))
+        brec = _one_record(kb, (yield _get_one(kb, dbidx)))
         return None if brec is None else s.value(key, brec[0])
     target = _target(s, kb, db)
     if target is None:
@@ -423,7 +428,7 @@ def get(s: Session, key: Any, db: Any) -> Op[Any]:
 def get_with_expiry(s: Session, key: Any, db: Any) -> Op[tuple[Any, int | None] | None]:
     kb = key_bytes(key)
     if s.fast:
-        brec = yield from _read_binary(kb, (yield from db_index(s, db)))
+        brec = _one_record(kb, (yield _get_one(kb, (yield from db_index(s, db)))))
         return None if brec is None else (s.value(key, brec[0]), expires_at(brec[1]))
     rec = yield from _read_raw(s, kb, db)
     return None if rec is None else (s.value(key, rec[0]), rec[1])

@@ -196,7 +196,8 @@ class Cluster:
     name is then ``"host:port"``, as libketama clients name servers), or a
     mapping of node name -> address (names, not addresses, are hashed, so a box
     can be replaced without moving keys).  ``weights`` maps names to positive
-    ints (relative; default 1).
+    ints (relative; default 1); ``hash_tags=True`` places keys by their ``{tag}``
+    (see :mod:`ktcluster.ring`).
 
     ``binary``, ``pack_type``, ``custom_packer``, ``decode_keys`` and
     ``max_reply_size`` are :class:`~ktcluster.client.KyotoTycoon`'s, except that
@@ -217,7 +218,7 @@ class Cluster:
 
     def __init__(self, servers: Servers, *, binary: bool = True,
                  pack_type: int = KT_PACKER_BYTES, custom_packer: Any = None, decode_keys: bool = True,
-                 weights: Mapping[str, int] | None = None, pool_size: int = DEFAULT_POOL_SIZE,
+                 weights: Mapping[str, int] | None = None, hash_tags: bool = False, pool_size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float | None = DEFAULT_NODE_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                  timeout: float | None = DEFAULT_NODE_TIMEOUT, retry: RetryPolicy | None = None,
@@ -255,7 +256,7 @@ class Cluster:
             host, port = parse_address(address)
             partner = Node(format_address(host, port), host, port)
             partners[name] = self._member(partner, f"{name}~{partner.address}")
-        self._topology = _Topology(Ring({n.name: n.weight for n in nodes}), members, partners)
+        self._topology = _Topology(Ring({n.name: n.weight for n in nodes}, hash_tags=hash_tags), members, partners)
 
     @staticmethod
     def _parse_servers(servers: Servers, weights: Mapping[str, int]) -> list[Node]:

@@ -164,12 +164,12 @@ def rebalance(args: argparse.Namespace) -> int:
     if both:
         raise ArgumentError(f"nodes both in the ring and drained: {', '.join(sorted(both))}")
     nodes = {**servers.nodes, **drain}
-    identity = {"ring": servers.to_dict(), "drain": drain, "db": args.db}
+    identity = {"ring": servers.to_dict(), "drain": drain, "db": args.db, "hash_tags": servers.hash_tags}
     state: dict[str, Any] = {"kind": "rebalance", **identity, "done": [], "after": {}}
     if args.checkpoint and not args.dry_run:
         saved = load_state(args.checkpoint, "rebalance")
         if saved is not None:
-            if any(saved.get(k) != v for k, v in identity.items()):
+            if any(saved.get(k, False) != v for k, v in identity.items()):  # (older files: no hash_tags)
                 raise CLIError(f"the checkpoint {args.checkpoint} is for another ring, drain list or db; "
                                f"delete it to start over")
             state = saved

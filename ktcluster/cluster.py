@@ -92,7 +92,7 @@ from .protocol.kctext import levdist
 from .replication import ReplicationStream
 from .retry import OpClass, RetryPolicy, op_class
 from .ring import Ring, RingDiff
-from .ringdoc import DEFAULT_REFRESH, RingDoc, read_doc
+from .ringdoc import DEFAULT_MAX_CALL, DEFAULT_REFRESH, RingDoc, read_doc
 from .transport import Transport
 
 __all__ = ["Cluster", "Node", "Address", "DEFAULT_PORT", "DEFAULT_NODE_TIMEOUT"]
@@ -239,7 +239,8 @@ class Cluster:
     rebalance``) the source of the ring: ``servers`` (and ``weights``, ``hash_tags``)
     are then the ring used until a node holding a document answers, and the only way
     in.  The document is re-read when a call finds the last read older than its
-    ``refresh`` period, and every call's deadline is capped to its ``max_call``.
+    ``refresh`` period (``ringdoc.DEFAULT_REFRESH`` before one was read), and every
+    call's deadline is capped to its ``max_call`` (``DEFAULT_MAX_CALL`` before).
     """
 
     def __init__(self, servers: Servers, *, binary: bool = True,
@@ -283,8 +284,8 @@ class Cluster:
             partner = Node(format_address(host, port), host, port)
             partners[name] = self._member(partner, f"{name}~{partner.address}")
         self._topology = _Topology(Ring({n.name: n.weight for n in nodes}, hash_tags=hash_tags), members, partners)
-        #: the longest a call may last (the ring document may lower it)
-        self._call_limit = self.retry.deadline
+        #: the longest a call may last (with shared_ring: the ring document's max_call at most)
+        self._call_limit = min(self.retry.deadline, DEFAULT_MAX_CALL) if shared_ring else self.retry.deadline
         #: shared_ring: the document in force (None: none read yet) and when to read it again
         self._watch: _Watch | None = _Watch() if shared_ring else None
 

@@ -90,8 +90,13 @@ class RingDoc:
 
     def grace(self) -> float:
         """How long after this version is published every client has stopped acting on an
-        older one: a client re-reads within ``refresh`` and no call lasts over ``max_call``."""
-        return self.refresh + self.max_call + GRACE_SLACK
+        older one: a client re-reads within ``refresh`` and no call lasts over ``max_call``.
+        Version 1, the first one written, follows clients that had no document: they
+        re-read every DEFAULT_REFRESH and cap their calls to DEFAULT_MAX_CALL."""
+        grace = self.refresh + self.max_call
+        if self.version == 1:
+            grace = max(grace, DEFAULT_REFRESH + DEFAULT_MAX_CALL)
+        return grace + GRACE_SLACK
 
     def next(self, phase: str, **changes: Any) -> RingDoc:
         """The following version in ``phase`` (``since`` is set when it is published)."""

@@ -94,6 +94,7 @@ def test_the_document_round_trips_and_refuses_garbage(servers: list[KTServer]) -
     again = RingDoc.decode(document.encode())
     assert again == document and again.target_ring() is not None and again.ring().hash_tags
     assert again.grace() == REFRESH + 2.5 + 1.0
+    assert doc(servers, PREPARE, 1).grace() == 5.0 + 10.0 + 1.0  # the first version: clients had none
     assert set(again.addresses()) == set(NAMES)
     for bad in (b"", b"[]", b'{"format": 2}', document.encode().replace(b'"migrate"', b'"stable"'),
                 document.encode().replace(b'"version": 3', b'"version": -1'), b"\xff"):

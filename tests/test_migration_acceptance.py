@@ -21,13 +21,13 @@ from collections import Counter
 
 import pytest
 from migration_load import client, initial
+from test_migration import initialize
 
-from ktcluster.cli.live import _load, _Nodes, _publish
 from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster
 from ktcluster.packers import KT_PACKER_BYTES
 from ktcluster.ring import Ring
-from ktcluster.ringdoc import RING_KEY, STABLE, RingDoc
+from ktcluster.ringdoc import RING_KEY
 from ktcluster.testing import start_cluster
 
 CLIENTS = 8
@@ -62,9 +62,7 @@ def acceptance(n_keys: int) -> dict[str, float]:
             for i in range(0, n_keys, 5000):
                 loader.set_bulk({k: initial(k) for k in keys[i:i + 5000]})
         spec = ",".join(f"{n}={a}" for n, a in three.items())
-        nodes = _Nodes(three, 5.0)  # the ring document, as the first `rebalance begin` writes it
-        _publish(nodes, _load(nodes)[0], RingDoc.of(three, {}, refresh=0.5, max_call=2.0).next(STABLE), [])
-        nodes.close()
+        initialize(servers, refresh=0.5, max_call=2.0)  # the ring document the first `begin` writes
         ctx = multiprocessing.get_context("spawn")
         stop, results = ctx.Event(), ctx.Queue()
         procs = [ctx.Process(target=client, args=(i, three, keys[i::CLIENTS], stop, results)) for i in range(CLIENTS)]
@@ -100,5 +98,6 @@ def test_grow_and_drain_under_traffic() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_grow_and_drain_under_traffic_full_size() -> None:
     check(acceptance(200_000))

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..address import parse_address
@@ -48,6 +49,7 @@ from ..migration import ABSENT, settle
 from ..ops import status_field
 from ..packers import KT_PACKER_BYTES
 from ..retry import OpClass
+from ..ring import Ring
 from ..ringdoc import MIGRATE, PREPARE, RING_KEY, STABLE, Nodes, RingDoc, read_doc, stamped, write_doc
 from .commands import CLIError, print_table
 from .rebalance import Tally, report, sweep
@@ -57,14 +59,20 @@ from .servers import server_list
 __all__ = ["live"]
 
 
+#: keys settled at once by ``move`` (each key is independent; a ktserver serves them in parallel)
+MOVERS = 8
+
+
 class _Nodes:
-    """A raw-bytes HTTP client per node; ``run`` is what :func:`settle` calls."""
+    """A raw-bytes HTTP client per node (a pool of MOVERS connections); ``run`` is what
+    :func:`settle` calls."""
 
     def __init__(self, nodes: dict[str, str], timeout: float) -> None:
         self.clients: dict[str, KyotoTycoon] = {}
         for name, address in nodes.items():
             host, port = parse_address(address)
-            client = KyotoTycoon(pack_type=KT_PACKER_BYTES, decode_keys=False, pool_size=2, connect_timeout=timeout)
+            client = KyotoTycoon(pack_type=KT_PACKER_BYTES, decode_keys=False, pool_size=MOVERS,
+                                 connect_timeout=timeout)
             client.open(host, port, timeout=timeout)
             self.clients[name] = client
 
@@ -81,29 +89,34 @@ class _Nodes:
 
 
 class _Settler:
-    """The :class:`~ktcluster.cli.rebalance.Mover` of ``move``: settles key by key."""
+    """The :class:`~ktcluster.cli.rebalance.Mover` of ``move``: settles each key of a batch,
+    MOVERS at a time."""
 
     def __init__(self, nodes: _Nodes, db: int | str, tally: Tally) -> None:
         self.nodes, self.db, self.tally = nodes, db, tally
+        self.threads = ThreadPoolExecutor(MOVERS, thread_name_prefix="ktcluster-move")
 
     def count(self, node: str) -> int:
         db = self.db
         return self.nodes.run(OpClass.READ, node, lambda s: status_field(s, "count", b"count", db))
 
     def move(self, src: str, dst: str, records: list[Record]) -> None:
-        for key, _, _ in records:
+        def one(key: bytes) -> str | None:
             try:
-                outcome = settle(self.nodes.run, src, dst, key, self.db)
+                return settle(self.nodes.run, src, dst, key, self.db)
             except LogicalInconsistencyError:
+                return None
+
+        for (key, _, _), outcome in zip(records, self.threads.map(one, [r[0] for r in records]), strict=True):
+            if outcome is None:
                 self.tally.conflicts.append((src, dst, key))
-                continue
-            if outcome == ABSENT:
+            elif outcome == ABSENT:
                 self.tally.gone += 1  # a client settled or removed it since the scan read it
             else:
                 self.tally.moved[(src, dst)] += 1
 
     def close(self) -> None:
-        self.nodes.close()
+        self.threads.shutdown()
 
 
 # -- the document on the nodes ------------------------------------------------------------------------
@@ -118,14 +131,13 @@ def _load(nodes: _Nodes) -> tuple[dict[str, bytes | None], RingDoc | None]:
 
 
 def _publish(nodes: _Nodes, held: dict[str, bytes | None], doc: RingDoc, first: list[str]) -> RingDoc:
-    """Write ``doc`` (stamped now) on every node not holding its version yet, the nodes of
-    ``first`` first; CLIError when a node holds something else than it did (a concurrent
-    publisher); returns what was written."""
+    """Write ``doc`` (stamped now) on each of its nodes that does not hold it yet, the nodes
+    of ``first`` first; CLIError when a node holds something else than it did (a
+    concurrent publisher); returns what was written."""
     doc = stamped(doc)
-    order = sorted(held, key=lambda n: (n not in first, n))
-    for name in order:
+    for name in sorted(doc.addresses(), key=lambda n: (n not in first, n)):
         raw = held[name]
-        if raw is not None and RingDoc.decode(raw).version >= doc.version and RingDoc.decode(raw) == doc:
+        if raw is not None and RingDoc.decode(raw) == doc:
             continue
         if not nodes.run(OpClass.UNSAFE, name, lambda s, raw=raw: write_doc(s, raw, doc)):
             raise CLIError(f"the ring document on {name} changed under this command (another "
@@ -144,20 +156,20 @@ def _wait(doc: RingDoc, quiet: bool) -> None:
         time.sleep(left)
 
 
-def _published(nodes: _Nodes, held: dict[str, bytes | None], doc: RingDoc) -> bool:
-    return all(raw is not None and RingDoc.decode(raw) == doc for raw in held.values())
+def _published(held: dict[str, bytes | None], doc: RingDoc) -> bool:
+    return all((raw := held[name]) is not None and RingDoc.decode(raw) == doc for name in doc.addresses())
 
 
 def _open(args: argparse.Namespace) -> tuple[_Nodes, dict[str, bytes | None], RingDoc]:
-    """The nodes of the document in force (or of ``--servers`` when there is none), what
-    they hold, and that document (a version-0 stable one when there is none)."""
+    """The nodes of ``--servers`` and of the document in force, what they hold, and that
+    document (a version-0 stable one of ``--servers`` when there is none)."""
     servers = server_list(args)
     nodes = _Nodes(servers.nodes, args.timeout)
     held, doc = _load(nodes)
     if doc is None:
         return nodes, held, RingDoc.of(servers.nodes, servers.weights, hash_tags=servers.hash_tags,
                                        refresh=args.refresh, max_call=args.max_call)
-    everyone = doc.addresses()
+    everyone = {**servers.nodes, **doc.addresses()}
     if set(everyone) != set(nodes.clients):
         nodes.close()
         nodes = _Nodes(everyone, args.timeout)
@@ -202,7 +214,7 @@ def _begin(args: argparse.Namespace, nodes: _Nodes, held: dict[str, bytes | None
     elif (args.add or args.remove) and _target(doc, args) != doc.target:
         raise CLIError(f"a migration to another ring is under way (version {doc.version}, {doc.phase}); "
                        f"finish or abort it first")
-    if not _published(nodes, held, doc):
+    if not _published(held, doc):
         doc = _publish(nodes, held, doc, list(doc.nodes))
     _wait(doc, args.quiet)
     if doc.phase == PREPARE:
@@ -216,27 +228,36 @@ def _dry_run(args: argparse.Namespace, doc: RingDoc, target: Nodes) -> RingDoc:
     assert ring is not None
     current = {name: address for name, (address, _) in doc.nodes.items()}  # (nodes being added hold nothing)
     tally = Tally()
-    settler = _Settler(_Nodes(current, args.timeout), args.db, tally)
+    nodes = _Nodes(current, args.timeout)
     try:
-        elapsed = sweep(args, current, ring, {}, settler, tally)
+        elapsed = _sweep(args, nodes, current, ring, {}, tally)
     finally:
-        settler.close()
+        nodes.close()
     report(args, tally, elapsed)
     return doc
+
+
+def _sweep(args: argparse.Namespace, nodes: _Nodes, addresses: dict[str, str], ring: Ring,
+           identity: dict[str, Any], tally: Tally) -> float:
+    settler = _Settler(nodes, args.db, tally)
+    try:
+        return sweep(args, addresses, ring, identity, settler, tally)
+    finally:
+        settler.close()
 
 
 def _move(args: argparse.Namespace, nodes: _Nodes, held: dict[str, bytes | None], doc: RingDoc) -> int:
     if doc.phase != MIGRATE:
         raise CLIError(f"no migration is in its migrate phase (version {doc.version} is {doc.phase}): "
                        f"`ktcluster rebalance begin` first")
-    if not _published(nodes, held, doc):
+    if not _published(held, doc):
         doc = _publish(nodes, held, doc, list(doc.nodes))
     _wait(doc, args.quiet)
     ring = doc.target_ring()
     assert ring is not None
     tally = Tally()
     identity = {"document": doc.version, "db": args.db}
-    elapsed = sweep(args, doc.addresses(), ring, identity, _Settler(nodes, args.db, tally), tally)
+    elapsed = _sweep(args, nodes, doc.addresses(), ring, identity, tally)
     return report(args, tally, elapsed)
 
 
@@ -246,7 +267,7 @@ def _finish(args: argparse.Namespace, nodes: _Nodes, held: dict[str, bytes | Non
         assert ring is not None and doc.target is not None
         check = argparse.Namespace(**{**vars(args), "dry_run": True, "checkpoint": None, "quiet": True})
         tally = Tally()
-        sweep(check, doc.addresses(), ring, {}, _Settler(nodes, args.db, tally), tally)
+        _sweep(check, nodes, doc.addresses(), ring, {}, tally)
         left = sum(tally.flows.values())
         if left:
             raise CLIError(f"{left:,} keys are not on their new node yet: run `ktcluster rebalance move`")
@@ -256,7 +277,7 @@ def _finish(args: argparse.Namespace, nodes: _Nodes, held: dict[str, bytes | Non
         raise CLIError("the migration is in its prepare phase: `ktcluster rebalance begin` completes it")
     else:
         leaving = [name for name, raw in held.items() if raw is not None and name not in doc.nodes]
-        if not _published(nodes, held, doc):
+        if not _published(held, doc):
             doc = _publish(nodes, held, doc, list(doc.nodes))
     _wait(doc, args.quiet)
     for name in leaving:  # clients stopped reading them: drop their copy of the document

@@ -503,10 +503,14 @@ class Cluster:
                                        make_op)
         return self._execute(op_class(operation), topo, topo.ring.node_for(key), _op(make_op), self._deadline())
 
+    def _current(self) -> _Topology:
+        """The topology a call uses (with shared_ring, the ring document read recently enough)."""
+        return self._topology if self._watch is None else self._watched(self._watch)
+
     def _bulk_topology(self, kbs: Sequence[bytes]) -> tuple[_Topology, set[int]]:
         """A bulk call's topology, and the indices of its keys whose owner changes in the
         migration under way (the call routes them one by one, its other keys in bulk)."""
-        topo = self._topology if self._watch is None else self._watched(self._watch)
+        topo = self._current()
         return topo, set() if topo.migration is None else topo.migration.moving(kbs)
 
     def _bulk(self, operation: str, topo: _Topology, plan: dict[str, list[list[int]]],
@@ -560,7 +564,7 @@ class Cluster:
 
     def _each(self, operation: str, call: Call[T]) -> dict[str, T]:
         """Run ``call`` on every node at once: ``{node: result}`` in configuration order."""
-        topo = self._topology
+        topo = self._current()
         names = list(topo.members)
         deadline = self._deadline()
         cls = op_class(operation)

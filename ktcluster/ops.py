@@ -299,7 +299,7 @@ def _target(s: Session, key: bytes, db: Any) -> bytes | None:
     return target if len(target) <= _rest.MAX_TARGET else None
 
 
-def _read_raw(s: Session, key: bytes, db: Any) -> Op[tuple[bytes, int | None] | None]:
+def read_raw(s: Session, key: bytes, db: Any) -> Op[tuple[bytes, int | None] | None]:
     """(stored bytes, absolute expiry or None) of a record over RPC, or None when it is missing."""
     try:
         out = yield from rpc(s, b"get", [(b"key", key)], db)
@@ -415,7 +415,7 @@ def get(s: Session, key: Any, db: Any) -> Op[Any]:
         return None if brec is None else s.value(key, brec[0])
     target = _target(s, kb, db)
     if target is None:
-        rec = yield from _read_raw(s, kb, db)
+        rec = yield from read_raw(s, kb, db)
         return None if rec is None else s.value(key, rec[0])
     head, body = yield Http(_rest.encode_get(target, s.host))
     if head.status == 200:
@@ -430,7 +430,7 @@ def get_with_expiry(s: Session, key: Any, db: Any) -> Op[tuple[Any, int | None] 
     if s.fast:
         brec = _one_record(kb, (yield _get_one(kb, (yield from db_index(s, db)))))
         return None if brec is None else (s.value(key, brec[0]), expires_at(brec[1]))
-    rec = yield from _read_raw(s, kb, db)
+    rec = yield from read_raw(s, kb, db)
     return None if rec is None else (s.value(key, rec[0]), rec[1])
 
 
@@ -439,7 +439,7 @@ def get_int(s: Session, key: Any, db: Any) -> Op[int]:
     kb = key_bytes(key)
     target = _target(s, kb, db)
     if target is None:
-        rec = yield from _read_raw(s, kb, db)
+        rec = yield from read_raw(s, kb, db)
         if rec is None:
             raise LogicalInconsistencyError("DB: 7: no record: no record", 450)
         raw = rec[0]
@@ -568,7 +568,7 @@ def write_keeping(s: Session, key: Any, db: Any, new_value: Callable[[bytes | No
     and ``create`` is not set."""
     kb = key_bytes(key)
     for _ in range(KEEP_RETRIES):
-        rec = yield from _read_raw(s, kb, db)
+        rec = yield from read_raw(s, kb, db)
         if rec is None:
             if not create:
                 return False

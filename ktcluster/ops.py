@@ -133,6 +133,8 @@ class Session:
 
     def value(self, key: Any, raw: bytes) -> Any:
         """``raw`` unpacked: ValueDecodeError, naming ``key``, when the packer cannot."""
+        if self.raw_values:
+            return raw
         try:
             return self.unpack(raw)
         except Exception as exc:

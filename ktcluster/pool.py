@@ -114,9 +114,8 @@ class _Waiter:
 
     __slots__ = ("wake", "grant", "gone")
 
-    def __init__(self, lock_type: Any) -> None:
-        self.wake = lock_type()
-        self.wake.acquire()
+    def __init__(self, wake: Any) -> None:
+        self.wake = wake
         self.grant: Connection | None = None
         self.gone = False  # gave up (timed out or interrupted): pass it over
 
@@ -139,6 +138,9 @@ class ConnectionPool:
     checkout; ``check_idle_after`` is the idle time after which a connection is
     probed before reuse (0: always, the default; None: never probe).
     """
+
+    #: what the pool holds (the asyncio pool holds ktcluster.aio.connection.AsyncConnection)
+    connection_type: Any = Connection
 
     def __init__(self, host: str, port: int, *, size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
@@ -189,43 +191,62 @@ class ConnectionPool:
 
         Waits up to ``timeout`` (default: the pool's ``pool_timeout``; None waits
         forever) for one to become free, first come first served."""
+        timeout, give_up = self._give_up(timeout)
+        while True:
+            claim = self._claim()
+            conn, reused = self._wait(claim, timeout, give_up) if isinstance(claim, _Waiter) else claim
+            if self._vetted(conn, reused):
+                return conn
+
+    # The steps of a checkout that every front end shares (the asyncio pool,
+    # ktcluster.aio.pool, awaits its waiter instead of blocking on it).
+
+    def _give_up(self, timeout: float | None) -> tuple[float | None, float | None]:
+        """The wait's limit (the pool's by default) and the instant it ends (None: never)."""
         if timeout is None:
             timeout = self.pool_timeout
-        give_up = None if timeout is None else _monotonic() + timeout
-        while True:
-            waiter = None
-            with self._lock:
-                if self._lost:
-                    self._reclaim_lost()
-                self._checkouts += 1
-                if self._waiting:
-                    waiter = self._enqueue()          # others were first
-                elif self._idle:
-                    conn = self._idle.pop()
-                    self._trackers[id(conn)].out = True
-                    self._out += 1
-                    reused = True
-                elif self._out < self.size:
-                    conn = self._new_connection()
-                    reused = False
-                else:
-                    waiter = self._enqueue()
-            if waiter is not None:
-                conn, reused = self._wait(waiter, timeout, give_up)
-            try:
-                usable = not reused or self._usable(conn)
-            except BaseException:
-                self.checkin(conn, discard=True)
-                raise
-            if usable:
-                return conn
+        return timeout, None if timeout is None else _monotonic() + timeout
+
+    def _claim(self) -> tuple[Connection, bool] | _Waiter:
+        """``(connection, reused)`` at once, or the caller's place in the queue."""
+        with self._lock:
+            if self._lost:
+                self._reclaim_lost()
+            self._checkouts += 1
+            if self._waiting:
+                return self._enqueue()          # others were first
+            if self._idle:
+                conn = self._idle.pop()
+                self._trackers[id(conn)].out = True
+                self._out += 1
+                return conn, True
+            if self._out < self.size:
+                return self._new_connection(), False
+            return self._enqueue()
+
+    def _vetted(self, conn: Connection, reused: bool) -> bool:
+        """True when ``conn`` may be handed out; otherwise it is discarded (the caller
+        claims again)."""
+        try:
+            usable = not reused or self._usable(conn)
+        except BaseException:
             self.checkin(conn, discard=True)
+            raise
+        if not usable:
+            self.checkin(conn, discard=True)
+        return usable
 
     def _enqueue(self) -> _Waiter:
-        waiter = _Waiter(self._lock_type)
+        waiter = _Waiter(self._wake())
         self._waiters.append(waiter)
         self._waiting += 1
         return waiter
+
+    def _wake(self) -> Any:
+        """What a waiter blocks on until ``release()``: a held lock."""
+        wake = self._lock_type()
+        wake.acquire()
+        return wake
 
     def _wait(self, waiter: _Waiter, timeout: float | None, give_up: float | None) -> tuple[Connection, bool]:
         """Block until ``waiter`` is granted a connection; see checkout."""
@@ -236,10 +257,18 @@ class ConnectionPool:
             else:
                 waiter.wake.acquire(True, max(0.0, give_up - _monotonic()))
         except BaseException:  # interrupted: give back a grant that raced in, else leave the queue
-            conn = self._settle(waiter, started)
-            if conn is not None:
-                self.checkin(conn)
+            self._interrupted(waiter, started)
             raise
+        return self._granted(waiter, started, timeout)
+
+    def _interrupted(self, waiter: _Waiter, started: float) -> None:
+        """A waiter was interrupted: it gives back a grant that raced in, else leaves the queue."""
+        conn = self._settle(waiter, started)
+        if conn is not None:
+            self.checkin(conn)
+
+    def _granted(self, waiter: _Waiter, started: float, timeout: float | None) -> tuple[Connection, bool]:
+        """A wait ended: the waiter's ``(connection, reused)``, or PoolTimeoutError."""
         conn = self._settle(waiter, started)
         if conn is None:
             raise PoolTimeoutError(f"no connection to {self.address} became free within {timeout:g} s "
@@ -262,7 +291,7 @@ class ConnectionPool:
 
     def _new_connection(self) -> Connection:
         """A new connection, counted as checked out (call with the lock held)."""
-        conn = Connection(self.host, self.port, connect_timeout=self.connect_timeout, timeout=self.timeout,
+        conn = self.connection_type(self.host, self.port, connect_timeout=self.connect_timeout, timeout=self.timeout,
                           socket_module=self.socket_module)
         tracker = _Tracker(conn, self._on_connection_gone)
         tracker.key = id(conn)

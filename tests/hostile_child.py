@@ -10,7 +10,7 @@ client, makes the call and reports what it raised (class names along its MRO), h
 it took, and its peak resident memory above what it had at fork.  A child still running
 ``case["kill_after"]`` seconds after it started is killed and reported as ``"HUNG"``.
 
-A case: ``{"client": "http" | "binary" | "cluster" | "cluster_http" | "slave" | "stream",
+A case: ``{"client": "http" | "binary" | "aio_http" | "aio_binary" | "cluster" | "cluster_http" | "slave" | "stream",
 "call": a name in CALLS, "address": "host:port", "timeout": s, "deadline": s (Cluster),
 "options": {extra constructor arguments}, "cap": bytes, "kill_after": s}``.  The
 ``"storm"`` client is a Cluster of every address in ``"addresses"`` hammered by threads
@@ -26,6 +26,8 @@ if "--gevent" in sys.argv:
 
     monkey.patch_all()
 
+import asyncio  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -37,7 +39,7 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-from ktcluster import KT_PACKER_BYTES, Cluster, KyotoSlave, KyotoTycoon, ReplicationStream  # noqa: E402
+from ktcluster import KT_PACKER_BYTES, Cluster, KyotoSlave, KyotoTycoon, ReplicationStream, aio  # noqa: E402
 from ktcluster.address import parse_address  # noqa: E402
 from ktcluster.errors import KyotoTycoonException  # noqa: E402
 from ktcluster.health import HealthConfig  # noqa: E402
@@ -114,8 +116,9 @@ def make_client(case: dict[str, Any]) -> Any:
     host, port = parse_address(case["address"])
     options = dict(case.get("options", {}))
     timeout = case.get("timeout", 1.0)
-    if kind in ("http", "binary"):
-        kt = KyotoTycoon(binary=kind == "binary", pack_type=KT_PACKER_BYTES, **options)
+    if kind in ("http", "binary", "aio_http", "aio_binary"):
+        front = aio.KyotoTycoon if kind.startswith("aio_") else KyotoTycoon
+        kt = front(binary=kind.endswith("binary"), pack_type=KT_PACKER_BYTES, **options)
         kt.open(host, port, timeout=timeout)
         return kt
     if kind in ("cluster", "cluster_http"):
@@ -147,6 +150,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     try:
         value = CALLS[case["call"]](client)
+        if inspect.isawaitable(value):  # an asyncio client's call: on a loop of its own
+            value = asyncio.run(value)
     except BaseException as exc:  # reported to the test, whatever it is
         outcome = {"error": type(exc).__name__, "mro": [c.__name__ for c in type(exc).__mro__],
                    "message": str(exc)[:300], "request_sent": getattr(exc, "request_sent", None)}

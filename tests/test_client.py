@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fronts import FRONTS, single
 from threaded import run_threads
 
 from ktcluster import (
@@ -54,13 +55,23 @@ def server() -> Iterator[KTServer]:
         yield srv
 
 
-@pytest.fixture
-def kt(server: KTServer) -> Iterator[KyotoTycoon]:
-    client = KyotoTycoon().connect(server.host, server.port)
+#: the front end the running test's ``kt`` and ``client()`` use (set by the ``kt`` fixture)
+FRONT = ["blocking"]
+
+
+@pytest.fixture(params=FRONTS)
+def kt(server: KTServer, request) -> Iterator[KyotoTycoon]:
+    """A client of the server, of each front end in turn (``ktcluster.aio`` through
+    tests/fronts.py); tests marked ``blocking_only`` use what only the blocking one has."""
+    if request.param != "blocking" and request.node.get_closest_marker("blocking_only"):
+        pytest.skip("the asyncio front end has no cursors")
+    FRONT[0] = request.param
+    client = single(request.param).connect(server.host, server.port)
     client.clear(0)
     client.clear(1)
     yield client
     client.close()
+    FRONT[0] = "blocking"
 
 
 @contextlib.contextmanager
@@ -75,7 +86,8 @@ def paused(srv: KTServer) -> Iterator[None]:
 
 
 def client(server: KTServer, **kw) -> KyotoTycoon:
-    return KyotoTycoon(**kw).connect(server.host, server.port)
+    """A client of the running test's front end."""
+    return single(FRONT[0], **kw).connect(server.host, server.port)
 
 
 @pytest.fixture(params=["http", "binary"])
@@ -261,7 +273,7 @@ def test_binary_mode_supports_only_the_binary_protocol(server, kt):
                  lambda: b.check("k"), lambda: b.seize("k"), lambda: b.get_int("k"), lambda: b.vacuum(),
                  lambda: b.match_prefix("k"), lambda: b.match_regex("k"), lambda: b.match_similar("k"),
                  lambda: b.report(), lambda: b.status(), lambda: b.clear(), lambda: b.count(), lambda: b.size(),
-                 lambda: b.cursor()):
+                 *([lambda: b.cursor()] if FRONT[0] == "blocking" else [])):
         with pytest.raises(NotImplementedError):
             call()
     for call in (lambda: b.set_bulk({"a": 1}, atomic=True), lambda: b.get_bulk(["a"], atomic=True),
@@ -362,8 +374,9 @@ def test_decode_keys_false_returns_bytes(server, kt):
     c.set(b"\xffkey", b"v", db=1)
     c.set("akey", b"v", db=1)
     assert c.match_prefix(b"", db=1) == [b"akey", b"\xffkey"]
-    with c.cursor() as cur:
-        assert cur.jump(db=1) and cur.get_key() == b"akey"
+    if FRONT[0] == "blocking":
+        with c.cursor() as cur:
+            assert cur.jump(db=1) and cur.get_key() == b"akey"
     assert kt.match_regex("key", db=1) == ["akey", "\udcffkey"]  # surrogateescape: round-trips
     assert c.get("\udcffkey", db=1) == b"v"
 
@@ -473,6 +486,7 @@ def test_match_similar_counts_characters_or_bytes(kt):
 # -- cursors -----------------------------------------------------------------------------------
 
 
+@pytest.mark.blocking_only
 def test_cursor_walk(kt):
     for i in range(5):
         kt.set(f"k{i}", i, db=1)
@@ -498,6 +512,7 @@ def test_cursor_walk(kt):
     assert kt.count(1) == 3
 
 
+@pytest.mark.blocking_only
 def test_cursor_iteration_and_errors(kt):
     for i in range(3):
         kt.set(f"h{i}", i)
@@ -518,6 +533,7 @@ def test_cursor_iteration_and_errors(kt):
         assert empty.step() is False
 
 
+@pytest.mark.blocking_only
 def test_cursor_switching_db_uses_a_new_server_cursor(kt):
     kt.set("zero", 0)
     kt.set("one", 1, db=1)
@@ -527,6 +543,7 @@ def test_cursor_switching_db_uses_a_new_server_cursor(kt):
         assert cur.jump(db=0) and cur.get() == ("zero", 0)
 
 
+@pytest.mark.blocking_only
 def test_cursor_holds_its_connection(server, kt):
     c = client(server, pool_size=3)
     c.set_bulk({f"c{i:03d}": i for i in range(200)}, db=1)
@@ -556,6 +573,7 @@ def test_cursor_holds_its_connection(server, kt):
     assert c.pool.stats().in_use == 0
 
 
+@pytest.mark.blocking_only
 def test_cursor_connection_loss_is_reported(server, kt):
     kt.set_bulk({"a": 1, "b": 2}, db=1)
     cur = kt.cursor()
@@ -570,6 +588,7 @@ def test_cursor_connection_loss_is_reported(server, kt):
     cur.close()
 
 
+@pytest.mark.blocking_only
 def test_cursors_exhausting_the_pool(server, kt):
     c = client(server, pool_size=1, pool_timeout=0.2)
     cur = c.cursor()
@@ -997,6 +1016,7 @@ print("OK")
 """
 
 
+@pytest.mark.blocking_only
 def test_client_under_gevent(server, kt):
     import subprocess
     import sys

@@ -1,0 +1,25 @@
+"""ktcluster for asyncio: the same clients, with ``async``/``await``.
+
+    from ktcluster.aio import KyotoTycoon
+
+* :class:`KyotoTycoon` -- :class:`ktcluster.KyotoTycoon` for asyncio (the same
+  methods, arguments, results and errors, awaited), over a pool of asyncio
+  connections shared by every task (:mod:`ktcluster.aio.pool`).
+
+Everything but the I/O is the blocking front end's own code: the operations and
+codecs (:mod:`ktcluster.ops`, :mod:`ktcluster.protocol`), the pool's bookkeeping,
+the deadline's rules.  Cancellation (``task.cancel()``, ``asyncio.timeout``) is
+safe at any await: see :mod:`ktcluster.aio.connection` and :mod:`ktcluster.aio.pool`.
+Needs Python 3.11 or later (``asyncio.timeout``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+if sys.version_info < (3, 11):  # pragma: no cover - the package supports 3.10 elsewhere
+    raise ImportError("ktcluster.aio needs Python 3.11 or later (asyncio.timeout)")
+
+from .client import KyotoTycoon  # noqa: E402
+
+__all__ = ["KyotoTycoon"]

@@ -1,0 +1,83 @@
+"""Test helper: the asyncio front end seen through the blocking one's interface, so one
+test body checks both (``front`` fixtures parametrised over ``"blocking"``/``"asyncio"``).
+
+:class:`Awaited` wraps a ``ktcluster.aio`` client: each method call runs on one event
+loop in a thread of its own (:func:`loop_thread`) and returns its result or raises its
+error in the caller's thread -- several threads may call at once, and their calls then
+run concurrently on the loop, as tasks of an asyncio app would.  Attributes that are
+not methods (``pool``, ``transport``...) are the client's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+FRONTS = ("blocking", "asyncio")
+
+_loop: asyncio.AbstractEventLoop | None = None
+_lock = threading.Lock()
+
+
+def loop_thread() -> asyncio.AbstractEventLoop:
+    """The event loop the wrapped clients run on (started once, in a daemon thread)."""
+    global _loop
+    with _lock:
+        if _loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="aio-front", daemon=True).start()
+            _loop = loop
+        return _loop
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` on the loop thread and wait for its outcome."""
+    return asyncio.run_coroutine_threadsafe(coro, loop_thread()).result()
+
+
+async def _call(method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    result = method(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Awaited:
+    """A ``ktcluster.aio`` client (or cluster) driven like a blocking one; see the module docstring."""
+
+    def __init__(self, aio_client: Any) -> None:
+        self.aio = aio_client
+
+    def __repr__(self) -> str:
+        return f"<Awaited {self.aio!r}>"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.aio, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = run(_call(attr, args, kwargs))
+            return Awaited(result) if type(result) is type(self.aio) else result
+
+        return call
+
+    def __enter__(self) -> Awaited:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        run(_call(self.aio.close, (), {}))
+
+
+def single(front: str, *args: Any, **kwargs: Any) -> Any:
+    """``KyotoTycoon(*args, **kwargs)`` of the front end ``front`` (not yet open)."""
+    if front == "blocking":
+        from ktcluster import KyotoTycoon
+
+        return KyotoTycoon(*args, **kwargs)
+    from ktcluster.aio import KyotoTycoon as AsyncKyotoTycoon
+
+    return Awaited(AsyncKyotoTycoon(*args, **kwargs))

@@ -60,8 +60,7 @@ class Awaited:
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            result = run(_call(attr, args, kwargs))
-            return Awaited(result) if type(result) is type(self.aio) else result
+            return _wrapped(run(_call(attr, args, kwargs)))
 
         return call
 
@@ -70,6 +69,13 @@ class Awaited:
 
     def __exit__(self, *exc: object) -> None:
         run(_call(self.aio.close, (), {}))
+
+
+def _wrapped(result: Any) -> Any:
+    """An asyncio client or cluster (``connect``, ``with_options``, ``Cluster.client``) as Awaited."""
+    from ktcluster import aio
+
+    return Awaited(result) if isinstance(result, (aio.KyotoTycoon, aio.Cluster)) else result
 
 
 def single(front: str, *args: Any, **kwargs: Any) -> Any:
@@ -81,3 +87,14 @@ def single(front: str, *args: Any, **kwargs: Any) -> Any:
     from ktcluster.aio import KyotoTycoon as AsyncKyotoTycoon
 
     return Awaited(AsyncKyotoTycoon(*args, **kwargs))
+
+
+def cluster(front: str, *args: Any, **kwargs: Any) -> Any:
+    """``Cluster(*args, **kwargs)`` of the front end ``front``."""
+    if front == "blocking":
+        from ktcluster import Cluster
+
+        return Cluster(*args, **kwargs)
+    from ktcluster.aio import Cluster as AsyncCluster
+
+    return Awaited(AsyncCluster(*args, **kwargs))

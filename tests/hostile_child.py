@@ -10,9 +10,11 @@ client, makes the call and reports what it raised (class names along its MRO), h
 it took, and its peak resident memory above what it had at fork.  A child still running
 ``case["kill_after"]`` seconds after it started is killed and reported as ``"HUNG"``.
 
-A case: ``{"client": "http" | "binary" | "aio_http" | "aio_binary" | "cluster" | "cluster_http" | "slave" | "stream",
+A case: ``{"client": "http" | "binary" | "cluster" | "cluster_http" | "slave" | "stream",
 "call": a name in CALLS, "address": "host:port", "timeout": s, "deadline": s (Cluster),
-"options": {extra constructor arguments}, "cap": bytes, "kill_after": s}``.  The
+"options": {extra constructor arguments}, "cap": bytes, "kill_after": s}``; the clients
+``"aio_http"``, ``"aio_binary"``, ``"aio_cluster"`` and ``"aio_cluster_http"`` are
+ktcluster.aio's (each call runs in ``asyncio.run``).  The
 ``"storm"`` client is a Cluster of every address in ``"addresses"`` hammered by threads
 (greenlets under gevent) for ``"seconds"``: see :func:`storm`.
 """
@@ -121,10 +123,11 @@ def make_client(case: dict[str, Any]) -> Any:
         kt = front(binary=kind.endswith("binary"), pack_type=KT_PACKER_BYTES, **options)
         kt.open(host, port, timeout=timeout)
         return kt
-    if kind in ("cluster", "cluster_http"):
+    if kind in ("cluster", "cluster_http", "aio_cluster", "aio_cluster_http"):
         retry = RetryPolicy(attempts=3, deadline=case["deadline"], backoff=0.01, max_backoff=0.05)
-        return Cluster([case["address"]], binary=kind == "cluster", timeout=timeout, connect_timeout=timeout,
-                       pool_timeout=timeout, retry=retry, **options)
+        front = aio.Cluster if kind.startswith("aio_") else Cluster
+        return front([case["address"]], binary=kind.endswith("cluster"), timeout=timeout, connect_timeout=timeout,
+                     pool_timeout=timeout, retry=retry, **options)
     if kind == "slave":
         return KyotoSlave(1, host, port, timeout, **options)
     if kind == "stream":

@@ -20,9 +20,9 @@ import pytest
 from test_pool import ScriptedServer, read_request
 
 from ktcluster import KT_PACKER_BYTES
-from ktcluster.aio import KyotoTycoon
+from ktcluster.aio import Cluster, KyotoTycoon
 from ktcluster.errors import DeadlineExceeded, KyotoTycoonException, PoolTimeoutError
-from ktcluster.testing import KTServer
+from ktcluster.testing import KTServer, start_cluster
 
 KEYS = [f"key{i}" for i in range(200)]
 
@@ -36,9 +36,14 @@ def open_fds() -> int:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[KTServer]:
-    with KTServer() as srv:
-        yield srv
+def servers() -> Iterator[list[KTServer]]:
+    with start_cluster(3) as srvs:
+        yield srvs
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> KTServer:
+    return servers[0]
 
 
 def client(address: tuple[str, int], timeout: float = 30, **kw) -> KyotoTycoon:
@@ -47,12 +52,12 @@ def client(address: tuple[str, int], timeout: float = 30, **kw) -> KyotoTycoon:
     return kt
 
 
-async def settled(kt: KyotoTycoon, within: float = 5.0):
+async def settled(pool, within: float = 5.0):
     """The pool's counters once the loop has run the callbacks that close aborted sockets."""
     end = time.monotonic() + within
     while True:
         await asyncio.sleep(0.01)
-        stats = kt.pool.stats()
+        stats = pool.stats()
         if stats.in_use == 0 and stats.waiting == 0 or time.monotonic() > end:
             return stats
 
@@ -61,11 +66,12 @@ async def settled(kt: KyotoTycoon, within: float = 5.0):
 
 
 class Storm:
-    """Random calls of every kind on one client (HTTP and binary views); records what each
-    caller saw that it should not have."""
+    """Random calls of every kind on a client (HTTP and binary views) and a cluster; records
+    what each caller saw that it should not have."""
 
-    def __init__(self, kt: KyotoTycoon, seed: int) -> None:
+    def __init__(self, kt: KyotoTycoon, cluster: Cluster, seed: int) -> None:
         self.kt = kt
+        self.cluster = cluster
         self.binary = kt.with_protocol(binary=True)
         self.rng = random.Random(seed)
         self.calls = 0
@@ -79,7 +85,7 @@ class Storm:
 
     async def one_call(self) -> None:
         rng = self.rng
-        kt = rng.choice((self.kt, self.binary))
+        kt = rng.choice((self.kt, self.binary, self.cluster))
         key = rng.choice(KEYS)
         op = rng.randrange(6)
         self.calls += 1
@@ -93,9 +99,9 @@ class Storm:
         elif op == 3:
             await kt.set_bulk({k: value_of(k) for k in rng.sample(KEYS, 20)})
         elif op == 4:
-            assert await self.kt.count() >= 0
+            assert await rng.choice((self.kt, self.cluster)).count() >= 0
         else:
-            for k in await self.kt.match_prefix("key1", limit=5):
+            for k in await rng.choice((self.kt, self.cluster)).match_prefix("key1", limit=5):
                 self.check(k, await kt.get(k))
 
     async def worker(self) -> None:
@@ -126,11 +132,13 @@ class Storm:
                 return
 
 
-async def test_tasks_cancelled_or_timed_out_anywhere_leak_nothing(server):
-    kt = client((server.host, server.port), pool_size=4, pool_timeout=1, timeout=2)
+async def test_tasks_cancelled_or_timed_out_anywhere_leak_nothing(servers):
+    cluster = Cluster([s.address for s in servers], pool_size=4, pool_timeout=1, timeout=2)
+    kt = client((servers[0].host, servers[0].port), pool_size=4, pool_timeout=1, timeout=2)
     await kt.set_bulk({k: value_of(k) for k in KEYS})
+    await cluster.set_bulk({k: value_of(k) for k in KEYS})
     fds_before = open_fds()
-    storm = Storm(kt, seed=11)
+    storm = Storm(kt, cluster, seed=11)
     workers = [asyncio.create_task(storm.worker()) for _ in range(60)]
     victims = []
     end = time.monotonic() + 4
@@ -149,15 +157,22 @@ async def test_tasks_cancelled_or_timed_out_anywhere_leak_nothing(server):
                                                                               storm.timeouts)
     assert not storm.foreign, storm.foreign[:5]
     assert not storm.wrong, storm.wrong[:5]
-    stats = await settled(kt)
-    assert stats.in_use == 0 and stats.waiting == 0 and stats.idle <= 4, stats
-    assert open_fds() <= fds_before + stats.idle, (open_fds(), fds_before, stats)
+    idle = 0
+    for pool in [kt.pool] + [cluster.client(name).pool for name in cluster.nodes]:
+        stats = await settled(pool)
+        assert stats.in_use == 0 and stats.waiting == 0 and stats.idle <= 4, stats
+        idle += stats.idle
+    assert open_fds() <= fds_before + idle, (open_fds(), fds_before, idle)
     # and everything still works, at once, on whatever connections are left
     for key in KEYS[:20]:
         assert await kt.get(key) == value_of(key)
         assert await storm.binary.get(key) == value_of(key)
+        assert await cluster.get(key) == value_of(key)
     assert await kt.get_bulk(KEYS) == {k: value_of(k) for k in KEYS}
+    assert await cluster.get_bulk(KEYS) == {k: value_of(k) for k in KEYS}
+    assert cluster.stats()["down"] == []
     kt.close()
+    cluster.close()
 
 
 def half_then_hang(conn: socket.socket, index: int) -> None:

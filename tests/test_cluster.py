@@ -10,7 +10,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import fronts
 import pytest
+from fronts import FRONTS
 from threaded import run_threads
 
 from ktcluster.client import KyotoTycoon
@@ -36,14 +38,18 @@ def servers() -> Iterator[list[KTServer]]:
         yield srvs
 
 
-@pytest.fixture
-def make_cluster(servers):
+@pytest.fixture(params=("blocking",) if UNDER_GEVENT else FRONTS)
+def make_cluster(servers, request):
+    """Clusters of each front end in turn (``ktcluster.aio`` through tests/fronts.py);
+    tests marked ``blocking_only`` use what only the blocking one has."""
+    if request.param != "blocking" and request.node.get_closest_marker("blocking_only"):
+        pytest.skip("the asyncio front end has no cursors")
     made: list[Cluster] = []
 
     def make(**kw) -> Cluster:
         # These tests store Python objects, on servers of their own: pickle must be asked for.
         kw.setdefault("pack_type", KT_PACKER_PICKLE)
-        cluster = Cluster(kw.pop("addresses", [s.address for s in servers]), **kw)
+        cluster = fronts.cluster(request.param, kw.pop("addresses", [s.address for s in servers]), **kw)
         made.append(cluster)
         return cluster
 
@@ -223,6 +229,7 @@ def test_play_script_on_a_node_or_the_node_of_a_key(cluster):
     assert stats["nodes"][node]["pool"].created == created and stats["nodes"][node]["pool"].discarded == 0
 
 
+@pytest.mark.blocking_only
 def test_cursors_per_node_and_whole_cluster_iteration(make_cluster):
     cluster = make_cluster()
     data = {f"c{i}": i for i in range(60)}

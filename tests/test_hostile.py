@@ -272,9 +272,9 @@ GEVENT_CASES = [c for c in CASES if c["expect"] is LATE or c["client"] in ("clus
                 or c["behaviour"] in ("endless-body", "bin-hits-4G")]
 
 
-#: the single-server cases again with the asyncio client (ktcluster.aio.KyotoTycoon)
+#: the client and cluster cases again with the asyncio front end (ktcluster.aio)
 AIO_CASES = [dict(c, client="aio_" + c["client"], id="aio-" + c["id"]) for c in CASES
-             if c["client"] in ("http", "binary")]
+             if c["client"] in ("http", "binary", "cluster", "cluster_http")]
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,20 @@ same pool bookkeeping, the same deadline rules for the wait for a connection
   await the cancellation hit -- is discarded, never pooled again; one that answered
   goes back to the pool before the caller resumes (no await in between).
 * :meth:`AsyncTransport.run` drives an operation (a generator of requests) to its
-  result, every request through :meth:`exchange`.
+  result, every request through :meth:`exchange`; :meth:`AsyncTransport.run_on` on a
+  connection the caller holds.
+* :meth:`AsyncTransport.probe` checks that the server answers, on a fresh connection.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from ..connection import OWN, Limit
 from ..deadline import NO_DEADLINE, Deadline
 from ..errors import PoolTimeoutError
-from ..ops import Http, Op, Request
+from ..ops import Http, Op, Request, Session, void
 from ..transport import TransportBase
 from .connection import AsyncConnection
 from .pool import AsyncConnectionPool
@@ -77,10 +80,28 @@ class AsyncTransport(TransportBase):
 
     async def run(self, op: Op[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN) -> T:
         """Drive ``op`` to its result, each request on a pooled connection."""
-        exchange = self.exchange
+        return await _drive(op, lambda request: self.exchange(request, deadline, timeout))
+
+    async def run_on(self, conn: AsyncConnection, op: Op[T], deadline: Deadline = NO_DEADLINE) -> T:
+        """Drive ``op`` to its result on ``conn`` (held by the caller)."""
+        return await _drive(op, lambda request: self.send(conn, request, deadline))
+
+    async def probe(self, session: Session, deadline: Deadline = NO_DEADLINE, timeout: float | None = 1.0) -> None:
+        """Raise unless the server answers ``void`` on a fresh connection (pooled ones may be
+        stale) within ``timeout`` and the deadline."""
+        pool = self.pool
+        conn = AsyncConnection(pool.host, pool.port, connect_timeout=pool.connect_timeout, timeout=timeout)
         try:
-            request = op.send(None)
-            while True:
-                request = op.send(await exchange(request, deadline, timeout))
-        except StopIteration as done:
-            return done.value
+            await self.run_on(conn, void(session), deadline)
+        finally:
+            conn.close()
+
+
+async def _drive(op: Op[T], answer: Callable[[Request], Awaitable[Any]]) -> T:
+    """Send ``op``'s requests through ``answer`` until it returns its result."""
+    try:
+        request = op.send(None)
+        while True:
+            request = op.send(await answer(request))
+    except StopIteration as done:
+        return done.value

@@ -22,17 +22,8 @@ Endpoints (values are raw bytes)::
     GET    /bulk?key=a&key=b     200 {key: value} of the keys found
     GET    /health               200 {"down": [...], "nodes": {name: breaker state}}
 
-Errors map to status codes (the body is ``{"error": message}``)::
-
-    PoolTimeoutError       503 + Retry-After: 1   local congestion: every pooled connection to the
-                                                  node stayed busy for pool_timeout; nothing was sent
-    KTConnectionError      503                    the node is down or unreachable (NodeDownError:
-                                                  its breaker is open; nothing was sent)
-    KTTimeoutError         504                    the node did not answer in time (or the call's
-                                                  deadline passed)
-    OutcomeUnknownError    504                    a write (increment) may or may not have happened
-    PartialFailureError    502                    a bulk call failed on some nodes:
-                                                  ``{"results": ..., "failed_keys": [...]}``
+Errors map to status codes as examples/http_errors.py says (the body is
+``{"error": message}``; 503 with Retry-After for local pool congestion).
 
 Accepted connections get TCP_NODELAY: gevent.pywsgi writes a response's head and body in
 two sends, and with Nagle's algorithm on, the body of every response on a keep-alive
@@ -49,20 +40,16 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
+from http import HTTPStatus  # noqa: E402
 from urllib.parse import parse_qs, unquote  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
+from http_errors import http_error  # noqa: E402
 
 from ktcluster import KT_PACKER_BYTES  # noqa: E402
 from ktcluster.cluster import DEFAULT_NODE_TIMEOUT, Cluster  # noqa: E402
-from ktcluster.errors import (  # noqa: E402
-    KTConnectionError,
-    KTTimeoutError,
-    OutcomeUnknownError,
-    PartialFailureError,
-    PoolTimeoutError,
-)
+from ktcluster.errors import KyotoTycoonException  # noqa: E402
 from ktcluster.pool import DEFAULT_POOL_SIZE  # noqa: E402
 
 Environ = dict
@@ -114,18 +101,12 @@ def make_app(cluster: Cluster) -> Callable[[Environ, StartResponse], Iterable[by
                 return _json(start, "200 OK", {"down": cluster.health.down(),
                                                "nodes": {n: cluster.health[n].state.value for n in cluster.nodes}})
             return _reply(start, "404 Not Found")
-        except PartialFailureError as exc:
-            results = exc.results
-            if isinstance(results, dict) and all(isinstance(v, bytes) for v in results.values()):
-                results = {k: v.decode() for k, v in results.items()}
-            return _json(start, "502 Bad Gateway", {"error": str(exc), "results": results,
-                                                    "failed_keys": exc.failed_keys})
-        except PoolTimeoutError as exc:
-            return _json(start, "503 Service Unavailable", {"error": str(exc)}, [("Retry-After", "1")])
-        except (OutcomeUnknownError, KTTimeoutError) as exc:
-            return _json(start, "504 Gateway Timeout", {"error": str(exc)})
-        except KTConnectionError as exc:  # NodeDownError included
-            return _json(start, "503 Service Unavailable", {"error": str(exc)})
+        except KyotoTycoonException as exc:
+            mapped = http_error(exc)
+            if mapped is None:
+                raise
+            status, body, headers = mapped
+            return _json(start, f"{status} {HTTPStatus(status).phrase}", body, headers)
 
     return app
 

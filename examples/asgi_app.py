@@ -12,39 +12,26 @@ The Cluster is made when the app starts (its lifespan) and closed when it stops;
 Cluster per process is the intended use: the pools, breakers and retry budget are shared
 by all requests, which are tasks of one event loop.
 
-Endpoints and status codes are gevent_app.py's (values are raw bytes)::
-
-    GET    /kv/<key>             200 value | 404
-    PUT    /kv/<key>             204 (body = value)
-    DELETE /kv/<key>             204 | 404
-    POST   /incr/<key>?by=N      200 new value
-    POST   /bulk                 200 {"stored": n}   (body: JSON object key -> text value)
-    GET    /bulk?key=a&key=b     200 {key: value} of the keys found
-    GET    /health               200 {"down": [...], "nodes": {name: breaker state}}
-
-and errors map to status codes as examples/http_errors.py says.
+Its endpoints are gevent_app.py's, and errors map to status codes as
+examples/webapp.py says.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import uvicorn
-from http_errors import http_error
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from webapp import arguments, http_error
 
 from ktcluster import KT_PACKER_BYTES
 from ktcluster.aio import Cluster
-from ktcluster.cluster import DEFAULT_NODE_TIMEOUT
 from ktcluster.errors import KyotoTycoonException
-from ktcluster.pool import DEFAULT_POOL_SIZE
 
 
 def make_app(make_cluster: Callable[[], Cluster]) -> Starlette:
@@ -104,19 +91,9 @@ def app_from_env() -> Starlette:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
-    parser.add_argument("--timeout", type=float, default=2.0, help="socket timeout towards KT (seconds)")
-    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, help="connections per KT node")
-    parser.add_argument("--pool-timeout", type=float, default=DEFAULT_NODE_TIMEOUT,
-                        help="longest wait for a free pooled connection (seconds)")
-    parser.add_argument("servers", nargs="+", help="KT servers, host:port")
-    args = parser.parse_args(argv)
-    options: dict[str, Any] = dict(pack_type=KT_PACKER_BYTES, timeout=args.timeout, pool_size=args.pool_size,
-                                   pool_timeout=args.pool_timeout)
-    host, port = args.listen.rsplit(":", 1)
-    uvicorn.run(make_app(lambda: Cluster(args.servers, **options)), host=host, port=int(port),
-                log_level="warning", access_log=False)
+    host, port, servers, options = arguments((__doc__ or "").splitlines()[0], argv)
+    uvicorn.run(make_app(lambda: Cluster(servers, **options)), host=host, port=port, log_level="warning",
+                access_log=False)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ Endpoints (values are raw bytes)::
     GET    /bulk?key=a&key=b     200 {key: value} of the keys found
     GET    /health               200 {"down": [...], "nodes": {name: breaker state}}
 
-Errors map to status codes as examples/http_errors.py says (the body is
+Errors map to status codes as examples/webapp.py says (the body is
 ``{"error": message}``; 503 with Retry-After for local pool congestion).
 
 Accepted connections get TCP_NODELAY: gevent.pywsgi writes a response's head and body in
@@ -34,7 +34,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -45,12 +44,11 @@ from urllib.parse import parse_qs, unquote  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
-from http_errors import http_error  # noqa: E402
+from webapp import arguments, http_error  # noqa: E402
 
 from ktcluster import KT_PACKER_BYTES  # noqa: E402
-from ktcluster.cluster import DEFAULT_NODE_TIMEOUT, Cluster  # noqa: E402
+from ktcluster.cluster import Cluster  # noqa: E402
 from ktcluster.errors import KyotoTycoonException  # noqa: E402
-from ktcluster.pool import DEFAULT_POOL_SIZE  # noqa: E402
 
 Environ = dict
 StartResponse = Callable[..., object]
@@ -126,18 +124,9 @@ def app_from_env() -> Callable[[Environ, StartResponse], Iterable[bytes]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
-    parser.add_argument("--timeout", type=float, default=2.0, help="socket timeout towards KT (seconds)")
-    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, help="connections per KT node")
-    parser.add_argument("--pool-timeout", type=float, default=DEFAULT_NODE_TIMEOUT,
-                        help="longest wait for a free pooled connection (seconds)")
-    parser.add_argument("servers", nargs="+", help="KT servers, host:port")
-    args = parser.parse_args(argv)
-    cluster = Cluster(args.servers, pack_type=KT_PACKER_BYTES, timeout=args.timeout,
-                      pool_size=args.pool_size, pool_timeout=args.pool_timeout)
-    host, port = args.listen.rsplit(":", 1)
-    server = NoDelayWSGIServer((host, int(port)), make_app(cluster), log=None)
+    host, port, servers, options = arguments(__doc__.splitlines()[0], argv)
+    cluster = Cluster(servers, **options)
+    server = NoDelayWSGIServer((host, port), make_app(cluster), log=None)
     gevent.signal_handler(signal.SIGTERM, server.stop, 1)
     try:
         server.serve_forever()

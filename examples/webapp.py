@@ -1,4 +1,8 @@
-"""How the example web apps (gevent_app.py, asgi_app.py) answer a ktcluster error.
+"""What the example web apps (gevent_app.py, asgi_app.py) share: their command line and
+how they answer a ktcluster error.
+
+:func:`arguments` parses ``--listen host:port``, ``--timeout``, ``--pool-size``,
+``--pool-timeout`` and the KT servers into the listen address and the Cluster's options.
 
 :func:`http_error` maps an error to ``(status, JSON body, extra headers)``, or None for
 an error the app does not map (the framework's 500)::
@@ -16,8 +20,11 @@ an error the app does not map (the framework's 500)::
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
+from ktcluster import KT_PACKER_BYTES
+from ktcluster.cluster import DEFAULT_NODE_TIMEOUT
 from ktcluster.errors import (
     KTConnectionError,
     KTTimeoutError,
@@ -25,8 +32,25 @@ from ktcluster.errors import (
     PartialFailureError,
     PoolTimeoutError,
 )
+from ktcluster.pool import DEFAULT_POOL_SIZE
 
 Headers = list[tuple[str, str]]
+
+
+def arguments(description: str, argv: list[str] | None = None) -> tuple[str, int, list[str], dict[str, Any]]:
+    """``(host, port, servers, Cluster options)`` from the command line."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
+    parser.add_argument("--timeout", type=float, default=2.0, help="socket timeout towards KT (seconds)")
+    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, help="connections per KT node")
+    parser.add_argument("--pool-timeout", type=float, default=DEFAULT_NODE_TIMEOUT,
+                        help="longest wait for a free pooled connection (seconds)")
+    parser.add_argument("servers", nargs="+", help="KT servers, host:port")
+    args = parser.parse_args(argv)
+    host, port = args.listen.rsplit(":", 1)
+    options = dict(pack_type=KT_PACKER_BYTES, timeout=args.timeout, pool_size=args.pool_size,
+                   pool_timeout=args.pool_timeout)
+    return host, int(port), args.servers, options
 
 
 def http_error(exc: BaseException) -> tuple[int, dict[str, Any], Headers] | None:

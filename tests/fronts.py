@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 FRONTS = ("blocking", "asyncio")
@@ -67,15 +67,31 @@ class Awaited:
     def __enter__(self) -> Awaited:
         return self
 
+    def __iter__(self) -> Iterator[Any]:
+        return _iterate(run(_call(self.aio.__aiter__, (), {})))
+
     def __exit__(self, *exc: object) -> None:
         run(_call(self.aio.close, (), {}))
 
 
 def _wrapped(result: Any) -> Any:
-    """An asyncio client or cluster (``connect``, ``with_options``, ``Cluster.client``) as Awaited."""
+    """An asyncio client, cluster or consumer (``connect``, ``with_options``, ``Cluster.client``,
+    ``Cluster.replication``) as Awaited; an async iterator (``KyotoSlave.consume``) as an iterator."""
     from ktcluster import aio
 
-    return Awaited(result) if isinstance(result, (aio.KyotoTycoon, aio.Cluster)) else result
+    if isinstance(result, (aio.KyotoTycoon, aio.Cluster, aio.ReplicationStream, aio.KyotoSlave)):
+        return Awaited(result)
+    if hasattr(result, "__anext__"):
+        return _iterate(result)
+    return result
+
+
+def _iterate(records: Any) -> Iterator[Any]:
+    while True:
+        try:
+            yield run(records.__anext__())
+        except StopAsyncIteration:
+            return
 
 
 def single(front: str, *args: Any, **kwargs: Any) -> Any:
@@ -98,3 +114,21 @@ def cluster(front: str, *args: Any, **kwargs: Any) -> Any:
     from ktcluster.aio import Cluster as AsyncCluster
 
     return Awaited(AsyncCluster(*args, **kwargs))
+
+
+def consumer(front: str, kind: str) -> Any:
+    """The class ``kind`` ("ReplicationStream" or "KyotoSlave") of the front end ``front``:
+    calling it makes one (an asyncio one through Awaited)."""
+    from ktcluster import aio, replication
+
+    if front == "blocking":
+        return getattr(replication, kind)
+    return lambda *args, **kwargs: Awaited(getattr(aio, kind)(*args, **kwargs))
+
+
+def swap_consumer(request: Any, monkeypatch: Any, namespace: dict[str, Any], kind: str) -> str:
+    """In an autouse fixture parametrised over FRONTS: the test module's ``kind``
+    ("ReplicationStream" or "KyotoSlave") becomes the front end's."""
+    if request.param != "blocking":
+        monkeypatch.setitem(namespace, kind, consumer(request.param, kind))
+    return str(request.param)

@@ -20,7 +20,7 @@ import pytest
 from test_pool import ScriptedServer, read_request
 
 from ktcluster import KT_PACKER_BYTES
-from ktcluster.aio import Cluster, KyotoTycoon
+from ktcluster.aio import Cluster, KyotoTycoon, ReplicationStream
 from ktcluster.errors import DeadlineExceeded, KyotoTycoonException, PoolTimeoutError
 from ktcluster.testing import KTServer, start_cluster
 
@@ -295,3 +295,35 @@ def test_one_client_serves_successive_event_loops(server):
     assert asyncio.run(kt.set("k", b"v")) is True
     assert asyncio.run(kt.get("k")) == b"v"   # the first loop's connection is not reused
     assert kt.pool.stats().in_use == 0
+
+
+# -- replication ------------------------------------------------------------------------------
+
+
+async def test_a_consumer_cancelled_while_it_waits_loses_no_record_and_counts_none_it_did_not_get():
+    with start_cluster(2, ulog=True) as masters:
+        cluster = Cluster([m.address for m in masters])
+        stream = cluster.replication(99, since=0)
+        records = stream.__aiter__()
+        waiting = asyncio.ensure_future(records.__anext__())
+        await asyncio.sleep(0.5)                  # the stream is connected and idle: the fetch waits
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        before = stream.checkpoint()
+        await cluster.set("k1", b"v1")
+        await cluster.set("k2", b"v2")
+        got = [await records.__anext__(), await records.__anext__()]
+        assert sorted(r["key"] for r in got) == [b"k1", b"k2"]
+        assert stream.checkpoint() != before and stream.checkpoint().positions[got[-1]["node"]] == got[-1]["ts"]
+        await stream.close()
+        with pytest.raises(StopAsyncIteration):
+            await records.__anext__()
+        resumed = ReplicationStream([m.address for m in masters], 99, since=stream.checkpoint(), idle_timeout=0.5)
+        async with resumed:
+            await cluster.set("k3", b"v3")
+            async with asyncio.timeout(20):
+                async for record in resumed:
+                    assert record["key"] == b"k3"    # nothing again, nothing lost
+                    break
+        cluster.close()

@@ -7,6 +7,9 @@
   connections shared by every task (:mod:`ktcluster.aio.pool`).
 * :class:`Cluster` -- :class:`ktcluster.Cluster` for asyncio: the same ring, retries,
   breakers, failover, deadlines and partial failures (:mod:`ktcluster.aio.cluster`).
+* :class:`ReplicationStream`, :class:`KyotoSlave` -- the replication consumers for
+  ``async for``, with the same records, checkpoints and guarantees
+  (:mod:`ktcluster.aio.replication`).
 
 Everything but the I/O is the blocking front end's own code: the operations and
 codecs (:mod:`ktcluster.ops`, :mod:`ktcluster.protocol`), the pool's bookkeeping,
@@ -24,5 +27,6 @@ if sys.version_info < (3, 11):  # pragma: no cover - the package supports 3.10 e
 
 from .client import KyotoTycoon  # noqa: E402
 from .cluster import Cluster  # noqa: E402
+from .replication import KyotoSlave, ReplicationStream  # noqa: E402
 
-__all__ = ["KyotoTycoon", "Cluster"]
+__all__ = ["KyotoTycoon", "Cluster", "ReplicationStream", "KyotoSlave"]

@@ -26,8 +26,8 @@ error a call ends with (:mod:`ktcluster.retry`), the breaker's state machine
   their connections are discarded, their slots freed, before the cancellation
   propagates.
 
-Not offered yet: cursors and ``iterate`` (use the blocking :class:`ktcluster.Cluster`),
-and ``replication`` (its stream is the blocking one).
+Not offered yet: cursors and ``iterate`` (use the blocking :class:`ktcluster.Cluster`).
+``replication`` returns :class:`ktcluster.aio.ReplicationStream`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from ..errors import KyotoTycoonException, NodeDownError
 from ..ops import Op, Session
 from ..retry import OpClass, op_class
 from .client import KyotoTycoon
+from .replication import ReplicationStream
 from .transport import AsyncTransport
 
 __all__ = ["Cluster"]
@@ -148,6 +149,11 @@ class Cluster(ClusterCore):
 
     async def _then(self, result: Any, finish: Callable[[Any], T]) -> T:  # type: ignore[override]
         return finish(await result)
+
+    def replication(self, sid: int, since: Any = None, **options: Any) -> ReplicationStream:
+        """Every node's update log merged into one stream, for ``async for``: see
+        :meth:`ktcluster.Cluster.replication` and :mod:`ktcluster.aio.replication`."""
+        return ReplicationStream(self.nodes, sid, since, **options)
 
     # -- the data API: ClusterCore's methods, awaited ----------------------------------------------
 

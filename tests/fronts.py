@@ -70,16 +70,18 @@ class Awaited:
     def __iter__(self) -> Iterator[Any]:
         return _iterate(run(_call(self.aio.__aiter__, (), {})))
 
-    def __exit__(self, *exc: object) -> None:
-        run(_call(self.aio.close, (), {}))
+    def __exit__(self, *exc: Any) -> None:
+        run(self.aio.__aexit__(*exc))
 
 
 def _wrapped(result: Any) -> Any:
-    """An asyncio client, cluster or consumer (``connect``, ``with_options``, ``Cluster.client``,
-    ``Cluster.replication``) as Awaited; an async iterator (``KyotoSlave.consume``) as an iterator."""
+    """An asyncio client, cluster, consumer or cursor (``connect``, ``with_options``,
+    ``Cluster.client``, ``Cluster.replication``, ``cursor``) as Awaited; an async iterator
+    (``KyotoSlave.consume``, ``Cursor.items``, ``Cluster.iterate``) as an iterator."""
     from ktcluster import aio
+    from ktcluster.aio.cursor import AsyncCursor
 
-    if isinstance(result, (aio.KyotoTycoon, aio.Cluster, aio.ReplicationStream, aio.KyotoSlave)):
+    if isinstance(result, (aio.KyotoTycoon, aio.Cluster, aio.ReplicationStream, aio.KyotoSlave, AsyncCursor)):
         return Awaited(result)
     if hasattr(result, "__anext__"):
         return _iterate(result)

@@ -89,7 +89,7 @@ class Storm:
         rng = self.rng
         kt = rng.choice((self.kt, self.binary, self.cluster))
         key = rng.choice(KEYS)
-        op = rng.randrange(6)
+        op = rng.randrange(7)
         self.calls += 1
         if op == 0:
             self.check(key, await kt.get(key))
@@ -102,6 +102,15 @@ class Storm:
             await kt.set_bulk({k: value_of(k) for k in rng.sample(KEYS, 20)})
         elif op == 4:
             assert await rng.choice((self.kt, self.cluster)).count() >= 0
+        elif op == 5:
+            async with self.cluster.cursor(rng.choice(list(self.cluster.nodes))) as cur:
+                n = 0
+                async for k, v in cur:
+                    if k in KEYS:
+                        self.check(k, v)
+                    n += 1
+                    if n > 4:
+                        break
         else:
             for k in await rng.choice((self.kt, self.cluster)).match_prefix("key1", limit=5):
                 self.check(k, await kt.get(k))

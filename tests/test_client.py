@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fronts
 import pytest
 from fronts import FRONTS, single
 from threaded import run_threads
@@ -64,7 +65,7 @@ def kt(server: KTServer, request) -> Iterator[KyotoTycoon]:
     """A client of the server, of each front end in turn (``ktcluster.aio`` through
     tests/fronts.py); tests marked ``blocking_only`` use what only the blocking one has."""
     if request.param != "blocking" and request.node.get_closest_marker("blocking_only"):
-        pytest.skip("the asyncio front end has no cursors")
+        pytest.skip("what the blocking front end does (gevent)")
     FRONT[0] = request.param
     client = single(request.param).connect(server.host, server.port)
     client.clear(0)
@@ -273,7 +274,7 @@ def test_binary_mode_supports_only_the_binary_protocol(server, kt):
                  lambda: b.check("k"), lambda: b.seize("k"), lambda: b.get_int("k"), lambda: b.vacuum(),
                  lambda: b.match_prefix("k"), lambda: b.match_regex("k"), lambda: b.match_similar("k"),
                  lambda: b.report(), lambda: b.status(), lambda: b.clear(), lambda: b.count(), lambda: b.size(),
-                 *([lambda: b.cursor()] if FRONT[0] == "blocking" else [])):
+                 lambda: b.cursor()):
         with pytest.raises(NotImplementedError):
             call()
     for call in (lambda: b.set_bulk({"a": 1}, atomic=True), lambda: b.get_bulk(["a"], atomic=True),
@@ -374,9 +375,8 @@ def test_decode_keys_false_returns_bytes(server, kt):
     c.set(b"\xffkey", b"v", db=1)
     c.set("akey", b"v", db=1)
     assert c.match_prefix(b"", db=1) == [b"akey", b"\xffkey"]
-    if FRONT[0] == "blocking":
-        with c.cursor() as cur:
-            assert cur.jump(db=1) and cur.get_key() == b"akey"
+    with c.cursor() as cur:
+        assert cur.jump(db=1) and cur.get_key() == b"akey"
     assert kt.match_regex("key", db=1) == ["akey", "\udcffkey"]  # surrogateescape: round-trips
     assert c.get("\udcffkey", db=1) == b"v"
 
@@ -486,7 +486,6 @@ def test_match_similar_counts_characters_or_bytes(kt):
 # -- cursors -----------------------------------------------------------------------------------
 
 
-@pytest.mark.blocking_only
 def test_cursor_walk(kt):
     for i in range(5):
         kt.set(f"k{i}", i, db=1)
@@ -512,7 +511,6 @@ def test_cursor_walk(kt):
     assert kt.count(1) == 3
 
 
-@pytest.mark.blocking_only
 def test_cursor_iteration_and_errors(kt):
     for i in range(3):
         kt.set(f"h{i}", i)
@@ -533,7 +531,6 @@ def test_cursor_iteration_and_errors(kt):
         assert empty.step() is False
 
 
-@pytest.mark.blocking_only
 def test_cursor_switching_db_uses_a_new_server_cursor(kt):
     kt.set("zero", 0)
     kt.set("one", 1, db=1)
@@ -543,7 +540,6 @@ def test_cursor_switching_db_uses_a_new_server_cursor(kt):
         assert cur.jump(db=0) and cur.get() == ("zero", 0)
 
 
-@pytest.mark.blocking_only
 def test_cursor_holds_its_connection(server, kt):
     c = client(server, pool_size=3)
     c.set_bulk({f"c{i:03d}": i for i in range(200)}, db=1)
@@ -573,13 +569,14 @@ def test_cursor_holds_its_connection(server, kt):
     assert c.pool.stats().in_use == 0
 
 
-@pytest.mark.blocking_only
 def test_cursor_connection_loss_is_reported(server, kt):
     kt.set_bulk({"a": 1, "b": 2}, db=1)
     cur = kt.cursor()
     assert cur.jump(db=1)
     cur._conn.close()  # the socket goes away with the server-side cursor
-    cur._conn.connect()
+    reconnected = cur._conn.connect()
+    if reconnected is not None:  # the asyncio connection's: on the front end's loop
+        fronts.run(reconnected)
     with pytest.raises(KTConnectionError):
         cur.step()
     assert cur.jump(db=1) and cur.get_key() == "a"
@@ -588,7 +585,6 @@ def test_cursor_connection_loss_is_reported(server, kt):
     cur.close()
 
 
-@pytest.mark.blocking_only
 def test_cursors_exhausting_the_pool(server, kt):
     c = client(server, pool_size=1, pool_timeout=0.2)
     cur = c.cursor()

@@ -40,10 +40,7 @@ def servers() -> Iterator[list[KTServer]]:
 
 @pytest.fixture(params=("blocking",) if UNDER_GEVENT else FRONTS)
 def make_cluster(servers, request):
-    """Clusters of each front end in turn (``ktcluster.aio`` through tests/fronts.py);
-    tests marked ``blocking_only`` use what only the blocking one has."""
-    if request.param != "blocking" and request.node.get_closest_marker("blocking_only"):
-        pytest.skip("the asyncio front end has no cursors")
+    """Clusters of each front end in turn (``ktcluster.aio`` through tests/fronts.py)."""
     made: list[Cluster] = []
 
     def make(**kw) -> Cluster:
@@ -229,7 +226,6 @@ def test_play_script_on_a_node_or_the_node_of_a_key(cluster):
     assert stats["nodes"][node]["pool"].created == created and stats["nodes"][node]["pool"].discarded == 0
 
 
-@pytest.mark.blocking_only
 def test_cursors_per_node_and_whole_cluster_iteration(make_cluster):
     cluster = make_cluster()
     data = {f"c{i}": i for i in range(60)}

@@ -4,7 +4,8 @@
 
 * :class:`KyotoTycoon` -- :class:`ktcluster.KyotoTycoon` for asyncio (the same
   methods, arguments, results and errors, awaited), over a pool of asyncio
-  connections shared by every task (:mod:`ktcluster.aio.pool`).
+  connections shared by every task (:mod:`ktcluster.aio.pool`); its ``cursor()`` is
+  an :class:`~ktcluster.aio.cursor.AsyncCursor`.
 * :class:`Cluster` -- :class:`ktcluster.Cluster` for asyncio: the same ring, retries,
   breakers, failover, deadlines and partial failures (:mod:`ktcluster.aio.cluster`).
 * :class:`ReplicationStream`, :class:`KyotoSlave` -- the replication consumers for

@@ -15,8 +15,8 @@ one client.
 Limits: ``open``'s ``timeout`` bounds each exchange and ``with_options(deadline=...)``
 the whole call, as in the blocking client; an enclosing ``asyncio.timeout`` (or a
 task's cancellation) works too, at any await, and leaves the pool consistent (see
-:mod:`ktcluster.aio.connection`).  Cursors are not offered yet (``cursor()`` is the
-blocking client's only).
+:mod:`ktcluster.aio.connection`).  ``cursor()`` returns an
+:class:`~ktcluster.aio.cursor.AsyncCursor`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from .. import client as _blocking
 from .. import ops
 from ..client import ClientCore
 from ..ops import Op
 from .transport import AsyncTransport
+
+if TYPE_CHECKING:
+    from .cursor import AsyncCursor
 
 __all__ = ["KyotoTycoon"]
 
@@ -39,13 +42,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _awaiting(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
-    """The blocking client's ``method`` as a coroutine: the method builds its operation and
-    hands it to ``_run``, which here hands it back to be carried with ``await``."""
+def _awaiting(method: Callable[Concatenate[Any, P], R], **carry: Any
+              ) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]:
+    """A blocking ``method`` (of the client, or of a cursor) as a coroutine: the method
+    builds its operation and hands it to ``_run``, which here hands it back to be carried
+    with ``await`` (``self._carry(op, **carry)``)."""
 
     @functools.wraps(method)
-    async def call(self: KyotoTycoon, *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self._carry(method(self, *args, **kwargs))  # type: ignore[arg-type]
+    async def call(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self._carry(method(self, *args, **kwargs), **carry)
 
     return call
 
@@ -81,6 +86,15 @@ class KyotoTycoon(ClientCore[AsyncTransport]):
         view = self.with_options(signal=name, signal_broadcast=broadcast)
         await view._carry(ops.void(view._session))
         return view.signaled or 0
+
+    def cursor(self) -> AsyncCursor:
+        """A new cursor (it takes a connection from the pool on first use and keeps it
+        until ``await delete()``/``close()``, the end of an ``async with`` block, or garbage
+        collection)."""
+        from .cursor import AsyncCursor
+
+        self._session.http_only("cursor")
+        return AsyncCursor(self.transport, self._session.derive(options=()))  # type: ignore[arg-type]
 
     async def wait(self, name: str | bytes, timeout: float = 30.0) -> None:
         """Wait until condition ``name`` is signalled, or raise

@@ -26,14 +26,14 @@ error a call ends with (:mod:`ktcluster.retry`), the breaker's state machine
   their connections are discarded, their slots freed, before the cancellation
   propagates.
 
-Not offered yet: cursors and ``iterate`` (use the blocking :class:`ktcluster.Cluster`).
-``replication`` returns :class:`ktcluster.aio.ReplicationStream`.
+``cursor(node)`` returns an :class:`~ktcluster.aio.cursor.AsyncCursor`, ``iterate`` is
+an async generator, ``replication`` returns :class:`ktcluster.aio.ReplicationStream`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import partial
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -41,9 +41,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from ..cluster import Call, ClusterCore, _before_attempt, _Member, _op, _Shard, _Topology
 from ..deadline import Deadline
 from ..errors import KyotoTycoonException, NodeDownError
+from ..keys import DB
 from ..ops import Op, Session
 from ..retry import OpClass, op_class
 from .client import KyotoTycoon
+from .cursor import AsyncCursor
 from .replication import ReplicationStream
 from .transport import AsyncTransport
 
@@ -149,6 +151,23 @@ class Cluster(ClusterCore):
 
     async def _then(self, result: Any, finish: Callable[[Any], T]) -> T:  # type: ignore[override]
         return finish(await result)
+
+    def cursor(self, node: str) -> AsyncCursor:
+        """A cursor on one node (cursors live on a server; no retries, no failover)."""
+        return self._member_named(node).client.cursor()
+
+    async def iterate(self, db: DB = 0) -> AsyncIterator[tuple[Any, Any]]:
+        """Every ``(key, value)`` of the cluster, node after node; see
+        :meth:`ktcluster.Cluster.iterate`."""
+        for name in list(self._topology.members):
+            async with self.cursor(name) as cur:
+                try:
+                    async for item in cur.items(db):
+                        yield item
+                except KyotoTycoonException as exc:
+                    if exc.node is None:
+                        exc.node = name
+                    raise
 
     def replication(self, sid: int, since: Any = None, **options: Any) -> ReplicationStream:
         """Every node's update log merged into one stream, for ``async for``: see

@@ -174,6 +174,10 @@ class AsyncConnection:
 
     # -- the socket -------------------------------------------------------------------------------
 
+    async def connect(self, timeout: float | None = None) -> None:
+        """Open the socket now (requests do it lazily); ``timeout`` caps ``connect_timeout``."""
+        await self._connect(Deadline.after(timeout))
+
     async def _connect(self, deadline: Deadline) -> _Stream:
         if self._stream is not None and not self.broken:
             return self._stream

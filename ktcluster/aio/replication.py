@@ -77,6 +77,7 @@ class _Records(Generic[T]):
         item = await asyncio.shield(asyncio.wrap_future(self._fetching))
         self._fetching = None
         if item is _END:
+            self._consumer._retire()
             raise StopAsyncIteration
         self._on_item(item)
         return item
@@ -96,13 +97,17 @@ class _Consumer:
     def _stop(self) -> None:
         raise NotImplementedError
 
+    def _retire(self) -> None:
+        """The worker is not needed any more (its thread ends; a later iteration starts another)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+
     async def close(self) -> None:
         """Stop reading: readers and worker end, connections close (an iteration in progress ends)."""
         self.closed = True
         await asyncio.get_running_loop().run_in_executor(None, self._stop)
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False)
+        self._retire()
 
     async def __aenter__(self: T) -> T:
         return self

@@ -22,17 +22,8 @@ Endpoints (values are raw bytes)::
     GET    /bulk?key=a&key=b     200 {key: value} of the keys found
     GET    /health               200 {"down": [...], "nodes": {name: breaker state}}
 
-Errors map to status codes (the body is ``{"error": message}``)::
-
-    PoolTimeoutError       503 + Retry-After: 1   local congestion: every pooled connection to the
-                                                  node stayed busy for pool_timeout; nothing was sent
-    KTConnectionError      503                    the node is down or unreachable (NodeDownError:
-                                                  its breaker is open; nothing was sent)
-    KTTimeoutError         504                    the node did not answer in time (or the call's
-                                                  deadline passed)
-    OutcomeUnknownError    504                    a write (increment) may or may not have happened
-    PartialFailureError    502                    a bulk call failed on some nodes:
-                                                  ``{"results": ..., "failed_keys": [...]}``
+Errors map to status codes as examples/webapp.py says (the body is
+``{"error": message}``; 503 with Retry-After for local pool congestion).
 
 Accepted connections get TCP_NODELAY: gevent.pywsgi writes a response's head and body in
 two sends, and with Nagle's algorithm on, the body of every response on a keep-alive
@@ -43,27 +34,21 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
+from http import HTTPStatus  # noqa: E402
 from urllib.parse import parse_qs, unquote  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
+from webapp import arguments, http_error  # noqa: E402
 
 from ktcluster import KT_PACKER_BYTES  # noqa: E402
-from ktcluster.cluster import DEFAULT_NODE_TIMEOUT, Cluster  # noqa: E402
-from ktcluster.errors import (  # noqa: E402
-    KTConnectionError,
-    KTTimeoutError,
-    OutcomeUnknownError,
-    PartialFailureError,
-    PoolTimeoutError,
-)
-from ktcluster.pool import DEFAULT_POOL_SIZE  # noqa: E402
+from ktcluster.cluster import Cluster  # noqa: E402
+from ktcluster.errors import KyotoTycoonException  # noqa: E402
 
 Environ = dict
 StartResponse = Callable[..., object]
@@ -114,18 +99,12 @@ def make_app(cluster: Cluster) -> Callable[[Environ, StartResponse], Iterable[by
                 return _json(start, "200 OK", {"down": cluster.health.down(),
                                                "nodes": {n: cluster.health[n].state.value for n in cluster.nodes}})
             return _reply(start, "404 Not Found")
-        except PartialFailureError as exc:
-            results = exc.results
-            if isinstance(results, dict) and all(isinstance(v, bytes) for v in results.values()):
-                results = {k: v.decode() for k, v in results.items()}
-            return _json(start, "502 Bad Gateway", {"error": str(exc), "results": results,
-                                                    "failed_keys": exc.failed_keys})
-        except PoolTimeoutError as exc:
-            return _json(start, "503 Service Unavailable", {"error": str(exc)}, [("Retry-After", "1")])
-        except (OutcomeUnknownError, KTTimeoutError) as exc:
-            return _json(start, "504 Gateway Timeout", {"error": str(exc)})
-        except KTConnectionError as exc:  # NodeDownError included
-            return _json(start, "503 Service Unavailable", {"error": str(exc)})
+        except KyotoTycoonException as exc:
+            mapped = http_error(exc)
+            if mapped is None:
+                raise
+            status, body, headers = mapped
+            return _json(start, f"{status} {HTTPStatus(status).phrase}", body, headers)
 
     return app
 
@@ -145,18 +124,9 @@ def app_from_env() -> Callable[[Environ, StartResponse], Iterable[bytes]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listen", default="127.0.0.1:8080", help="host:port to serve on")
-    parser.add_argument("--timeout", type=float, default=2.0, help="socket timeout towards KT (seconds)")
-    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, help="connections per KT node")
-    parser.add_argument("--pool-timeout", type=float, default=DEFAULT_NODE_TIMEOUT,
-                        help="longest wait for a free pooled connection (seconds)")
-    parser.add_argument("servers", nargs="+", help="KT servers, host:port")
-    args = parser.parse_args(argv)
-    cluster = Cluster(args.servers, pack_type=KT_PACKER_BYTES, timeout=args.timeout,
-                      pool_size=args.pool_size, pool_timeout=args.pool_timeout)
-    host, port = args.listen.rsplit(":", 1)
-    server = NoDelayWSGIServer((host, int(port)), make_app(cluster), log=None)
+    host, port, servers, options = arguments(__doc__.splitlines()[0], argv)
+    cluster = Cluster(servers, **options)
+    server = NoDelayWSGIServer((host, port), make_app(cluster), log=None)
     gevent.signal_handler(signal.SIGTERM, server.stop, 1)
     try:
         server.serve_forever()

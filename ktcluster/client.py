@@ -69,7 +69,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .address import parse_address
 from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN, Limit
@@ -80,16 +80,18 @@ from .keys import DB, Key, KeyT, decode_key, keep_bytes, key_bytes
 from .ops import BINARY, HTTP, KEEP_RETRIES, DBReport, Op, Report, Session, Status
 from .packers import KT_PACKER_PICKLE, make_packer
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool
-from .transport import Transport
+from .transport import Transport, TransportBase
 
 if TYPE_CHECKING:
     from .cursor import Cursor
 
 from . import ops
 
-__all__ = ["KyotoTycoon", "Report", "DBReport", "Status", "KEEP_RETRIES", "DeadlineOption"]
+__all__ = ["KyotoTycoon", "ClientCore", "Report", "DBReport", "Status", "KEEP_RETRIES", "DeadlineOption"]
 
 T = TypeVar("T")
+TR = TypeVar("TR", bound=TransportBase)
+C = TypeVar("C", bound="ClientCore[Any]")
 
 #: ``with_options(deadline=...)``: a time.monotonic() value, or a function returning one
 #: (or None) when a call starts
@@ -112,32 +114,13 @@ def _ng_false(op: Op[bool]) -> Op[bool]:
         return False
 
 
-class KyotoTycoon:
-    """Client for one KT server; see the module docstring.
+class ClientCore(Generic[TR]):
+    """A single-server client without its I/O: the constructor's options, ``open``, the
+    views (:meth:`with_options`, :meth:`with_protocol`), the session operations run in, and
+    the limits of a call.  :class:`KyotoTycoon` drives the operations over a blocking
+    :class:`~ktcluster.transport.Transport`, :class:`ktcluster.aio.KyotoTycoon` over an
+    asyncio one; ``_new_transport`` is what tells them apart here."""
 
-    ``binary``, ``pack_type``, ``custom_packer`` and ``exceptions`` are ng's.  The
-    keyword-only options are ktcluster's:
-
-    * ``pool_size`` -- most connections open at once (cursors count too);
-    * ``pool_timeout`` -- how long a call waits for a free connection before
-      :class:`~ktcluster.errors.PoolTimeoutError` (None: forever);
-    * ``connect_timeout`` -- the TCP connect limit (``open``'s ``timeout`` bounds
-      each request's whole exchange after that);
-    * ``decode_keys`` -- keys the server hands back (match_*, cursors,
-      play_script) come as str (True, ng's behaviour; bytes that are not UTF-8
-      decode with ``surrogateescape``) or as bytes (False).  get_bulk always
-      answers with the caller's own key objects;
-    * ``idle_timeout``, ``max_lifetime`` -- when pooled connections are retired;
-    * ``max_reply_size`` -- the largest reply accepted (bytes; an RPC answer's fields
-      count :data:`~ktcluster.protocol.rpc.FIELD_COST` bytes each on top): a reply
-      that declares or sends more raises :class:`~ktcluster.errors.ProtocolError`
-      before it is read (default 257 MiB: one record of KT's largest size);
-    * ``socket_module`` -- a socket module to use instead of ``socket``.
-
-    The default packer unpickles, as ng's did, and unpickling runs code: anyone who
-    can write to the server can run code in this process.  Use ``KT_PACKER_BYTES``
-    (or STRING, JSON) unless every writer is trusted; see :mod:`ktcluster.packers`.
-    """
 
     def __init__(self, binary: bool = False, pack_type: int = KT_PACKER_PICKLE, custom_packer: Any = None,
                  exceptions: bool = True, *, pool_size: int = DEFAULT_POOL_SIZE,
@@ -159,7 +142,7 @@ class KyotoTycoon:
         self._pool_options = dict(size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
                                   idle_timeout=idle_timeout, max_lifetime=max_lifetime,
                                   max_reply_size=max_reply_size, socket_module=socket_module)
-        self._transport: Transport | None = None
+        self._transport: TR | None = None
         #: False for a view: it shares the transport (pool) of the client it came from.
         self._owns_pool = True
         self._wire = BINARY if self.binary else HTTP
@@ -197,16 +180,9 @@ class KyotoTycoon:
 
     # -- connection management --------------------------------------------------------------------
 
-    def __enter__(self) -> KyotoTycoon:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         where = self._transport.address if self._transport else "not open"
-        return f"<KyotoTycoon {where} {'binary' if self.binary else 'http'}>"
+        return f"<{type(self).__name__} {where} {'binary' if self.binary else 'http'}>"
 
     @property
     def atomic(self) -> bool:
@@ -233,13 +209,13 @@ class KyotoTycoon:
             raise ArgumentError(f"timeout must be positive seconds or None, not {timeout!r}")
         if self._transport is not None and self._owns_pool:
             self._transport.close()
-        self._transport = Transport(host, port, timeout=timeout, **self._pool_options)  # type: ignore[arg-type]
+        self._transport = self._new_transport(host, port, timeout)
         self._owns_pool = True
         self._derive()
         return True
 
     @classmethod
-    def _over(cls, transport: Transport, *, wire: str, **options: Any) -> KyotoTycoon:
+    def _over(cls: type[C], transport: TR, *, wire: str, **options: Any) -> C:
         """A client of an existing transport (a cluster node's): ``wire`` is ops.HTTP,
         ops.BINARY or ops.AUTO; ``options`` are the constructor's."""
         client = cls(**options)
@@ -249,7 +225,7 @@ class KyotoTycoon:
         client._derive()
         return client
 
-    def connect(self, *args: Any, **kwargs: Any) -> KyotoTycoon:
+    def connect(self: C, *args: Any, **kwargs: Any) -> C:
         """``open()`` returning self (for ``with KyotoTycoon().connect(host, port) as kt``)."""
         self.open(*args, **kwargs)
         return self
@@ -266,7 +242,7 @@ class KyotoTycoon:
         return True
 
     @property
-    def transport(self) -> Transport:
+    def transport(self) -> TR:
         """The server's transport (after ``open``)."""
         if self._transport is None:
             raise KTConnectionError("KyotoTycoon is not open: call open(host, port) first", request_sent=False)
@@ -277,16 +253,16 @@ class KyotoTycoon:
         """The connection pool (after ``open``)."""
         return self.transport.pool
 
-    def _view(self) -> KyotoTycoon:
+    def _view(self: C) -> C:
         view = object.__new__(type(self))   # a shallow copy (copy.copy takes several times longer)
         view.__dict__.update(self.__dict__)
         view._owns_pool = False
         view._signaled = [None]
         return view
 
-    def with_options(self, *, wait: str | bytes | None = None, wait_time: float | None = None,
+    def with_options(self: C, *, wait: str | bytes | None = None, wait_time: float | None = None,
                      signal: str | bytes | None = None, signal_broadcast: bool | None = None,
-                     timeout: float | None = None, deadline: DeadlineOption | None = None) -> KyotoTycoon:
+                     timeout: float | None = None, deadline: DeadlineOption | None = None) -> C:
         """A view of this client whose calls carry extra options.  It shares this client's
         pool, packer and protocol; options not given are kept from this client (a view
         of a view has both views' options, the newer winning).
@@ -334,7 +310,7 @@ class KyotoTycoon:
         view._derive()
         return view
 
-    def with_protocol(self, *, binary: bool) -> KyotoTycoon:
+    def with_protocol(self: C, *, binary: bool) -> C:
         """A view of this client that speaks KT's binary protocol (``binary=True``) or HTTP,
         sharing its pool, packer and options; its ``atomic`` default is ng's for that
         protocol (HTTP: atomic bulk calls)."""
@@ -343,6 +319,59 @@ class KyotoTycoon:
         view._wire = BINARY if view.binary else HTTP
         view._derive()
         return view
+
+    def _new_transport(self, host: str, port: int, timeout: float | None) -> TR:
+        raise NotImplementedError
+
+    def _limits(self) -> tuple[Deadline, Limit]:
+        """A call's deadline and exchange limit under this view's options (when ``_extra``
+        is not None: a call without options takes the transport's fast path)."""
+        deadline = self._deadline
+        if callable(deadline):
+            deadline = deadline()
+        timeout: Limit = OWN
+        base = self.transport.pool.timeout if self._timeout is None else self._timeout
+        if base is not None and (self._extra or self._timeout is not None):
+            timeout = base + (self._extra or 0.0)
+        return NO_DEADLINE if deadline is None else Deadline(deadline), timeout
+
+
+
+class KyotoTycoon(ClientCore[Transport]):
+    """Client for one KT server; see the module docstring.
+
+    ``binary``, ``pack_type``, ``custom_packer`` and ``exceptions`` are ng's.  The
+    keyword-only options are ktcluster's:
+
+    * ``pool_size`` -- most connections open at once (cursors count too);
+    * ``pool_timeout`` -- how long a call waits for a free connection before
+      :class:`~ktcluster.errors.PoolTimeoutError` (None: forever);
+    * ``connect_timeout`` -- the TCP connect limit (``open``'s ``timeout`` bounds
+      each request's whole exchange after that);
+    * ``decode_keys`` -- keys the server hands back (match_*, cursors,
+      play_script) come as str (True, ng's behaviour; bytes that are not UTF-8
+      decode with ``surrogateescape``) or as bytes (False).  get_bulk always
+      answers with the caller's own key objects;
+    * ``idle_timeout``, ``max_lifetime`` -- when pooled connections are retired;
+    * ``max_reply_size`` -- the largest reply accepted (bytes; an RPC answer's fields
+      count :data:`~ktcluster.protocol.rpc.FIELD_COST` bytes each on top): a reply
+      that declares or sends more raises :class:`~ktcluster.errors.ProtocolError`
+      before it is read (default 257 MiB: one record of KT's largest size);
+    * ``socket_module`` -- a socket module to use instead of ``socket``.
+
+    The default packer unpickles, as ng's did, and unpickling runs code: anyone who
+    can write to the server can run code in this process.  Use ``KT_PACKER_BYTES``
+    (or STRING, JSON) unless every writer is trusted; see :mod:`ktcluster.packers`.
+    """
+
+
+    def __enter__(self) -> KyotoTycoon:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
 
     def signal(self, name: str | bytes, *, broadcast: bool = False) -> int:
         """Wake one (``broadcast``: every) call waiting on condition ``name``; returns how
@@ -360,17 +389,12 @@ class KyotoTycoon:
     def _run(self, op: Op[T]) -> T:
         """Carry ``op`` to the server under this view's limits."""
         transport = self._transport or self.transport
-        extra = self._extra
-        if extra is None:
+        if self._extra is None:
             return transport.run(op)
-        deadline = self._deadline
-        if callable(deadline):
-            deadline = deadline()
-        timeout: Limit = OWN
-        base = transport.pool.timeout if self._timeout is None else self._timeout
-        if base is not None and (extra or self._timeout is not None):
-            timeout = base + extra
-        return transport.run(op, NO_DEADLINE if deadline is None else Deadline(deadline), timeout)
+        return transport.run(op, *self._limits())
+
+    def _new_transport(self, host: str, port: int, timeout: float | None) -> Transport:
+        return Transport(host, port, timeout=timeout, **self._pool_options)  # type: ignore[arg-type]
 
     # -- server information -----------------------------------------------------------------------
 

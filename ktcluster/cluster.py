@@ -70,7 +70,7 @@ from typing import Any, TypeVar
 
 from . import migration, ops
 from .address import DEFAULT_PORT, Address, Servers, format_address, named_addresses, parse_address
-from .client import KyotoTycoon
+from .client import ClientCore, KyotoTycoon
 from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE
 from .cursor import Cursor
 from .deadline import Deadline
@@ -97,9 +97,9 @@ from .retry import OpClass, RetryPolicy, op_class
 from .ring import Ring, RingDiff
 from .ringdoc import DEFAULT_MAX_CALL, DEFAULT_REFRESH, RingDoc, read_doc
 from .scatter import scatter
-from .transport import Transport
+from .transport import Transport, TransportBase
 
-__all__ = ["Cluster", "Node", "Address", "DEFAULT_PORT", "DEFAULT_NODE_TIMEOUT"]
+__all__ = ["Cluster", "ClusterCore", "Node", "Address", "DEFAULT_PORT", "DEFAULT_NODE_TIMEOUT"]
 
 T = TypeVar("T")
 log = logging.getLogger("ktcluster.cluster")
@@ -131,8 +131,9 @@ class _Member:
 
     __slots__ = ("node", "name", "transport", "session", "breaker", "client", "probe_timeout")
 
-    def __init__(self, node: Node, name: str, transport: Transport, session: Session, client: KyotoTycoon,
+    def __init__(self, node: Node, name: str, transport: Any, session: Session, client: Any,
                  breaker: CircuitBreaker, probe_timeout: float | None) -> None:
+        # transport: a Transport (an AsyncTransport in ktcluster.aio), client: its KyotoTycoon
         self.node = node
         self.name = name
         self.transport = transport
@@ -141,9 +142,10 @@ class _Member:
         self.breaker = breaker
         self.probe_timeout = probe_timeout
 
-    def probe(self, deadline: Deadline) -> None:
-        """A cheap liveness check on a fresh connection (pooled ones may be stale)."""
-        self.transport.probe(self.session, deadline, self.probe_timeout)
+    def probe(self, deadline: Deadline) -> Any:
+        """A cheap liveness check on a fresh connection (pooled ones may be stale); an
+        awaitable with an asyncio transport."""
+        return self.transport.probe(self.session, deadline, self.probe_timeout)
 
 
 def _op(make_op: Callable[[Session], Op[T]]) -> Call[T]:
@@ -185,6 +187,13 @@ class _Shard:
         self.error: BaseException | None = None
         self.failed: list[int] = []
 
+    def fail(self, exc: BaseException, chunks: list[list[int]], left: Iterable[int]) -> _Shard:
+        """The node failed with ``exc``: its ``chunks`` of indices ``left`` are not known
+        to be done."""
+        self.error = exc
+        self.failed = [i for c in left for i in chunks[c]]
+        return self
+
 
 # -- planning and merging (pure) ------------------------------------------------------------------
 
@@ -196,9 +205,25 @@ def plan_bulk(ring: Ring, kbs: Sequence[bytes], chunk: int) -> dict[str, list[li
     return {node: [idx[i:i + chunk] for i in range(0, len(idx), chunk)] for node, idx in groups.items()}
 
 
-def _sorted_union(lists: Iterable[list[Any]], limit: int | None) -> list[Any]:
-    merged = sorted({k for keys in lists for k in keys})
+def _sorted_union(per_node: dict[str, list[Any]], limit: int | None) -> list[Any]:
+    merged = sorted({k for keys in per_node.values() for k in keys})
     return merged[:limit] if limit else merged
+
+
+def _total(per_node: dict[str, int]) -> int:
+    return sum(per_node.values())
+
+
+def _done(per_node: dict[str, Any]) -> bool:
+    return True
+
+
+def _before_attempt(member: _Member, deadline: Deadline) -> None:
+    """DeadlineExceeded (nothing sent) when an attempt would start after the call's deadline."""
+    left = deadline.left()
+    if left is not None and left <= 0:
+        raise DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False,
+                               node=member.name)
 
 
 def _merge(per_node: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -213,8 +238,11 @@ def _merge(per_node: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-class Cluster:
-    """A sharded KT cluster; see the module docstring.
+class ClusterCore:
+    """A sharded KT cluster; see the module docstring.  (The core both front ends share:
+    :class:`Cluster` blocks, :class:`ktcluster.aio.Cluster` awaits; they differ in how a
+    call reaches the nodes -- ``_execute``, ``_guarded``, ``_bulk``, ``_each`` and
+    ``_then`` -- and in the transports of their nodes.)
 
     ``servers``: ``"host:port"`` strings or ``(host, port)`` tuples (the node
     name is then ``"host:port"``, as libketama clients name servers), or a
@@ -304,10 +332,14 @@ class Cluster:
             raise ArgumentError(f"weights for unknown nodes: {sorted(unknown)}")
         return [Node(name, host, port, weights.get(name, 1)) for name, host, port in named]
 
+    #: the transport of a node, and the single-server client that :meth:`client` hands out
+    _transport_type: type[TransportBase] = Transport
+    _client_type: type[ClientCore[Any]] = KyotoTycoon
+
     def _member(self, node: Node, name: str) -> _Member:
-        transport = Transport(node.host, node.port, **self._pool_options)  # type: ignore[arg-type]
+        transport = self._transport_type(node.host, node.port, **self._pool_options)  # type: ignore[arg-type]
         session = self._session.derive(host=transport.host_header, db_names=transport.db_names)
-        client = KyotoTycoon._over(transport, wire=HTTP, **self._client_options)
+        client = self._client_type._over(transport, wire=HTTP, **self._client_options)
         return _Member(node, name, transport, session, client, self.health[name], self._probe_timeout)
 
     # -- topology ---------------------------------------------------------------------------------
@@ -465,14 +497,19 @@ class Cluster:
         def attempt() -> T:
             try:
                 return self._guarded(member, call, deadline)
-            except NodeDownError:
-                partner = topo.partners.get(node)
-                if partner is None or cls not in self.failover_ops:
-                    raise
-                self._count("failovers")
-                return self._guarded(partner, call, deadline)
+            except NodeDownError as exc:
+                return self._guarded(self._partner(topo, node, cls, exc), call, deadline)
 
         return self.retry.run(cls, attempt, deadline, self._on_retry, first_error)
+
+    def _partner(self, topo: _Topology, node: str, cls: OpClass, exc: NodeDownError) -> _Member:
+        """Where an operation of class ``cls`` goes when ``node`` is down: its failover
+        partner, or ``exc`` is raised."""
+        partner = topo.partners.get(node)
+        if partner is None or cls not in self.failover_ops:
+            raise exc
+        self._count("failovers")
+        return partner
 
     def _on_retry(self, attempt_no: int, exc: BaseException, wait: float) -> None:
         self._count("retries")
@@ -486,10 +523,7 @@ class Cluster:
         """One attempt on ``member`` through its breaker, the deadline carried down to the
         socket: every wait ends by it (a thread cannot be interrupted in a blocked socket,
         and a trickling reply would stretch a per-receive timeout)."""
-        left = deadline.left()
-        if left is not None and left <= 0:
-            raise DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False,
-                                   node=member.name)
+        _before_attempt(member, deadline)
         try:
             return member.breaker.call(lambda: call(member, deadline), lambda: member.probe(deadline))
         except KyotoTycoonException as exc:
@@ -577,9 +611,7 @@ class Cluster:
                         shard.results[index] = self._execute(cls, topo, node, _op(partial(make_op, chunks[index])),
                                                              deadline, error)
                     except Exception as exc:
-                        shard.error = exc
-                        shard.failed = [i for c in left[n:] for i in chunks[c]]
-                        break
+                        return shard.fail(exc, chunks, left[n:])
                     error = None
                 return shard
             return task
@@ -590,7 +622,7 @@ class Cluster:
             shard.results.update(later.results)
             shard.error, shard.failed = later.error, later.failed
         for node, exc in errors.items():  # the fan-out's deadline cut it short
-            shards[node].error, shards[node].failed = exc, [i for c in rest[node][0] for i in plan[node][c]]
+            shards[node].fail(exc, plan[node], rest[node][0])
 
     def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any],
                  key_errors: dict[Any, ValueDecodeError] | None = None) -> PartialFailureError:
@@ -622,6 +654,12 @@ class Cluster:
         cls = op_class(operation)
         results, errors = self._fanout.run(
             {n: partial(self._execute, cls, topo, n, call, deadline) for n in names}, deadline)
+        return self._every_node(operation, names, results, errors)
+
+    def _every_node(self, operation: str, names: list[str], results: dict[str, T],
+                    errors: dict[str, BaseException]) -> dict[str, T]:
+        """A call made on every node: ``{node: result}`` in configuration order, or the error
+        (PartialFailureError when some nodes failed)."""
         if errors:
             for exc in errors.values():
                 if isinstance(exc, ArgumentError):
@@ -632,8 +670,18 @@ class Cluster:
                                       {n: results[n] for n in names if n in results}, errors)
         return {n: results[n] for n in names}
 
+    def _then(self, result: Any, finish: Callable[[Any], T]) -> T:
+        """``finish(result)``: what a call does with what the nodes answered (the asyncio
+        front end awaits ``result`` first)."""
+        return finish(result)
+
     def _each_op(self, operation: str, make_op: Callable[[Session], Op[T]]) -> dict[str, T]:
         return self._each(operation, _op(make_op))
+
+    def _per_node(self, operation: str, make_op: Callable[[Session], Op[T]], finish: Callable[[dict[str, T]], Any]
+                  ) -> Any:
+        """``finish({node: result})`` of an operation run on every node."""
+        return self._then(self._each_op(operation, make_op), finish)
 
     # -- single records ---------------------------------------------------------------------------
 
@@ -701,6 +749,12 @@ class Cluster:
         plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
         shards = self._bulk("get_bulk", topo, plan,
                             lambda chunk, s: ops.get_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
+        return self._then(shards, partial(self._records, keys, topo, plan))
+
+    def _records(self, keys: Sequence[Any], topo: _Topology, plan: dict[str, list[list[int]]],
+                 shards: dict[str, _Shard]) -> dict[Any, Any]:
+        """get_bulk's result from what its shards read (see get_bulk)."""
+        session = self._session
         raws: list[bytes | None] = [None] * len(keys)
         for node, shard in shards.items():
             for index, found in shard.results.items():  # the chunks done
@@ -736,7 +790,7 @@ class Cluster:
         plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
         shards = self._bulk("set_bulk", topo, plan, lambda chunk, s: ops.set_bulk_encoded(
             s, [kbs[i] for i in chunk], [values[i] for i in chunk], xt, atomic, db))
-        return self._counts("set_bulk", shards, keys)
+        return self._then(shards, partial(self._counts, "set_bulk", keys=keys))
 
     def remove_bulk(self, keys: Iterable[KeyT], atomic: bool | None = None, db: DB = 0) -> int:
         """Remove records from their nodes; returns how many existed.  On partial failure
@@ -753,7 +807,7 @@ class Cluster:
         plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
         shards = self._bulk("remove_bulk", topo, plan,
                             lambda chunk, s: ops.remove_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
-        return self._counts("remove_bulk", shards, keys)
+        return self._then(shards, partial(self._counts, "remove_bulk", keys=keys))
 
     # -- whole-cluster operations -------------------------------------------------------------------
 
@@ -767,40 +821,38 @@ class Cluster:
 
     def count(self, db: DB = 0) -> int:
         """Records in the database, over all nodes."""
-        return sum(self._each_op("count", lambda s: ops.status_field(s, "count", b"count", db)).values())
+        return self._per_node("count", lambda s: ops.status_field(s, "count", b"count", db), _total)
 
     def size(self, db: DB = 0) -> int:
         """Database size in bytes, over all nodes."""
-        return sum(self._each_op("size", lambda s: ops.status_field(s, "size", b"size", db)).values())
+        return self._per_node("size", lambda s: ops.status_field(s, "size", b"size", db), _total)
 
     def status(self, db: DB = 0) -> dict[str, Any]:
         """The database's status merged over nodes: numeric fields summed, and each
         node's own (typed) status under ``"nodes"``."""
-        return _merge(self._each_op("status", lambda s: ops.status(s, db, True)))
+        return self._per_node("status", lambda s: ops.status(s, db, True), _merge)
 
     def report(self) -> dict[str, Any]:
         """The servers' reports merged like :meth:`status`."""
-        return _merge(self._each_op("report", lambda s: ops.report(s, True)))
+        return self._per_node("report", lambda s: ops.report(s, True), _merge)
 
     def clear(self, db: DB = 0) -> bool:
         """Remove every record on every node."""
-        self._each_op("clear", lambda s: ops.clear(s, db))
-        return True
+        return self._per_node("clear", lambda s: ops.clear(s, db), _done)
 
     def vacuum(self, db: DB = 0, *, step: int | None = None) -> bool:
-        self._each_op("vacuum", lambda s: ops.vacuum(s, db, step))
-        return True
+        return self._per_node("vacuum", lambda s: ops.vacuum(s, db, step), _done)
 
     def match_prefix(self, prefix: Key, limit: int | None = None, db: DB = 0) -> list[Any]:
         """Keys starting with ``prefix`` on any node, sorted.  ``limit`` caps the result;
         which keys it keeps follows each node's DB order (tree DBs: the first ones)."""
-        per_node = self._each_op("match_prefix", lambda s: ops.match_prefix(s, prefix, limit, db))
-        return _sorted_union(per_node.values(), limit)
+        return self._per_node("match_prefix", lambda s: ops.match_prefix(s, prefix, limit, db),
+                              partial(_sorted_union, limit=limit))
 
     def match_regex(self, regex: Key, limit: int | None = None, db: DB = 0) -> list[Any]:
         """Keys matching ``regex`` on any node, sorted; ``limit`` as for match_prefix."""
-        per_node = self._each_op("match_regex", lambda s: ops.match_regex(s, regex, limit, db))
-        return _sorted_union(per_node.values(), limit)
+        return self._per_node("match_regex", lambda s: ops.match_regex(s, regex, limit, db),
+                              partial(_sorted_union, limit=limit))
 
     def match_similar(self, origin: Key, distance: int | None = 0, limit: int | None = None, db: DB = 0, *,
                       utf: bool | None = None) -> list[Any]:
@@ -808,13 +860,16 @@ class Cluster:
         order).  KT does not return distances, so the merge recomputes them as the
         server does (in UTF-8 code points with ``utf``, the default for a str origin,
         else in bytes)."""
-        per_node = self._each_op("match_similar",
-                                 lambda s: ops.match_similar(s, origin, distance, limit, db, utf))
         chars = utf if utf is not None else isinstance(origin, str)
         target = cstr(key_bytes(origin))
-        merged = sorted({k for keys in per_node.values() for k in keys},
-                        key=lambda k: (levdist(key_bytes(k), target, chars), key_bytes(k)))
-        return merged[:limit] if limit else merged
+
+        def nearest(per_node: dict[str, list[Any]]) -> list[Any]:
+            merged = sorted({k for keys in per_node.values() for k in keys},
+                            key=lambda k: (levdist(key_bytes(k), target, chars), key_bytes(k)))
+            return merged[:limit] if limit else merged
+
+        return self._per_node("match_similar", lambda s: ops.match_similar(s, origin, distance, limit, db, utf),
+                              nearest)
 
     def play_script(self, name: str | bytes, kv_dict: Mapping[Any, Any] | None = None, *,
                     node: str | None = None, key: Key | None = None) -> dict[Any, bytes]:
@@ -825,6 +880,41 @@ class Cluster:
         target = topo.ring.node_for(key) if key is not None else self._member_named(node).name  # type: ignore
         return self._execute(op_class("play_script"), topo, target,
                              _op(lambda s: ops.play_script(s, name, kv_dict)), self._deadline())
+
+    # -- observability and lifecycle --------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Per-node breaker and pool counters, and cluster-wide retry/failover counts."""
+        topo = self._topology
+        breakers = self.health.stats()
+        nodes = {}
+        for member in list(topo.members.values()) + list(topo.partners.values()):
+            nodes[member.name] = {"address": member.node.address, "health": breakers.get(member.name),
+                                  "pool": member.transport.stats()}
+        budget = self.retry.budget
+        return {"nodes": nodes, **self._counters, "down": self.health.down(),
+                "retry_budget": None if budget is None else {"tokens": budget.tokens, "denied": budget.denied}}
+
+    def close(self) -> None:
+        """Close every pool and stop the fan-out threads.  Calls after close reconnect."""
+        topo = self._topology
+        for member in list(topo.members.values()) + list(topo.partners.values()):
+            member.transport.close()
+        self._fanout.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {list(self.nodes.values())} binary={self.binary} down={self.health.down()}>"
+
+
+class Cluster(ClusterCore):
+    """A sharded KT cluster for threads and greenlets; see the module docstring and
+    :class:`ClusterCore` for the arguments."""
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- cursors ----------------------------------------------------------------------------------
 
@@ -853,33 +943,3 @@ class Cluster:
         Failover partners are not read: writes made on a partner while its node was
         down are in the partner's log (stream them with ``origin_sids``)."""
         return ReplicationStream(self.nodes, sid, since, **options)
-
-    # -- observability and lifecycle --------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        """Per-node breaker and pool counters, and cluster-wide retry/failover counts."""
-        topo = self._topology
-        breakers = self.health.stats()
-        nodes = {}
-        for member in list(topo.members.values()) + list(topo.partners.values()):
-            nodes[member.name] = {"address": member.node.address, "health": breakers.get(member.name),
-                                  "pool": member.transport.stats()}
-        budget = self.retry.budget
-        return {"nodes": nodes, **self._counters, "down": self.health.down(),
-                "retry_budget": None if budget is None else {"tokens": budget.tokens, "denied": budget.denied}}
-
-    def close(self) -> None:
-        """Close every pool and stop the fan-out threads.  Calls after close reconnect."""
-        topo = self._topology
-        for member in list(topo.members.values()) + list(topo.partners.values()):
-            member.transport.close()
-        self._fanout.close()
-
-    def __enter__(self) -> Cluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<Cluster {list(self.nodes.values())} binary={self.binary} down={self.health.down()}>"

@@ -75,7 +75,8 @@ from .protocol.http import HTTPReply, ReadToEOF, ResponseHead
 from .protocol.rpc import decode_answer, encode_call
 
 __all__ = ["Connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "DEFAULT_MAX_REPLY_SIZE", "REARM_SLACK",
-           "WAIT_STEP", "OWN", "Limit", "Sent"]
+           "WAIT_STEP", "OWN", "Limit", "Sent", "decode_step", "too_large", "connect_limit", "connect_error",
+           "transport_error"]
 
 T = TypeVar("T")
 
@@ -128,12 +129,9 @@ def open_socket(host: str, port: int, limit: float | None, *, socket_module: Mod
     try:
         sock = mod.create_connection((host, port), timeout=limit)
     except (TimeoutError, mod.timeout) as exc:
-        if by_deadline:
-            raise DeadlineExceeded(f"the call's deadline passed while connecting to {address}",
-                                   request_sent=False, node_wait=True) from exc
-        raise SocketTimeoutError(f"connecting to {address} timed out", request_sent=False) from exc
+        raise connect_error(exc, address, timed_out=True, by_deadline=by_deadline) from exc
     except OSError as exc:
-        raise KTConnectionError(f"connecting to {address} failed: {exc}", request_sent=False) from exc
+        raise connect_error(exc, address, timed_out=False) from exc
     try:
         sock.setsockopt(mod.IPPROTO_TCP, mod.TCP_NODELAY, 1)
     except BaseException as exc:
@@ -427,16 +425,9 @@ class Connection:
     # -- I/O core ---------------------------------------------------------------------------------
 
     def _ready_socket(self, deadline: Deadline) -> Any:
-        if self.broken:
-            raise KTConnectionError(f"connection to {self.address} is broken and cannot be reused",
-                                    request_sent=False)
-        if self._sock is not None:
+        if self._sock is not None and not self.broken:
             return self._sock
-        limit, bound = deadline.cap(self.connect_timeout)
-        if limit is not None and limit <= 0:
-            raise DeadlineExceeded(f"the call's deadline passed before connecting to {self.address}",
-                                   request_sent=False)
-        return self._connect(limit, by_deadline=bound)
+        return self._connect(*connect_limit(self.address, self.broken, deadline, self.connect_timeout))
 
     def _send_request(self, sock: Any, data: bytes | Iterable[bytes], end: float | None, by_deadline: bool) -> None:
         """Hand the request to the kernel by ``end``.  Pieces that fail before the first one
@@ -483,19 +474,10 @@ class Connection:
                 private = view is not self._view
                 if private:
                     view = self._view  # a large reply: only its copy is held while it is decoded
-                try:
-                    result, used = decode(data)
-                except ReadToEOF:
-                    needed = sys.maxsize  # complete at EOF only (at_eof)
-                except Incomplete as inc:
-                    needed = max(inc.needed, filled + 1)
-                    parsed_at = filled
-                    if needed > max_size:
-                        raise self._too_large(f"declares a reply of at least {needed} bytes", max_size) from None
-                else:
-                    if used != filled:
-                        raise ProtocolError(f"{filled - used} unexpected bytes after the reply from {self.address}")
+                done, result, needed = decode_step(decode, data, max_size, self.address)
+                if done:
                     return result
+                parsed_at = filled
                 if private:
                     view = memoryview(bytearray(size))
                     view[:filled] = data
@@ -525,10 +507,7 @@ class Connection:
                     + ("before replying" if not filled else f"after {filled} bytes of its reply"))
             filled += n
             if filled > max_size:
-                raise self._too_large(f"sent more than {max_size} bytes", max_size)
-
-    def _too_large(self, what: str, max_size: int) -> ProtocolError:
-        return ProtocolError(f"{self.address} {what}: over the limit of {max_size} bytes (max_reply_size)")
+                raise too_large(self.address, f"sent more than {max_size} bytes", max_size)
 
     def _more_pending(self, sock: Any) -> bool:
         """Are more reply bytes already waiting?  Used to avoid re-decoding a large reply after
@@ -550,17 +529,78 @@ class Connection:
 
     def _transport_error(self, exc: BaseException, what: str, *, request_sent: bool,
                          by_deadline: bool = False) -> BaseException:
-        """The ktcluster error for a low-level failure (other BaseExceptions pass through).
-        A timeout is the caller's DeadlineExceeded when its deadline was the limit."""
         mod = self._socket_module or socket
-        if isinstance(exc, KyotoTycoonException):
-            return exc
-        if isinstance(exc, (TimeoutError, mod.timeout)) or (self._native and isinstance(exc, BlockingIOError)):
-            if by_deadline:
-                return DeadlineExceeded(f"the call's deadline passed while {what} {self.address}",
-                                        request_sent=request_sent, node_wait=True)
-            return SocketTimeoutError(f"{what} {self.address} timed out (the exchange's limit is "
-                                      f"{self.timeout} s)", request_sent=request_sent)
-        if isinstance(exc, OSError):
-            return KTConnectionError(f"{what} {self.address} failed: {exc}", request_sent=request_sent)
+        timed_out = isinstance(exc, (TimeoutError, mod.timeout)) or (self._native and isinstance(exc, BlockingIOError))
+        return transport_error(exc, what, self.address, self.timeout, timed_out=timed_out,
+                               request_sent=request_sent, by_deadline=by_deadline)
+
+
+# -- what every front end's connection shares (ktcluster.aio.connection too) -----------------------
+
+
+def decode_step(decode: Callable[[bytes], tuple[T, int]], data: bytes, max_size: int,
+                address: str) -> tuple[bool, Any, int]:
+    """One attempt to decode the reply from the bytes received so far: ``(True, reply, 0)``,
+    or ``(False, None, needed)`` with the total length to wait for (``sys.maxsize``: the
+    reply ends at EOF).  ProtocolError when the reply declares more than ``max_size`` bytes
+    or is followed by bytes nobody asked for; a decoder's own error passes through."""
+    filled = len(data)
+    try:
+        result, used = decode(data)
+    except ReadToEOF:
+        return False, None, sys.maxsize  # complete at EOF only (at_eof)
+    except Incomplete as inc:
+        needed = max(inc.needed, filled + 1)
+        if needed > max_size:
+            raise too_large(address, f"declares a reply of at least {needed} bytes", max_size) from None
+        return False, None, needed
+    if used != filled:
+        raise ProtocolError(f"{filled - used} unexpected bytes after the reply from {address}")
+    return True, result, 0
+
+
+def too_large(address: str, what: str, max_size: int) -> ProtocolError:
+    return ProtocolError(f"{address} {what}: over the limit of {max_size} bytes (max_reply_size)")
+
+
+def connect_limit(address: str, broken: bool, deadline: Deadline, connect_timeout: float | None
+                  ) -> tuple[float | None, bool]:
+    """Before a request connects: the connect's limit and whether the deadline is that limit;
+    KTConnectionError for a broken connection, DeadlineExceeded when the deadline passed."""
+    if broken:
+        raise KTConnectionError(f"connection to {address} is broken and cannot be reused", request_sent=False)
+    limit, bound = deadline.cap(connect_timeout)
+    if limit is not None and limit <= 0:
+        raise DeadlineExceeded(f"the call's deadline passed before connecting to {address}", request_sent=False)
+    return limit, bound
+
+
+def connect_error(exc: BaseException, address: str, *, timed_out: bool, by_deadline: bool = False
+                  ) -> KyotoTycoonException:
+    """The error of a connect that failed (``timed_out``: its limit fired), request_sent=False:
+    DeadlineExceeded when the limit was the caller's deadline, else SocketTimeoutError, or
+    KTConnectionError."""
+    if timed_out:
+        if by_deadline:
+            return DeadlineExceeded(f"the call's deadline passed while connecting to {address}",
+                                    request_sent=False, node_wait=True)
+        return SocketTimeoutError(f"connecting to {address} timed out", request_sent=False)
+    return KTConnectionError(f"connecting to {address} failed: {exc}", request_sent=False)
+
+
+def transport_error(exc: BaseException, what: str, address: str, timeout: float | None, *, timed_out: bool,
+                    request_sent: bool, by_deadline: bool = False) -> BaseException:
+    """The ktcluster error for a low-level failure ``what``-ing ``address`` (``timed_out``: a
+    wait's limit fired); other BaseExceptions (an interruption, a cancellation) pass
+    through.  A timeout is the caller's DeadlineExceeded when its deadline was the limit."""
+    if isinstance(exc, KyotoTycoonException):
         return exc
+    if timed_out:
+        if by_deadline:
+            return DeadlineExceeded(f"the call's deadline passed while {what} {address}",
+                                    request_sent=request_sent, node_wait=True)
+        return SocketTimeoutError(f"{what} {address} timed out (the exchange's limit is {timeout} s)",
+                                  request_sent=request_sent)
+    if isinstance(exc, OSError):
+        return KTConnectionError(f"{what} {address} failed: {exc}", request_sent=request_sent)
+    return exc

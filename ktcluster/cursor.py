@@ -80,28 +80,51 @@ class Cursor:
 
     def _run(self, op: Op[T], *, positioning: bool = False) -> T:
         """``op`` on the cursor's connection (checked out now when positioning)."""
+        conn = self._held(positioning) or self._hold(self._transport.pool.checkout())
+        try:
+            result = self._transport.run_on(conn, op)
+        except BaseException as exc:
+            self._failed(conn, exc)
+            raise
+        self._generation = conn.generation
+        return result
+
+    # The steps around a call's I/O, shared with ktcluster.aio's cursor.
+
+    def _held(self, positioning: bool) -> Any:
+        """The connection holding the server's cursor; None when a positioning call must
+        check one out; KTConnectionError when the position was lost."""
         conn = self._conn
         if conn is not None and (conn.broken or conn.generation != self._generation):
             self._release(discard=True)
             if not positioning:
                 raise KTConnectionError("the cursor's connection was lost with its position; jump() again",
                                         request_sent=False)
-            conn = None
-        elif conn is None and self._generation and not positioning:
+            return None
+        if conn is None and self._generation and not positioning:
             raise KTConnectionError("the cursor is not positioned (its connection was released); jump() first",
                                     request_sent=False)
-        if conn is None:
-            conn = self._conn = self._transport.pool.checkout()
-        try:
-            result = self._transport.run_on(conn, op)
-        except BaseException as exc:
-            if server_answered(exc):
-                self._generation = conn.generation
-            else:
-                self._release(discard=True)
-            raise
-        self._generation = conn.generation
-        return result
+        return conn
+
+    def _hold(self, conn: Any) -> Any:
+        self._conn = conn
+        return conn
+
+    def _failed(self, conn: Any, exc: BaseException) -> None:
+        """A call failed: a server's answer keeps the connection (and position), anything else drops it."""
+        if server_answered(exc):
+            self._generation = conn.generation
+        else:
+            self._release(discard=True)
+
+    def _deleted(self, exc: BaseException | None) -> bool:
+        """After cur_delete (``exc``: how it failed): the connection goes back (discarded unless
+        the server answered); True, or ``exc`` raised when it is not a ktcluster error."""
+        self._release(discard=exc is not None and not server_answered(exc))
+        self._generation = 0
+        if exc is not None and not isinstance(exc, KyotoTycoonException):
+            raise exc
+        return True
 
     def _release(self, *, discard: bool = False) -> None:
         conn, self._conn = self._conn, None
@@ -179,14 +202,8 @@ class Cursor:
             if not conn.broken and conn.generation == self._generation:
                 self._transport.run_on(conn, ops.cursor_call(self._session, b"cur_delete", self.cursor_id, []))
         except BaseException as exc:
-            self._release(discard=not server_answered(exc))
-            self._generation = 0
-            if isinstance(exc, KyotoTycoonException):
-                return True  # the cursor is gone either way
-            raise
-        self._release()
-        self._generation = 0
-        return True
+            return self._deleted(exc)  # the cursor is gone either way
+        return self._deleted(None)
 
     def close(self) -> None:
         """Release the cursor's connection without talking to the server (closing the

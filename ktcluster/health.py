@@ -132,24 +132,42 @@ class CircuitBreaker:
 
         Raises NodeDownError (nothing sent) while the breaker is open or another
         caller holds the half-open trial.  The trial holder runs ``probe`` first.
+        (``ktcluster.aio.cluster`` makes the same steps with ``await``.)
         """
-        trial = False if self.state is BreakerState.CLOSED else self._admit()
+        trial = self.enter()
         if trial and probe is not None:
             try:
                 probe()
             except BaseException as exc:
-                self._reopen(exc)
-                if isinstance(exc, Exception):
-                    raise NodeDownError(f"{self.node} is down (probe failed: {exc})", node=self.node) from exc
-                raise
+                err = self.probe_failed(exc)
+                if err is exc:
+                    raise
+                raise err from exc
         try:
             result = fn()
         except BaseException as exc:
             self.record(exc, trial)
             raise
+        self.succeeded(trial)
+        return result
+
+    def enter(self) -> bool:
+        """Before a call: False for a normal call, True when this caller holds the half-open
+        trial (it probes first); NodeDownError while the node may not be used."""
+        return False if self.state is BreakerState.CLOSED else self._admit()
+
+    def probe_failed(self, exc: BaseException) -> BaseException:
+        """The trial's probe failed with ``exc``: the breaker opens again; what to raise (an
+        interruption as it is)."""
+        self._reopen(exc)
+        if isinstance(exc, Exception):
+            return NodeDownError(f"{self.node} is down (probe failed: {exc})", node=self.node)
+        return exc
+
+    def succeeded(self, trial: bool) -> None:
+        """A call went through (no bookkeeping at all on the usual path)."""
         if trial or self._failures:
             self.record(None, trial)
-        return result
 
     @property
     def closed(self) -> bool:

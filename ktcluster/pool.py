@@ -114,9 +114,8 @@ class _Waiter:
 
     __slots__ = ("wake", "grant", "gone")
 
-    def __init__(self, lock_type: Any) -> None:
-        self.wake = lock_type()
-        self.wake.acquire()
+    def __init__(self, wake: Any) -> None:
+        self.wake = wake
         self.grant: Connection | None = None
         self.gone = False  # gave up (timed out or interrupted): pass it over
 
@@ -139,6 +138,9 @@ class ConnectionPool:
     checkout; ``check_idle_after`` is the idle time after which a connection is
     probed before reuse (0: always, the default; None: never probe).
     """
+
+    #: what the pool holds (the asyncio pool holds ktcluster.aio.connection.AsyncConnection)
+    connection_type: Any = Connection
 
     def __init__(self, host: str, port: int, *, size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
@@ -189,49 +191,62 @@ class ConnectionPool:
 
         Waits up to ``timeout`` (default: the pool's ``pool_timeout``; None waits
         forever) for one to become free, first come first served."""
+        timeout, give_up = self._give_up(timeout)
+        while True:
+            claim = self._claim()
+            conn, reused = self._wait(claim, timeout, give_up) if isinstance(claim, _Waiter) else claim
+            if self._vetted(conn, reused):
+                return conn
+
+    # The steps of a checkout that every front end shares (the asyncio pool,
+    # ktcluster.aio.pool, awaits its waiter instead of blocking on it).
+
+    def _give_up(self, timeout: float | None) -> tuple[float | None, float | None]:
+        """The wait's limit (the pool's by default) and the instant it ends (None: never)."""
         if timeout is None:
             timeout = self.pool_timeout
-        give_up = None if timeout is None else _monotonic() + timeout
-        while True:
-            conn, reused, waiter = self._take(True)
-            if waiter is not None:
-                conn, reused = self._wait(waiter, timeout, give_up)
-            if not reused or self._ready(conn):  # type: ignore[arg-type]
-                return conn  # type: ignore[return-value]
+        return timeout, None if timeout is None else _monotonic() + timeout
 
     def try_checkout(self) -> Connection | None:
         """A connection if one is free now (or may be created now), else None: never
         waits, and never passes a caller already waiting."""
         while True:
-            conn, reused, _ = self._take(False)
-            if conn is None:
+            with self._lock:
+                claim = self._free()
+                if claim is not None:
+                    self._checkouts += 1
+            if claim is None:
                 return None
-            if not reused or self._ready(conn):
-                return conn
+            if self._vetted(*claim):
+                return claim[0]
 
-    def _take(self, queue: bool) -> tuple[Connection | None, bool, _Waiter | None]:
-        """(connection, reused, None), or (None, False, a waiter in the queue) when none is
-        free (only with ``queue``; else (None, False, None))."""
+    def _claim(self) -> tuple[Connection, bool] | _Waiter:
+        """``(connection, reused)`` at once, or the caller's place in the queue."""
         with self._lock:
-            if self._lost:
-                self._reclaim_lost()
-            if self._waiting or (not self._idle and self._out >= self.size):  # others were first, or full
-                if not queue:
-                    return None, False, None
-                self._checkouts += 1
-                return None, False, self._enqueue()
             self._checkouts += 1
-            if self._idle:
-                conn = self._idle.pop()
-                self._trackers[id(conn)].out = True
-                self._out += 1
-                return conn, True, None
-            return self._new_connection(), False, None
+            return self._free() or self._enqueue()
 
-    def _ready(self, conn: Connection) -> bool:
-        """Is the idle connection just taken usable?  If not it is discarded (try another)."""
+    def _free(self) -> tuple[Connection, bool] | None:
+        """``(connection, reused)`` when one is free and nobody waits, else None (call with
+        the lock held)."""
+        if self._lost:
+            self._reclaim_lost()
+        if self._waiting:
+            return None                         # others were first
+        if self._idle:
+            conn = self._idle.pop()
+            self._trackers[id(conn)].out = True
+            self._out += 1
+            return conn, True
+        if self._out < self.size:
+            return self._new_connection(), False
+        return None
+
+    def _vetted(self, conn: Connection, reused: bool) -> bool:
+        """True when ``conn`` may be handed out; otherwise it is discarded (the caller
+        claims again)."""
         try:
-            usable = self._usable(conn)
+            usable = not reused or self._usable(conn)
         except BaseException:
             self.checkin(conn, discard=True)
             raise
@@ -240,10 +255,16 @@ class ConnectionPool:
         return usable
 
     def _enqueue(self) -> _Waiter:
-        waiter = _Waiter(self._lock_type)
+        waiter = _Waiter(self._wake())
         self._waiters.append(waiter)
         self._waiting += 1
         return waiter
+
+    def _wake(self) -> Any:
+        """What a waiter blocks on until ``release()``: a held lock."""
+        wake = self._lock_type()
+        wake.acquire()
+        return wake
 
     def _wait(self, waiter: _Waiter, timeout: float | None, give_up: float | None) -> tuple[Connection, bool]:
         """Block until ``waiter`` is granted a connection; see checkout."""
@@ -254,10 +275,18 @@ class ConnectionPool:
             else:
                 waiter.wake.acquire(True, max(0.0, give_up - _monotonic()))
         except BaseException:  # interrupted: give back a grant that raced in, else leave the queue
-            conn = self._settle(waiter, started)
-            if conn is not None:
-                self.checkin(conn)
+            self._interrupted(waiter, started)
             raise
+        return self._granted(waiter, started, timeout)
+
+    def _interrupted(self, waiter: _Waiter, started: float) -> None:
+        """A waiter was interrupted: it gives back a grant that raced in, else leaves the queue."""
+        conn = self._settle(waiter, started)
+        if conn is not None:
+            self.checkin(conn)
+
+    def _granted(self, waiter: _Waiter, started: float, timeout: float | None) -> tuple[Connection, bool]:
+        """A wait ended: the waiter's ``(connection, reused)``, or PoolTimeoutError."""
         conn = self._settle(waiter, started)
         if conn is None:
             raise PoolTimeoutError(f"no connection to {self.address} became free within {timeout:g} s "
@@ -280,7 +309,7 @@ class ConnectionPool:
 
     def _new_connection(self) -> Connection:
         """A new connection, counted as checked out (call with the lock held)."""
-        conn = Connection(self.host, self.port, connect_timeout=self.connect_timeout, timeout=self.timeout,
+        conn = self.connection_type(self.host, self.port, connect_timeout=self.connect_timeout, timeout=self.timeout,
                           socket_module=self.socket_module)
         tracker = _Tracker(conn, self._on_connection_gone)
         tracker.key = id(conn)

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NoReturn, TypeVar
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
@@ -199,23 +199,29 @@ class RetryPolicy:
                 raise first_error
             return fn()
         except BaseException as exc:
-            if self.attempts <= 1 or not is_retryable(cls, exc):
-                _raise_final(cls, exc, None)
-            first: BaseException | None = exc
-            sent = exc if _may_have_sent(exc) else None
+            retries = _Retries(self, cls, exc)
+        try:
+            return Retrying(**self._tenacity(cls, deadline, on_retry))(retries.attempt, fn)
+        except BaseException as exc:
+            retries.fail(exc)
 
-        def attempt() -> T:
-            nonlocal first, sent
-            if first is not None:
-                replay, first = first, None
-                raise replay
-            try:
-                return fn()
-            except BaseException as exc:
-                if sent is None and _may_have_sent(exc):
-                    sent = exc
-                raise
+    async def run_async(self, cls: OpClass, fn: Callable[[], Awaitable[T]], deadline: Deadline,
+                        on_retry: RetryHook | None = None) -> T:
+        """:meth:`run` for a coroutine function ``fn`` (tenacity's AsyncRetrying: its waits
+        are ``asyncio.sleep``).  A cancellation is never retried: it propagates."""
+        if self.budget is not None:
+            self.budget.deposit()
+        try:
+            return await fn()
+        except BaseException as exc:
+            retries = _Retries(self, cls, exc)
+        try:
+            return await AsyncRetrying(**self._tenacity(cls, deadline, on_retry))(retries.attempt_async, fn)
+        except BaseException as exc:
+            retries.fail(exc)
 
+    def _tenacity(self, cls: OpClass, deadline: Deadline, on_retry: RetryHook | None) -> dict[str, Any]:
+        """The arguments of tenacity's Retrying/AsyncRetrying for the retries of one call."""
         stop: stop_base = stop_after_attempt(self.attempts) | _stop_at_deadline(deadline)
         if self.budget is not None:
             stop = stop | _stop_without_budget(self.budget)
@@ -224,13 +230,52 @@ class RetryPolicy:
             def before_sleep(state: RetryCallState) -> None:
                 assert state.outcome is not None
                 on_retry(state.attempt_number, state.outcome.exception(), state.upcoming_sleep)  # type: ignore[arg-type]
-        retrying = Retrying(stop=stop, wait=wait_random_exponential(multiplier=self.backoff, max=self.max_backoff),
-                            retry=retry_if_exception(lambda e: is_retryable(cls, e)), reraise=True,
-                            before_sleep=before_sleep)
+        return dict(stop=stop, wait=wait_random_exponential(multiplier=self.backoff, max=self.max_backoff),
+                    retry=retry_if_exception(lambda e: is_retryable(cls, e)), reraise=True, before_sleep=before_sleep)
+
+
+class _Retries:
+    """The retries of one call whose first attempt failed with ``first`` (raised at once
+    when it may not be retried): tenacity's attempts replay that failure first, then call
+    ``fn`` again; ``sent`` keeps the first error that may have reached the server."""
+
+    __slots__ = ("cls", "first", "sent")
+
+    def __init__(self, policy: RetryPolicy, cls: OpClass, first: BaseException) -> None:
+        if policy.attempts <= 1 or not is_retryable(cls, first):
+            _raise_final(cls, first, None)
+        self.cls = cls
+        self.first: BaseException | None = first
+        self.sent = first if _may_have_sent(first) else None
+
+    def _replay(self) -> None:
+        if self.first is not None:
+            replay, self.first = self.first, None
+            raise replay
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.sent is None and _may_have_sent(exc):
+            self.sent = exc
+
+    def attempt(self, fn: Callable[[], T]) -> T:
+        self._replay()
         try:
-            return retrying(attempt)
+            return fn()
         except BaseException as exc:
-            _raise_final(cls, exc, sent)
+            self._failed(exc)
+            raise
+
+    async def attempt_async(self, fn: Callable[[], Awaitable[T]]) -> T:
+        self._replay()
+        try:
+            return await fn()
+        except BaseException as exc:
+            self._failed(exc)
+            raise
+
+    def fail(self, exc: BaseException) -> NoReturn:
+        """The retries ended with ``exc``: raise the call's error."""
+        _raise_final(self.cls, exc, self.sent)
 
 
 #: A policy that never retries (every error surfaces at once; UNSAFE still reports OutcomeUnknownError).

@@ -25,38 +25,40 @@ from typing import Any, TypeVar
 
 from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN, Connection, Limit, Sent
 from .deadline import NO_DEADLINE, Deadline
-from .errors import DeadlineExceeded, PoolTimeoutError
+from .errors import DeadlineExceeded, KyotoTycoonException, PoolTimeoutError
 from .ops import Http, Op, Request, Session, void
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool, PoolStats
 
-__all__ = ["Transport"]
+__all__ = ["Transport", "TransportBase"]
 
 T = TypeVar("T")
 
 
-class Transport:
-    """The way to one server ``host:port``; see the module docstring.
-
-    ``timeout`` is each exchange's limit (None: none), ``max_reply_size`` the largest
-    reply accepted; the other keywords are the pool's."""
+class TransportBase:
+    """What every front end's transport shares: the pool, what is known about the server,
+    and the deadline's rules for the wait for a connection.  ``pool_type`` is the pool
+    class (:class:`Transport`'s blocks; :class:`ktcluster.aio.transport.AsyncTransport`'s
+    awaits)."""
 
     __slots__ = ("pool", "host_header", "db_names", "max_reply_size")
+
+    pool_type: type[ConnectionPool] = ConnectionPool
 
     def __init__(self, host: str, port: int, *, timeout: float | None = 30.0, size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT, idle_timeout: float | None = 300.0,
                  max_lifetime: float | None = 3600.0, max_reply_size: int = DEFAULT_MAX_REPLY_SIZE,
                  socket_module: ModuleType | None = None) -> None:
-        self.pool = ConnectionPool(host, port, size=size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
-                                   timeout=timeout, idle_timeout=idle_timeout, max_lifetime=max_lifetime,
-                                   socket_module=socket_module)
+        self.pool = self.pool_type(host, port, size=size, pool_timeout=pool_timeout,
+                                   connect_timeout=connect_timeout, timeout=timeout, idle_timeout=idle_timeout,
+                                   max_lifetime=max_lifetime, socket_module=socket_module)
         self.host_header = self.pool.address.encode()
         #: the server's DB name -> index map (filled by ops.db_index)
         self.db_names: dict[bytes, int] = {}
         self.max_reply_size = max_reply_size
 
     def __repr__(self) -> str:
-        return f"<Transport {self.pool.address}>"
+        return f"<{type(self).__name__} {self.pool.address}>"
 
     @property
     def address(self) -> str:
@@ -69,6 +71,31 @@ class Transport:
         """Close the pooled connections (those in use close when they come back)."""
         self.pool.close()
 
+    def pool_wait(self, deadline: Deadline) -> tuple[float | None, bool]:
+        """The wait for a pooled connection under ``deadline``: ``(limit, bound)`` as
+        :meth:`Deadline.cap <ktcluster.deadline.Deadline.cap>`; DeadlineExceeded when
+        nothing is left."""
+        wait, bound = deadline.cap(self.pool.pool_timeout)
+        if wait is not None and wait <= 0:
+            raise DeadlineExceeded("the call's deadline passed before it started", request_sent=False)
+        return wait, bound
+
+    @staticmethod
+    def pool_timed_out(exc: PoolTimeoutError, bound: bool) -> KyotoTycoonException:
+        """The error of a wait for a connection that timed out: the deadline's when it bound."""
+        if not bound:
+            return exc  # the pool's own limit fired
+        return DeadlineExceeded(f"the call's deadline passed: {exc.message}", request_sent=False)
+
+
+class Transport(TransportBase):
+    """The way to one server ``host:port``; see the module docstring.
+
+    ``timeout`` is each exchange's limit (None: none), ``max_reply_size`` the largest
+    reply accepted; the other keywords are the pool's."""
+
+    __slots__ = ()
+
     # -- requests ---------------------------------------------------------------------------------
 
     def checkout(self, deadline: Deadline = NO_DEADLINE) -> Connection:
@@ -76,15 +103,14 @@ class Transport:
         pool = self.pool
         if deadline.at is None:  # (not deadline.__bool__: a Python call less on the hot path)
             return pool.checkout()
-        wait, bound = deadline.cap(pool.pool_timeout)
-        if wait is not None and wait <= 0:
-            raise DeadlineExceeded("the call's deadline passed before it started", request_sent=False)
+        wait, bound = self.pool_wait(deadline)
         try:
             return pool.checkout(wait)
         except PoolTimeoutError as exc:
-            if not bound:
-                raise  # the pool's own limit fired
-            raise DeadlineExceeded(f"the call's deadline passed: {exc.message}", request_sent=False) from exc
+            err = self.pool_timed_out(exc, bound)
+            if err is exc:
+                raise
+            raise err from exc
 
     def send(self, conn: Connection, request: Request, deadline: Deadline = NO_DEADLINE,
              timeout: Limit = OWN) -> Any:

@@ -12,7 +12,9 @@ it took, and its peak resident memory above what it had at fork.  A child still 
 
 A case: ``{"client": "http" | "binary" | "cluster" | "cluster_http" | "slave" | "stream",
 "call": a name in CALLS, "address": "host:port", "timeout": s, "deadline": s (Cluster),
-"options": {extra constructor arguments}, "cap": bytes, "kill_after": s}``.  The
+"options": {extra constructor arguments}, "cap": bytes, "kill_after": s}``; the clients
+``"aio_http"``, ``"aio_binary"``, ``"aio_cluster"`` and ``"aio_cluster_http"`` are
+ktcluster.aio's (each call runs in ``asyncio.run``).  The
 ``"storm"`` client is a Cluster of every address in ``"addresses"`` hammered by threads
 (greenlets under gevent) for ``"seconds"``: see :func:`storm`.
 """
@@ -26,6 +28,8 @@ if "--gevent" in sys.argv:
 
     monkey.patch_all()
 
+import asyncio  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
@@ -37,7 +41,7 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-from ktcluster import KT_PACKER_BYTES, Cluster, KyotoSlave, KyotoTycoon, ReplicationStream  # noqa: E402
+from ktcluster import KT_PACKER_BYTES, Cluster, KyotoSlave, KyotoTycoon, ReplicationStream, aio  # noqa: E402
 from ktcluster.address import parse_address  # noqa: E402
 from ktcluster.errors import KyotoTycoonException  # noqa: E402
 from ktcluster.health import HealthConfig  # noqa: E402
@@ -114,14 +118,16 @@ def make_client(case: dict[str, Any]) -> Any:
     host, port = parse_address(case["address"])
     options = dict(case.get("options", {}))
     timeout = case.get("timeout", 1.0)
-    if kind in ("http", "binary"):
-        kt = KyotoTycoon(binary=kind == "binary", pack_type=KT_PACKER_BYTES, **options)
+    if kind in ("http", "binary", "aio_http", "aio_binary"):
+        front = aio.KyotoTycoon if kind.startswith("aio_") else KyotoTycoon
+        kt = front(binary=kind.endswith("binary"), pack_type=KT_PACKER_BYTES, **options)
         kt.open(host, port, timeout=timeout)
         return kt
-    if kind in ("cluster", "cluster_http"):
+    if kind in ("cluster", "cluster_http", "aio_cluster", "aio_cluster_http"):
         retry = RetryPolicy(attempts=3, deadline=case["deadline"], backoff=0.01, max_backoff=0.05)
-        return Cluster([case["address"]], binary=kind == "cluster", timeout=timeout, connect_timeout=timeout,
-                       pool_timeout=timeout, retry=retry, **options)
+        front = aio.Cluster if kind.startswith("aio_") else Cluster
+        return front([case["address"]], binary=kind.endswith("cluster"), timeout=timeout, connect_timeout=timeout,
+                     pool_timeout=timeout, retry=retry, **options)
     if kind == "slave":
         return KyotoSlave(1, host, port, timeout, **options)
     if kind == "stream":
@@ -147,6 +153,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     try:
         value = CALLS[case["call"]](client)
+        if inspect.isawaitable(value):  # an asyncio client's call: on a loop of its own
+            value = asyncio.run(value)
     except BaseException as exc:  # reported to the test, whatever it is
         outcome = {"error": type(exc).__name__, "mro": [c.__name__ for c in type(exc).__mro__],
                    "message": str(exc)[:300], "request_sent": getattr(exc, "request_sent", None)}

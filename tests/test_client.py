@@ -13,7 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import fronts
 import pytest
+from fronts import FRONTS, single
 from threaded import run_threads
 
 from ktcluster import (
@@ -54,13 +56,23 @@ def server() -> Iterator[KTServer]:
         yield srv
 
 
-@pytest.fixture
-def kt(server: KTServer) -> Iterator[KyotoTycoon]:
-    client = KyotoTycoon().connect(server.host, server.port)
+#: the front end the running test's ``kt`` and ``client()`` use (set by the ``kt`` fixture)
+FRONT = ["blocking"]
+
+
+@pytest.fixture(params=FRONTS)
+def kt(server: KTServer, request) -> Iterator[KyotoTycoon]:
+    """A client of the server, of each front end in turn (``ktcluster.aio`` through
+    tests/fronts.py); tests marked ``blocking_only`` use what only the blocking one has."""
+    if request.param != "blocking" and request.node.get_closest_marker("blocking_only"):
+        pytest.skip("what the blocking front end does (gevent)")
+    FRONT[0] = request.param
+    client = single(request.param).connect(server.host, server.port)
     client.clear(0)
     client.clear(1)
     yield client
     client.close()
+    FRONT[0] = "blocking"
 
 
 @contextlib.contextmanager
@@ -75,7 +87,8 @@ def paused(srv: KTServer) -> Iterator[None]:
 
 
 def client(server: KTServer, **kw) -> KyotoTycoon:
-    return KyotoTycoon(**kw).connect(server.host, server.port)
+    """A client of the running test's front end."""
+    return single(FRONT[0], **kw).connect(server.host, server.port)
 
 
 @pytest.fixture(params=["http", "binary"])
@@ -561,7 +574,9 @@ def test_cursor_connection_loss_is_reported(server, kt):
     cur = kt.cursor()
     assert cur.jump(db=1)
     cur._conn.close()  # the socket goes away with the server-side cursor
-    cur._conn.connect()
+    reconnected = cur._conn.connect()
+    if reconnected is not None:  # the asyncio connection's: on the front end's loop
+        fronts.run(reconnected)
     with pytest.raises(KTConnectionError):
         cur.step()
     assert cur.jump(db=1) and cur.get_key() == "a"
@@ -997,6 +1012,7 @@ print("OK")
 """
 
 
+@pytest.mark.blocking_only
 def test_client_under_gevent(server, kt):
     import subprocess
     import sys

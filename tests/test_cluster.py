@@ -10,7 +10,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import fronts
 import pytest
+from fronts import FRONTS
 from threaded import run_threads
 
 from ktcluster.client import KyotoTycoon
@@ -36,14 +38,15 @@ def servers() -> Iterator[list[KTServer]]:
         yield srvs
 
 
-@pytest.fixture
-def make_cluster(servers):
+@pytest.fixture(params=("blocking",) if UNDER_GEVENT else FRONTS)
+def make_cluster(servers, request):
+    """Clusters of each front end in turn (``ktcluster.aio`` through tests/fronts.py)."""
     made: list[Cluster] = []
 
     def make(**kw) -> Cluster:
         # These tests store Python objects, on servers of their own: pickle must be asked for.
         kw.setdefault("pack_type", KT_PACKER_PICKLE)
-        cluster = Cluster(kw.pop("addresses", [s.address for s in servers]), **kw)
+        cluster = fronts.cluster(request.param, kw.pop("addresses", [s.address for s in servers]), **kw)
         made.append(cluster)
         return cluster
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -309,90 +310,107 @@ def far() -> Deadline:
     return Deadline.after(60)
 
 
-def test_reads_retry_until_success():
+@pytest.fixture(params=["run", "run_async"])
+def via(request) -> str:
+    """The RetryPolicy method under test: the blocking cluster's, or the asyncio one's."""
+    return request.param
+
+
+def run(via: str, retry: RetryPolicy, cls: OpClass, fn, deadline: Deadline, on_retry=None):
+    """``retry.run(cls, fn, ...)``, or the same through ``run_async`` (``fn`` awaited)."""
+    if via == "run":
+        return retry.run(cls, fn, deadline, on_retry)
+
+    async def attempt():
+        return fn()
+
+    return asyncio.run(retry.run_async(cls, attempt, deadline, on_retry))
+
+
+def test_reads_retry_until_success(via):
     fn = Flaky(broken(), timed_out(), result="v")
     hooks = []
-    assert policy(attempts=3).run(OpClass.READ, fn, far(), on_retry=lambda *a: hooks.append(a[0])) == "v"
+    assert run(via, policy(attempts=3), OpClass.READ, fn, far(), on_retry=lambda *a: hooks.append(a[0])) == "v"
     assert fn.calls == 3 and hooks == [1, 2]
 
 
-def test_attempts_are_bounded_and_the_last_error_surfaces():
+def test_attempts_are_bounded_and_the_last_error_surfaces(via):
     fn = Flaky(broken(), broken(), broken(), broken())
     with pytest.raises(KTConnectionError):
-        policy(attempts=3).run(OpClass.IDEMPOTENT, fn, far())
+        run(via, policy(attempts=3), OpClass.IDEMPOTENT, fn, far())
     assert fn.calls == 3
 
 
-def test_logical_errors_are_never_retried():
+def test_logical_errors_are_never_retried(via):
     fn = Flaky(LogicalInconsistencyError("dup", 450), result=1)
     with pytest.raises(LogicalInconsistencyError):
-        policy().run(OpClass.READ, fn, far())
+        run(via, policy(), OpClass.READ, fn, far())
     assert fn.calls == 1
 
 
-def test_unsafe_op_retries_only_unsent_requests():
+def test_unsafe_op_retries_only_unsent_requests(via):
     fn = Flaky(refused(), timed_out(sent=False), result=5)
-    assert policy(attempts=3).run(OpClass.UNSAFE, fn, far()) == 5
+    assert run(via, policy(attempts=3), OpClass.UNSAFE, fn, far()) == 5
     assert fn.calls == 3
 
 
 @pytest.mark.parametrize("first", [True, False])
-def test_unsafe_op_sent_then_failed_is_outcome_unknown(first):
+def test_unsafe_op_sent_then_failed_is_outcome_unknown(first, via):
     errors = [broken()] if first else [refused(), timed_out()]
     fn = Flaky(*errors, result=1)
     with pytest.raises(OutcomeUnknownError) as info:
-        policy(attempts=5).run(OpClass.UNSAFE, fn, far())
+        run(via, policy(attempts=5), OpClass.UNSAFE, fn, far())
     assert fn.calls == len(errors)
     assert isinstance(info.value.__cause__, KTConnectionError)
 
 
 @pytest.mark.parametrize("cls", [OpClass.READ, OpClass.IDEMPOTENT])
-def test_the_final_error_says_sent_when_an_earlier_attempt_may_have_been(cls):
+def test_the_final_error_says_sent_when_an_earlier_attempt_may_have_been(cls, via):
     """Issue 12, bug 6: the first attempt reached the node (and may have been applied), the
     next found it refusing, then down: the error must not say that nothing was sent."""
     first = broken()
     fn = Flaky(first, refused(), NodeDownError("down", node="n"))
     with pytest.raises(NodeDownError) as info:
-        policy(attempts=3).run(cls, fn, far())
+        run(via, policy(attempts=3), cls, fn, far())
     assert fn.calls == 3
     assert info.value.request_sent is True and info.value.__cause__ is first
     fn = Flaky(refused(), NodeDownError("down", node="n"))               # nothing ever left: it says so
     with pytest.raises(NodeDownError) as info:
-        policy(attempts=3).run(cls, fn, far())
+        run(via, policy(attempts=3), cls, fn, far())
     assert info.value.request_sent is False and info.value.__cause__ is None
     sent = timed_out()
     fn = Flaky(sent, DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False))
     with pytest.raises(DeadlineExceeded) as info:
-        policy(attempts=3).run(cls, fn, far())
+        run(via, policy(attempts=3), cls, fn, far())
     assert info.value.request_sent is True and info.value.__cause__ is sent
 
 
-def test_no_retry_policy_still_reports_unknown_outcomes():
+def test_no_retry_policy_still_reports_unknown_outcomes(via):
     with pytest.raises(OutcomeUnknownError):
-        NO_RETRY.run(OpClass.UNSAFE, Flaky(broken()), far())
+        run(via, NO_RETRY, OpClass.UNSAFE, Flaky(broken()), far())
     fn = Flaky(broken())
     with pytest.raises(KTConnectionError):
-        NO_RETRY.run(OpClass.READ, fn, far())
+        run(via, NO_RETRY, OpClass.READ, fn, far())
     assert fn.calls == 1
 
 
-def test_deadline_stops_retries():
+def test_deadline_stops_retries(via):
     fn = Flaky(*[broken() for _ in range(100)])
     started = time.monotonic()
     with pytest.raises(KTConnectionError):
-        policy(attempts=100, backoff=0.05, max_backoff=0.05).run(OpClass.READ, fn, Deadline.after(0.2))
+        run(via, policy(attempts=100, backoff=0.05, max_backoff=0.05), OpClass.READ, fn, Deadline.after(0.2))
     assert fn.calls < 100
     assert time.monotonic() - started < 5
 
 
-def test_budget_caps_retries_during_an_outage():
+def test_budget_caps_retries_during_an_outage(via):
     budget = RetryBudget(ratio=0.0, min_per_second=0.0, cap=3)
     p = policy(attempts=10, budget=budget)
     calls = 0
     for _ in range(5):
         fn = Flaky(*[broken() for _ in range(20)])
         with pytest.raises(KTConnectionError):
-            p.run(OpClass.READ, fn, far())
+            run(via, p, OpClass.READ, fn, far())
         calls += fn.calls
     assert calls == 5 + 3 and budget.denied >= 1
 

@@ -14,7 +14,9 @@ import threading
 import time
 from collections.abc import Iterator
 
+import fronts
 import pytest
+from fronts import FRONTS
 
 from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster
@@ -57,8 +59,9 @@ class Events:
         return [state for n, state in self.seen if n == node]
 
 
-@pytest.fixture
-def make_cluster():
+@pytest.fixture(params=("blocking",) if UNDER_GEVENT else FRONTS)
+def make_cluster(request):
+    """Clusters of each front end in turn (``ktcluster.aio`` through tests/fronts.py)."""
     made: list[Cluster] = []
 
     def make(servers, **kw) -> Cluster:
@@ -68,7 +71,7 @@ def make_cluster():
         kw.setdefault("retry", RetryPolicy(attempts=3, deadline=DEADLINE, backoff=0.01, max_backoff=0.05))
         kw.setdefault("health", HealthConfig(failure_threshold=2, reset_timeout=0.2, max_reset_timeout=0.5,
                                              max_down=2))
-        cluster = Cluster(servers, **kw)
+        cluster = fronts.cluster(request.param, servers, **kw)
         made.append(cluster)
         return cluster
 

@@ -1,6 +1,8 @@
-"""examples/gevent_app.py: a gevent WSGI server sharing one Cluster, driven by concurrent
-requests; one node then dies and the app answers with the right status codes; one
-keep-alive connection is fast (TCP_NODELAY); local pool congestion is a 503 with Retry-After."""
+"""The example web apps -- examples/gevent_app.py (a gevent WSGI server sharing one Cluster)
+and examples/asgi_app.py (a Starlette app under uvicorn sharing one ktcluster.aio.Cluster),
+the same endpoints -- driven by concurrent requests; one node then dies and the app
+answers with the right status codes; one keep-alive connection is fast (TCP_NODELAY);
+local pool congestion is a 503 with Retry-After."""
 
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ import pytest
 from ktcluster.cluster import Cluster
 from ktcluster.testing import FaultProxy, KTServer, free_port, start_cluster
 
-APP = Path(__file__).parent.parent / "examples" / "gevent_app.py"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+APPS = ["gevent_app.py", "asgi_app.py"]
 
 
 class App:
-    def __init__(self, servers: list[str], *options: str) -> None:
+    def __init__(self, script: str, servers: list[str], *options: str) -> None:
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, str(APP), "--listen", f"127.0.0.1:{self.port}",
+        self.proc = subprocess.Popen([sys.executable, str(EXAMPLES / script), "--listen", f"127.0.0.1:{self.port}",
                                       "--timeout", "1", *options, *servers], stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20
         while True:
@@ -71,9 +74,9 @@ def servers() -> Iterator[list[KTServer]]:
         yield srvs
 
 
-@pytest.fixture
-def app(servers) -> Iterator[App]:
-    running = App([s.address for s in servers])
+@pytest.fixture(params=APPS)
+def app(servers, request) -> Iterator[App]:
+    running = App(request.param, [s.address for s in servers])
     yield running
     running.stop()
 
@@ -143,11 +146,12 @@ def test_one_keep_alive_connection_is_fast(app):
     assert statistics.median(latencies) < 0.020  # ~0.3 ms with TCP_NODELAY, ~40 ms without
 
 
-def test_local_congestion_is_503_with_retry_after(servers):
+@pytest.mark.parametrize("script", APPS)
+def test_local_congestion_is_503_with_retry_after(servers, script):
     """No free pooled connection within pool_timeout (PoolTimeoutError) is local congestion,
     not a slow node: 503 with Retry-After, while the request holding the connection succeeds."""
     with FaultProxy(servers[0].address, latency=3.0) as slow:
-        running = App([slow.address], "--timeout", "10", "--pool-size", "1", "--pool-timeout", "0.2")
+        running = App(script, [slow.address], "--timeout", "10", "--pool-size", "1", "--pool-timeout", "0.2")
         try:
             with ThreadPoolExecutor(1) as pool:
                 held = pool.submit(running.request, "GET", "/kv/held")

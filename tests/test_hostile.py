@@ -272,6 +272,11 @@ GEVENT_CASES = [c for c in CASES if c["expect"] is LATE or c["client"] in ("clus
                 or c["behaviour"] in ("endless-body", "bin-hits-4G")]
 
 
+#: the client and cluster cases again with the asyncio front end (ktcluster.aio)
+AIO_CASES = [dict(c, client="aio_" + c["client"], id="aio-" + c["id"]) for c in CASES
+             if c["client"] in ("http", "binary", "cluster", "cluster_http")]
+
+
 @pytest.fixture(scope="module")
 def fake_servers() -> Iterator[dict[str, str]]:
     servers = {name: ScriptedServer(handler) for name, handler in BEHAVIOURS.items()}
@@ -321,6 +326,10 @@ def test_every_call_fails_typed_in_time_and_in_bounded_memory(fake_servers):
 
 def test_under_gevent_too(fake_servers):
     check(GEVENT_CASES, run_cases(GEVENT_CASES, fake_servers, gevent=True), "gevent")
+
+
+def test_the_asyncio_client_too(fake_servers):
+    check(AIO_CASES, run_cases(AIO_CASES, fake_servers, gevent=False), "asyncio")
 
 
 STORM = case("storm", "storm", "storm", (), limit=25.0, memory=4 * SMALL, seconds=20.0, threads=8,

@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
+import fronts
 import kyototycoon.kyotoslave as ng_slave  # python-kyototycoon-ng, from the test extra
 import pytest
+from fronts import FRONTS
 
 from ktcluster.connection import Connection
 from ktcluster.errors import KTConnectionError, ReplicationError, ResyncRequiredError
@@ -30,6 +32,13 @@ def in_thread(fn):
     thread = threading.Thread(target=fn, daemon=True)
     thread.start()
     return thread
+
+
+@pytest.fixture(autouse=True, params=FRONTS)
+def front(request, monkeypatch) -> str:
+    """Each test runs with the KyotoSlave of each front end (``ktcluster.aio``'s through
+    tests/fronts.py)."""
+    return fronts.swap_consumer(request, monkeypatch, globals(), "KyotoSlave")
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import threading
 import time
 from collections import Counter
 
+import fronts
 import pytest
+from fronts import FRONTS
 from test_replication_slave import purged_master
 
 from ktcluster import KT_PACKER_BYTES, Checkpoint, ReplicationStream
@@ -25,6 +27,13 @@ from ktcluster.testing import KTServer, start_cluster
 
 FLUSH = 0.3  # KT flushes its update log every 0.1 s
 UNDER_GEVENT = bool(os.environ.get("KTCLUSTER_GEVENT_RUN"))  # set by test_replication_gevent.py
+
+
+@pytest.fixture(autouse=True, params=('blocking',) if UNDER_GEVENT else FRONTS)
+def front(request, monkeypatch) -> str:
+    """Each test runs with the ReplicationStream of each front end (``ktcluster.aio``'s through
+    tests/fronts.py)."""
+    return fronts.swap_consumer(request, monkeypatch, globals(), "ReplicationStream")
 
 
 @pytest.fixture

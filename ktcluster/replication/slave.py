@@ -93,6 +93,11 @@ class KyotoSlave:
 
         Raises :class:`~ktcluster.errors.ResyncRequiredError` when the master may
         have purged entries after the requested position."""
+        for batch in self._batches(*self._start(timestamp, ts)):
+            yield from self._take(batch)
+
+    def _start(self, timestamp: float | None, ts: int | None) -> tuple[int, bool]:
+        """consume's start: the position, and whether to verify the master still has its history."""
         if ts is None:
             start = ts_from_seconds(time.time() if timestamp is None else timestamp)
             verify = timestamp is not None
@@ -100,15 +105,18 @@ class KyotoSlave:
             start, verify = int(ts), True
         self._closed.clear()
         self.last_ts = start
-        for batch in self._batches(start, verify):
-            for item in batch:
-                if isinstance(item, int):
-                    if item > self.last_ts:
-                        self.last_ts = item
-                else:
-                    if item["ts"] > self.last_ts:
-                        self.last_ts = item["ts"]
-                    yield item
+        return start, verify
+
+    def _take(self, batch: list[Item]) -> Iterator[Record]:
+        """The records of ``batch``, ``last_ts`` following each item (heartbeats too) as it is taken."""
+        for item in batch:
+            if isinstance(item, int):
+                if item > self.last_ts:
+                    self.last_ts = item
+            else:
+                if item["ts"] > self.last_ts:
+                    self.last_ts = item["ts"]
+                yield item
 
     def close(self) -> bool:
         """Close the connection; a running :meth:`consume` ends (also from another thread)."""

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
-FRONTS = ("blocking", "asyncio")
+#: the front ends (ktcluster.aio needs Python 3.11: asyncio.timeout)
+FRONTS = ("blocking", "asyncio") if sys.version_info >= (3, 11) else ("blocking",)
 
 _loop: asyncio.AbstractEventLoop | None = None
 _lock = threading.Lock()

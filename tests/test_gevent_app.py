@@ -23,7 +23,7 @@ from ktcluster.cluster import Cluster
 from ktcluster.testing import FaultProxy, KTServer, free_port, start_cluster
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
-APPS = ["gevent_app.py", "asgi_app.py"]
+APPS = ["gevent_app.py", "asgi_app.py"] if sys.version_info >= (3, 11) else ["gevent_app.py"]  # aio: 3.11+
 
 
 class App:

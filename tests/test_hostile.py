@@ -274,7 +274,7 @@ GEVENT_CASES = [c for c in CASES if c["expect"] is LATE or c["client"] in ("clus
 
 #: the client and cluster cases again with the asyncio front end (ktcluster.aio)
 AIO_CASES = [dict(c, client="aio_" + c["client"], id="aio-" + c["id"]) for c in CASES
-             if c["client"] in ("http", "binary", "cluster", "cluster_http")]
+             if c["client"] in ("http", "binary", "cluster", "cluster_http") and sys.version_info >= (3, 11)]
 
 
 @pytest.fixture(scope="module")

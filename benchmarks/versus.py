@@ -16,6 +16,13 @@ the batches: what the client itself costs, steadier than wall time), the ratio
 ``after / before`` (below 1: the change made it cheaper); the same for the user-mode
 CPU alone (the client's Python code without the system calls, whose cost moves most
 with the machine's load), and calls per second (the best batch).  It never asserts.
+
+With ``--instructions`` (needs valgrind) it counts instead, for the single-record calls
+(or those named by ``--calls``), how many instructions the client executes per call:
+each tree's worker runs under callgrind for ``--count`` calls and for none, and the
+difference is divided by ``--count``.  The count is the same from run to run within a
+few hundred instructions, whatever else the machine does: the figure to compare when
+wall and CPU times are too noisy.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -73,6 +81,28 @@ def worker(host: str, port: int, batch: float) -> None:
         print(json.dumps((rate, cpu, (os.times().user - before) / calls_made)), flush=True)
 
 
+def count(host: str, port: int, name: str, n: int) -> None:
+    """Run ``name`` ``n`` times after a warm-up (the body of a callgrind measurement)."""
+    run = calls(host, port)[name]
+    for _ in range(200):
+        run()
+    for _ in range(n):
+        run()
+
+
+def instructions(tree: Path, host: str, port: int, name: str, n: int) -> float:
+    """Instructions per call of ``name`` with ``tree``'s client (callgrind: ``n`` calls minus none)."""
+    def collected(calls_made: int) -> int:
+        out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                              str(Path(__file__).resolve()), "--counting", host, str(port), name, str(calls_made)],
+                             env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree, capture_output=True, text=True,
+                             check=True)
+        return int(re.search(r"Collected : (\d+)", out.stderr).group(1))  # type: ignore[union-attr]
+
+    collected(0)  # compiles what needs compiling first
+    return (collected(n) - collected(0)) / n
+
+
 def start_worker(tree: Path, host: str, port: int, batch: float) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", host, str(port), str(batch)],
@@ -92,10 +122,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", help="the revision to compare with (git)")
     parser.add_argument("--batch", type=float, default=0.2, help="seconds per measured batch")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the instructions per call under valgrind instead of timing")
+    parser.add_argument("--calls", default="binary get,binary set,http get,http set,Cluster get,Cluster set",
+                        help="with --instructions: the calls to count, comma-separated")
+    parser.add_argument("--count", type=int, default=3000, help="with --instructions: calls per count")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--counting", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), float(args.worker[2]))
+        return
+    if args.counting:
+        count(args.counting[0], int(args.counting[1]), args.counting[2], int(args.counting[3]))
         return
     if not args.baseline:
         parser.error("--baseline is required")
@@ -111,6 +150,17 @@ def main(argv: list[str] | None = None) -> None:
             tar.extractall(Path(tmp) / "before")
         with KTServer(":") as srv:
             trees = {"before": Path(tmp) / "before", "after": ROOT}
+            if args.instructions:
+                print(f"server: {' '.join(server_command())}; before: {args.baseline}; after: this tree; "
+                      f"instructions per call (callgrind, {args.count} calls)")
+                head = f"{'call':<24}{'before':>12}{'after':>12}{'after/before':>14}"
+                print(head)
+                print("-" * len(head))
+                for name in args.calls.split(","):
+                    before, after = (instructions(trees[label], srv.host, srv.port, name, args.count)
+                                     for label in ("before", "after"))
+                    print(f"{name:<24}{before:>12,.0f}{after:>12,.0f}{after / before:>13.2f}x", flush=True)
+                return
             procs = {label: start_worker(tree, srv.host, srv.port, args.batch) for label, tree in trees.items()}
             try:
                 names = [json.loads(p.stdout.readline()) for p in procs.values()][0]  # type: ignore[union-attr]

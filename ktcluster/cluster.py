@@ -590,7 +590,7 @@ class ClusterCore:
                 breaker.record(exc)
                 rest[node] = (undone, exc)
             else:
-                breaker.record_ok()
+                breaker.succeeded(False)
         if rest:
             self._bulk_rest(op_class(operation), topo, plan, make_op, deadline, shards, rest)
         return shards

@@ -153,7 +153,7 @@ class Connection:
     """
 
     __slots__ = ("host", "port", "connect_timeout", "timeout", "broken", "created_at", "last_used",
-                 "generation", "_socket_module", "_sock", "_native", "_poller", "_view", "_host_header",
+                 "generation", "_address", "_socket_module", "_sock", "_native", "_poller", "_view", "_host_header",
                  "_applied", "__weakref__")
 
     def __init__(self, host: str, port: int, *, connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
@@ -170,7 +170,8 @@ class Connection:
         self._native = False
         self._poller: Any = None
         self._view = memoryview(bytearray(_BUFSIZE))
-        self._host_header = format_address(host, self.port).encode()
+        self._address = format_address(host, self.port)
+        self._host_header = self._address.encode()
         self._applied: float | None = None  # the socket's current send/receive timeout
 
     def __repr__(self) -> str:
@@ -180,7 +181,7 @@ class Connection:
     @property
     def address(self) -> str:
         """``"host:port"`` (``"[v6]:port"``)."""
-        return format_address(self.host, self.port)
+        return self._address
 
     @property
     def host_header(self) -> bytes:
@@ -474,7 +475,7 @@ class Connection:
                 private = view is not self._view
                 if private:
                     view = self._view  # a large reply: only its copy is held while it is decoded
-                done, result, needed = decode_step(decode, data, max_size, self.address)
+                done, result, needed = decode_step(decode, data, max_size, self._address)
                 if done:
                     return result
                 parsed_at = filled

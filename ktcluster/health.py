@@ -134,7 +134,7 @@ class CircuitBreaker:
         caller holds the half-open trial.  The trial holder runs ``probe`` first.
         (``ktcluster.aio.cluster`` makes the same steps with ``await``.)
         """
-        trial = self.enter()
+        trial = False if self.state is BreakerState.CLOSED else self._admit()  # enter(), inlined: the hot path
         if trial and probe is not None:
             try:
                 probe()
@@ -148,7 +148,8 @@ class CircuitBreaker:
         except BaseException as exc:
             self.record(exc, trial)
             raise
-        self.succeeded(trial)
+        if trial or self._failures:  # succeeded(), inlined
+            self.record(None, trial)
         return result
 
     def enter(self) -> bool:
@@ -173,12 +174,6 @@ class CircuitBreaker:
     def closed(self) -> bool:
         """True while calls go through without a trial (the state is CLOSED)."""
         return self.state is BreakerState.CLOSED
-
-    def record_ok(self) -> None:
-        """Account for a call made while :attr:`closed` without :meth:`call` that went
-        well (free unless failures are to be forgotten)."""
-        if self._failures:
-            self.record(None)
 
     def _admit(self) -> bool:
         """False: a normal call; True: this caller holds the half-open trial."""

@@ -137,7 +137,7 @@ class Transport(TransportBase):
     def exchange(self, request: Request, deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN) -> Any:
         """One request on a pooled connection: its answer (see the module docstring)."""
         pool = self.pool
-        conn = self.checkout(deadline)
+        conn = pool.checkout() if deadline.at is None else self.checkout(deadline)
         try:
             answer = self.send(conn, request, deadline, timeout)
         except BaseException:

@@ -103,6 +103,18 @@ def test_hash_file_order_after_idle_defragmentation(kt_server_factory):
     assert answers[1][1] == {b"_c": b"0", b"_d": b"1", b"num": b"2"}
 
 
+def test_full_vacuum_of_a_capped_hash_file_defragments_all_of_it(kt_server_factory):
+    """A .kch with ``ktcapcnt`` defragments after each collection with the collection's
+    step, and a full ``vacuum`` collects with INT64MAX/256 steps, which kttimeddb.h's
+    ``defrag(int)`` receives as -1: the whole file.  So the record behind four free
+    blocks moves to the start, and the next record goes after it, not into their space."""
+    srv = kt_server_factory("casket.kch#ktcapcnt=100")
+    grow = [("append", [(b"key", b"a"), (b"value", b"x" * size)]) for size in (100, 200, 400, 800)]
+    with Wire(srv.host, srv.port) as wire:
+        answers = wire.pipelined([set_(b"a"), *grow, ("vacuum", [(b"step", b"1")]), set_(b"b"), MATCH_ALL])
+    assert answers[-1][1] == {b"_a": b"0", b"_b": b"1", b"num": b"2"}
+
+
 # -- D4: increment_double's %f is cut at 127 characters ---------------------------------------
 
 

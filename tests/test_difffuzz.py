@@ -5,10 +5,12 @@ ktserver, and the shrinker on its own.  A long campaign is run by hand:
 from __future__ import annotations
 
 import os
+import random
+import re
 
 import pytest
 from difffuzz.campaign import Divergence, campaign, shrink
-from difffuzz.steps import DB_TYPES, Step, generate
+from difffuzz.steps import DB_TYPES, Step, _Generator, generate
 from golden_replay import libexec_dir
 
 from ktcluster.testing import using_real_server
@@ -33,6 +35,17 @@ def test_generation_is_reproducible_and_covers_every_kind_of_step():
     labels = " ".join(step.label for step in first.steps)
     for needle in ("rpc play_script", "binary play_script", "rest PUT", "pipelined", "cur_jump", "match_regex"):
         assert needle in labels
+
+
+def test_regex_anchors_stand_only_at_the_ends_of_a_pattern():
+    """Next to a newline, glibc's ``^`` and ``$`` elsewhere in a pattern follow its
+    automaton's internals, which the embedded server does not (docs/embedded-server.md)."""
+    generator = _Generator(random.Random(3), [":"], True, True, True)
+    patterns = [generator.regex().lstrip(b"(").rstrip(b")") for _ in range(5000)]
+    assert any(p.startswith(b"^") for p in patterns) and any(b"$" in p for p in patterns)
+    for pattern in patterns:
+        assert b"^" not in pattern.replace(b"[^", b"[")[1:]
+        assert re.fullmatch(rb"[^$]*(\$(\*\?|[*+?]|\{[0-9,]*\})?)?", pattern), pattern
 
 
 def test_shrink_keeps_only_what_the_divergence_needs():

@@ -103,6 +103,18 @@ def test_hash_file_order_after_idle_defragmentation(kt_server_factory):
     assert answers[1][1] == {b"_c": b"0", b"_d": b"1", b"num": b"2"}
 
 
+def test_full_vacuum_of_a_capped_hash_file_defragments_all_of_it(kt_server_factory):
+    """A .kch with ``ktcapcnt`` defragments after each collection with the collection's
+    step, and a full ``vacuum`` collects with INT64MAX/256 steps, which kttimeddb.h's
+    ``defrag(int)`` receives as -1: the whole file.  So the record behind four free
+    blocks moves to the start, and the next record goes after it, not into their space."""
+    srv = kt_server_factory("casket.kch#ktcapcnt=100")
+    grow = [("append", [(b"key", b"a"), (b"value", b"x" * size)]) for size in (100, 200, 400, 800)]
+    with Wire(srv.host, srv.port) as wire:
+        answers = wire.pipelined([set_(b"a"), *grow, ("vacuum", [(b"step", b"1")]), set_(b"b"), MATCH_ALL])
+    assert answers[-1][1] == {b"_a": b"0", b"_b": b"1", b"num": b"2"}
+
+
 # -- D4: increment_double's %f is cut at 127 characters ---------------------------------------
 
 
@@ -183,3 +195,19 @@ def test_response_header_values_have_their_controls_turned_into_spaces(kt_server
         status, headers, _ = wire.http(b"PUT /a\x05\x01b\x7fc HTTP/1.1\r\nContent-Length: 1\r\n\r\nv")
     assert status == 201
     assert headers[b"location"].endswith(b"/a b c")
+
+
+@pytest.mark.parametrize("spec", ["%", "casket.kct"])
+def test_tree_expiry_collector_moves_on_from_a_record_it_removes(kt_server_factory, spec):
+    """The collector runs every 8 writes over 8 records.  When a B+ tree cursor removes
+    a record it moves on to the next record's key (kcplantdb.h accept), so a record
+    inserted before the next run between the removed one and that next one is not
+    visited: ``rm`` (expired) is still there after the third run."""
+    srv = kt_server_factory(spec)
+    again = [set_(b"a0")] * 7
+    with Wire(srv.host, srv.port) as wire:
+        answers = wire.pipelined([*(set_(b"a%d" % i) for i in range(7)), set_(b"r", xt=b"-1"),   # run 1: jump
+                                  set_(b"s"), *again,                                          # run 2: a0..a6, r
+                                  set_(b"rm", xt=b"-1"), *again,                               # run 3: from s
+                                  MATCH_ALL])
+    assert set(answers[-1][1]) == {b"_a%d" % i for i in range(7)} | {b"_s", b"_rm", b"num"}

@@ -157,8 +157,19 @@ class _Generator:
         return rng.choice([b"7", b"nosuch", b"", b"4294967296", b"-1"])
 
     def regex(self) -> bytes:
+        """A pattern of 1-4 atoms, each with an operator.  ``^`` stands only first and ``$``
+        only last (elsewhere another atom is drawn): glibc lets them match next to a
+        newline in some patterns and not in others, by its automaton's internals, which
+        the embedded server does not follow (docs/embedded-server.md)."""
         rng = self.rng
-        out = b"".join(rng.choice(_REGEX_ATOMS) + rng.choice(_REGEX_OPS) for _ in range(rng.randrange(1, 5)))
+        count = rng.randrange(1, 5)
+        pieces = []
+        for i in range(count):
+            atom = rng.choice(_REGEX_ATOMS)
+            while (atom == b"^" and i > 0) or (atom == b"$" and i < count - 1):
+                atom = rng.choice(_REGEX_ATOMS)
+            pieces.append(atom + rng.choice(_REGEX_OPS))
+        out = b"".join(pieces)
         return out if rng.random() < 0.9 else out + b")" if rng.random() < 0.5 else b"(" + out
 
     # -- steps -------------------------------------------------------------------------------

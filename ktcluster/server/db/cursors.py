@@ -234,6 +234,14 @@ class PlantCursor(StoreCursor):
         if self.pos is None:
             raise norec()
 
+    def gc_accept(self, now: int) -> bool:
+        """As a KC cursor removing a record, the collector moves on to the next record's
+        key at once: a record inserted later before that key is not visited."""
+        if not super().gc_accept(now):
+            return False
+        self.pos = self.current()
+        return True
+
     def _after_removal(self, pos: Any) -> Any:
         return self.store.order.lower(pos) if self.back else self.store.order.ceiling(pos)
 

@@ -80,6 +80,12 @@ def _now() -> int:
     return int(_time())
 
 
+def _defrag_step(step: int) -> int:
+    """``step`` as kttimeddb.h's ``defrag(int step)`` receives it: a C int, so a step of
+    2**31 or more wraps (a full scan's INT64MAX/256 becomes -1: the whole file)."""
+    return (step + (1 << 31)) % (1 << 32) - (1 << 31)
+
+
 def modify_exptime(xt: int, now: int) -> int:
     """kttimeddb.h modify_exptime: an ``xt`` parameter (>= 0 relative, < 0 absolute) as
     the absolute time stored, capped at XTMAX."""
@@ -265,13 +271,13 @@ class Database:
                     cur.gc_jump()
                     break
                 count -= 1
-            store.defrag(step)
+            store.defrag(_defrag_step(step))
         if self.capsiz > 0 and self.size() > self.capsiz:
             for _ in range(min(step, len(recs) + 1)):
                 if not cur.gc_remove():
                     cur.gc_jump()
                     break
-            store.defrag(step)
+            store.defrag(_defrag_step(step))
 
     def _apply(self, key: bytes, rec: list[Any] | None, result: Any, now: int) -> None:
         """Carry out a visitor's answer on one record, logging it (TimedVisitor)."""
@@ -573,15 +579,16 @@ class Database:
         with self.lock:
             if self._gc_enabled:
                 if step > 1:
-                    self._score(min(step, INT64MAX // _XTSCUNIT) * _XTSCUNIT)
+                    step = min(step, INT64MAX // _XTSCUNIT)
+                    self._score(step * _XTSCUNIT)
                 else:
                     self._gc_cursor.gc_jump()
                     self._gc_score = 0
-                    self._expire(len(self._store.recs) + 1)
+                    self._expire(INT64MAX // _XTSCUNIT)   # expire_records(INT64MAX)
                     self._gc_score = 0
             if self._store.kind in ("hash", "tree") and not self.writable:
                 raise DBError(NOPERM, "permission denied")
-            self._store.defrag(step)
+            self._store.defrag(_defrag_step(step))
 
     def synchronize(self, hard: bool = False,
                     postprocess: Callable[[str, int, int], bool] | None = None) -> None:

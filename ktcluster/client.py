@@ -77,9 +77,11 @@ from .deadline import NO_DEADLINE, Deadline
 from .errors import ArgumentError, KTConnectionError, KyotoTycoonException
 from .expiry import Expire
 from .keys import DB, Key, KeyT, decode_key, keep_bytes, key_bytes
+from .observe.events import Call, Observer, observed
 from .ops import BINARY, HTTP, KEEP_RETRIES, DBReport, Op, Report, Session, Status
 from .packers import KT_PACKER_PICKLE, make_packer
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool
+from .retry import op_class
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -90,6 +92,9 @@ from . import ops
 __all__ = ["KyotoTycoon", "Report", "DBReport", "Status", "KEEP_RETRIES", "DeadlineOption"]
 
 T = TypeVar("T")
+
+#: the operations of :mod:`ktcluster.ops` whose name is not the client method's (observed calls)
+_OPERATION_NAMES = {"set_record": "set"}
 
 #: ``with_options(deadline=...)``: a time.monotonic() value, or a function returning one
 #: (or None) when a call starts
@@ -132,7 +137,9 @@ class KyotoTycoon:
       count :data:`~ktcluster.protocol.rpc.FIELD_COST` bytes each on top): a reply
       that declares or sends more raises :class:`~ktcluster.errors.ProtocolError`
       before it is read (default 257 MiB: one record of KT's largest size);
-    * ``socket_module`` -- a socket module to use instead of ``socket``.
+    * ``socket_module`` -- a socket module to use instead of ``socket``;
+    * ``observer`` -- an :class:`~ktcluster.observe.Observer` told of every call (one
+      attempt each, named by its operation; cursors are not observed).
 
     The default packer unpickles, as ng's did, and unpickling runs code: anyone who
     can write to the server can run code in this process.  Use ``KT_PACKER_BYTES``
@@ -144,7 +151,8 @@ class KyotoTycoon:
                  pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT, decode_keys: bool = True,
                  idle_timeout: float | None = 300.0, max_lifetime: float | None = 3600.0,
-                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, socket_module: ModuleType | None = None) -> None:
+                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, socket_module: ModuleType | None = None,
+                 observer: Observer | None = None) -> None:
         if not exceptions:
             # ng: "Relying on separate error states is bad form and should be avoided..."
             raise DeprecationWarning("not raising exceptions on error has been removed")
@@ -156,6 +164,7 @@ class KyotoTycoon:
         self.pack_type = pack_type
         self.packer = packer
         self.decode_keys = decode_keys
+        self.observer = observer
         self._pool_options = dict(size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
                                   idle_timeout=idle_timeout, max_lifetime=max_lifetime,
                                   max_reply_size=max_reply_size, socket_module=socket_module)
@@ -361,7 +370,7 @@ class KyotoTycoon:
         """Carry ``op`` to the server under this view's limits."""
         transport = self._transport or self.transport
         extra = self._extra
-        if extra is None:
+        if extra is None and self.observer is None:
             return transport.run(op)
         deadline = self._deadline
         if callable(deadline):
@@ -369,8 +378,18 @@ class KyotoTycoon:
         timeout: Limit = OWN
         base = transport.pool.timeout if self._timeout is None else self._timeout
         if base is not None and (extra or self._timeout is not None):
-            timeout = base + extra
-        return transport.run(op, NO_DEADLINE if deadline is None else Deadline(deadline), timeout)
+            timeout = base + (extra or 0.0)
+        limit = NO_DEADLINE if deadline is None else Deadline(deadline)
+        if self.observer is None:
+            return transport.run(op, limit, timeout)
+        name: str = getattr(op, "__name__", "call")  # a generator's: its function's name
+        name = _OPERATION_NAMES.get(name, name)
+
+        def attempt(call: Call | None) -> T:
+            event = call.attempt(transport.address, transport.address, 0)  # type: ignore[union-attr]
+            return event.measure(lambda: transport.run(op, limit, timeout, event))
+
+        return observed(self.observer, name, op_class(name), 0 if name.endswith("_bulk") else 1, attempt)
 
     # -- server information -----------------------------------------------------------------------
 

@@ -57,14 +57,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 from . import ops
 from .address import DEFAULT_PORT, Address, Servers, format_address, named_addresses, parse_address
 from .client import KyotoTycoon
-from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE
+from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN
 from .cursor import Cursor
 from .deadline import Deadline
 from .errors import (
@@ -79,6 +79,9 @@ from .expiry import Expire
 from .fanout import Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
 from .keys import DB, Key, KeyT, decode_key, keep_bytes, key_bytes, key_list, keys_bytes
+from .observe import find_metrics
+from .observe.events import Attempt, Observer, observed
+from .observe.events import Call as Observed
 from .ops import AUTO, HTTP, Op, Session
 from .packers import KT_PACKER_BYTES, make_packer
 from .pool import DEFAULT_POOL_SIZE
@@ -97,8 +100,9 @@ log = logging.getLogger("ktcluster.cluster")
 #: the default socket timeout and pool wait of the nodes' pools (under RetryPolicy's 10 s deadline).
 DEFAULT_NODE_TIMEOUT = 5.0
 
-#: what an attempt runs on a node: a function of the node and the call's deadline
-Call = Callable[["_Member", Deadline], T]
+#: what an attempt runs on a node: a function of the node, the call's deadline and the
+#: observed attempt (None without an observer), which the transport measures
+Call = Callable[["_Member", Deadline, "Attempt | None"], T]
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class _Member:
 
 def _op(make_op: Callable[[Session], Op[T]]) -> Call[T]:
     """The attempt that runs an operation of :mod:`ktcluster.ops` on a node."""
-    return lambda member, deadline: member.transport.run(make_op(member.session), deadline)
+    return lambda member, deadline, attempt: member.transport.run(make_op(member.session), deadline, OWN, attempt)
 
 
 @dataclass(frozen=True)
@@ -225,12 +229,14 @@ class Cluster:
                  failover: Mapping[str, Address] | None = None,
                  failover_ops: Iterable[OpClass] = (OpClass.READ, OpClass.IDEMPOTENT),
                  bulk_chunk: int = 1000, fanout_workers: int | None = None,
-                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
+                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, observer: Observer | None = None) -> None:
         if bulk_chunk < 1:
             raise ArgumentError("bulk_chunk must be at least 1")
         self.binary = binary
         self.retry = retry or RetryPolicy()
-        self.health = Health(health, on_node_event)
+        #: receives an event per attempt, breaker change and pool exhaustion (:mod:`ktcluster.observe`)
+        self.observer = observer
+        self.health = Health(health, on_node_event, observer)
         self.failover_ops = frozenset(failover_ops)
         self.bulk_chunk = bulk_chunk
         self._client_options = dict(pack_type=pack_type, custom_packer=custom_packer, decode_keys=decode_keys,
@@ -356,40 +362,54 @@ class Cluster:
     def _deadline(self) -> Deadline:
         return Deadline.after(self.retry.deadline)
 
-    def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Call[T], deadline: Deadline) -> T:
-        """Run ``call`` on ``node`` under the retry policy, its breaker and its failover."""
+    def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Call[T], deadline: Deadline,
+                 scope: Observed | None = None) -> T:
+        """Run ``call`` on ``node`` under the retry policy, its breaker and its failover
+        (each attempt an event of the observed call ``scope``, when there is an observer)."""
         member = topo.members[node]
+        tries = -1
 
         def attempt() -> T:
+            nonlocal tries
+            tries += 1
             try:
-                return self._guarded(member, call, deadline)
-            except NodeDownError:
+                return self._guarded(member, call, deadline, scope, tries)
+            except NodeDownError as exc:
                 partner = topo.partners.get(node)
                 if partner is None or cls not in self.failover_ops:
                     raise
                 self._count("failovers")
-                return self._guarded(partner, call, deadline)
+                log.info("failing over from node %s to %s: %s", node, partner.node.address, exc)
+                return self._guarded(partner, call, deadline, scope, tries)
 
         return self.retry.run(cls, attempt, deadline, self._on_retry)
 
     def _on_retry(self, attempt_no: int, exc: BaseException, wait: float) -> None:
         self._count("retries")
-        log.debug("retrying after attempt %d (%s); waiting %.3fs", attempt_no, exc, wait)
+        log.info("retrying after attempt %d failed on node %s (%s: %s); waiting %.3f s", attempt_no,
+                 getattr(exc, "node", None), type(exc).__name__, exc, wait)
 
     def _count(self, counter: str) -> None:
         with self._counter_lock:
             self._counters[counter] += 1
 
-    def _guarded(self, member: _Member, call: Call[T], deadline: Deadline) -> T:
+    def _guarded(self, member: _Member, call: Call[T], deadline: Deadline, scope: Observed | None = None,
+                 retry: int = 0) -> T:
         """One attempt on ``member`` through its breaker, the deadline carried down to the
         socket: every wait ends by it (a thread cannot be interrupted in a blocked socket,
-        and a trickling reply would stretch a per-receive timeout)."""
+        and a trickling reply would stretch a per-receive timeout).  With ``scope``, the
+        attempt is an event of that observed call (``retry``: how many came before it)."""
         left = deadline.left()
         if left is not None and left <= 0:
             raise DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False,
                                    node=member.name)
+        attempt = None if scope is None else scope.attempt(member.name, member.node.address, retry)
+
+        def run() -> T:
+            return member.breaker.call(lambda: call(member, deadline, attempt), lambda: member.probe(deadline))
+
         try:
-            return member.breaker.call(lambda: call(member, deadline), lambda: member.probe(deadline))
+            return run() if attempt is None else attempt.measure(run)
         except KyotoTycoonException as exc:
             if exc.node is None:
                 exc.node = member.name
@@ -398,7 +418,9 @@ class Cluster:
     def _keyed(self, operation: str, key: Key, make_op: Callable[[Session], Op[T]]) -> T:
         """One operation on the node that owns ``key``."""
         topo = self._topology
-        return self._execute(op_class(operation), topo, topo.ring.node_for(key), _op(make_op), self._deadline())
+        cls = op_class(operation)
+        return observed(self.observer, operation, cls, 1, lambda o: self._execute(
+            cls, topo, topo.ring.node_for(key), _op(make_op), self._deadline(), o))
 
     def _bulk(self, operation: str, topo: _Topology, plan: dict[str, list[list[int]]],
               make_op: Callable[[list[int], Session], Op[Any]]) -> dict[str, _Shard]:
@@ -406,6 +428,8 @@ class Cluster:
         each node's chunks in turn, all nodes at once, under one deadline."""
         deadline = self._deadline()
         cls = op_class(operation)
+        call = None if self.observer is None else Observed(
+            self.observer, operation, cls, sum(len(c) for chunks in plan.values() for c in chunks)).begin()
 
         def shard_task(node: str, chunks: list[list[int]]) -> Callable[[], _Shard]:
             def task() -> _Shard:
@@ -413,7 +437,7 @@ class Cluster:
                 for done, chunk in enumerate(chunks):
                     try:
                         shard.results.append(self._execute(cls, topo, node, _op(partial(make_op, chunk)),
-                                                           deadline))
+                                                           deadline, call and call.shard(len(chunk))))
                     except Exception as exc:
                         shard.error = exc
                         shard.failed = [i for c in chunks[done:] for i in c]
@@ -425,6 +449,8 @@ class Cluster:
         for node, exc in errors.items():
             shard = shards[node] = _Shard()
             shard.error, shard.failed = exc, [i for c in plan[node] for i in c]
+        if call is not None:  # a bulk call ends with its first failed shard's error
+            call.end(next((s.error for s in shards.values() if s.error is not None), None))
         return shards
 
     def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any],
@@ -455,8 +481,11 @@ class Cluster:
         names = list(topo.members)
         deadline = self._deadline()
         cls = op_class(operation)
+        scope = None if self.observer is None else Observed(self.observer, operation, cls, 0).begin()
         results, errors = self._fanout.run(
-            {n: partial(self._execute, cls, topo, n, call, deadline) for n in names}, deadline)
+            {n: partial(self._execute, cls, topo, n, call, deadline, scope) for n in names}, deadline)
+        if scope is not None:
+            scope.end(next(iter(errors.values()), None))
         if errors:
             for exc in errors.values():
                 if isinstance(exc, ArgumentError):
@@ -585,8 +614,8 @@ class Cluster:
         as its operation class allows; PartialFailureError when some nodes fail."""
         if method.startswith("_") or not callable(getattr(KyotoTycoon, method, None)):
             raise ArgumentError(f"KyotoTycoon has no method {method!r}")
-        return self._each(method, lambda m, deadline: getattr(m.client.with_options(deadline=deadline.at),
-                                                              method)(*args, **kwargs))
+        return self._each(method, lambda m, deadline, _: getattr(m.client.with_options(deadline=deadline.at),
+                                                                 method)(*args, **kwargs))
 
     def count(self, db: DB = 0) -> int:
         """Records in the database, over all nodes."""
@@ -646,8 +675,9 @@ class Cluster:
             raise ArgumentError("play_script needs exactly one of node= or key=")
         topo = self._topology
         target = topo.ring.node_for(key) if key is not None else self._member_named(node).name  # type: ignore
-        return self._execute(op_class("play_script"), topo, target,
-                             _op(lambda s: ops.play_script(s, name, kv_dict)), self._deadline())
+        cls = op_class("play_script")
+        return observed(self.observer, "play_script", cls, 1, lambda o: self._execute(
+            cls, topo, target, _op(lambda s: ops.play_script(s, name, kv_dict)), self._deadline(), o))
 
     # -- cursors ----------------------------------------------------------------------------------
 
@@ -680,16 +710,21 @@ class Cluster:
     # -- observability and lifecycle --------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Per-node breaker and pool counters, and cluster-wide retry/failover counts."""
+        """Per-node breaker and pool counters, cluster-wide retry/failover counts and, when the
+        observer is (or includes) a :class:`~ktcluster.observe.Metrics`, its snapshot under
+        ``"metrics"``: plain data (``json.dumps`` takes it; docs/observability.md)."""
         topo = self._topology
         breakers = self.health.stats()
         nodes = {}
         for member in list(topo.members.values()) + list(topo.partners.values()):
+            pool = member.transport.pool
             nodes[member.name] = {"address": member.node.address, "health": breakers.get(member.name),
-                                  "pool": member.transport.stats()}
+                                  "pool": {"size": pool.size, **asdict(pool.stats())}}
         budget = self.retry.budget
+        metrics = find_metrics(self.observer)
         return {"nodes": nodes, **self._counters, "down": self.health.down(),
-                "retry_budget": None if budget is None else {"tokens": budget.tokens, "denied": budget.denied}}
+                "retry_budget": None if budget is None else {"tokens": budget.tokens, "denied": budget.denied},
+                "metrics": None if metrics is None else metrics.snapshot()}
 
     def close(self) -> None:
         """Close every pool and stop the fan-out threads.  Calls after close reconnect."""

@@ -14,6 +14,11 @@ shared by every client view of it.
   :mod:`ktcluster.ops`) to its result, every request through :meth:`exchange`.
 * :meth:`Transport.run_on` does the same on a connection the caller holds (a cursor's).
 * :meth:`Transport.probe` checks that the server answers, on a fresh connection.
+
+``exchange`` and ``run`` take an optional ``attempt`` (an
+:class:`~ktcluster.observe.Attempt` event, passed down explicitly by whoever observes
+the call): each exchange adds its wait for the pool and the bytes it moved to it.
+Without one (None) nothing is measured.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, TypeVar
 from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN, Connection, Limit
 from .deadline import NO_DEADLINE, Deadline
 from .errors import DeadlineExceeded, PoolTimeoutError
+from .observe.events import Attempt
 from .ops import Http, Op, Request, Session, void
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool, PoolStats
 
@@ -93,25 +99,34 @@ class Transport:
         return conn.request_binary(request.data, request.decode, noreply=request.noreply,  # type: ignore[union-attr]
                                    deadline=deadline, max_size=self.max_reply_size, timeout=timeout)
 
-    def exchange(self, request: Request, deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN) -> Any:
+    def exchange(self, request: Request, deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN,
+                 attempt: Attempt | None = None) -> Any:
         """One request on a pooled connection: its answer (see the module docstring)."""
         pool = self.pool
+        if attempt is not None:
+            attempt.waiting()
         conn = self.checkout(deadline)
+        if attempt is not None:
+            attempt.using(conn)
         try:
             answer = self.send(conn, request, deadline, timeout)
         except BaseException:
             pool.checkin(conn, discard=True)
             raise
+        finally:
+            if attempt is not None:
+                attempt.used(conn)
         pool.checkin(conn)
         return answer
 
-    def run(self, op: Op[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN) -> T:
+    def run(self, op: Op[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN,
+            attempt: Attempt | None = None) -> T:
         """Drive ``op`` to its result, each request on a pooled connection."""
         exchange = self.exchange
         try:
             request = op.send(None)
             while True:
-                request = op.send(exchange(request, deadline, timeout))
+                request = op.send(exchange(request, deadline, timeout, attempt))
         except StopIteration as done:
             return done.value
 

@@ -81,7 +81,6 @@ from .observe.events import Call, Observer, observed
 from .ops import BINARY, HTTP, KEEP_RETRIES, DBReport, Op, Report, Session, Status
 from .packers import KT_PACKER_PICKLE, make_packer
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool
-from .retry import op_class
 from .transport import Transport
 
 if TYPE_CHECKING:
@@ -382,6 +381,8 @@ class KyotoTycoon:
         limit = NO_DEADLINE if deadline is None else Deadline(deadline)
         if self.observer is None:
             return transport.run(op, limit, timeout)
+        from .retry import op_class  # not at import: the client alone does not load tenacity
+
         name: str = getattr(op, "__name__", "call")  # a generator's: its function's name
         name = _OPERATION_NAMES.get(name, name)
 

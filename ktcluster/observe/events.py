@@ -29,10 +29,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import DeadlineExceeded, PoolTimeoutError
-from ..retry import OpClass, outcome_unknown
+
+if TYPE_CHECKING:  # at run time retry (and tenacity) load only when an attempt fails
+    from ..retry import OpClass
 
 __all__ = ["Observer", "Call", "Attempt", "BreakerChange", "PoolExhausted", "ReplicationLag", "Exclusion",
            "Tee", "observed", "notify", "OK", "ERROR", "UNKNOWN"]
@@ -212,6 +214,8 @@ class Attempt:
         self.duration = now - self.started
         observer = self.call.observer
         if exc is not None:
+            from ..retry import outcome_unknown
+
             self.exception = exc
             self.error = type(exc).__name__
             self.outcome = UNKNOWN if outcome_unknown(exc, self.call.op_class) else ERROR

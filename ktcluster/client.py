@@ -85,6 +85,7 @@ from .transport import Transport
 
 if TYPE_CHECKING:
     from .cursor import Cursor
+    from .retry import OpClass
 
 from . import ops
 
@@ -94,6 +95,16 @@ T = TypeVar("T")
 
 #: the operations of :mod:`ktcluster.ops` whose name is not the client method's (observed calls)
 _OPERATION_NAMES = {"set_record": "set"}
+#: an observed operation's (name, retry class, records) by its generator's name
+_OBSERVED: dict[str, tuple[str, OpClass, int]] = {}
+
+
+def _observed_as(code: str) -> tuple[str, OpClass, int]:
+    from .retry import op_class  # not at import: the client alone does not load tenacity
+
+    name = _OPERATION_NAMES.get(code, code)
+    found = _OBSERVED[code] = (name, op_class(name), 0 if name.endswith("_bulk") else 1)
+    return found
 
 #: ``with_options(deadline=...)``: a time.monotonic() value, or a function returning one
 #: (or None) when a call starts
@@ -381,16 +392,14 @@ class KyotoTycoon:
         limit = NO_DEADLINE if deadline is None else Deadline(deadline)
         if self.observer is None:
             return transport.run(op, limit, timeout)
-        from .retry import op_class  # not at import: the client alone does not load tenacity
-
-        name: str = getattr(op, "__name__", "call")  # a generator's: its function's name
-        name = _OPERATION_NAMES.get(name, name)
+        code: str = getattr(op, "__name__", "call")  # a generator's: its function's name
+        name, cls, records = _OBSERVED.get(code) or _observed_as(code)
 
         def attempt(call: Call | None) -> T:
             event = call.attempt(transport.address, transport.address, 0)  # type: ignore[union-attr]
             return event.measure(lambda: transport.run(op, limit, timeout, event))
 
-        return observed(self.observer, name, op_class(name), 0 if name.endswith("_bulk") else 1, attempt)
+        return observed(self.observer, name, cls, records, attempt)
 
     # -- server information -----------------------------------------------------------------------
 

@@ -44,6 +44,15 @@ class Histogram:
         self.count = 0
         self.sum = 0.0
 
+    @classmethod
+    def of(cls, counts: list[int]) -> Histogram:
+        """A histogram of these bucket counts (a snapshot's ``buckets``, or a difference of two);
+        its ``sum`` is unknown (0)."""
+        hist = cls()
+        hist.counts = list(counts)
+        hist.count = sum(counts)
+        return hist
+
     def add(self, value: float) -> None:
         self.counts[bisect_left(BOUNDS, value)] += 1
         self.count += 1

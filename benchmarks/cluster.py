@@ -192,7 +192,11 @@ class _Echo:
     """A transport that answers binary requests at once, without a socket: every key read
     has the value b"v", every record written or removed counts.  The replies are encoded
     with the protocol's functions and decoded by the request's own decoder, so what is
-    measured through it is the client's own work, codecs included."""
+    measured through it is the client's own work, codecs included.  It is also its own
+    pool and connection for a bulk call's scatter-gather (whose ``poll`` finds the
+    connection's descriptor, a pipe holding a byte, always readable)."""
+
+    broken = False
 
     def __init__(self) -> None:
         from ktcluster.protocol import binary
@@ -200,6 +204,26 @@ class _Echo:
         self.binary = binary
         self.host_header = b"echo"
         self.db_names: dict[bytes, int] = {}
+        self.pool = self
+        self._readable, writer = os.pipe()
+        os.write(writer, b"!")
+        self._answer = None
+
+    def try_checkout(self):
+        return self
+
+    def checkin(self, conn, discard=False):
+        pass
+
+    def fileno(self):
+        return self._readable
+
+    def start(self, conn, request, deadline=None):
+        self._answer = self.answer(request)
+        return (None, False)
+
+    def finish(self, conn, request, sent):
+        return self._answer
 
     def run(self, op, deadline=None, timeout=None):
         try:

@@ -17,7 +17,8 @@ Any exception, or a record missing, answers 500; the app counts them by class.
 The libraries, each as its user would write the app:
 
 * ktcluster: one ``Cluster`` over the nodes, with its defaults (binary protocol, a pool
-  of 16 connections per node, ``pool_timeout`` 5 s; the bulk call fans out as greenlets);
+  of 16 connections per node, ``pool_timeout`` 5 s; a bulk call sends every node its
+  request from the calling greenlet and then reads the replies);
 * ukt: one ``ukt.KyotoTycoon`` per node (its pool opens a connection per concurrent caller
   and keeps them), keys routed with uhashring's ketama ring (the ring ktcluster agrees
   with), a bulk call's nodes called one after another;

@@ -21,8 +21,10 @@ KT is a database, not a cache, so the cluster never moves a key on its own:
   and play_script retry only when the request provably never left, and
   otherwise raise :class:`~ktcluster.errors.OutcomeUnknownError`.
 * **Bulk calls** -- keys are grouped by node, each node gets one bulk call per
-  ``bulk_chunk`` records, and all nodes run at once (:mod:`ktcluster.fanout`)
-  under one deadline (``retry.deadline``).  Results keep the caller's key order.
+  ``bulk_chunk`` records, and all nodes run at once under one deadline
+  (``retry.deadline``): the caller sends every node its request and reads the replies
+  as they come (:mod:`ktcluster.scatter`); a node that needs a retry or its
+  breaker's trial continues on its own (:mod:`ktcluster.fanout`).  Results keep the caller's key order.
   If some nodes fail, :class:`~ktcluster.errors.PartialFailureError` carries
   what the others did (``results``), each failed node's exception (``errors``)
   and the keys whose outcome is not known to be done (``failed_keys``).
@@ -90,6 +92,7 @@ from .protocol.kctext import levdist
 from .replication import ReplicationStream
 from .retry import OpClass, RetryPolicy, op_class
 from .ring import Ring, RingDiff
+from .scatter import scatter
 from .transport import Transport
 
 __all__ = ["Cluster", "Node", "Address", "DEFAULT_PORT", "DEFAULT_NODE_TIMEOUT"]
@@ -363,11 +366,12 @@ class Cluster:
         return Deadline.after(self.retry.deadline)
 
     def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Call[T], deadline: Deadline,
-                 scope: Observed | None = None) -> T:
+                 first_error: Exception | None = None, scope: Observed | None = None) -> T:
         """Run ``call`` on ``node`` under the retry policy, its breaker and its failover
-        (each attempt an event of the observed call ``scope``, when there is an observer)."""
+        (``first_error``: how a first attempt made elsewhere failed; each attempt an event
+        of the observed call ``scope``, when there is an observer)."""
         member = topo.members[node]
-        tries = -1
+        tries = -1 if first_error is None else 0
 
         def attempt() -> T:
             nonlocal tries
@@ -382,7 +386,7 @@ class Cluster:
                 log.info("failing over from node %s to %s: %s", node, partner.node.address, exc)
                 return self._guarded(partner, call, deadline, scope, tries)
 
-        return self.retry.run(cls, attempt, deadline, self._on_retry)
+        return self.retry.run(cls, attempt, deadline, self._on_retry, first_error)
 
     def _on_retry(self, attempt_no: int, exc: BaseException, wait: float) -> None:
         self._count("retries")
@@ -420,38 +424,83 @@ class Cluster:
         topo = self._topology
         cls = op_class(operation)
         return observed(self.observer, operation, cls, 1, lambda o: self._execute(
-            cls, topo, topo.ring.node_for(key), _op(make_op), self._deadline(), o))
+            cls, topo, topo.ring.node_for(key), _op(make_op), self._deadline(), scope=o))
 
     def _bulk(self, operation: str, topo: _Topology, plan: dict[str, list[list[int]]],
               make_op: Callable[[list[int], Session], Op[Any]]) -> dict[str, _Shard]:
         """Run ``make_op(chunk, session)`` for every chunk of ``plan`` (see :func:`plan_bulk`),
-        each node's chunks in turn, all nodes at once, under one deadline."""
-        deadline = self._deadline()
-        cls = op_class(operation)
-        call = None if self.observer is None else Observed(
-            self.observer, operation, cls, sum(len(c) for chunks in plan.values() for c in chunks)).begin()
+        each node's chunks in turn, all nodes at once, under one deadline.
 
-        def shard_task(node: str, chunks: list[list[int]]) -> Callable[[], _Shard]:
+        First attempts go out together from the caller (:func:`~ktcluster.scatter.scatter`:
+        no thread or greenlet per node) to the nodes whose breaker is closed; a node that
+        fails there, or whose breaker is not closed, has the rest of its chunks run by
+        :meth:`_execute` (the retry policy from where the first attempt left, the breaker's
+        trial, failover), those nodes at once (:mod:`ktcluster.fanout`)."""
+        deadline = self._deadline()
+        members = topo.members
+        call = None if self.observer is None else Observed(
+            self.observer, operation, op_class(operation), sum(len(c) for chunks in plan.values() for c in chunks))
+        scopes = None if call is None else {n: [call.shard(len(c)) for c in chunks] for n, chunks in plan.items()}
+        if call is not None:
+            call.begin()
+        direct = {node: (members[node].transport, [partial(make_op, chunk, members[node].session) for chunk in chunks])
+                  for node, chunks in plan.items() if members[node].breaker.closed}
+        done, failures = scatter(direct, deadline, scopes) if direct else ({}, {})
+        shards: dict[str, _Shard] = {}
+        rest: dict[str, tuple[int, Exception | None]] = {}
+        for node in plan:
+            shard = shards[node] = _Shard()
+            shard.results = done.get(node, [])
+            breaker = members[node].breaker
+            if node not in direct:
+                rest[node] = (0, None)
+            elif node in failures:
+                index, exc = failures[node]
+                if isinstance(exc, KyotoTycoonException) and exc.node is None:
+                    exc.node = node
+                breaker.record(exc)
+                rest[node] = (index, exc)
+            else:
+                breaker.record_ok()
+        if rest:
+            self._bulk_rest(op_class(operation), topo, plan, make_op, deadline, shards, rest, scopes)
+        if call is not None:  # a bulk call ends with its first failed shard's error
+            call.end(next((s.error for s in shards.values() if s.error is not None), None))
+        return shards
+
+    def _bulk_rest(self, cls: OpClass, topo: _Topology, plan: dict[str, list[list[int]]],
+                   make_op: Callable[[list[int], Session], Op[Any]], deadline: Deadline,
+                   shards: dict[str, _Shard], rest: dict[str, tuple[int, Exception | None]],
+                   scopes: dict[str, list[Observed]] | None = None) -> None:
+        """The chunks the first pass left (``rest``: node -> (first chunk left, how its first
+        attempt failed)), node by node through :meth:`_execute`, the nodes at once (each
+        chunk observed as its ``scopes`` entry)."""
+
+        def shard_task(node: str, start: int, first_error: Exception | None) -> Callable[[], _Shard]:
             def task() -> _Shard:
-                shard = _Shard()
-                for done, chunk in enumerate(chunks):
+                shard, chunks = _Shard(), plan[node]
+                error = first_error
+                for done in range(start, len(chunks)):
                     try:
-                        shard.results.append(self._execute(cls, topo, node, _op(partial(make_op, chunk)),
-                                                           deadline, call and call.shard(len(chunk))))
+                        scope = None if scopes is None else scopes[node][done]
+                        shard.results.append(self._execute(cls, topo, node, _op(partial(make_op, chunks[done])),
+                                                           deadline, error, scope))
                     except Exception as exc:
                         shard.error = exc
                         shard.failed = [i for c in chunks[done:] for i in c]
                         break
+                    error = None
                 return shard
             return task
 
-        shards, errors = self._fanout.run({n: shard_task(n, chunks) for n, chunks in plan.items()}, deadline)
-        for node, exc in errors.items():
-            shard = shards[node] = _Shard()
-            shard.error, shard.failed = exc, [i for c in plan[node] for i in c]
-        if call is not None:  # a bulk call ends with its first failed shard's error
-            call.end(next((s.error for s in shards.values() if s.error is not None), None))
-        return shards
+        finished, errors = self._fanout.run({node: shard_task(node, *left) for node, left in rest.items()}, deadline)
+        for node, later in finished.items():
+            shard = shards[node]
+            shard.results += later.results
+            shard.error, shard.failed = later.error, later.failed
+        for node, exc in errors.items():  # the fan-out's deadline cut it short
+            start = rest[node][0]
+            shards[node].error, shards[node].failed = exc, [i for c in plan[node][start:] for i in c]
 
     def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any],
                  key_errors: dict[Any, ValueDecodeError] | None = None) -> PartialFailureError:
@@ -483,7 +532,7 @@ class Cluster:
         cls = op_class(operation)
         scope = None if self.observer is None else Observed(self.observer, operation, cls, 0).begin()
         results, errors = self._fanout.run(
-            {n: partial(self._execute, cls, topo, n, call, deadline, scope) for n in names}, deadline)
+            {n: partial(self._execute, cls, topo, n, call, deadline, scope=scope) for n in names}, deadline)
         if scope is not None:
             scope.end(next(iter(errors.values()), None))
         if errors:
@@ -677,7 +726,7 @@ class Cluster:
         target = topo.ring.node_for(key) if key is not None else self._member_named(node).name  # type: ignore
         cls = op_class("play_script")
         return observed(self.observer, "play_script", cls, 1, lambda o: self._execute(
-            cls, topo, target, _op(lambda s: ops.play_script(s, name, kv_dict)), self._deadline(), o))
+            cls, topo, target, _op(lambda s: ops.play_script(s, name, kv_dict)), self._deadline(), scope=o))
 
     # -- cursors ----------------------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ from .protocol.http import HTTPReply, ReadToEOF, ResponseHead
 from .protocol.rpc import decode_answer, encode_call
 
 __all__ = ["Connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_TIMEOUT", "DEFAULT_MAX_REPLY_SIZE", "REARM_SLACK",
-           "WAIT_STEP", "OWN", "Limit"]
+           "WAIT_STEP", "OWN", "Limit", "Sent"]
 
 T = TypeVar("T")
 
@@ -95,6 +95,9 @@ WAIT_STEP = 0.25
 OWN: EllipsisType = ...
 #: a request's limit: seconds, None (none), or OWN
 Limit = float | None | EllipsisType
+#: what :meth:`Connection.send_request` returns: the exchange's end (monotonic, None:
+#: none) and whether the caller's deadline set it
+Sent = tuple[float | None, bool]
 
 #: size of the receive buffer kept between requests; larger replies grow it temporarily.
 _BUFSIZE = 65536
@@ -354,10 +357,8 @@ class Connection:
         a HEAD request (the answer has no body whatever its Content-Length says).
         ``deadline`` and ``max_size``: see the module docstring; ``timeout``: this
         exchange's limit instead of the connection's (:data:`OWN`)."""
-        head_obj, body = self._exchange(data, HTTPReply(head), deadline, max_size, timeout)
-        if not head_obj.keep_alive:
-            self.close()
-        return head_obj, body
+        return self.read_http(self.send_request(data, deadline=deadline, timeout=timeout), head=head,
+                              max_size=max_size)
 
     def request_binary(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]], *,
                        noreply: bool = False, deadline: Deadline = NO_DEADLINE,
@@ -369,12 +370,54 @@ class Connection:
         sent as soon as it is produced, so the server works on the first records while
         the rest are encoded.  The pieces must not fail midway (encode and check the
         records first): a request cut short breaks the connection."""
+        sent = self.send_request(data, deadline=deadline, timeout=timeout)
         if noreply:
-            sock = self._ready_socket(deadline)
-            self._send_request(sock, data, *deadline.end(self.timeout if timeout is OWN else timeout))
             self.last_used = time.monotonic()
             return None  # type: ignore[return-value]
-        return self._exchange(data, decode, deadline, max_size, timeout)
+        return self.read_reply(sent, decode, max_size=max_size)
+
+    # -- an exchange in two halves (a caller with several connections in flight) -------------------
+
+    def send_request(self, data: bytes | Iterable[bytes], *, deadline: Deadline = NO_DEADLINE,
+                     timeout: Limit = OWN) -> Sent:
+        """The first half of an exchange: connect if needed and send ``data``.  Read the
+        answer with :meth:`read_reply` or :meth:`read_http`, passing what this returns
+        (when the exchange must end: its limit and the deadline).  Between the two halves
+        the caller may wait for :meth:`fileno` to become readable; nothing is buffered
+        here that a ``poll`` would not see."""
+        sock = self._ready_socket(deadline)
+        sent = deadline.end(self.timeout if timeout is OWN else timeout)
+        self._send_request(sock, data, *sent)
+        return sent
+
+    def read_reply(self, sent: Sent, decode: Callable[[bytes], tuple[T, int]], *,
+                   max_size: int = DEFAULT_MAX_REPLY_SIZE) -> T:
+        """The second half of an exchange: read and decode the reply to the request that
+        :meth:`send_request` sent (a failure breaks the connection)."""
+        end, by_deadline = sent
+        try:
+            result = self._receive(self._sock, decode, end, max_size)
+        except BaseException as exc:
+            self._fail()
+            err = self._transport_error(exc, "receiving from", request_sent=True, by_deadline=by_deadline)
+            if err is exc:
+                raise
+            raise err from exc
+        self.last_used = time.monotonic()
+        return result
+
+    def read_http(self, sent: Sent, *, head: bool = False,
+                  max_size: int = DEFAULT_MAX_REPLY_SIZE) -> tuple[ResponseHead, bytes]:
+        """:meth:`read_reply` for an HTTP request: ``(head, body)``."""
+        head_obj, body = self.read_reply(sent, HTTPReply(head), max_size=max_size)
+        if not head_obj.keep_alive:
+            self.close()
+        return head_obj, body
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 when not connected)."""
+        sock = self._sock
+        return -1 if sock is None else sock.fileno()
 
     def call(self, procedure: bytes | str, params: Mapping[bytes, bytes] | Iterable[tuple[bytes, bytes]] = (),
              *, query: bytes = b"", deadline: Deadline = NO_DEADLINE,
@@ -433,22 +476,6 @@ class Connection:
             if err is exc:
                 raise
             raise err from exc
-
-    def _exchange(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]],
-                  deadline: Deadline, max_size: int, timeout: Limit) -> T:
-        sock = self._ready_socket(deadline)
-        end, by_deadline = deadline.end(self.timeout if timeout is OWN else timeout)
-        self._send_request(sock, data, end, by_deadline)
-        try:
-            result = self._receive(sock, decode, end, max_size)
-        except BaseException as exc:
-            self._fail()
-            err = self._transport_error(exc, "receiving from", request_sent=True, by_deadline=by_deadline)
-            if err is exc:
-                raise
-            raise err from exc
-        self.last_used = time.monotonic()
-        return result
 
     def _receive(self, sock: Any, decode: Callable[[bytes], tuple[T, int]], end: float | None, max_size: int) -> T:
         view = self._view

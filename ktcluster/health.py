@@ -153,6 +153,17 @@ class CircuitBreaker:
             self.record(None, trial)
         return result
 
+    @property
+    def closed(self) -> bool:
+        """True while calls go through without a trial (the state is CLOSED)."""
+        return self.state is BreakerState.CLOSED
+
+    def record_ok(self) -> None:
+        """Account for a call made while :attr:`closed` without :meth:`call` that went
+        well (free unless failures are to be forgotten)."""
+        if self._failures:
+            self.record(None)
+
     def _admit(self) -> bool:
         """False: a normal call; True: this caller holds the half-open trial."""
         if self.state is BreakerState.CLOSED:

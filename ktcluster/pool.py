@@ -193,33 +193,51 @@ class ConnectionPool:
             timeout = self.pool_timeout
         give_up = None if timeout is None else _monotonic() + timeout
         while True:
-            waiter = None
-            with self._lock:
-                if self._lost:
-                    self._reclaim_lost()
-                self._checkouts += 1
-                if self._waiting:
-                    waiter = self._enqueue()          # others were first
-                elif self._idle:
-                    conn = self._idle.pop()
-                    self._trackers[id(conn)].out = True
-                    self._out += 1
-                    reused = True
-                elif self._out < self.size:
-                    conn = self._new_connection()
-                    reused = False
-                else:
-                    waiter = self._enqueue()
+            conn, reused, waiter = self._take(queue=True)
             if waiter is not None:
                 conn, reused = self._wait(waiter, timeout, give_up)
-            try:
-                usable = not reused or self._usable(conn)
-            except BaseException:
-                self.checkin(conn, discard=True)
-                raise
-            if usable:
+            if self._ready(conn, reused):  # type: ignore[arg-type]
+                return conn  # type: ignore[return-value]
+
+    def try_checkout(self) -> Connection | None:
+        """A connection if one is free now (or may be created now), else None: never
+        waits, and never passes a caller already waiting."""
+        while True:
+            conn, reused, _ = self._take(queue=False)
+            if conn is None:
+                return None
+            if self._ready(conn, reused):
                 return conn
+
+    def _take(self, queue: bool) -> tuple[Connection | None, bool, _Waiter | None]:
+        """(connection, reused, None), or (None, False, a waiter in the queue) when none is
+        free (only with ``queue``; else (None, False, None))."""
+        with self._lock:
+            if self._lost:
+                self._reclaim_lost()
+            if self._waiting or (not self._idle and self._out >= self.size):  # others were first, or full
+                if not queue:
+                    return None, False, None
+                self._checkouts += 1
+                return None, False, self._enqueue()
+            self._checkouts += 1
+            if self._idle:
+                conn = self._idle.pop()
+                self._trackers[id(conn)].out = True
+                self._out += 1
+                return conn, True, None
+            return self._new_connection(), False, None
+
+    def _ready(self, conn: Connection, reused: bool) -> bool:
+        """Is the connection just taken usable?  If not it is discarded (try another)."""
+        try:
+            usable = not reused or self._usable(conn)
+        except BaseException:
             self.checkin(conn, discard=True)
+            raise
+        if not usable:
+            self.checkin(conn, discard=True)
+        return usable
 
     def _enqueue(self) -> _Waiter:
         waiter = _Waiter(self._lock_type)

@@ -191,14 +191,19 @@ class RetryPolicy:
     max_backoff: float = 1.0
     budget: RetryBudget | None = field(default_factory=RetryBudget, compare=False)
 
-    def run(self, cls: OpClass, fn: Callable[[], T], deadline: Deadline, on_retry: RetryHook | None = None) -> T:
+    def run(self, cls: OpClass, fn: Callable[[], T], deadline: Deadline, on_retry: RetryHook | None = None,
+            first_error: Exception | None = None) -> T:
         """Call ``fn`` under this policy; no attempt starts after ``deadline`` (the call's).
 
         ``on_retry(attempt, error, wait)`` is called before each retry's wait.
+        ``first_error``: the first attempt was already made elsewhere and failed so
+        (a scatter-gather bulk call's); the policy goes on from there.
         """
         if self.budget is not None:
             self.budget.deposit()
         try:
+            if first_error is not None:
+                raise first_error
             return fn()
         except BaseException as exc:
             if self.attempts <= 1 or not is_retryable(cls, exc):

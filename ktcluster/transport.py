@@ -13,6 +13,8 @@ shared by every client view of it.
 * :meth:`Transport.run` drives an operation (a generator of requests, see
   :mod:`ktcluster.ops`) to its result, every request through :meth:`exchange`.
 * :meth:`Transport.run_on` does the same on a connection the caller holds (a cursor's).
+* :meth:`Transport.start` and :meth:`Transport.finish` are :meth:`send`'s two halves, for
+  a caller with requests in flight on several connections at once (:mod:`ktcluster.scatter`).
 * :meth:`Transport.probe` checks that the server answers, on a fresh connection.
 
 ``exchange`` and ``run`` take an optional ``attempt`` (an
@@ -26,7 +28,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, TypeVar
 
-from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN, Connection, Limit
+from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN, Connection, Limit, Sent
 from .deadline import NO_DEADLINE, Deadline
 from .errors import DeadlineExceeded, PoolTimeoutError
 from .observe.events import Attempt
@@ -98,6 +100,20 @@ class Transport:
                                      max_size=self.max_reply_size, timeout=timeout)
         return conn.request_binary(request.data, request.decode, noreply=request.noreply,  # type: ignore[union-attr]
                                    deadline=deadline, max_size=self.max_reply_size, timeout=timeout)
+
+    def start(self, conn: Connection, request: Request, deadline: Deadline = NO_DEADLINE) -> Sent:
+        """:meth:`send` in two halves: send ``request`` on ``conn``; :meth:`finish` reads
+        its answer.  In between, ``conn.fileno()`` becomes readable when it arrives
+        (a ``noreply`` request has no answer to wait for)."""
+        return conn.send_request(request.data, deadline=deadline)
+
+    def finish(self, conn: Connection, request: Request, sent: Sent) -> Any:
+        """The answer to ``request``, which :meth:`start` sent on ``conn``."""
+        if type(request) is Http:
+            return conn.read_http(sent, head=request.head, max_size=self.max_reply_size)
+        if request.noreply:  # type: ignore[union-attr]
+            return None
+        return conn.read_reply(sent, request.decode, max_size=self.max_reply_size)  # type: ignore[union-attr]
 
     def exchange(self, request: Request, deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN,
                  attempt: Attempt | None = None) -> Any:

@@ -528,6 +528,46 @@ def test_a_slow_node_does_not_delay_bulk_calls_that_skip_it(servers):
         cluster.close()
 
 
+def test_bulk_calls_on_healthy_nodes_start_no_thread_and_spawn_no_greenlet(servers, monkeypatch):
+    """Every node's request goes out from the caller and the replies are read there: a
+    thread hop or a greenlet per node costs more than the request on a fast network
+    (issue 11: the GC work of the greenlets made a gevent app's bulk endpoint slower)."""
+    spawned = []
+    if UNDER_GEVENT:
+        import gevent
+        real_spawn = gevent.spawn
+        monkeypatch.setattr(gevent, "spawn", lambda *a, **kw: spawned.append(a) or real_spawn(*a, **kw))
+    before = {t.ident for t in threading.enumerate()}
+    cluster = make_cluster(servers, bulk_chunk=20)
+    for _ in range(20):
+        assert cluster.get_bulk(KEYS) == {k: value_of(k) for k in KEYS}
+        assert cluster.set_bulk({k: value_of(k) for k in KEYS[:50]}) == 50
+    started = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert not [name for name in started if name.startswith("ktcluster-fanout")], started
+    assert not spawned
+    cluster.close()
+
+
+def test_a_slow_node_does_not_hold_back_the_other_nodes_chunks(servers):
+    """Ten chunks on each of two nodes 0.1 s away, one chunk on a node 1 s away: the near
+    nodes' chunks go on while the far node's reply is awaited, so the call lasts about
+    1 s (the slowest node), not 1.9 s (a round of all nodes' replies at a time)."""
+    with FaultProxy(servers[0].address, latency=0.1) as near0, \
+            FaultProxy(servers[1].address, latency=0.1) as near1, \
+            FaultProxy(servers[2].address, latency=1.0) as far:
+        cluster = Cluster({"a": near0.address, "b": near1.address, "far": far.address}, pack_type=KT_PACKER_BYTES,
+                          bulk_chunk=5, retry=RetryPolicy(deadline=10))
+        keys = [k for k in KEYS if cluster.node_for(k) == "a"][:50] + \
+            [k for k in KEYS if cluster.node_for(k) == "b"][:50] + \
+            [k for k in KEYS if cluster.node_for(k) == "far"][:5]
+        cluster.set_bulk({k: value_of(k) for k in keys})
+        started = time.monotonic()
+        assert cluster.get_bulk(keys) == {k: value_of(k) for k in keys}
+        took = time.monotonic() - started
+        assert took < 1.6, took
+        cluster.close()
+
+
 # -- dead nodes ------------------------------------------------------------------------------------
 
 

@@ -13,7 +13,13 @@ import pytest
 
 from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster
-from ktcluster.errors import KTTimeoutError, NodeDownError, OutcomeUnknownError, PoolTimeoutError
+from ktcluster.errors import (
+    KTTimeoutError,
+    NodeDownError,
+    OutcomeUnknownError,
+    PartialFailureError,
+    PoolTimeoutError,
+)
 from ktcluster.health import HealthConfig
 from ktcluster.observe import BOUNDS, Histogram, Metrics, Observer, Tee
 from ktcluster.observe.events import Attempt, BreakerChange, Call, PoolExhausted
@@ -97,6 +103,21 @@ def test_a_bulk_call_has_an_attempt_per_chunk_carrying_its_records(observed):
     assert per_node == {n: len([k for k in keys if cluster.node_for(k) == n]) for n in cluster.nodes}
     snap = metrics.snapshot()["nodes"]
     assert sum(s["operations"]["set_bulk"]["records"] for s in snap.values()) == 60
+
+
+def test_a_bulk_shard_failing_in_the_first_pass_goes_on_as_numbered_attempts(observed, servers):
+    with FaultProxy(None, mode="blackhole") as hole:
+        cluster, rec, _ = observed({"a": servers[0].address, "b": hole.address}, timeout=0.2,
+                                   retry=RetryPolicy(attempts=2, backoff=0.001))
+        with pytest.raises(PartialFailureError):
+            cluster.get_bulk([f"q{i}" for i in range(40)])
+    # the first pass (scatter-gather) is attempt 0, the retry goes through the cluster's loop
+    assert [(a.retry, a.outcome, a.error) for a in rec.of("attempt") if a.node == "b"] == [
+        (0, "error", "SocketTimeoutError"), (1, "error", "SocketTimeoutError")]
+    assert [(a.retry, a.outcome) for a in rec.of("attempt") if a.node == "a"] == [(0, "ok")]
+    assert all(a.sent > 0 for a in rec.of("attempt"))
+    ((call, error),) = rec.of("end")
+    assert call.operation == "get_bulk" and isinstance(error, KTTimeoutError)
 
 
 def test_a_fan_out_call_has_an_attempt_per_node(observed):

@@ -486,6 +486,30 @@ def test_pool_is_bounded_and_times_out(kt_server):
     pool.checkin(b)
 
 
+def test_try_checkout_never_waits_and_never_passes_a_waiter(kt_server):
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=2, pool_timeout=5)
+    a = pool.try_checkout()
+    b = pool.try_checkout()
+    assert a is not None and b is not None and a is not b
+    started = time.monotonic()
+    assert pool.try_checkout() is None          # full: no wait
+    assert time.monotonic() - started < 0.5
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(pool.checkout()))
+    waiter.start()
+    while pool.stats().waiting == 0:
+        time.sleep(0.01)
+    pool.checkin(a)
+    waiter.join(5)
+    assert got == [a]                           # the returned connection went to the waiter
+    pool.checkin(got[0])
+    assert pool.try_checkout() is a             # free again: taken without a wait
+    pool.checkin(a)
+    pool.checkin(b)
+    assert pool.stats().in_use == 0
+    pool.close()
+
+
 def test_pool_discards_on_errors_but_not_on_server_answers(kt_server):
     pool = ConnectionPool(kt_server.host, kt_server.port, size=2)
     with pytest.raises(LogicalInconsistencyError):

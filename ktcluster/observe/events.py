@@ -184,9 +184,10 @@ class Attempt:
         self._mark = _clock()
 
     def using(self, conn: Any) -> None:
-        """The wait ended with ``conn``: count from its byte counters."""
-        self.pool_wait += _clock() - self._mark
-        self._mark = 0.0
+        """The wait ended (if one began) with ``conn``: count from its byte counters."""
+        if self._mark:
+            self.pool_wait += _clock() - self._mark
+            self._mark = 0.0
         self.requests += 1
         self.sent -= conn.sent
         self.received -= conn.received

@@ -11,10 +11,12 @@ OpenTelemetry :class:`~ktcluster.observe.otel.Tracer` (SDK providers, spans batc
 an exporter that drops them: the cost of making them, not of shipping them) and both;
 then the time of one Prometheus scrape of the metrics.
 
-``--baseline REV`` measures what the hooks cost when no observer is set: two worker
-processes run the same gets, one on this tree and one on ``git archive REV ktcluster``
-(the code before the hooks), a batch each in turn, and the median of the paired ratios
-is printed (target: <= 1.02).
+``--baseline REV`` measures what the hooks cost when no observer is set, against ``git
+archive REV ktcluster`` (the code before the hooks), two ways: (1) the client's Python
+path alone -- ``Transport.send`` answering at once, no socket: the best of many timed
+runs, in fresh processes alternating between the trees, precise to a few tens of ns --
+and (2) the whole get, two worker processes a batch each in turn, paired ratios (on a
+loaded machine their spread is wider than the hooks' cost).  Target: at most 2% of a get.
 Prints medians; it never asserts.
 """
 
@@ -58,6 +60,25 @@ def worker(host: str, port: int, batch: float) -> None:
         timed_batch(run, batch)  # warm up
     for _ in sys.stdin:
         print(json.dumps({name: timed_batch(run, batch)[1] for name, run in runs.items()}), flush=True)
+
+
+def python_path() -> None:
+    """A subprocess of --baseline: the best time of each client's get with the network
+    replaced by an immediate answer (``Transport.send`` returns "no record")."""
+    import timeit
+
+    from ktcluster import Cluster, KyotoTycoon
+    from ktcluster.transport import Transport
+
+    Transport.send = lambda self, conn, request, deadline=None, timeout=None: []  # type: ignore[method-assign]
+    cluster = Cluster(["127.0.0.1:1"])
+    kt = KyotoTycoon(binary=True)
+    kt.open("127.0.0.1", 1)
+    best = {}
+    for name, run in (("Cluster.get", lambda: cluster.get("k")), ("KyotoTycoon.get", lambda: kt.get("k"))):
+        run()
+        best[name] = min(timeit.repeat(run, number=20000, repeat=15)) / 20000
+    print(json.dumps(best))
 
 
 def observers() -> dict[str, object]:
@@ -146,6 +167,19 @@ def measure_hooks(host: str, port: int, rev: str, rounds: int, batch: float) -> 
                                  capture_output=True).stdout
         with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
             tar.extractall(base, filter="data")
+        python: dict[tuple[str, str], float] = {}
+        for _ in range(max(3, rounds // 10)):
+            for label, path in (("this tree", str(ROOT)), (rev, base)):
+                out = subprocess.run([sys.executable, __file__, "--python-path"], check=True, capture_output=True,
+                                     env={**os.environ, "PYTHONPATH": path}, text=True).stdout
+                for call, took in json.loads(out).items():
+                    python[(call, label)] = min(python.get((call, label), took), took)
+        print(f"\nno observer, the Python path alone (network replaced by an immediate answer): best of "
+              f"{max(3, rounds // 10)} processes per tree")
+        for call in ("Cluster.get", "KyotoTycoon.get"):
+            ours, theirs = python[(call, "this tree")], python[(call, rev)]
+            print(f"  {call:16} {ours * 1e6:6.3f} µs vs {theirs * 1e6:6.3f} µs at {rev}: "
+                  f"{1e9 * (ours - theirs):+.0f} ns")
         workers = {label: subprocess.Popen(
             [sys.executable, __file__, "--worker", "--host", host, "--port", str(port), "--batch", str(batch)],
             env={**os.environ, "PYTHONPATH": path}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -153,8 +187,9 @@ def measure_hooks(host: str, port: int, rev: str, rounds: int, batch: float) -> 
         ratios: dict[str, list[float]] = {}
         medians: dict[tuple[str, str], list[float]] = {}
         try:
-            for _ in range(rounds):
-                got = {label: _batch(proc) for label, proc in workers.items()}
+            for i in range(rounds):  # which tree goes first alternates: the order must not favour one
+                order = list(workers.items())[::1 if i % 2 else -1]
+                got = {label: _batch(proc) for label, proc in order}
                 for call in got["this tree"]:
                     ratios.setdefault(call, []).append(got["this tree"][call] / got[rev][call])
                     for label in got:
@@ -183,7 +218,11 @@ def main(argv: list[str] | None = None) -> None:
     add_server_arguments(parser)
     parser.add_argument("--baseline", metavar="REV", help="also measure the hooks against this git revision")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--python-path", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.python_path:
+        python_path()
+        return
     if args.worker:
         worker(args.host, args.port, args.batch)
         return

@@ -423,6 +423,8 @@ class Cluster:
         """One operation on the node that owns ``key``."""
         topo = self._topology
         cls = op_class(operation)
+        if self.observer is None:  # the common case, without a closure
+            return self._execute(cls, topo, topo.ring.node_for(key), _op(make_op), self._deadline())
         return observed(self.observer, operation, cls, 1, lambda o: self._execute(
             cls, topo, topo.ring.node_for(key), _op(make_op), self._deadline(), scope=o))
 

@@ -309,7 +309,7 @@ class Health:
 
     def notify(self, node: str, old: BreakerState, new: BreakerState, exc: BaseException | None) -> None:
         if self.observer is not None:
-            notify(self.observer, "breaker", BreakerChange(node, old.value, new.value, exc))
+            notify(self.observer.breaker, BreakerChange(node, old.value, new.value, exc))
         if self.listener is not None:
             try:
                 self.listener(node, old, new, exc)

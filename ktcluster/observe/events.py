@@ -73,12 +73,12 @@ class Observer:
         """A replication stream stopped (or started again) waiting for an idle master."""
 
 
-def notify(observer: Observer, method: str, event: Any, *more: Any) -> None:
-    """Call ``observer.<method>(event, *more)``; an observer's failure is logged, not raised."""
+def notify(method: Callable[..., None], event: Any, *more: Any) -> None:
+    """Call an observer's ``method(event, *more)``; its failure is logged, not raised."""
     try:
-        getattr(observer, method)(event, *more)
+        method(event, *more)
     except Exception:
-        log.exception("observer %r failed in %s", observer, method)
+        log.exception("observer method %s failed", getattr(method, "__qualname__", method))
 
 
 def observed(observer: Observer | None, operation: str, op_class: OpClass, records: int,
@@ -127,11 +127,11 @@ class Call:
         return Call(self.observer, self.operation, self.op_class, records, self)
 
     def begin(self) -> Call:
-        notify(self.observer, "call_started", self)
+        notify(self.observer.call_started, self)
         return self
 
     def end(self, error: BaseException | None) -> None:
-        notify(self.observer, "call_ended", self, error)
+        notify(self.observer.call_ended, self, error)
 
     def attempt(self, node: str, address: str, retry: int) -> Attempt:
         """A new attempt of this call on ``node`` (its clock starts now)."""
@@ -224,8 +224,8 @@ class Attempt:
                 waited = now - self._mark
                 self.pool_wait += waited
                 if _pool_gave_up(exc):
-                    notify(observer, "pool_exhausted", PoolExhausted(self.node, self.address, waited, exc))
-        notify(observer, "attempt", self)
+                    notify(observer.pool_exhausted, PoolExhausted(self.node, self.address, waited, exc))
+        notify(observer.attempt, self)
 
 
 def _pool_gave_up(exc: BaseException) -> bool:
@@ -298,7 +298,7 @@ class Tee(Observer):
 
     def _each(self, method: str, *args: Any) -> None:
         for observer in self.observers:
-            notify(observer, method, *args)
+            notify(getattr(observer, method), *args)
 
     def call_started(self, call: Call) -> None:
         self._each("call_started", call)

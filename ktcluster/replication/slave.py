@@ -159,7 +159,7 @@ class KyotoSlave:
                     if ts > position:
                         position = ts
                     if self.observer is not None:
-                        notify(self.observer, "replication_lag", ReplicationLag(self.name, ts))
+                        notify(self.observer.replication_lag, ReplicationLag(self.name, ts))
                     yield batch
             except KTConnectionError as exc:
                 if self._closed.is_set():

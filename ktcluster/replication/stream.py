@@ -351,6 +351,6 @@ class ReplicationStream:
         else:
             log.info("replication: %s caught up and orders the stream again", src.name)
         if self.observer is not None:
-            notify(self.observer, "exclusion", Exclusion(src.name, excluded))
+            notify(self.observer.exclusion, Exclusion(src.name, excluded))
         if self.on_idle is not None:
             self.on_idle(src.name, excluded)

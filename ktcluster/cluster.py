@@ -21,7 +21,8 @@ KT is a database, not a cache, so the cluster never moves a key on its own:
   and play_script retry only when the request provably never left, and
   otherwise raise :class:`~ktcluster.errors.OutcomeUnknownError`.
 * **Bulk calls** -- keys are grouped by node, each node gets one bulk call per
-  ``bulk_chunk`` records, and all nodes run at once under one deadline
+  ``bulk_chunk`` records (up to ``bulk_lanes`` of them in flight on their own
+  connections), and all nodes run at once under one deadline
   (``retry.deadline``): the caller sends every node its request and reads the replies
   as they come (:mod:`ktcluster.scatter`); a node that needs a retry or its
   breaker's trial continues on its own (:mod:`ktcluster.fanout`).  Results keep the caller's key order.
@@ -158,13 +159,13 @@ class _Topology:
 
 
 class _Shard:
-    """What one node did in a bulk call: the results of its completed chunks, and its
-    error with the indices (into the call's keys) not known to be done."""
+    """What one node did in a bulk call: the results of its completed chunks (by chunk
+    index), and its error with the indices (into the call's keys) not known to be done."""
 
     __slots__ = ("results", "error", "failed")
 
     def __init__(self) -> None:
-        self.results: list[Any] = []
+        self.results: dict[int, Any] = {}
         self.error: BaseException | None = None
         self.failed: list[int] = []
 
@@ -216,7 +217,9 @@ class Cluster:
     call, fan-outs included), ``health`` the breaker tuning, ``on_node_event``
     a callback ``(node, old_state, new_state, error)`` for breaker changes.
     ``failover`` maps a node name to the address of its partner; ``bulk_chunk``
-    caps the records per bulk request; ``fanout_workers`` bounds the threads
+    caps the records per bulk request; ``bulk_lanes`` is how many of a node's bulk
+    requests may be in flight at once, each on its own connection (one more only when
+    the pool has it free: never at the expense of another caller); ``fanout_workers`` bounds the threads
     running one node's shards when gevent is not active (default: ``pool_size``,
     as a node cannot serve more at once; each node has its own threads, so a slow
     node never delays another node's shards).
@@ -231,10 +234,10 @@ class Cluster:
                  health: HealthConfig | None = None, on_node_event: Listener | None = None,
                  failover: Mapping[str, Address] | None = None,
                  failover_ops: Iterable[OpClass] = (OpClass.READ, OpClass.IDEMPOTENT),
-                 bulk_chunk: int = 1000, fanout_workers: int | None = None,
+                 bulk_chunk: int = 1000, bulk_lanes: int = 4, fanout_workers: int | None = None,
                  max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, observer: Observer | None = None) -> None:
-        if bulk_chunk < 1:
-            raise ArgumentError("bulk_chunk must be at least 1")
+        if bulk_chunk < 1 or bulk_lanes < 1:
+            raise ArgumentError("bulk_chunk and bulk_lanes must be at least 1")
         self.binary = binary
         self.retry = retry or RetryPolicy()
         #: receives an event per attempt, breaker change and pool exhaustion (:mod:`ktcluster.observe`)
@@ -242,6 +245,7 @@ class Cluster:
         self.health = Health(health, on_node_event, observer)
         self.failover_ops = frozenset(failover_ops)
         self.bulk_chunk = bulk_chunk
+        self.bulk_lanes = bulk_lanes
         self._client_options = dict(pack_type=pack_type, custom_packer=custom_packer, decode_keys=decode_keys,
                                     max_reply_size=max_reply_size)
         self._pool_options = dict(size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
@@ -431,13 +435,14 @@ class Cluster:
     def _bulk(self, operation: str, topo: _Topology, plan: dict[str, list[list[int]]],
               make_op: Callable[[list[int], Session], Op[Any]]) -> dict[str, _Shard]:
         """Run ``make_op(chunk, session)`` for every chunk of ``plan`` (see :func:`plan_bulk`),
-        each node's chunks in turn, all nodes at once, under one deadline.
+        all nodes at once, under one deadline.
 
         First attempts go out together from the caller (:func:`~ktcluster.scatter.scatter`:
-        no thread or greenlet per node) to the nodes whose breaker is closed; a node that
-        fails there, or whose breaker is not closed, has the rest of its chunks run by
-        :meth:`_execute` (the retry policy from where the first attempt left, the breaker's
-        trial, failover), those nodes at once (:mod:`ktcluster.fanout`)."""
+        no thread or greenlet per node; up to :attr:`bulk_lanes` chunks of a node in flight)
+        to the nodes whose breaker is closed; the chunks of a node that fails there, or
+        whose breaker is not closed, are run by :meth:`_execute` (the retry policy from
+        where the first attempt left, the breaker's trial, failover), node by node in
+        turn, those nodes at once (:mod:`ktcluster.fanout`)."""
         deadline = self._deadline()
         members = topo.members
         call = None if self.observer is None else Observed(
@@ -445,23 +450,26 @@ class Cluster:
         scopes = None if call is None else {n: [call.shard(len(c)) for c in chunks] for n, chunks in plan.items()}
         if call is not None:
             call.begin()
-        direct = {node: (members[node].transport, [partial(make_op, chunk, members[node].session) for chunk in chunks])
+        lanes = self.bulk_lanes
+        direct = {node: (members[node].transport, [partial(make_op, chunk, members[node].session) for chunk in chunks],
+                         lanes)
                   for node, chunks in plan.items() if members[node].breaker.closed}
         done, failures = scatter(direct, deadline, scopes) if direct else ({}, {})
         shards: dict[str, _Shard] = {}
-        rest: dict[str, tuple[int, Exception | None]] = {}
-        for node in plan:
+        rest: dict[str, tuple[list[int], Exception | None]] = {}
+        for node, chunks in plan.items():
             shard = shards[node] = _Shard()
-            shard.results = done.get(node, [])
             breaker = members[node].breaker
             if node not in direct:
-                rest[node] = (0, None)
-            elif node in failures:
-                index, exc = failures[node]
+                rest[node] = (list(range(len(chunks))), None)
+                continue
+            shard.results = done[node]
+            if node in failures:
+                exc, undone = failures[node]
                 if isinstance(exc, KyotoTycoonException) and exc.node is None:
                     exc.node = node
                 breaker.record(exc)
-                rest[node] = (index, exc)
+                rest[node] = (undone, exc)
             else:
                 breaker.record_ok()
         if rest:
@@ -472,24 +480,24 @@ class Cluster:
 
     def _bulk_rest(self, cls: OpClass, topo: _Topology, plan: dict[str, list[list[int]]],
                    make_op: Callable[[list[int], Session], Op[Any]], deadline: Deadline,
-                   shards: dict[str, _Shard], rest: dict[str, tuple[int, Exception | None]],
+                   shards: dict[str, _Shard], rest: dict[str, tuple[list[int], Exception | None]],
                    scopes: dict[str, list[Observed]] | None = None) -> None:
-        """The chunks the first pass left (``rest``: node -> (first chunk left, how its first
-        attempt failed)), node by node through :meth:`_execute`, the nodes at once (each
-        chunk observed as its ``scopes`` entry)."""
+        """The chunks the first pass left (``rest``: node -> (their indices, how the first
+        attempt of the first one failed)), in turn per node through :meth:`_execute`, the
+        nodes at once (each chunk observed as its ``scopes`` entry)."""
 
-        def shard_task(node: str, start: int, first_error: Exception | None) -> Callable[[], _Shard]:
+        def shard_task(node: str, left: list[int], first_error: Exception | None) -> Callable[[], _Shard]:
             def task() -> _Shard:
                 shard, chunks = _Shard(), plan[node]
                 error = first_error
-                for done in range(start, len(chunks)):
+                for n, index in enumerate(left):
                     try:
-                        scope = None if scopes is None else scopes[node][done]
-                        shard.results.append(self._execute(cls, topo, node, _op(partial(make_op, chunks[done])),
-                                                           deadline, error, scope))
+                        scope = None if scopes is None else scopes[node][index]
+                        shard.results[index] = self._execute(cls, topo, node, _op(partial(make_op, chunks[index])),
+                                                             deadline, error, scope)
                     except Exception as exc:
                         shard.error = exc
-                        shard.failed = [i for c in chunks[done:] for i in c]
+                        shard.failed = [i for c in left[n:] for i in chunks[c]]
                         break
                     error = None
                 return shard
@@ -498,11 +506,10 @@ class Cluster:
         finished, errors = self._fanout.run({node: shard_task(node, *left) for node, left in rest.items()}, deadline)
         for node, later in finished.items():
             shard = shards[node]
-            shard.results += later.results
+            shard.results.update(later.results)
             shard.error, shard.failed = later.error, later.failed
         for node, exc in errors.items():  # the fan-out's deadline cut it short
-            start = rest[node][0]
-            shards[node].error, shards[node].failed = exc, [i for c in plan[node][start:] for i in c]
+            shards[node].error, shards[node].failed = exc, [i for c in rest[node][0] for i in plan[node][c]]
 
     def _partial(self, op: str, shards: dict[str, _Shard], results: Any, failed: list[Any],
                  key_errors: dict[Any, ValueDecodeError] | None = None) -> PartialFailureError:
@@ -523,8 +530,8 @@ class Cluster:
         node's count as ``results``."""
         failed = [keys[i] for shard in shards.values() for i in shard.failed]
         if failed:
-            raise self._partial(op, shards, {n: sum(s.results) for n, s in shards.items()}, failed)
-        return sum(sum(s.results) for s in shards.values())
+            raise self._partial(op, shards, {n: sum(s.results.values()) for n, s in shards.items()}, failed)
+        return sum(sum(s.results.values()) for s in shards.values())
 
     def _each(self, operation: str, call: Call[T]) -> dict[str, T]:
         """Run ``call`` on every node at once: ``{node: result}`` in configuration order."""
@@ -613,7 +620,8 @@ class Cluster:
                             lambda chunk, s: ops.get_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
         raws: list[bytes | None] = [None] * len(keys)
         for node, shard in shards.items():
-            for chunk, found in zip(plan[node], shard.results, strict=False):  # results: done chunks
+            for index, found in shard.results.items():  # the chunks done
+                chunk = plan[node][index]
                 for i, raw in zip(chunk, found, strict=True):
                     raws[i] = raw
         bad: dict[Any, ValueDecodeError] = {}

@@ -9,11 +9,18 @@ long as its slowest node -- as with a thread or greenlet per node, without their
 (a spawn, its switches and garbage, or a thread hop) -- and a slow node delays no
 other node's chunks.
 
+A node with several chunks may have up to ``lanes`` of them in flight at once, each on
+a connection of its own (KT serves each connection with its own worker), so that one
+big bulk call keeps a server's workers busy instead of waiting for each reply before
+sending the next chunk.  A lane beyond a node's first is opened only when its pool has
+a connection free at once (and nobody waits for one): it never delays other callers.
+
 Contract:
 
-* One attempt per chunk.  A node whose chunk fails stops there; :func:`scatter`
-  reports its error and the index of the chunk that failed, and the caller decides what
-  to retry (the cluster retries the rest of that node's chunks under its policy).
+* One attempt per chunk.  A node whose chunk fails hands out no more chunks (those in
+  flight on its other lanes finish); :func:`scatter` reports its first error and the
+  chunks not done, and the caller decides what to retry (the cluster retries them
+  under its policy).
   An error raised by the operation itself (the server answered; the reply was read
   whole) leaves the connection pooled, a transport error discards it.
 * Connections come from each node's pool and go back to it when the node is done.
@@ -47,63 +54,91 @@ from .observe.events import Call as Observed
 from .ops import Binary, Op, Request
 from .transport import Transport
 
-__all__ = ["scatter", "Failure"]
+__all__ = ["scatter", "Failure", "Work"]
 
-#: a node that stopped: (index of the chunk that failed, its error)
-Failure = tuple[int, Exception]
+#: a node's work: its transport, one operation factory per chunk, how many lanes at most
+Work = tuple[Transport, Sequence[Callable[[], Op[Any]]], int]
+#: a node that stopped: (its first error, the indices of the chunks not done, in order)
+Failure = tuple[Exception, list[int]]
 
 _READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
-class _Lane:
-    """One node's work: its chunks' operations, the one in flight, its connection."""
+class _Node:
+    """One node's share: the chunks not yet handed out, the results, the first error."""
 
-    __slots__ = ("node", "transport", "ops", "index", "op", "conn", "request", "sent", "results", "observed",
-                 "attempt")
+    __slots__ = ("name", "transport", "ops", "lanes", "next", "results", "error", "undone", "observed")
 
-    def __init__(self, node: str, transport: Transport, ops: Sequence[Callable[[], Op[Any]]],
-                 observed: Sequence[Observed] | None = None) -> None:
-        self.node = node
+    def __init__(self, name: str, work: Work, observed: Sequence[Observed] | None = None) -> None:
+        self.name = name
         self.observed = observed
+        self.transport, self.ops, self.lanes = work
+        self.next = 0
+        self.results: dict[int, Any] = {}
+        self.error: Exception | None = None
+        self.undone: list[int] = []
+
+    def take(self) -> int | None:
+        """The next chunk to send, or None (none left, or the node failed)."""
+        if self.error is not None or self.next >= len(self.ops):
+            return None
+        self.next += 1
+        return self.next - 1
+
+    def fail(self, index: int, exc: Exception) -> None:
+        if self.error is None:
+            self.error = exc
+        self.undone.append(index)
+
+    def failure(self) -> Failure | None:
+        if self.error is None:
+            return None
+        return self.error, sorted(self.undone + list(range(self.next, len(self.ops))))
+
+
+class _Lane:
+    """One connection of a node: the chunk in flight on it."""
+
+    __slots__ = ("node", "index", "op", "conn", "request", "sent", "attempt")
+
+    def __init__(self, node: _Node, conn: Connection) -> None:
+        self.node = node
         self.attempt: Attempt | None = None
-        self.transport = transport
-        self.ops = ops
-        self.index = 0
+        self.index = -1
         self.op: Op[Any] | None = None
-        self.conn: Connection | None = None
+        self.conn = conn
         self.request: Request | None = None
         self.sent: Sent = (None, False)
-        self.results: list[Any] = []
 
     def send(self, request: Request, deadline: Deadline) -> None:
         self.request = request
-        self.sent = self.transport.start(self.conn, request, deadline)  # type: ignore[arg-type]
+        self.sent = self.node.transport.start(self.conn, request, deadline)
 
     def begin(self, deadline: Deadline) -> bool:
-        """Start the next chunk: False when none is left."""
-        while self.index < len(self.ops):
-            op = self.op = self.ops[self.index]()
+        """Start the node's next chunk on this lane: False when none is left."""
+        node = self.node
+        while (index := node.take()) is not None:
+            self.index = index
+            op = self.op = node.ops[index]()
             try:
                 request = op.send(None)
             except StopIteration as done:  # an operation that needs no request
-                self.results.append(done.value)
-                self.index += 1
+                node.results[index] = done.value
                 continue
-            if self.observed is not None:
-                self.attempt = self.observed[self.index].attempt(self.node, self.transport.address, 0)
+            if node.observed is not None:
+                self.attempt = node.observed[index].attempt(node.name, node.transport.address, 0)
                 self.attempt.using(self.conn)
             self.send(request, deadline)
             return True
         return False
 
     def advance(self, deadline: Deadline) -> bool:
-        """Read the answer in flight and go on: False when this node is done."""
-        answer = self.transport.finish(self.conn, self.request, self.sent)  # type: ignore[arg-type]
+        """Read the answer in flight and go on: False when this lane is done."""
+        answer = self.node.transport.finish(self.conn, self.request, self.sent)  # type: ignore[arg-type]
         try:
             request = self.op.send(answer)  # type: ignore[union-attr]
         except StopIteration as done:
-            self.results.append(done.value)
-            self.index += 1
+            self.node.results[self.index] = done.value
             if self.attempt is not None:
                 self.ended(None)
             return self.begin(deadline)
@@ -117,62 +152,71 @@ class _Lane:
         attempt.done(exc)  # type: ignore[union-attr]
 
     def release(self, discard: bool) -> None:
-        conn, self.conn = self.conn, None
+        conn, self.conn = self.conn, None  # type: ignore[assignment]
         if conn is not None:
-            self.transport.pool.checkin(conn, discard=discard)
+            self.node.transport.pool.checkin(conn, discard=discard)
 
 
-def scatter(work: Mapping[str, tuple[Transport, Sequence[Callable[[], Op[Any]]]]], deadline: Deadline,
-            observed: Mapping[str, Sequence[Observed]] | None = None
-            ) -> tuple[dict[str, list[Any]], dict[str, Failure]]:
-    """Run every node's operations (``work``: node -> (transport, operation factories)),
-    in order per node, all nodes at once; see the module docstring.  Returns each
-    node's results (of the chunks done, in order) and the failures (node -> (index of
-    the failed chunk, error))."""
-    lanes = [_Lane(node, transport, ops, None if observed is None else observed[node])
-             for node, (transport, ops) in work.items()]
+def scatter(work: Mapping[str, Work], deadline: Deadline, observed: Mapping[str, Sequence[Observed]] | None = None
+            ) -> tuple[dict[str, dict[int, Any]], dict[str, Failure]]:
+    """Run every node's operations (``work``: node -> (transport, one operation factory
+    per chunk, lanes at most)), all nodes at once; see the module docstring.  Returns
+    each node's results by chunk index (of the chunks done) and the failures."""
+    nodes = [_Node(name, w, None if observed is None else observed[name]) for name, w in work.items()]
     run = _Run(deadline)
     try:
-        pending = lanes
+        pending = nodes
         while pending:
             pending = run.round(pending)
     except BaseException:
-        for lane in lanes:
+        for lane in run.lanes:
             lane.release(discard=True)
         raise
-    return {lane.node: lane.results for lane in lanes}, run.failures
+    failures = {}
+    for node in nodes:
+        failure = node.failure()
+        if failure is not None:
+            failures[node.name] = failure
+    return {node.name: node.results for node in nodes}, failures
 
 
 class _Run:
-    """The state of one :func:`scatter`: its deadline, the failures, the lanes in flight
-    (by descriptor)."""
+    """The state of one :func:`scatter`: its deadline, every lane it opened, the lanes
+    waiting for an answer (by descriptor)."""
 
-    __slots__ = ("deadline", "failures", "active")
+    __slots__ = ("deadline", "lanes", "active")
 
     def __init__(self, deadline: Deadline) -> None:
         self.deadline = deadline
-        self.failures: dict[str, Failure] = {}
+        self.lanes: list[_Lane] = []
         self.active: dict[int, _Lane] = {}
 
-    def round(self, pending: list[_Lane]) -> list[_Lane]:
-        """Run to their end the lanes of ``pending`` that get a connection without waiting
+    def round(self, pending: list[_Node]) -> list[_Node]:
+        """Run to their end the nodes of ``pending`` that get a connection without waiting
         -- the first one waits for its own if need be, when nothing else is held -- and
         return the others."""
         later = []
-        for lane in pending:
-            lane.conn = lane.transport.pool.try_checkout()
-            if lane.conn is None:
-                if lane is not pending[0]:
-                    later.append(lane)
+        opened = []
+        for node in pending:
+            conn = node.transport.pool.try_checkout()
+            if conn is None:
+                if node is not pending[0]:
+                    later.append(node)
                     continue
                 try:
-                    lane.conn = lane.transport.checkout(self.deadline)
+                    conn = node.transport.checkout(self.deadline)
                 except Exception as exc:
-                    self.failures[lane.node] = (0, exc)
+                    node.error = exc
                     continue
-        for lane in pending:
-            if lane.conn is not None:
-                self.step(lane, lane.begin)
+            opened.append(_Lane(node, conn))
+            for _ in range(min(node.lanes, len(node.ops)) - 1):  # more lanes, if free at once
+                conn = node.transport.pool.try_checkout()
+                if conn is None:
+                    break
+                opened.append(_Lane(node, conn))
+        self.lanes += opened
+        for lane in opened:
+            self.step(lane, lane.begin)
         active = self.active
         while active:
             for fd in _ready(active):
@@ -187,14 +231,14 @@ class _Run:
             while busy and type(lane.request) is Binary and lane.request.noreply:  # nothing to wait for
                 busy = lane.advance(self.deadline)
             if busy:
-                self.active[lane.conn.fileno()] = lane  # type: ignore[union-attr]
+                self.active[lane.conn.fileno()] = lane
                 return
         except Exception as exc:
             conn = lane.conn
             if lane.attempt is not None:
                 lane.ended(exc)
             lane.release(discard=conn is None or conn.broken)
-            self.failures[lane.node] = (lane.index, exc)
+            lane.node.fail(lane.index, exc)
             return
         lane.release(discard=False)
 

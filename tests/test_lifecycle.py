@@ -30,6 +30,7 @@ from ktcluster.errors import (
     KTTimeoutError,
     KyotoTycoonException,
     NodeDownError,
+    PartialFailureError,
     PoolTimeoutError,
 )
 from ktcluster.health import BreakerState, HealthConfig
@@ -565,6 +566,35 @@ def test_a_slow_node_does_not_hold_back_the_other_nodes_chunks(servers):
         assert cluster.get_bulk(keys) == {k: value_of(k) for k in keys}
         took = time.monotonic() - started
         assert took < 1.6, took
+        cluster.close()
+
+
+def test_a_node_with_several_chunks_in_flight_reports_exactly_what_it_did_not_do(servers):
+    """A node's chunks go out on several connections at once (``bulk_lanes``); when the
+    node dies between two waves of them, the records of the chunks answered come back,
+    and exactly the others are the failed keys, whatever order the chunks ended in."""
+    with FaultProxy(servers[2].address, latency=0.5) as node:
+        cluster = Cluster({"a": servers[0].address, "b": node.address}, pack_type=KT_PACKER_BYTES,
+                          bulk_chunk=5, bulk_lanes=4, retry=RetryPolicy(deadline=3))
+        keys = [k for k in KEYS if cluster.node_for(k) == "b"][:40] + \
+            [k for k in KEYS if cluster.node_for(k) == "a"][:10]
+        cluster.set_bulk({k: value_of(k) for k in keys})
+        cluster.close()
+        cluster = Cluster({"a": servers[0].address, "b": node.address}, pack_type=KT_PACKER_BYTES,
+                          bulk_chunk=5, bulk_lanes=4, retry=RetryPolicy(deadline=3))
+        accepted = node.accepted
+        killer = threading.Timer(0.75, node.set_mode, args=("refuse",))
+        killer.start()
+        with pytest.raises(PartialFailureError) as info:
+            cluster.get_bulk(keys)
+        killer.join()
+        err = info.value
+        assert node.accepted - accepted == 4                   # four lanes on node b
+        assert set(err.results) | set(err.failed_keys) == set(keys)
+        assert not set(err.results) & set(err.failed_keys)
+        assert all(err.results[k] == value_of(k) for k in err.results)
+        assert 0 < len(err.failed_keys) < 40, len(err.failed_keys)   # the first wave came back
+        assert len(err.failed_keys) % 5 == 0                   # whole chunks
         cluster.close()
 
 

@@ -37,7 +37,8 @@ Contract:
   :class:`~ktcluster.errors.SocketTimeoutError`).
 * With ``observed`` (node -> one observed call per chunk, :mod:`ktcluster.observe`) each
   chunk sent is an :class:`~ktcluster.observe.Attempt` event (from its first request to
-  its result or error; bytes from its connection's counters).
+  its result or error; bytes from its connection's counters), and so is a wait for a
+  node's pool that gave up (its first chunk's, with the time waited).
 """
 
 from __future__ import annotations
@@ -203,10 +204,16 @@ class _Run:
                 if node is not pending[0]:
                     later.append(node)
                     continue
+                waiting = None if node.observed is None else node.observed[0].attempt(
+                    node.name, node.transport.address, 0)
+                if waiting is not None:
+                    waiting.waiting()
                 try:
                     conn = node.transport.checkout(self.deadline)
                 except Exception as exc:
                     node.error = exc
+                    if waiting is not None:  # observed: a wait for the pool that gave up
+                        waiting.done(exc)
                     continue
             opened.append(_Lane(node, conn))
             for _ in range(min(node.lanes, len(node.ops)) - 1):  # more lanes, if free at once

@@ -191,6 +191,20 @@ def test_a_pool_that_stays_busy_is_a_pool_exhaustion_event(observed, servers):
     assert node["pool_exhausted"] == 1 and node["pool_wait"]["count"] == 0  # no connection was had
 
 
+def test_a_bulk_call_that_finds_the_pool_busy_is_a_pool_exhaustion_event(observed, servers):
+    cluster, rec, metrics = observed([servers[0].address], pool_size=1, pool_timeout=0.1)
+    pool = cluster._topology.members[servers[0].address].transport.pool
+    held = pool.checkout()
+    try:
+        with pytest.raises(PartialFailureError):
+            cluster.get_bulk(["a", "b"])
+    finally:
+        pool.checkin(held)
+    assert [e.node for e in rec.of("pool")] == [servers[0].address]
+    assert [(a.error, a.records) for a in rec.of("attempt")] == [("PoolTimeoutError", 2)]
+    assert metrics.snapshot()["nodes"][servers[0].address]["pool_exhausted"] == 1
+
+
 def test_a_failing_observer_is_logged_and_changes_nothing(observed, caplog):
     class Broken(Observer):
         def attempt(self, event: Attempt) -> None:

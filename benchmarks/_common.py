@@ -156,46 +156,51 @@ def measure(cases: Sequence[Case], duration: float, rounds: int) -> None:
 
 
 def print_table(cases: Sequence[Case], libs: Sequence[str], ours: str,
-                targets: dict[tuple[str, str], float] | None = None, cpu_libs: Sequence[str] | None = None) -> None:
-    """ops/s per library and ``ours / lib`` ratios (with the target when one is set), then
-    the client's CPU per record (µs) of ``cpu_libs`` and ``lib / ours`` CPU ratios (above
-    1: ours costs less)."""
+                targets: dict[tuple[str, str], float] | None = None, cpu_libs: Sequence[str] | None = None,
+                per_record: bool = False) -> None:
+    """ops/s per library (``per_record``: records/s) and ``ours / lib`` ratios (with the
+    target when one is set), then the client's CPU per record (µs) of ``cpu_libs`` and
+    ``lib / ours`` CPU ratios (above 1: ours costs less)."""
     targets = targets or {}
     others = [lib for lib in libs if lib != ours]
-    head = f"{'operation':<28}" + "".join(f"{lib + ' ops/s':>22}" for lib in libs)
-    head += "".join(f"{'vs ' + lib:>24}" for lib in others)
-    print(head)
-    print("-" * len(head))
-    for case in cases:
-        line = f"{case.name:<28}"
-        for lib in libs:
-            rate = case.best.get(lib)
-            line += f"{rate:>22,.0f}" if rate else f"{'-':>22}"
-        for lib in others:
-            mine, theirs = case.best.get(ours), case.best.get(lib)
-            if mine and theirs:
-                text = f"{mine / theirs:.2f}x"
-                target = targets.get((case.name, lib))
-                if target:
-                    text += f" (target {target:g}x)"
-            else:
-                text = "-"
-            line += f"{text:>24}"
-        print(line)
+
+    def rate(case: Case, lib: str) -> str:
+        best = case.best.get(lib)
+        return f"{best * (case.records if per_record else 1):,.0f}" if best else "-"
+
+    def ratio(case: Case, lib: str) -> str:
+        mine, theirs = case.best.get(ours), case.best.get(lib)
+        if not (mine and theirs):
+            return "-"
+        target = targets.get((case.name, lib))
+        return f"{mine / theirs:.2f}x" + (f" (target {target:g}x)" if target else "")
+
+    unit = " rec/s" if per_record else " ops/s"
+    _table("operation", cases,
+           [(lib + unit, lib, rate) for lib in libs] + [("vs " + lib, lib, ratio) for lib in others])
     if not cpu_libs:
         return
-    cpu_others = [lib for lib in cpu_libs if lib != ours]
+
+    def cpu(case: Case, lib: str) -> str:
+        spent = case.cpu.get(lib)
+        return f"{spent * 1e6 / case.records:.2f}" if spent else "-"
+
+    def cpu_ratio(case: Case, lib: str) -> str:
+        mine, theirs = case.cpu.get(ours), case.cpu.get(lib)
+        return f"{theirs / mine:.2f}x" if mine and theirs else "-"
+
     print()
-    head = f"{'client CPU, us per record':<28}" + "".join(f"{lib:>14}" for lib in cpu_libs)
-    head += "".join(f"{lib + ' / ' + ours:>18}" for lib in cpu_others)
+    _table("client CPU, us per record", cases, [(lib, lib, cpu) for lib in cpu_libs]
+           + [(lib + " / " + ours, lib, cpu_ratio) for lib in cpu_libs if lib != ours])
+
+
+def _table(title: str, cases: Sequence[Case],
+           columns: Sequence[tuple[str, str, Callable[[Case, str], str]]]) -> None:
+    """One row per case; ``columns`` are (heading, library, cell function)."""
+    cells = [[cell(case, lib) for _, lib, cell in columns] for case in cases]
+    widths = [2 + max(len(heading), *(len(row[n]) for row in cells)) for n, (heading, _, _) in enumerate(columns)]
+    head = f"{title:<28}" + "".join(f"{heading:>{w}}" for (heading, _, _), w in zip(columns, widths, strict=True))
     print(head)
     print("-" * len(head))
-    for case in cases:
-        line = f"{case.name:<28}"
-        for lib in cpu_libs:
-            cpu = case.cpu.get(lib)
-            line += f"{cpu * 1e6 / case.records:>14.2f}" if cpu else f"{'-':>14}"
-        for lib in cpu_others:
-            mine, theirs = case.cpu.get(ours), case.cpu.get(lib)
-            line += f"{theirs / mine:>17.2f}x" if mine and theirs else f"{'-':>18}"
-        print(line)
+    for case, row in zip(cases, cells, strict=True):
+        print(f"{case.name:<28}" + "".join(f"{text:>{w}}" for text, w in zip(row, widths, strict=True)))

@@ -24,7 +24,7 @@ import argparse
 import contextlib
 import sys
 
-from _common import Case, measure
+from _common import Case, measure, print_table
 
 from ktcluster import KT_PACKER_BYTES, Cluster, KyotoTycoon
 from ktcluster.testing import KTServer, server_command
@@ -78,22 +78,9 @@ def main(argv: list[str] | None = None) -> None:
             cases.append(Case(f"get_bulk, {where}", get_runs, records=args.records))
             cases.append(Case(f"set_bulk, {where}", set_runs, records=args.records))
         measure(cases, args.batch, args.rounds)
-    libs = ["ktcluster", "ukt", "KyotoTycoon"]
-    head = f"{'operation':<22}" + "".join(f"{lib + ' rec/s':>19}" for lib in libs) + f"{'vs ukt':>21}"
-    head += "".join(f"{lib + ' CPU us/rec':>20}" for lib in libs[:2]) + f"{'CPU ukt/ours':>14}"
-    print(head)
-    print("-" * len(head))
-    for case in cases:
-        line = f"{case.name:<22}"
-        for lib in libs:
-            rate = case.best.get(lib)
-            line += f"{rate * case.records:>19,.0f}" if rate else f"{'-':>19}"
-        ratio = case.best["ktcluster"] / case.best["ukt"]
-        line += f"{ratio:>12.2f}x (>= {TARGET})"
-        for lib in libs[:2]:
-            line += f"{case.cpu[lib] * 1e6 / case.records:>20.2f}"
-        line += f"{case.cpu['ukt'] / case.cpu['ktcluster']:>13.2f}x"
-        print(line)
+    targets = {(case.name, "ukt"): TARGET for case in cases}
+    print_table(cases, ["ktcluster", "ukt", "KyotoTycoon"], "ktcluster", targets, cpu_libs=["ktcluster", "ukt"],
+                per_record=True)
     print("ktcluster: a Cluster over the nodes (bulk_chunk 1000, bulk_lanes 4); KyotoTycoon: ktcluster's "
           "single-server client, one request like ukt; over 4 nodes ukt's keys are grouped by node with "
           "ktcluster's ring, then the nodes called in turn.")

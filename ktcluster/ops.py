@@ -681,9 +681,8 @@ def set_bulk_encoded(s: Session, kbs: list[bytes], values: list[bytes], xt: int 
         bxt = binary_xt(xt)
         if max(map(len, values)) > _bin.DATAMAXSIZ:
             _too_large()
-        recs = [(dbidx, kb, v, bxt) for kb, v in zip(kbs, values, strict=True)]
-        request = _bin.set_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_set_bulk(recs)
-        return (yield Binary(request, _count_decoder(_bin.MAGIC_SET_BULK, len(recs))))
+        return (yield Binary(_bin.set_bulk_request(dbidx, kbs, values, bxt),
+                             _count_decoder(_bin.MAGIC_SET_BULK, len(kbs))))
     params = [(b"atomic", _FLAG)] if atomic else []
     xt_params(params, xt)
     params += zip([b"_" + kb for kb in kbs], values, strict=True)
@@ -701,9 +700,8 @@ def remove_bulk(s: Session, keys: Iterable[Any], atomic: bool | None, db: Any) -
 def remove_bulk_encoded(s: Session, kbs: list[bytes], atomic: bool, db: Any) -> Op[int]:
     """Remove records by encoded key; returns how many existed."""
     if s.fast and not atomic:
-        recs = list(zip(itertools.repeat((yield from db_index(s, db))), kbs))
-        request = _bin.remove_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_remove_bulk(recs)
-        return (yield Binary(request, _count_decoder(_bin.MAGIC_REMOVE_BULK, len(recs))))
+        request = _bin.remove_bulk_request((yield from db_index(s, db)), kbs)
+        return (yield Binary(request, _count_decoder(_bin.MAGIC_REMOVE_BULK, len(kbs))))
     params = [(b"atomic", _FLAG)] if atomic else []
     params += zip([b"_" + kb for kb in kbs], itertools.repeat(_FLAG))
     return _checked_count(answer_int((yield from rpc(s, b"remove_bulk", params, db)), b"num"), len(kbs))
@@ -720,9 +718,8 @@ def get_bulk(s: Session, keys: Iterable[Any], atomic: bool | None, db: Any) -> O
 def get_bulk_encoded(s: Session, kbs: list[bytes], atomic: bool, db: Any) -> Op[list[bytes | None]]:
     """The stored values of encoded keys, in their order (None: no such record)."""
     if s.fast and not atomic:
-        recs = list(zip(itertools.repeat((yield from db_index(s, db))), kbs))
-        request = _bin.get_bulk_chunks(recs) if len(recs) > _bin.CHUNK_RECORDS else _bin.encode_get_bulk(recs)
-        asked = len(recs)
+        request = _bin.get_bulk_request((yield from db_index(s, db)), kbs)
+        asked = len(kbs)
         found = yield Binary(request, lambda buf: _bin.decode_get_bulk_values(buf, asked))
     else:
         kbs = [b"_" + kb for kb in kbs]  # the answer's keys carry the same prefix

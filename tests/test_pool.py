@@ -694,10 +694,11 @@ def test_pool_under_gevent(kt_server):
 def test_binary_request_in_pieces(kt_server):
     conn = Connection(kt_server.host, kt_server.port)
     records = [(0, b"p%04d" % i, b"v" * i, binary.XT_NONE) for i in range(200)]
-    hits = conn.request_binary(binary.set_bulk_chunks(records, per_chunk=16),
+    hits = conn.request_binary(binary.set_bulk_request(0, [k for _, k, _, _ in records], [v for _, _, v, _ in records],
+                                                       binary.XT_NONE, per_piece=16),
                                lambda b: binary.decode_count_reply(b, binary.MAGIC_SET_BULK))
     assert hits == 200
-    got = conn.request_binary(binary.get_bulk_chunks([(0, k) for _, k, _, _ in records], per_chunk=7),
+    got = conn.request_binary(binary.get_bulk_request(0, [k for _, k, _, _ in records], per_piece=7),
                               binary.decode_get_bulk_reply)
     assert [v for _, _, v, _ in got] == [v for _, _, v, _ in records]
 

@@ -248,3 +248,34 @@ def test_get_bulk_values_decodes_the_same_frame():
                 binary.decode_get_bulk_values(reply[:cut])
     with pytest.raises(ProtocolError):
         binary.decode_get_bulk_values(b"\xbf")
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 8, 9, 50])
+def test_bulk_requests_from_columns_equal_those_from_records(count):
+    """The client builds bulk requests from its keys and values (no tuple per record), whole
+    or in pieces; the bytes are those of the record-tuple encoders the server is tested with."""
+    rng = random.Random(count)
+    keys = [rng.randbytes(rng.randrange(0, 20)) for _ in range(count)]
+    values = [rng.randbytes(rng.randrange(0, 300)) for _ in range(count)]
+    xt = rng.choice([binary.XT_NONE, 60, -1700000000])
+
+    def joined(request):
+        return request if isinstance(request, bytes) else b"".join(request)
+
+    for per_piece in (1, 3, 8, 128):
+        assert joined(binary.set_bulk_request(2, keys, values, xt, flags=1, per_piece=per_piece)) == \
+            binary.encode_set_bulk([(2, k, v, xt) for k, v in zip(keys, values, strict=True)], flags=1)
+        assert joined(binary.remove_bulk_request(2, keys, per_piece=per_piece)) == \
+            binary.encode_remove_bulk([(2, k) for k in keys])
+        assert joined(binary.get_bulk_request(2, keys, per_piece=per_piece)) == \
+            binary.encode_get_bulk([(2, k) for k in keys])
+        if count > per_piece:
+            assert not isinstance(binary.get_bulk_request(2, keys, per_piece=per_piece), bytes)
+    records = [(rng.randrange(3), k, v, xt) for k, v in zip(keys, values, strict=True)]   # several databases
+    request = binary.encode_set_bulk(records)
+    magic, _, n, pos = binary.decode_request_header(request)
+    decoded = []
+    for _ in range(n):
+        record, pos = binary.decode_set_record(request, pos)
+        decoded.append(record)
+    assert (magic, decoded, pos) == (binary.MAGIC_SET_BULK, records, len(request))

@@ -13,7 +13,8 @@ refuse a reply that declares more, before reading any record.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 from ..errors import ProtocolError
@@ -24,7 +25,7 @@ __all__ = [
     "MAGIC_REMOVE_BULK", "MAGIC_GET_BULK", "MAGIC_ERROR", "FLAG_NOREPLY",
     "XT_NONE", "XTMAX", "DATAMAXSIZ",
     "encode_set_bulk", "encode_remove_bulk", "encode_get_bulk", "encode_play_script",
-    "CHUNK_RECORDS", "set_bulk_chunks", "remove_bulk_chunks", "get_bulk_chunks",
+    "CHUNK_RECORDS", "set_bulk_request", "remove_bulk_request", "get_bulk_request",
     "decode_count_reply", "decode_get_bulk_reply", "decode_get_bulk_values", "decode_play_script_reply",
     "decode_request_header", "decode_set_record", "decode_key_record",
     "decode_play_script_header", "decode_script_record",
@@ -65,19 +66,40 @@ def _check_size(size: int) -> None:
 # -- requests (client encodes) ----------------------------------------------------------------
 
 
-#: records per piece when a bulk request is sent in pieces (``*_chunks``): ktserver applies
+#: records per piece when a bulk request is sent in pieces (``*_request``): ktserver applies
 #: the records of a bulk request as they arrive, so it works while the client encodes the rest.
 CHUNK_RECORDS = 128
 
 
-def _set_records(records: Iterable[tuple[int, bytes, bytes, int]]) -> bytes:
-    pack = _SET_REC.pack
-    return b"".join([pack(dbidx, len(key), len(value), xt) + key + value for dbidx, key, value, xt in records])
+def _set_columns(dbs: Iterable[int], keys: Sequence[bytes], values: Sequence[bytes], xts: Iterable[int]) -> bytes:
+    """Set records from their columns: one ``struct.pack`` per record and one join, no
+    per-record tuple or concatenation."""
+    heads = map(_SET_REC.pack, dbs, map(len, keys), map(len, values), xts)
+    return b"".join(chain.from_iterable(zip(heads, keys, values, strict=True)))
 
 
-def _key_records(records: Iterable[tuple[int, bytes]]) -> bytes:
-    pack = _KEY_REC.pack
-    return b"".join([pack(dbidx, len(key)) + key for dbidx, key in records])
+def _key_columns(dbs: Iterable[int], keys: Sequence[bytes]) -> bytes:
+    return b"".join(chain.from_iterable(zip(map(_KEY_REC.pack, dbs, map(len, keys)), keys, strict=True)))
+
+
+def _set_records(records: Sequence[tuple[int, bytes, bytes, int]]) -> bytes:
+    if len(records) == 1:  # a single-record operation's request: the shortest path
+        ((dbidx, key, value, xt),) = records
+        return _SET_REC.pack(dbidx, len(key), len(value), xt) + key + value
+    if not records:
+        return b""
+    dbs, keys, values, xts = zip(*records, strict=True)
+    return _set_columns(dbs, keys, values, xts)
+
+
+def _key_records(records: Sequence[tuple[int, bytes]]) -> bytes:
+    if len(records) == 1:
+        ((dbidx, key),) = records
+        return _KEY_REC.pack(dbidx, len(key)) + key
+    if not records:
+        return b""
+    dbs, keys = zip(*records, strict=True)
+    return _key_columns(dbs, keys)
 
 
 def _sequence(records: Iterable[Any]) -> Sequence[Any]:
@@ -102,29 +124,43 @@ def encode_get_bulk(records: Iterable[tuple[int, bytes]]) -> bytes:
     return _HEADER.pack(MAGIC_GET_BULK, 0, len(seq)) + _key_records(seq)
 
 
-def set_bulk_chunks(records: Sequence[tuple[int, bytes, bytes, int]], flags: int = 0,
-                    per_chunk: int = CHUNK_RECORDS) -> Iterator[bytes]:
-    """:func:`encode_set_bulk` in pieces of ``per_chunk`` records (the first carries the header)."""
-    yield _HEADER.pack(MAGIC_SET_BULK, flags, len(records)) + _set_records(records[:per_chunk])
-    for start in range(per_chunk, len(records), per_chunk):
-        yield _set_records(records[start:start + per_chunk])
+# A bulk request of one database (and one xt) built from its columns -- the keys (and the
+# values) -- as the client sends it: bytes, or, with more than ``per_piece`` records, the
+# pieces of ``per_piece`` records to send as they are produced (the first carries the header).
 
 
-def _key_chunks(magic: int, records: Sequence[tuple[int, bytes]], flags: int, per_chunk: int) -> Iterator[bytes]:
-    yield _HEADER.pack(magic, flags, len(records)) + _key_records(records[:per_chunk])
-    for start in range(per_chunk, len(records), per_chunk):
-        yield _key_records(records[start:start + per_chunk])
+def set_bulk_request(dbidx: int, keys: Sequence[bytes], values: Sequence[bytes], xt: int, flags: int = 0,
+                     per_piece: int = CHUNK_RECORDS) -> bytes | Iterator[bytes]:
+    """0xB8 request: ``keys[i]`` set to ``values[i]`` in ``dbidx`` with expiry ``xt``."""
+    head = _HEADER.pack(MAGIC_SET_BULK, flags, len(keys))
+    if len(keys) <= per_piece:
+        return head + _set_columns(repeat(dbidx), keys, values, repeat(xt))
+    return _pieces(head, len(keys), per_piece,
+                   lambda a, b: _set_columns(repeat(dbidx), keys[a:b], values[a:b], repeat(xt)))
 
 
-def remove_bulk_chunks(records: Sequence[tuple[int, bytes]], flags: int = 0,
-                       per_chunk: int = CHUNK_RECORDS) -> Iterator[bytes]:
-    """:func:`encode_remove_bulk` in pieces of ``per_chunk`` records."""
-    return _key_chunks(MAGIC_REMOVE_BULK, records, flags, per_chunk)
+def remove_bulk_request(dbidx: int, keys: Sequence[bytes], flags: int = 0,
+                        per_piece: int = CHUNK_RECORDS) -> bytes | Iterator[bytes]:
+    """0xB9 request: ``keys`` of ``dbidx``."""
+    return _key_request(MAGIC_REMOVE_BULK, dbidx, keys, flags, per_piece)
 
 
-def get_bulk_chunks(records: Sequence[tuple[int, bytes]], per_chunk: int = CHUNK_RECORDS) -> Iterator[bytes]:
-    """:func:`encode_get_bulk` in pieces of ``per_chunk`` records."""
-    return _key_chunks(MAGIC_GET_BULK, records, 0, per_chunk)
+def get_bulk_request(dbidx: int, keys: Sequence[bytes], per_piece: int = CHUNK_RECORDS) -> bytes | Iterator[bytes]:
+    """0xBA request: ``keys`` of ``dbidx``."""
+    return _key_request(MAGIC_GET_BULK, dbidx, keys, 0, per_piece)
+
+
+def _key_request(magic: int, dbidx: int, keys: Sequence[bytes], flags: int, per_piece: int) -> bytes | Iterator[bytes]:
+    head = _HEADER.pack(magic, flags, len(keys))
+    if len(keys) <= per_piece:
+        return head + _key_columns(repeat(dbidx), keys)
+    return _pieces(head, len(keys), per_piece, lambda a, b: _key_columns(repeat(dbidx), keys[a:b]))
+
+
+def _pieces(head: bytes, count: int, per_piece: int, encode: Callable[[int, int], bytes]) -> Iterator[bytes]:
+    yield head + encode(0, per_piece)
+    for start in range(per_piece, count, per_piece):
+        yield encode(start, start + per_piece)
 
 
 def encode_play_script(name: bytes, records: Iterable[tuple[bytes, bytes]], flags: int = 0) -> bytes:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster
+from ktcluster.concurrency import gevent_active
 from ktcluster.errors import (
     KTTimeoutError,
     NodeDownError,
@@ -25,6 +27,10 @@ from ktcluster.observe import BOUNDS, Histogram, Metrics, Observer, Tee
 from ktcluster.observe.events import Attempt, BreakerChange, Call, PoolExhausted
 from ktcluster.retry import OpClass, RetryPolicy
 from ktcluster.testing import FaultProxy, KTServer, free_port, start_cluster
+
+
+def test_runs_in_the_expected_concurrency_mode():
+    assert gevent_active() == bool(os.environ.get("KTCLUSTER_GEVENT_RUN"))  # tests/test_cluster_gevent.py
 
 
 class Recorder(Observer):

@@ -5,15 +5,21 @@ skips, saying why, when its library is not installed; the ``test`` extra install
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster
+from ktcluster.concurrency import gevent_active
 from ktcluster.errors import PartialFailureError
 from ktcluster.observe import BOUNDS, Metrics, Tee
 from ktcluster.testing import KTServer, free_port, start_cluster
+
+
+def test_runs_in_the_expected_concurrency_mode():
+    assert gevent_active() == bool(os.environ.get("KTCLUSTER_GEVENT_RUN"))  # tests/test_cluster_gevent.py
 
 
 @pytest.fixture(scope="module")

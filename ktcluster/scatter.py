@@ -197,7 +197,7 @@ class _Run:
         -- the first one waits for its own if need be, when nothing else is held -- and
         return the others."""
         later = []
-        opened = []
+        first = len(self.lanes)  # a lane is listed as soon as it holds a connection (see scatter)
         for node in pending:
             conn = node.transport.pool.try_checkout()
             if conn is None:
@@ -215,14 +215,13 @@ class _Run:
                     if waiting is not None:  # observed: a wait for the pool that gave up
                         waiting.done(exc)
                     continue
-            opened.append(_Lane(node, conn))
+            self.lanes.append(_Lane(node, conn))
             for _ in range(min(node.lanes, len(node.ops)) - 1):  # more lanes, if free at once
                 conn = node.transport.pool.try_checkout()
                 if conn is None:
                     break
-                opened.append(_Lane(node, conn))
-        self.lanes += opened
-        for lane in opened:
+                self.lanes.append(_Lane(node, conn))
+        for lane in self.lanes[first:]:
             self.step(lane, lane.begin)
         active = self.active
         while active:

@@ -1,4 +1,4 @@
-"""Unit tests of the embedded server's record store (ktcluster.server.storage): the
+"""Unit tests of the embedded server's record store (ktcluster.server.db.storage): the
 TimedDB semantics that the golden transcripts do not pin down on their own."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 import pytest
 
 from ktcluster.protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, decode_log_entry
-from ktcluster.server.sortedlist import SortedList
-from ktcluster.server.storage import (
+from ktcluster.server.db.sortedlist import SortedList
+from ktcluster.server.db.storage import (
     DUPREC,
     LOGIC,
     NOIMPL,

@@ -6,29 +6,32 @@ and takes ktserver's command line, so tests, demos and benchmarks run without a 
 Kyoto Tycoon.  The golden transcripts in ``tests/golden`` recorded from a real ktserver
 are its specification.
 
-Modules, from the bottom up:
+The folder is layered: a module imports only from its own layer and those listed before
+it (``tests/test_server_layers.py`` checks this, and that no import circle is left):
 
-* the databases: :mod:`.storage` (``Database``: TimedDB semantics -- expiry and lazy
-  GC, update logging, the public API) over :mod:`.stores` (the records of each Kyoto
-  Cabinet type in its order, its ``size`` and ``status``) and :mod:`.cursors` (each
-  type's cursor rules); beneath them :mod:`.kcdb` (error codes, visitor answers),
-  :mod:`.dbspec` (``path#param=value`` specs, ``#rcomp`` comparators),
-  :mod:`.increments` (the increment record formats), :mod:`.textmatch` (POSIX regular
-  expressions in linear time), :mod:`.hashing` (the hash functions that order records),
-  :mod:`.sortedlist` and :mod:`.persistence` (the files);
-* :mod:`.ulog` -- the update log files, their time stamps and readers;
-* :mod:`.config` -- the command line;
-* :mod:`.netio` -- buffered blocking sockets and listeners (ktserver's timeouts);
-* :mod:`.thserv` -- ktserver's threaded server: connections in a poller, ``-th``
-  worker threads, the idle and timer events;
-* :mod:`.server` -- the server: databases, first-byte dispatch, the HTTP loop,
-  WAIT/SIGNAL conditions, counters, the log, the idle maintenance;
-* :mod:`.rpc`, :mod:`.rest`, :mod:`.binary`, :mod:`.replication` -- the protocol front
-  ends on top of the databases (encoding/decoding lives in :mod:`ktcluster.protocol`);
-* :mod:`.slave` -- the replication slave of ``-mhost``/``-rts`` (``server.slave``);
-* :mod:`.memcached` -- the memcached plug-in of ``-plsv ktplugservmemc.so``
-  (``server.plugins``);
-* :mod:`.scripting` (the pool of Lua states), :mod:`.scripting_kt` with
-  ``scripting_kt.lua`` (the ``kt`` module) and :mod:`.scripting_lib` (its library
-  functions) -- the Lua engine of ``-scr`` (``server.scripting``).
+* :mod:`.db` -- the databases (``Database``: Kyoto Cabinet's record stores with TimedDB
+  semantics, their cursors, files and regular expressions) and :mod:`.db.ulog`, the
+  update log; nothing there knows of sockets or requests;
+* :mod:`.config` (the command line) and :mod:`.log` (ktserver's log lines);
+* :mod:`.state` -- what the front ends share, one ``ServerState`` per server: the
+  configuration, the databases and how a request names one, the update log, the
+  WAIT/SIGNAL conditions, the operation counters, the ``stopping`` event, the parts the
+  command line adds (typed hooks: ``scripting``, ``slave``, ``plugins``), and the return
+  values and HTTP statuses every front end answers with;
+* the connections: :mod:`.netio` (buffered blocking sockets and listeners, ktserver's
+  timeouts), :mod:`.thserv` (ktserver's threaded server: connections in a poller, ``-th``
+  worker threads, the idle and timer events) and :mod:`.session` (one connection: its
+  buffer, cursors, counters, HTTP framing);
+* the front ends, which import the state and the session, never the process:
+  :mod:`.frontends` -- :mod:`~.frontends.rpc`, :mod:`~.frontends.rest`,
+  :mod:`~.frontends.binary`, :mod:`~.frontends.replication` (the master),
+  :mod:`~.frontends.slave` (``-mhost``/``-rts``), :mod:`~.frontends.memcached` (the
+  ``-plsv ktplugservmemc.so`` plug-in, a second threaded server) -- and
+  :mod:`.scripting`, the Lua engine of ``-scr`` (the pool of states, the ``kt`` module
+  in ``kt.lua`` and :mod:`.scripting.kt`, and :mod:`.scripting.lib`, its library);
+* the process: :mod:`.server` (``Server``: the listener, the dispatch of each request to
+  its front end by its first byte, the idle and timer work, start and stop) and
+  :mod:`.__main__` (signals, daemon, exit status).
+
+Encoding and decoding live in :mod:`ktcluster.protocol`, shared with the client.
 """

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..protocol.kcnum import atof, atoix
-from .dbspec import DBSpec
+from .db.dbspec import DBSpec
 
 __all__ = ["ServerConfig", "UsageError", "ConfigError", "parse_args", "usage_text",
            "LOG_DEBUG", "LOG_INFO", "LOG_SYSTEM", "LOG_ERROR", "LOG_ALL"]
@@ -101,7 +101,7 @@ class ServerConfig:
     @property
     def void_db(self) -> bool:
         """``-pldb ktplugdbvoid.so``: every database is the void plug-in database."""
-        return bool(self.plugin_db_path) and os.path.basename(self.plugin_db_path) == "ktplugdbvoid.so"
+        return self.plugin_db_path is not None and os.path.basename(self.plugin_db_path) == "ktplugdbvoid.so"
 
 
 def usage_text(progname: str) -> str:

@@ -1,8 +1,8 @@
 """Blocking socket I/O for the server's connections and listeners.
 
-Shared by the server's sessions (:mod:`.server`), the memcached plug-in
-(:mod:`.memcached`), both served by :mod:`.thserv`, and the replication slave
-(:mod:`.slave`); the bytes themselves are encoded and decoded by
+Shared by the server's sessions (:mod:`.session`), the memcached plug-in
+(:mod:`.frontends.memcached`), both served by :mod:`.thserv`, and the replication slave
+(:mod:`.frontends.slave`); the bytes themselves are encoded and decoded by
 :mod:`ktcluster.protocol`.
 
 Timeouts are ktserver's: the socket timeout (``-tout``) bounds every read *inside* a

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..protocol.binary import MAGIC_ERROR
-from ..protocol.replication import (
+from ...protocol.binary import MAGIC_ERROR
+from ...protocol.replication import (
     ACK,
     DUMMY_FREQ,
     FLAG_WHITESID,
@@ -31,11 +31,11 @@ from ..protocol.replication import (
     encode_nop,
     entry_origin,
 )
-from .config import LOG_ERROR, LOG_INFO, LOG_SYSTEM
-from .ulog import UlogError, clock_pure
+from ..config import LOG_ERROR, LOG_INFO, LOG_SYSTEM
+from ..db.ulog import UlogError, clock_pure
 
 if TYPE_CHECKING:
-    from .server import Session
+    from ..session import Session
 
 __all__ = ["serve"]
 
@@ -47,36 +47,36 @@ _ERROR = bytes((MAGIC_ERROR,))
 
 def serve(session: Session) -> bool:
     """Stream the update log to a slave until it fails or the server stops."""
-    server = session.server
+    state = session.state
     handshake = session.decode(decode_handshake)
     if handshake is None:
         return False
     flags, ts, sid = handshake
     white = bool(flags & FLAG_WHITESID)
-    if server.ulog is None:
+    if state.ulog is None:
         session.send(_ERROR)
-        server.log(LOG_INFO, "no update log allows no replication")
+        state.log(LOG_INFO, "no update log allows no replication")
         return False
     try:
-        reader = server.ulog.reader(ts)
+        reader = state.ulog.reader(ts)
     except (UlogError, OSError):
-        server.log(LOG_ERROR, "opening an update log reader failed")
+        state.log(LOG_ERROR, "opening an update log reader failed")
         session.send(_ERROR)
         return False
     try:
         if not session.send(ACK):
             return False
-        server.log(LOG_SYSTEM, f"a slave was connected: ts={ts} sid={sid}")
+        state.log(LOG_SYSTEM, f"a slave was connected: ts={ts} sid={sid}")
         _stream(session, reader, sid, white)
-        server.log(LOG_SYSTEM, f"a slave was disconnected: sid={sid}")
+        state.log(LOG_SYSTEM, f"a slave was disconnected: sid={sid}")
     finally:
         reader.close()
     return False
 
 
 def _stream(session: Session, reader, sid: int, white: bool) -> None:
-    server = session.server
-    stopping = server.stopping
+    state = session.state
+    stopping = state.stopping
     highest = 0
     missed = 0
     out: list[bytes] = []

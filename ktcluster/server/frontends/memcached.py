@@ -15,7 +15,7 @@ answer ``SERVER_ERROR server is read-only``), ``q`` (message queue on a tree dat
 acknowledged are stored again when the connection closes).  ``q`` with ``r`` refuses to
 start, as the plug-in does (the server itself keeps running).
 
-The plug-in has a :mod:`.thserv` server of its own, as ktserver's: ``th`` worker threads
+The plug-in has a :mod:`~ktcluster.server.thserv` server of its own, as ktserver's: ``th`` worker threads
 (a queue ``get`` waiting for a message holds one), idle connections waiting in a poller
 for their next command indefinitely, while a command that has begun must arrive within
 ``tout`` seconds.  It binds every address unless ``host`` is given (ktserver's ``-host``
@@ -33,16 +33,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import memcache as mc
-from ..protocol.framing import Incomplete
-from ..protocol.kcnum import atof, atoi, to_int64
-from .config import LOG_ERROR, LOG_SYSTEM
-from .netio import BufferedSocket, invalid_address, open_listener
-from .storage import DUPREC, NOP, NOREC, Database, DBError
-from .thserv import ThreadedServer
+from ...protocol import memcache as mc
+from ...protocol.framing import Incomplete
+from ...protocol.kcnum import atof, atoi, to_int64
+from ..config import LOG_ERROR, LOG_SYSTEM
+from ..db.storage import DUPREC, NOP, NOREC, Database, DBError
+from ..netio import BufferedSocket, invalid_address, open_listener
+from ..thserv import ThreadedServer
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..state import ServerState
 
 __all__ = ["MemcacheOptions", "MemcachedServer", "create_plugin"]
 
@@ -102,16 +102,16 @@ class MemcacheOptions:
         return opts
 
 
-def create_plugin(server: Server, expr: str) -> MemcachedServer:
-    """The ``server.plugins`` hook for ``-plsv ktplugservmemc.so -plex EXPR``."""
-    return MemcachedServer(server, MemcacheOptions.parse(expr))
+def create_plugin(state: ServerState, expr: str) -> MemcachedServer:
+    """The ``state.plugins`` entry of ``-plsv ktplugservmemc.so -plex EXPR``."""
+    return MemcachedServer(state, MemcacheOptions.parse(expr))
 
 
 class MemcachedServer:
-    """The plug-in's listener and its connections, serving ``server.dbs[0]``."""
+    """The plug-in's listener and its connections, serving ``state.dbs[0]``."""
 
-    def __init__(self, server: Server, options: MemcacheOptions) -> None:
-        self.server = server
+    def __init__(self, state: ServerState, options: MemcacheOptions) -> None:
+        self.state = state
         self.options = options
         self.start_time = time.time()
         self.counts = [0] * 11
@@ -122,7 +122,7 @@ class MemcachedServer:
         self._stopping = threading.Event()
         self._core: ThreadedServer | None = None
         self._thread: threading.Thread | None = None
-        server.log(LOG_SYSTEM, f"the plug-in memcached server configured: expr={server.config.plugin_server_expr}")
+        state.log(LOG_SYSTEM, f"the plug-in memcached server configured: expr={state.config.plugin_server_expr}")
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -131,25 +131,25 @@ class MemcachedServer:
         without the plug-in, as ktserver does."""
         opts = self.options
         if opts.queue and opts.read_only:
-            self.server.log(LOG_ERROR, "message queue cannot be read-only")
+            self.state.log(LOG_ERROR, "message queue cannot be read-only")
             return
         host = ""
         if opts.host:
             try:
                 host = socket.gethostbyname(opts.host)
             except OSError:
-                self.server.log(LOG_ERROR, f"unknown host: {opts.host}")
+                self.state.log(LOG_ERROR, f"unknown host: {opts.host}")
                 return
         expr = f"{host}:{opts.port}"
         if invalid_address(host, opts.port):
-            self.server.log(LOG_ERROR, f"socket error: expr={expr} msg=invalid address expression")
+            self.state.log(LOG_ERROR, f"socket error: expr={expr} msg=invalid address expression")
             return
         try:
             listener = open_listener(host, opts.port, socket.SOMAXCONN)
         except OSError as exc:
-            self.server.log(LOG_ERROR, f"socket error: expr={expr} msg={exc.strerror}")
+            self.state.log(LOG_ERROR, f"socket error: expr={expr} msg={exc.strerror}")
             return
-        self.server.log(LOG_SYSTEM, f"server socket opened: expr={expr} timeout={opts.timeout:.1f}")
+        self.state.log(LOG_SYSTEM, f"server socket opened: expr={expr} timeout={opts.timeout:.1f}")
         self._core = ThreadedServer(listener, self, opts.threads, self._stopping, name="kt-memcached")
         self._thread = threading.Thread(target=self._core.serve_forever, name="kt-memcached", daemon=True)
         self._thread.start()
@@ -187,7 +187,7 @@ class MemcachedServer:
         conn.close()
 
     def log_error(self, message: str) -> None:
-        self.server.log(LOG_ERROR, f"memcached: {message}")
+        self.state.log(LOG_ERROR, f"memcached: {message}")
 
     def connection_count(self) -> int:
         return self._core.connection_count() if self._core is not None else 0
@@ -196,7 +196,7 @@ class MemcachedServer:
 
     @property
     def db(self) -> Database:
-        return self.server.dbs[0]
+        return self.state.dbs[0]
 
     def count(self, *indices: int) -> None:
         with self._counts_lock:
@@ -226,7 +226,7 @@ class MemcachedServer:
         with self._counts_lock:
             c = list(self.counts)
         items: list[tuple[bytes, bytes | int]] = [
-            (b"pid", self.server.pid), (b"uptime", int(now - self.start_time)), (b"time", int(now)),
+            (b"pid", self.state.pid), (b"uptime", int(now - self.start_time)), (b"time", int(now)),
             (b"version", mc.VERSION), (b"pointer_size", 64), (b"curr_connections", self.connection_count()),
             (b"threads", self.options.threads), (b"curr_items", db.count()), (b"bytes", db.size())]
         items += [(b"db_" + name.encode(), value.encode()) for name, value in sorted(status.items())]
@@ -325,7 +325,7 @@ class _Connection(BufferedSocket):
             plugin.count(_SET_MISS)
             if (op == "add" and exc.code == DUPREC) or (op == "replace" and exc.code == NOREC):
                 return self.reply(req.noreply, mc.NOT_STORED)
-            plugin.server.log_db_error(exc)
+            plugin.state.log_db_error(exc)
             return self.reply(req.noreply, mc.server_error(op))
         return self.reply(req.noreply, mc.STORED)
 
@@ -356,7 +356,7 @@ class _Connection(BufferedSocket):
             plugin.count(_DELETE_MISS)
             if exc.code == NOREC:
                 return self.reply(noreply, mc.NOT_FOUND)
-            plugin.server.log_db_error(exc)
+            plugin.state.log_db_error(exc)
             return self.reply(noreply, mc.server_error("remove"))
         return self.reply(noreply, mc.DELETED)
 
@@ -384,7 +384,7 @@ class _Connection(BufferedSocket):
             plugin.db.accept(tokens[1], full, lambda key: NOP)
         except DBError as exc:
             plugin.count(miss)
-            plugin.server.log_db_error(exc)
+            plugin.state.log_db_error(exc)
             return self.reply(noreply, mc.server_error("accept"))
         if not result:
             plugin.count(miss)
@@ -398,7 +398,7 @@ class _Connection(BufferedSocket):
         try:
             plugin.db.clear()
         except DBError as exc:
-            plugin.server.log_db_error(exc)
+            plugin.state.log_db_error(exc)
             return self.reply(noreply, mc.server_error("clear"))
         return self.reply(noreply, mc.OK)
 
@@ -420,7 +420,7 @@ class _Connection(BufferedSocket):
             plugin.db.set(msgkey, value, req.xt)
         except DBError as exc:
             plugin.count(_SET_MISS)
-            plugin.server.log_db_error(exc)
+            plugin.state.log_db_error(exc)
             return self.reply(req.noreply, mc.server_error("set"))
         ok = self.reply(req.noreply, mc.STORED)
         plugin.queue_notify()
@@ -493,6 +493,6 @@ class _Connection(BufferedSocket):
             try:
                 db.set(key, value)
             except DBError as exc:
-                self.plugin.server.log_db_error(exc)
+                self.plugin.state.log_db_error(exc)
         self.taken.clear()
 

@@ -2,7 +2,7 @@
 linear in the text.
 
 Shared by ``match_regex`` (:mod:`.storage`) and the Lua function ``kt.regex``
-(:mod:`.scripting_lib`).  :class:`PosixRegex` is kc::Regex (kcregex.cc), which hands the
+(:mod:`ktcluster.server.scripting.lib`).  :class:`PosixRegex` is kc::Regex (kcregex.cc), which hands the
 pattern to glibc's ``regcomp(REG_EXTENDED)`` in the C locale:
 
 * :func:`parse` reads a pattern as glibc does, into a tree (its rules are in its doc);
@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..protocol.kcnum import cstr
+from ...protocol.kcnum import cstr
 
 __all__ = ["RegexError", "PosixRegex", "compile_regex", "parse"]
 

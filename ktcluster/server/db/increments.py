@@ -15,7 +15,7 @@ import math
 import struct
 from fractions import Fraction
 
-from ..protocol.kcnum import INT64MAX, INT64MIN, to_int64
+from ...protocol.kcnum import INT64MAX, INT64MIN, to_int64
 
 __all__ = ["increment_int", "increment_decimal", "DECIMAL_UNIT"]
 

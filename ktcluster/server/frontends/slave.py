@@ -13,7 +13,7 @@ sends:
   databases, by writing the master's *stored* value (no expiry translation: both sides
   must agree on ``ktopts=p``), removing, or clearing; unknown operations are skipped and
   malformed entries logged and skipped.  The database logs the applied entry again
-  with the *origin* sid (:meth:`~.storage.Database.apply_replicated`), so that two
+  with the *origin* sid (:meth:`~ktcluster.server.db.storage.Database.apply_replicated`), so that two
   servers replicating from each other do not echo;
 * ``-riv`` throttles: each record adds ``riv``, each dummy ``riv * 64``, and the slave
   sleeps 0.1 s per 100 accumulated;
@@ -35,9 +35,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ..errors import ProtocolError
-from ..protocol.kcnum import atoi
-from ..protocol.replication import (
+from ...errors import ProtocolError
+from ...protocol.kcnum import atoi
+from ...protocol.replication import (
     ACK,
     DUMMY_FREQ,
     OP_CLEAR,
@@ -49,13 +49,13 @@ from ..protocol.replication import (
     encode_log_entry,
     entry_origin,
 )
-from .config import LOG_ERROR, LOG_SYSTEM
-from .netio import BufferedSocket
-from .storage import DBError
-from .ulog import clock_pure
+from ..config import LOG_ERROR, LOG_SYSTEM
+from ..db.storage import DBError
+from ..db.ulog import clock_pure
+from ..netio import BufferedSocket
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..state import ServerState
 
 __all__ = ["Slave", "create_slave", "RTS_SIZE"]
 
@@ -68,10 +68,10 @@ _U64 = (1 << 64) - 1
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-def create_slave(server: Server) -> Slave:
-    """The ``server.slave`` hook, built when ``-rts`` is given."""
-    cfg = server.config
-    return Slave(server, cfg.sid, cfg.rts_path or "", cfg.master_host or "", cfg.master_port,
+def create_slave(state: ServerState) -> Slave:
+    """``state.slave``, built when ``-rts`` is given."""
+    cfg = state.config
+    return Slave(state, cfg.sid, cfg.rts_path or "", cfg.master_host or "", cfg.master_port,
                  cfg.replication_interval)
 
 
@@ -80,8 +80,8 @@ class Slave:
     (the last applied time stamp) and ``riv`` are read by ``report`` and
     ``synchronize``."""
 
-    def __init__(self, server: Server, sid: int, rts_path: str, host: str, port: int, riv: float) -> None:
-        self.server = server
+    def __init__(self, state: ServerState, sid: int, rts_path: str, host: str, port: int, riv: float) -> None:
+        self.state = state
         self.sid = sid & 0xFFFF
         self.rts_path = rts_path
         self.host = host
@@ -141,11 +141,11 @@ class Slave:
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        server = self.server
+        state = self.state
         try:
             fd = os.open(self.rts_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
-            server.log(LOG_ERROR, f"opening the RTS file failed: path={self.rts_path}")
+            state.log(LOG_ERROR, f"opening the RTS file failed: path={self.rts_path}")
             return
         try:
             os.ftruncate(fd, RTS_SIZE)
@@ -165,7 +165,7 @@ class Slave:
                 if host:
                     sock = self._connect(host, port)
                     if sock is not None:
-                        server.log(LOG_SYSTEM, f"replication started: host={host} port={port} rts={self.rts}")
+                        state.log(LOG_SYSTEM, f"replication started: host={host} port={port} rts={self.rts}")
                         self._hup = False
                         try:
                             self._session(sock)
@@ -176,12 +176,12 @@ class Slave:
                             except OSError:
                                 pass
                             sock.close()
-                        server.log(LOG_SYSTEM, f"replication finished: host={host} port={port}")
+                        state.log(LOG_SYSTEM, f"replication finished: host={host} port={port}")
                         self._write_rts(fd)
                         deferred = False
                     else:
                         if not deferred:
-                            server.log(LOG_SYSTEM, f"replication was deferred: host={host} port={port}")
+                            state.log(LOG_SYSTEM, f"replication was deferred: host={host} port={port}")
                         deferred = True
                 if stopping.wait(RETRY_INTERVAL):
                     break
@@ -192,7 +192,7 @@ class Slave:
         try:
             os.pwrite(fd, b"%020d\n" % self.rts, 0)
         except OSError:
-            self.server.log(LOG_SYSTEM, "writing the time stamp failed")
+            self.state.log(LOG_SYSTEM, "writing the time stamp failed")
 
     def _connect(self, host: str, port: int) -> socket.socket | None:
         """Connect and hand-shake; None when the master cannot be reached or refuses."""
@@ -242,7 +242,7 @@ class Slave:
     def _apply(self, payload: bytes) -> None:
         """Apply one log message unless it is ours or names no database of ours."""
         origin = entry_origin(payload)
-        dbs = self.server.dbs
+        dbs = self.state.dbs
         if origin is None or origin[0] == self.sid or origin[1] >= len(dbs):
             return
         sid, dbid = origin
@@ -254,4 +254,4 @@ class Slave:
                 raise ProtocolError("invalid message format")
             dbs[dbid].apply_replicated(entry.op, entry.key, entry.value, sid)
         except (ProtocolError, DBError) as exc:
-            self.server.log(LOG_ERROR, f"recovering a database failed: {exc}")
+            self.state.log(LOG_ERROR, f"recovering a database failed: {exc}")

@@ -1,10 +1,10 @@
 """The Python half of the Lua ``kt`` module: what ktserver's myscript.cc does in C.
 
-:mod:`ktcluster.server.scripting_kt.lua <ktcluster.server>` defines ``__kyototycoon__``
+:mod:`ktcluster.server.scripting`'s ``kt.lua`` defines ``__kyototycoon__``
 in Lua (argument checks, defaults, the classes, conversions of Lua values to strings);
 :class:`KtHost` does the rest, one instance per Lua state: database and cursor
-operations on :mod:`.storage` (the server's databases, and those a script opens with
-``kt.DB``), the library functions of :mod:`.scripting_lib` (``pack``, ``codec``,
+operations on :mod:`~ktcluster.server.db.storage` (the server's databases, and those a script opens with
+``kt.DB``), the library functions of :mod:`.lib` (``pack``, ``codec``,
 ``regex``, ``mapdump``...), the log and the clock.  Every primitive receives Lua values
 already converted by the Lua side (strings as bytes, numbers as int or float, None for
 nil) and returns what the Lua function returns; a failed database operation returns the
@@ -22,11 +22,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix, cstr
-from . import scripting_lib as lib
-from .config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM
-from .scripting_lib import c_int64
-from .storage import (
+from ...protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix, cstr
+from ..config import LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_SYSTEM
+from ..db.storage import (
     DUPREC,
     INVALID,
     LOGIC,
@@ -41,6 +39,9 @@ from .storage import (
     DBSpec,
     StorageError,
 )
+from ..state import ServerState
+from . import lib
+from .lib import c_int64
 
 __all__ = ["KtHost", "PRIMITIVES", "lua_list", "lua_pairs"]
 
@@ -116,14 +117,15 @@ def _succeeding(op: Callable[[Any], Any]) -> Callable[[Any], bool]:
 class KtHost:
     """The primitives of one Lua state (see the module docstring).
 
-    ``server`` is the embedded server (its ``log`` and ``stopping``); ``table_from``
+    ``state`` is the server's :class:`~ktcluster.server.state.ServerState` (its
+    ``dbs``, ``log`` and ``stopping``); ``table_from``
     makes a Lua table from a Python list (lupa's ``LuaRuntime.table_from``).  After the
     Lua side has run, :meth:`bind` receives its trampolines.  ``deadline`` (a
     ``time.monotonic()`` value or None) is the end of the running call; ``timed_out``
     tells that :meth:`expired` said so."""
 
-    def __init__(self, server: Any, table_from: Callable[..., Any]) -> None:
-        self._server = server
+    def __init__(self, state: ServerState, table_from: Callable[..., Any]) -> None:
+        self._state = state
         self._table = table_from
         self._visit_full: Callable[..., Any] | None = None
         self._visit_empty: Callable[..., Any] | None = None
@@ -141,7 +143,7 @@ class KtHost:
         self._file_process = file_process
 
     def server_handles(self) -> list[_DB]:
-        return [_DB(db, owned=False) for db in self._server.dbs]
+        return [_DB(db, owned=False) for db in self._state.dbs]
 
     # -- server, clock -----------------------------------------------------------------------
 
@@ -153,7 +155,7 @@ class KtHost:
 
     def log(self, kind: bytes, message: bytes) -> None:
         text = cstr(message).decode("utf-8", "replace")
-        self._server.log(_LOG_KINDS.get(cstr(kind).lower(), LOG_DEBUG), f"[SCRIPT]: {text}")
+        self._state.log(_LOG_KINDS.get(cstr(kind).lower(), LOG_DEBUG), f"[SCRIPT]: {text}")
 
     def time(self) -> float:
         return time.time()
@@ -165,9 +167,9 @@ class KtHost:
             time.sleep(0)
             return False
         if self.deadline is not None and self.deadline - time.monotonic() < seconds:
-            self._server.stopping.wait(max(0.0, self.deadline - time.monotonic()))
+            self._state.stopping.wait(max(0.0, self.deadline - time.monotonic()))
             return self.expired()
-        self._server.stopping.wait(min(seconds, threading.TIMEOUT_MAX))
+        self._state.stopping.wait(min(seconds, threading.TIMEOUT_MAX))
         return False
 
     # -- module functions ------------------------------------------------------------------

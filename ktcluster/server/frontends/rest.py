@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..protocol.http import RequestHead, encode_response, format_http_date
-from ..protocol.kcnum import INT64MAX, strmktime
-from ..protocol.rest import parse_target
-from .server import Counter
-from .storage import DUPREC, NOREC, XTMAX, DBError
+from ...protocol.http import RequestHead, encode_response, format_http_date
+from ...protocol.kcnum import INT64MAX, strmktime
+from ...protocol.rest import parse_target
+from ..db.storage import DUPREC, NOREC, XTMAX, DBError
+from ..state import Counter
 
 if TYPE_CHECKING:
-    from .server import Session
+    from ..session import Session
 
 __all__ = ["handle"]
 
@@ -26,7 +26,7 @@ _NO_RECORD = b"DB: 7: no record: no record"
 def handle(session: Session, head: RequestHead, body: bytes) -> bytes:
     """Answer one HTTP request outside ``/rpc/``."""
     expr, key = parse_target(head.path)
-    db = session.server.db_by_expr(expr)
+    db = session.state.db_by_expr(expr)
     keep = head.keep_alive
     method = head.method
     if db is None:
@@ -65,7 +65,7 @@ def handle(session: Session, head: RequestHead, body: bytes) -> bytes:
         except DBError as exc:
             counts[Counter.SET_MISS] += 1
             return _error(session, exc, (DUPREC, NOREC), 450, keep)
-        headers[b"location"] = b"http://" + session.server.name.encode() + head.target
+        headers[b"location"] = b"http://" + session.state.name.encode() + head.target
         return encode_response(201, headers, b"", keep_alive=keep)
     if method == b"DELETE":
         counts[Counter.REMOVE] += 1
@@ -81,5 +81,5 @@ def handle(session: Session, head: RequestHead, body: bytes) -> bytes:
 def _error(session: Session, exc: DBError, expected: tuple[int, ...], code: int, keep: bool) -> bytes:
     if exc.code not in expected:
         code = 500
-        session.server.log_db_error(exc)
+        session.state.log_db_error(exc)
     return encode_response(code, {b"x-kt-error": str(exc).encode()}, b"", keep_alive=keep)

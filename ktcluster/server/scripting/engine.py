@@ -5,8 +5,8 @@ calls it as ``f(inmap, outmap)``; its first result, converted as ``lua_tointeger
 does, is the return value (``kt.RVSUCCESS`` = 0...), and ``outmap``'s string, number
 and boolean entries are the output.  A procedure that raises answers RVEINTERNAL and is
 logged as ``[SCRIPT]: name: message``; a missing one answers RVENOIMPL.  The ``kt``
-module (``__kyototycoon__``) is ktserver's: :mod:`.scripting_kt` and
-``scripting_kt.lua`` implement it.
+module (``__kyototycoon__``) is ktserver's: :mod:`.kt` and
+``kt.lua`` implement it.
 
 Design:
 
@@ -43,27 +43,27 @@ import time
 from types import ModuleType
 from typing import Any
 
-from .config import LOG_ERROR, ConfigError
-from .rpc import KT_VERSION, RV_INTERNAL
-from .scripting_kt import KtHost, lua_pairs
-from .scripting_lib import c_int64
+from ..config import LOG_ERROR, ConfigError
+from ..state import KT_VERSION, RV_INTERNAL, ServerState
+from .kt import KtHost, lua_pairs
+from .lib import c_int64
 
 __all__ = ["ScriptEngine", "create_engine", "HOOK_COUNT"]
 
 #: Lua instructions between two looks at the clock.
 HOOK_COUNT = 1000
-_MODULE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripting_kt.lua")
+_MODULE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kt.lua")
 
 
-def create_engine(server: Any, path: str) -> ScriptEngine:
-    """The ``server.scripting`` hook of ``-scr PATH``; ConfigError when Lua is missing."""
+def create_engine(state: ServerState, path: str) -> ScriptEngine:
+    """``state.scripting`` for ``-scr PATH``; ConfigError when Lua is missing."""
     try:
         import lupa.lua51 as lua51
     except ImportError:
-        server.log(LOG_ERROR, "the scripting extension needs lupa (Lua 5.1)")
+        state.log(LOG_ERROR, "the scripting extension needs lupa (Lua 5.1)")
         raise ConfigError(f"{path}: -scr needs a Lua runtime: install the 'lua' extra "
                           "(pip install 'ktcluster[lua]', which brings lupa)") from None
-    return ScriptEngine(server, path, lua51)
+    return ScriptEngine(state, path, lua51)
 
 
 def _return_value(num: float) -> int:
@@ -82,10 +82,10 @@ class _LuaState:
         lupa = engine.lupa
         runtime = lupa.LuaRuntime(encoding=None, unpack_returned_tuples=True, register_eval=False,
                                   register_builtins=False)
-        host = KtHost(engine.server, runtime.table_from)
+        host = KtHost(engine.state, runtime.table_from)
         self._host = host
         names = sorted((db.name.encode("utf-8", "surrogateescape"), index + 1)
-                       for index, db in enumerate(engine.server.dbs))
+                       for index, db in enumerate(engine.state.dbs))
         info = runtime.table_from({
             b"thid": thid,
             b"version": KT_VERSION.split(b" ")[0],
@@ -103,13 +103,13 @@ class _LuaState:
             ok, message = self._run(self._load, script)
             if not ok:
                 engine.log_failure(b"(init)", message, host.timed_out)
-                engine.server.log(LOG_ERROR, f"could not load a script file: {engine.path}")
+                engine.state.log(LOG_ERROR, f"could not load a script file: {engine.path}")
 
     def _run(self, func: Any, *args: Any) -> tuple[Any, Any]:
         """``func(*args, coarse deadline)`` under the deadline: its two results, or
         (None, message) when the time limit escaped every pcall."""
         host = self._host
-        timeout = self._engine.server.config.timeout
+        timeout = self._engine.state.config.timeout
         host.timed_out = False
         coarse = None
         if timeout > 0:
@@ -139,15 +139,15 @@ class _LuaState:
 
 
 class ScriptEngine:
-    """The ``server.scripting`` object: a pool of Lua states running one script."""
+    """``state.scripting``: a pool of Lua states running one script."""
 
-    def __init__(self, server: Any, path: str, lupa: ModuleType) -> None:
-        self.server = server
+    def __init__(self, state: ServerState, path: str, lupa: ModuleType) -> None:
+        self.state = state
         self.path = path
         self.lupa = lupa
         with open(_MODULE_SOURCE, "rb") as f:
             self.module_source = f.read()
-        self._size = max(1, server.config.threads)
+        self._size = max(1, state.config.threads)
         self._cond = threading.Condition()
         self._idle: list[_LuaState] = []
         self._thids: set[int] = set()  # of the states of this generation that exist
@@ -161,7 +161,7 @@ class ScriptEngine:
             with open(self.path, "rb") as f:
                 script = f.read()
         except OSError:
-            self.server.log(LOG_ERROR, f"could not load a script file: {self.path}")
+            self.state.log(LOG_ERROR, f"could not load a script file: {self.path}")
             return None
         nul = script.find(b"\0")
         return script if nul < 0 else script[:nul]
@@ -175,12 +175,12 @@ class ScriptEngine:
 
     def log_failure(self, name: bytes, message: Any, timed_out: bool) -> None:
         if timed_out:
-            text = f"the procedure ran past the request timeout ({self.server.config.timeout:g} s)"
+            text = f"the procedure ran past the request timeout ({self.state.config.timeout:g} s)"
         elif isinstance(message, bytes):
             text = message.decode("utf-8", "replace")
         else:
             text = "(null)" if message is None else str(message)
-        self.server.log(LOG_ERROR, f"[SCRIPT]: {name.decode('utf-8', 'replace')}: {text}")
+        self.state.log(LOG_ERROR, f"[SCRIPT]: {name.decode('utf-8', 'replace')}: {text}")
 
     def _checkout(self) -> _LuaState:
         with self._cond:

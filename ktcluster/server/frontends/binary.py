@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ProtocolError
-from ..protocol.binary import (
+from ...errors import ProtocolError
+from ...protocol.binary import (
     FLAG_NOREPLY,
     MAGIC_ERROR,
     MAGIC_GET_BULK,
@@ -33,14 +33,13 @@ from ..protocol.binary import (
     encode_get_bulk_reply,
     encode_play_script_reply,
 )
-from ..protocol.kcnum import cstr
+from ...protocol.kcnum import cstr
+from ..db.storage import DBError
+from ..state import RV_SUCCESS, Counter
 from . import replication
-from .rpc import RV_SUCCESS
-from .server import Counter
-from .storage import DBError
 
 if TYPE_CHECKING:
-    from .server import Session
+    from ..session import Session
 
 __all__ = ["handle"]
 
@@ -107,7 +106,7 @@ def _write_bulk(session: Session, magic: int, decode: Callable[[bytes, int], tup
     if header is None:
         return False
     _, flags, rnum = header
-    dbs = session.server.dbs
+    dbs = session.state.dbs
     ndbs = len(dbs)
     counts = session.counts
     miss = counter + 1
@@ -142,7 +141,7 @@ def _get_bulk(session: Session) -> bool:
     header = session.decode(decode_request_header)
     if header is None:
         return False
-    dbs = session.server.dbs
+    dbs = session.state.dbs
     counts = session.counts
     found = []
     for record in _records(session, header[2], decode_key_record):
@@ -172,7 +171,7 @@ def _play_script(session: Session) -> bool:
     if records and records[-1] is None:
         return False
     inmap = dict(sorted(dict(records).items()))
-    engine = session.server.scripting
+    engine = session.state.scripting
     norep = flags & FLAG_NOREPLY
     rv = None
     if engine is not None:

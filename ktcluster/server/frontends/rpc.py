@@ -3,8 +3,9 @@
 For every call: ``WAIT`` (block on a named condition first; 503 if no signal comes),
 ``DB`` (index or name), ``CUR`` (a per-connection cursor, created on first use), the
 procedure, then ``SIGNAL``/``SIGNALBROAD``.  Each procedure fills an output map and
-returns a return value that becomes the HTTP status (:data:`HTTP_STATUS`); failures put
-ktserver's message under ``ERROR``.  Input decoding and output encoding are
+returns a return value that becomes the HTTP status
+(:data:`~ktcluster.server.state.HTTP_STATUS`); failures put ktserver's message under
+``ERROR``.  Input decoding and output encoding are
 :mod:`ktcluster.protocol.rpc`'s.
 """
 
@@ -20,34 +21,37 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..protocol.http import RequestHead
-from ..protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix, cstr
-from ..protocol.rpc import decode_input, encode_answer, procedure_of
-from .config import LOG_ERROR, LOG_INFO, LOG_SYSTEM
-from .kcdb import norec
-from .server import Counter
-from .storage import DUPREC, LOGIC, NOIMPL, NOREC, XT_NONE, XTMAX, Cursor, Database, DBError
-from .ulog import clock_pure
+from ...protocol.http import RequestHead
+from ...protocol.kcnum import INT64MAX, INT64MIN, atof, atoi, atoix, cstr
+from ...protocol.rpc import decode_input, encode_answer, procedure_of
+from ..config import LOG_ERROR, LOG_INFO, LOG_SYSTEM
+from ..db.kcdb import norec
+from ..db.storage import DUPREC, LOGIC, NOIMPL, NOREC, XT_NONE, XTMAX, Cursor, Database, DBError
+from ..db.ulog import clock_pure
+from ..state import (
+    HTTP_STATUS,
+    KC_FEATURES,
+    KC_VERSION,
+    KT_FEATURES,
+    KT_VERSION,
+    RV_INTERNAL,
+    RV_INVALID,
+    RV_LOGIC,
+    RV_NOIMPL,
+    RV_SUCCESS,
+    RV_TIMEOUT,
+    Counter,
+)
 
 if TYPE_CHECKING:
-    from .server import Session
+    from ..session import Session
 
-__all__ = ["handle", "call", "HTTP_STATUS", "RV_SUCCESS", "RV_NOIMPL", "RV_INVALID", "RV_LOGIC",
-           "RV_TIMEOUT", "RV_INTERNAL"]
-
-#: kt::RPCClient::ReturnValue
-RV_SUCCESS, RV_NOIMPL, RV_INVALID, RV_LOGIC, RV_TIMEOUT, RV_INTERNAL = 0, 1, 2, 3, 4, 5
-#: HTTP status of each return value (anything else: 500)
-HTTP_STATUS = {RV_SUCCESS: 200, RV_NOIMPL: 501, RV_INVALID: 400, RV_LOGIC: 450, RV_TIMEOUT: 503, RV_INTERNAL: 500}
+__all__ = ["handle", "call"]
 
 _UINT64MAX = (1 << 64) - 1
 #: the buffer kc::strprintf formats a floating-point number into
 _FORMAT_BUFSIZ = 128
 _DEFAULT_WAIT = 30.0
-KT_VERSION = b"0.9.56b (2.19)"
-KT_FEATURES = b"(epoll)(lua)"
-KC_VERSION = b"1.2.76a (16.13)"
-KC_FEATURES = b"(atomic)(zlib)(lzo)"
 
 InMap = dict[bytes, bytes]
 OutMap = dict[bytes, bytes]
@@ -66,7 +70,7 @@ def handle(session: Session, head: RequestHead, body: bytes) -> bytes:
 
 def call(session: Session, name: bytes, inmap: dict[bytes, bytes]) -> tuple[int, OutMap]:
     """Run one procedure with its common parameters; (return value, output map)."""
-    server = session.server
+    state = session.state
     outmap: OutMap = {}
     wait = inmap.get(b"WAIT")
     if wait is not None:
@@ -74,10 +78,10 @@ def call(session: Session, name: bytes, inmap: dict[bytes, bytes]) -> tuple[int,
         seconds = atof(text) if text is not None else 0.0
         if seconds <= 0:  # NaN stays NaN: the wait then gives up at once, as in ktserver
             seconds = _DEFAULT_WAIT
-        if not server.conditions.wait(wait, seconds) or server.stopping.is_set():
+        if not state.conditions.wait(wait, seconds) or state.stopping.is_set():
             outmap[b"ERROR"] = b"the condition timed out"
             return RV_TIMEOUT, outmap
-    db = server.db_by_expr(inmap.get(b"DB"))
+    db = state.db_by_expr(inmap.get(b"DB"))
     cur = None
     cexpr = inmap.get(b"CUR")
     curid = atoi(cexpr) if cexpr and 0x30 <= cexpr[0] <= 0x39 else -1   # 2^63 and above wrap negative
@@ -97,7 +101,7 @@ def call(session: Session, name: bytes, inmap: dict[bytes, bytes]) -> tuple[int,
         rv = proc(session, db, cur, inmap, outmap)
     signal = inmap.get(b"SIGNAL")
     if signal is not None:
-        conds = server.conditions
+        conds = state.conditions
         woken = conds.broadcast(signal) if b"SIGNALBROAD" in inmap else conds.signal(signal)
         outmap[b"SIGNALED"] = b"%d" % woken
     return rv, outmap
@@ -120,7 +124,7 @@ def _db_error(session: Session, outmap: OutMap, exc: DBError, logical: tuple[int
         return RV_LOGIC
     if unimplemented and exc.code == NOIMPL:
         return RV_NOIMPL
-    session.server.log_db_error(exc)
+    session.state.log_db_error(exc)
     return RV_INTERNAL
 
 
@@ -259,28 +263,28 @@ def _sysinfo() -> OutMap:
 
 
 def do_report(session, db, cur, inmap, outmap):
-    server = session.server
+    state = session.state
     total_count = total_size = 0
-    for i, each in enumerate(server.dbs):
+    for i, each in enumerate(state.dbs):
         count, size = each.count(), each.size()
         outmap[b"db_%d" % i] = b"count=%d size=%d path=%s" % (count, size, each.path.encode())
         total_count += count
         total_size += size
     outmap[b"db_total_count"] = b"%d" % total_count
     outmap[b"db_total_size"] = b"%d" % total_size
-    outmap[b"serv_conn_count"] = b"%d" % server.connection_count()
+    outmap[b"serv_conn_count"] = b"%d" % state.counts.connections()
     outmap[b"serv_task_count"] = b"0"   # the requests waiting for a worker are not counted (thserv)
-    outmap[b"serv_thread_count"] = b"%d" % server.config.threads
+    outmap[b"serv_thread_count"] = b"%d" % state.config.threads
     now = time.time()
     outmap[b"serv_current_time"] = b"%.6f" % now
-    outmap[b"serv_running_term"] = b"%.6f" % (now - server.start_time)
-    outmap[b"serv_proc_id"] = b"%d" % server.pid
+    outmap[b"serv_running_term"] = b"%.6f" % (now - state.start_time)
+    outmap[b"serv_proc_id"] = b"%d" % state.pid
     for key, value in _sysinfo().items():
         outmap[b"sys_" + key] = value
-    if server.slave is not None:
-        for key, value in server.slave.report_fields().items():
+    if state.slave is not None:
+        for key, value in state.slave.report_fields().items():
             outmap[key.encode()] = value.encode()
-    for name, value in zip(Counter.NAMES, server.counts(), strict=True):
+    for name, value in zip(Counter.NAMES, state.counts.totals(), strict=True):
         outmap[name.encode()] = b"%d" % value
     outmap[b"conf_kt_version"] = KT_VERSION
     outmap[b"conf_kt_features"] = KT_FEATURES
@@ -291,7 +295,7 @@ def do_report(session, db, cur, inmap, outmap):
 
 
 def do_play_script(session, db, cur, inmap, outmap):
-    engine = session.server.scripting
+    engine = session.state.scripting
     if engine is None:
         outmap[b"ERROR"] = b"the scripting extention is disabled"
         return RV_NOIMPL
@@ -312,8 +316,8 @@ def do_play_script(session, db, cur, inmap, outmap):
 
 
 def do_tune_replication(session, db, cur, inmap, outmap):
-    server = session.server
-    if not server.config.rts_path:
+    state = session.state
+    if not state.config.rts_path:
         outmap[b"ERROR"] = b"the RTS file is not set"
         return RV_NOIMPL
     host = cstr(inmap.get(b"host", b"")).decode("utf-8", "replace")
@@ -324,12 +328,12 @@ def do_tune_replication(session, db, cur, inmap, outmap):
     ts = _ts_param(inmap)
     text = inmap.get(b"iv")
     iv = atof(text) if text is not None else -1.0
-    server.log(LOG_SYSTEM, "replication setting was modified: host=%s port=%d ts=%s iv=%s" % (
+    state.log(LOG_SYSTEM, "replication setting was modified: host=%s port=%d ts=%s iv=%s" % (
         host, port, "*" if ts == _UINT64MAX else ts, "*" if iv < 0 else "%.6f" % iv))
-    if server.slave is None:
+    if state.slave is None:
         outmap[b"ERROR"] = b"the replication slave is not available"
         return RV_NOIMPL
-    server.slave.tune(host, port, None if ts == _UINT64MAX else ts, None if iv < 0 else iv)
+    state.slave.tune(host, port, None if ts == _UINT64MAX else ts, None if iv < 0 else iv)
     return RV_SUCCESS
 
 
@@ -339,7 +343,7 @@ def _no_ulog(outmap: OutMap) -> int:
 
 
 def do_ulog_list(session, db, cur, inmap, outmap):
-    ulog = session.server.ulog
+    ulog = session.state.ulog
     if ulog is None:
         return _no_ulog(outmap)
     for status in ulog.list_files():
@@ -348,8 +352,8 @@ def do_ulog_list(session, db, cur, inmap, outmap):
 
 
 def do_ulog_remove(session, db, cur, inmap, outmap):
-    server = session.server
-    ulog = server.ulog
+    state = session.state
+    ulog = state.ulog
     if ulog is None:
         return _no_ulog(outmap)
     ts = _ts_param(inmap)
@@ -360,7 +364,7 @@ def do_ulog_remove(session, db, cur, inmap, outmap):
                 os.remove(status.path)
             except OSError:
                 outmap[b"ERROR"] = b"removing a file failed: " + status.path.encode()
-                server.log(LOG_ERROR, f"removing a file failed: {status.path}")
+                state.log(LOG_ERROR, f"removing a file failed: {status.path}")
                 rv = RV_INTERNAL
     return rv
 
@@ -381,7 +385,7 @@ def do_clear(session, db, inmap, outmap):
 
 @procedure(db=True, count=(Counter.MISC,))
 def do_synchronize(session, db, inmap, outmap):
-    server = session.server
+    state = session.state
     command = cstr(inmap.get(b"command", b"")).decode("utf-8", "surrogateescape")
 
     def postprocess(path: str, count: int, size: int) -> bool:
@@ -389,19 +393,19 @@ def do_synchronize(session, db, inmap, outmap):
         if not command:
             return True
         if "/" in command or command in (".", ".."):
-            server.log(LOG_INFO, f"invalid command name: {command}")
+            state.log(LOG_INFO, f"invalid command name: {command}")
             return False
-        ts = server.ulog.clock() if server.ulog is not None else clock_pure()
-        if server.slave is not None and server.slave.host:
-            ts = min(ts, server.slave.rts)
-        server.log(LOG_SYSTEM, f'executing: {command} "{path}"')
+        ts = state.ulog.clock() if state.ulog is not None else clock_pure()
+        if state.slave is not None and state.slave.host:
+            ts = min(ts, state.slave.rts)
+        state.log(LOG_SYSTEM, f'executing: {command} "{path}"')
         try:
-            status = subprocess.call([os.path.join(server.config.cmd_path, command), path, "%020d" % ts],
+            status = subprocess.call([os.path.join(state.config.cmd_path, command), path, "%020d" % ts],
                                      stdin=subprocess.DEVNULL)
         except OSError:
             status = -1
         if status != 0:
-            server.log(LOG_ERROR, f'execution failed: {command} "{path}"')
+            state.log(LOG_ERROR, f'execution failed: {command} "{path}"')
             return False
         return True
 

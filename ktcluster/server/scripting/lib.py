@@ -1,6 +1,6 @@
 """The library functions of the Lua ``kt`` module, as ktserver's myscript.cc computes them
 (kt_pack, kt_unpack, kt_split, kt_codec, kt_bit, kt_strstr, kt_regex, kt_levdist,
-kt_arraydump ...), as pure functions over bytes and numbers; :class:`.scripting_kt.KtHost`
+kt_arraydump ...), as pure functions over bytes and numbers; :class:`.kt.KtHost`
 hands them to Lua.
 
 Lua numbers reach C through casts whose x86-64 results are reproduced by
@@ -15,13 +15,13 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable
 
-from ..errors import ProtocolError
-from ..protocol.kcnum import INT64MAX, INT64MIN, cstr
-from ..protocol.kctext import levdist
-from ..protocol.replication import decode_varnum, encode_varnum
-from ..protocol.tsv import base64_decode, base64_encode, quote_decode, quote_encode, url_decode, url_encode
-from .hashing import fnv, murmur
-from .textmatch import RegexError, compile_regex
+from ...errors import ProtocolError
+from ...protocol.kcnum import INT64MAX, INT64MIN, cstr
+from ...protocol.kctext import levdist
+from ...protocol.replication import decode_varnum, encode_varnum
+from ...protocol.tsv import base64_decode, base64_encode, quote_decode, quote_encode, url_decode, url_encode
+from ..db.hashing import fnv, murmur
+from ..db.textmatch import RegexError, compile_regex
 
 __all__ = ["c_int64", "c_int32", "c_uint64", "hash_murmur", "hash_fnv", "levdist", "pack", "unpack", "split",
            "codec", "bit", "strstr", "regex", "arraydump", "arrayload", "mapdump", "mapload"]

@@ -3,7 +3,7 @@
 --
 -- Run once per Lua state by ktcluster/server/scripting.py as
 --     chunk(P, info)
--- P: the Python primitives (ktcluster.server.scripting_kt.KtHost) as a table of functions;
+-- P: the Python primitives (ktcluster.server.scripting.kt.KtHost) as a table of functions;
 -- info: thid, version, dbs (Python handles of the server's databases, in order),
 -- names (their names, sorted, each with its 1-based index), count (hook period).
 -- It defines the global __kyototycoon__ and returns the functions Python calls:

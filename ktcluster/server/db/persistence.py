@@ -11,7 +11,7 @@ for wire compatibility):
   (:func:`~ktcluster.protocol.replication.encode_log_entry` with sid/dbid 0), after a
   header holding the ``ktopts`` byte.  Replayed at open, compacted when mostly garbage.
 * :class:`RecordFiles` (``.kcd``): a directory with one file per record, named as
-  Kyoto Cabinet's DirDB names it (:func:`~ktcluster.server.hashing.hashpath`), because a
+  Kyoto Cabinet's DirDB names it (:func:`~ktcluster.server.db.hashing.hashpath`), because a
   DirDB iterates in the directory's own (readdir) order and the emulation must too.
 
 Both take an exclusive ``flock`` (shared for a read-only server), as Kyoto Cabinet does.
@@ -24,7 +24,7 @@ import os
 import struct
 from collections.abc import Callable, Iterator
 
-from ..protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, decode_log_entry, encode_log_entry
+from ...protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, decode_log_entry, encode_log_entry
 from .hashing import hashpath
 
 __all__ = ["Journal", "RecordFiles", "StorageError", "write_snapshot", "read_snapshot"]

@@ -39,9 +39,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from ..protocol.kcnum import INT64MAX, INT64MIN, cstr
-from ..protocol.kctext import levenshtein, utf8_to_ucs
-from ..protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, encode_log_entry, split_xt
+from ...protocol.kcnum import INT64MAX, INT64MIN, cstr
+from ...protocol.kctext import levenshtein, utf8_to_ucs
+from ...protocol.replication import OP_CLEAR, OP_REMOVE, OP_SET, encode_log_entry, split_xt
 from .dbspec import DBSpec
 from .increments import increment_decimal, increment_int
 from .kcdb import DUPREC, INVALID, LOGIC, NOIMPL, NOP, NOPERM, NOREC, REMOVE, SYSTEM, DBError, norec
@@ -221,12 +221,14 @@ class Database:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _log_set(self, key: bytes, value: bytes, xt: int, sid: int | None = None) -> None:
-        self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_SET, key,
-                                          self._store.stored(value, xt)))
+    # The writers log through these when there is an update log (``if self._sink is not
+    # None``: without one, the write path makes no call).
 
-    def _log_remove(self, key: bytes, sid: int | None = None) -> None:
-        self._sink.write(encode_log_entry(self._sid if sid is None else sid, self.index, OP_REMOVE, key))
+    def _log_set(self, sink: UpdateSink, key: bytes, value: bytes, xt: int) -> None:
+        sink.write(encode_log_entry(self._sid, self.index, OP_SET, key, self._store.stored(value, xt)))
+
+    def _log_remove(self, sink: UpdateSink, key: bytes) -> None:
+        sink.write(encode_log_entry(self._sid, self.index, OP_REMOVE, key))
 
     def _check_writable(self) -> None:
         if not self.writable:
@@ -278,14 +280,14 @@ class Database:
         store = self._store
         if result is REMOVE:
             if self._sink is not None:
-                self._log_remove(key)
+                self._log_remove(self._sink, key)
             if rec is not None:
                 store.delete(key)
             return
         value, xt = result
         xt = INT64MAX if self.persistent else modify_exptime(xt, now)
         if self._sink is not None:
-            self._log_set(key, value, xt)
+            self._log_set(self._sink, key, value, xt)
         if rec is None:
             store.insert(key, value, xt)
         else:
@@ -373,7 +375,7 @@ class Database:
             else:
                 axt = modify_exptime(xt, _now())
             if self._sink is not None:
-                self._log_set(key, value, axt)
+                self._log_set(self._sink, key, value, axt)
             if rec is None:
                 store.insert(key, value, axt)
             else:
@@ -458,7 +460,7 @@ class Database:
         store = self._store
         rec = store.recs.get(key)
         if self._sink is not None:
-            self._log_remove(key)
+            self._log_remove(self._sink, key)
         if rec is None:
             found = False
         else:
@@ -601,13 +603,13 @@ class Database:
             store = self._store
             if limit == 0:
                 return out
-            keys = store.order.irange(prefix) if store.tree and store.rank_of is None else store.ordered_keys()
+            keys = store.order.irange(prefix) if store.lexical else store.ordered_keys()
             for key in keys:
                 if key.startswith(prefix):
                     out.append(key)
                     if len(out) >= limit:
                         break
-                elif store.tree and store.rank_of is None:
+                elif store.lexical:
                     break   # past the keys with this prefix
             return out
 
@@ -756,12 +758,12 @@ class Cursor:
                     return NOP
                 if result is REMOVE:
                     if db._sink is not None:
-                        db._log_remove(key)
+                        db._log_remove(db._sink, key)
                     return REMOVE
                 value, xtp = result
                 axt = INT64MAX if persist else modify_exptime(xtp, now)
                 if db._sink is not None:
-                    db._log_set(key, value, axt)
+                    db._log_set(db._sink, key, value, axt)
                 return value, axt
 
             try:

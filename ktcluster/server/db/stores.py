@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from ..protocol.replication import join_xt
+from ...protocol.replication import join_xt
 from .cursors import DirCursor, HashFileCursor, PlantCursor, StoreCursor
 from .dbspec import TYPE_NUMBERS, DBSpec, comparator
 from .hashing import murmur, tr1_fnv
@@ -87,6 +87,9 @@ class RecordStore:
 
     #: the order is that of the keys (the tree types)
     tree = False
+    #: the order keys are the keys in byte order (the trees without a comparator): the
+    #: keys with a prefix are a range of :attr:`order`
+    lexical = False
     #: accesses reorder records (CacheDB's LRU), see :meth:`touch`
     lru = False
     #: "hash" (StashDB, CacheDB, HashDB: cursors go forward only), "phash", "ptree",
@@ -254,6 +257,7 @@ class TreeStore(RecordStore):
         super().__init__(spec, persist, disk)
         self.family = "ptree" if spec.kind == "ptree" else "plant"
         self.comparator, self.rank_of = comparator(spec) if self.family == "plant" else ("lexical", None)
+        self.lexical = self.rank_of is None
 
     def probe(self, key: bytes) -> Any:
         return key if self.rank_of is None else self.rank_of(key)
@@ -647,6 +651,7 @@ class DirStore(RecordStore):
     ``dir_names`` maps a record's file name (its order key) to its key."""
 
     family = "dir"
+    disk: RecordFiles   # a DirDB is its directory
 
     def __init__(self, spec: DBSpec, persist: bool, disk: Journal | RecordFiles | None) -> None:
         super().__init__(spec, persist, disk)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from ..protocol.kcnum import atoix, to_int64
+from ...protocol.kcnum import atoix, to_int64
 
 __all__ = ["DBSpec", "TYPE_NUMBERS", "comparator"]
 

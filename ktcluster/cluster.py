@@ -763,7 +763,9 @@ class Cluster:
         ``ReplicationStream(self.nodes, sid, since, **options)`` (see
         :mod:`ktcluster.replication` for ``since``, the options and the guarantees).
         Failover partners are not read: writes made on a partner while its node was
-        down are in the partner's log (stream them with ``origin_sids``)."""
+        down are in the partner's log (stream them with ``origin_sids``).  The stream's
+        ``observer`` is the cluster's unless given (its lag then shows in :meth:`stats`)."""
+        options.setdefault("observer", self.observer)
         return ReplicationStream(self.nodes, sid, since, **options)
 
     # -- observability and lifecycle --------------------------------------------------------------

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
+from itertools import islice
 
 import pytest
 
@@ -269,6 +272,23 @@ def test_breaker_down_fails_fast_as_an_observed_attempt(observed):
     # refused (the breaker opens), then its retry and the next call fail fast, sending nothing
     assert [a.error for a in rec.of("attempt")] == ["KTConnectionError", "NodeDownError", "NodeDownError"]
     assert [a.requests for a in rec.of("attempt")] == [1, 0, 0]
+
+
+def test_the_clusters_replication_stream_reports_its_lag_to_the_clusters_observer():
+    with start_cluster(2, ulog=True) as masters:
+        metrics = Metrics()
+        cluster = Cluster({"m1": masters[0].address, "m2": masters[1].address}, observer=metrics)
+        stream = cluster.replication(99)
+        records = []
+        reader = threading.Thread(target=lambda: records.extend(islice(stream, 2)), daemon=True)
+        reader.start()
+        time.sleep(0.5)
+        cluster.set_bulk({"a": b"1", "b": b"2", "c": b"3", "d": b"4"})
+        reader.join(15)
+        stream.close()
+        cluster.close()
+    lag = {n: s["replication"]["lag"] for n, s in cluster.stats()["metrics"]["nodes"].items() if n in ("m1", "m2")}
+    assert len(records) == 2 and set(lag) == {"m1", "m2"} and all(0 <= v < 60 for v in lag.values())
 
 
 # -- histograms (pure) --------------------------------------------------------------------------------

@@ -183,35 +183,26 @@ def test_failover_is_logged_at_info_and_observed_on_both_nodes(observed, servers
                                        for r in failovers)
 
 
-def test_a_pool_that_stays_busy_is_a_pool_exhaustion_event(observed, servers):
+@pytest.mark.parametrize(("run", "raises", "records"), [
+    (lambda cluster: cluster.get("k"), PoolTimeoutError, 1),
+    (lambda cluster: cluster.get_bulk(["a", "b"]), PartialFailureError, 2),  # scatter-gather's wait
+], ids=["get", "get_bulk"])
+def test_a_pool_that_stays_busy_is_a_pool_exhaustion_event(observed, servers, run, raises, records):
     cluster, rec, metrics = observed([servers[0].address], pool_size=1, pool_timeout=0.1)
     pool = cluster._topology.members[servers[0].address].transport.pool
     held = pool.checkout()
     try:
-        with pytest.raises(PoolTimeoutError):
-            cluster.get("k")
+        with pytest.raises(raises):
+            run(cluster)
     finally:
         pool.checkin(held)
     (exhausted,) = rec.of("pool")
     assert exhausted.node == servers[0].address and exhausted.waited >= 0.09
     (attempt,) = rec.of("attempt")
-    assert attempt.error == "PoolTimeoutError" and attempt.pool_wait >= 0.09 and attempt.requests == 0
+    assert (attempt.error, attempt.records, attempt.requests) == ("PoolTimeoutError", records, 0)
+    assert attempt.pool_wait >= 0.09
     node = cluster.stats()["metrics"]["nodes"][servers[0].address]
     assert node["pool_exhausted"] == 1 and node["pool_wait"]["count"] == 0  # no connection was had
-
-
-def test_a_bulk_call_that_finds_the_pool_busy_is_a_pool_exhaustion_event(observed, servers):
-    cluster, rec, metrics = observed([servers[0].address], pool_size=1, pool_timeout=0.1)
-    pool = cluster._topology.members[servers[0].address].transport.pool
-    held = pool.checkout()
-    try:
-        with pytest.raises(PartialFailureError):
-            cluster.get_bulk(["a", "b"])
-    finally:
-        pool.checkin(held)
-    assert [e.node for e in rec.of("pool")] == [servers[0].address]
-    assert [(a.error, a.records) for a in rec.of("attempt")] == [("PoolTimeoutError", 2)]
-    assert metrics.snapshot()["nodes"][servers[0].address]["pool_exhausted"] == 1
 
 
 def test_a_failing_observer_is_logged_and_changes_nothing(observed, caplog):

@@ -10,7 +10,10 @@ KT is a database, not a cache, so the cluster never moves a key on its own:
   :mod:`ktcluster.ring`).  The ring changes only through :meth:`add_node` /
   :meth:`remove_node`, which swap in a new immutable topology and report the
   share of keys that moves (:class:`~ktcluster.ring.RingDiff`; moving the data
-  is the operator's job).
+  is the operator's job), or, with ``shared_ring=True``, through the ring
+  document the nodes hold (:mod:`ktcluster.ringdoc`), re-read at least every
+  ``refresh`` seconds it names; while it says a migration is under way, keys whose
+  owner changes are routed by :mod:`ktcluster.migration`.
 * **Dead nodes** -- a per-node circuit breaker (:mod:`ktcluster.health`) turns
   a dead node into fast :class:`~ktcluster.errors.NodeDownError` failures for
   its keys only.  With ``failover={"kt1": "kt1b:1978"}`` a down node's traffic
@@ -59,12 +62,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from . import ops
+from . import migration, ops
 from .address import DEFAULT_PORT, Address, Servers, format_address, named_addresses, parse_address
 from .client import KyotoTycoon
 from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN
@@ -82,6 +86,7 @@ from .expiry import Expire
 from .fanout import Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
 from .keys import DB, Key, KeyT, decode_key, keep_bytes, key_bytes, key_list, keys_bytes
+from .migration import Migration
 from .observe import find_metrics
 from .observe.events import Attempt, Observer, observed
 from .observe.events import Call as Observed
@@ -93,6 +98,7 @@ from .protocol.kctext import levdist
 from .replication import ReplicationStream
 from .retry import OpClass, RetryPolicy, op_class
 from .ring import Ring, RingDiff
+from .ringdoc import DEFAULT_MAX_CALL, DEFAULT_REFRESH, RingDoc, read_doc
 from .scatter import scatter
 from .transport import Transport
 
@@ -156,6 +162,20 @@ class _Topology:
     ring: Ring
     members: dict[str, _Member]
     partners: dict[str, _Member]
+    #: the migration under way (shared_ring only): ``ring`` is then the ring keys move to
+    migration: Migration | None = None
+
+
+class _Watch:
+    """shared_ring: the ring document in force (None: none read yet) and when a call must
+    read it again (``time.monotonic()``)."""
+
+    __slots__ = ("doc", "due", "lock")
+
+    def __init__(self) -> None:
+        self.doc: RingDoc | None = None
+        self.due = 0.0
+        self.lock = threading.Lock()
 
 
 class _Shard:
@@ -204,7 +224,8 @@ class Cluster:
     name is then ``"host:port"``, as libketama clients name servers), or a
     mapping of node name -> address (names, not addresses, are hashed, so a box
     can be replaced without moving keys).  ``weights`` maps names to positive
-    ints (relative; default 1).
+    ints (relative; default 1); ``hash_tags=True`` places keys by their ``{tag}``
+    (see :mod:`ktcluster.ring`).
 
     ``binary``, ``pack_type``, ``custom_packer``, ``decode_keys`` and
     ``max_reply_size`` are :class:`~ktcluster.client.KyotoTycoon`'s, except that
@@ -223,11 +244,18 @@ class Cluster:
     running one node's shards when gevent is not active (default: ``pool_size``,
     as a node cannot serve more at once; each node has its own threads, so a slow
     node never delays another node's shards).
+
+    ``shared_ring=True`` makes the ring document on the nodes (written by ``ktcluster
+    rebalance``) the source of the ring: ``servers`` (and ``weights``, ``hash_tags``)
+    are then the ring used until a node holding a document answers, and the only way
+    in.  The document is re-read when a call finds the last read older than its
+    ``refresh`` period (``ringdoc.DEFAULT_REFRESH`` before one was read), and every
+    call's deadline is capped to its ``max_call`` (``DEFAULT_MAX_CALL`` before).
     """
 
     def __init__(self, servers: Servers, *, binary: bool = True,
                  pack_type: int = KT_PACKER_BYTES, custom_packer: Any = None, decode_keys: bool = True,
-                 weights: Mapping[str, int] | None = None, pool_size: int = DEFAULT_POOL_SIZE,
+                 weights: Mapping[str, int] | None = None, hash_tags: bool = False, pool_size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float | None = DEFAULT_NODE_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                  timeout: float | None = DEFAULT_NODE_TIMEOUT, retry: RetryPolicy | None = None,
@@ -235,7 +263,8 @@ class Cluster:
                  failover: Mapping[str, Address] | None = None,
                  failover_ops: Iterable[OpClass] = (OpClass.READ, OpClass.IDEMPOTENT),
                  bulk_chunk: int = 1000, bulk_lanes: int = 4, fanout_workers: int | None = None,
-                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, observer: Observer | None = None) -> None:
+                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, shared_ring: bool = False,
+                 observer: Observer | None = None) -> None:
         if bulk_chunk < 1 or bulk_lanes < 1:
             raise ArgumentError("bulk_chunk and bulk_lanes must be at least 1")
         self.binary = binary
@@ -268,7 +297,11 @@ class Cluster:
             host, port = parse_address(address)
             partner = Node(format_address(host, port), host, port)
             partners[name] = self._member(partner, f"{name}~{partner.address}")
-        self._topology = _Topology(Ring({n.name: n.weight for n in nodes}), members, partners)
+        self._topology = _Topology(Ring({n.name: n.weight for n in nodes}, hash_tags=hash_tags), members, partners)
+        #: the longest a call may last (with shared_ring: the ring document's max_call at most)
+        self._call_limit = min(self.retry.deadline, DEFAULT_MAX_CALL) if shared_ring else self.retry.deadline
+        #: shared_ring: the document in force (None: none read yet) and when to read it again
+        self._watch: _Watch | None = _Watch() if shared_ring else None
 
     @staticmethod
     def _parse_servers(servers: Servers, weights: Mapping[str, int]) -> list[Node]:
@@ -317,6 +350,7 @@ class Cluster:
         with self._reconfigure:
             topo = self._topology
             ring = topo.ring.with_node(name, weight)
+            self._check_local_ring(dry_run)
             diff = topo.ring.diff(ring)
             if dry_run:
                 return diff
@@ -341,6 +375,7 @@ class Cluster:
             if len(topo.members) == 1:
                 raise ArgumentError("cannot remove the last node")
             ring = topo.ring.without_node(name)
+            self._check_local_ring(dry_run)
             diff = topo.ring.diff(ring)
             if dry_run:
                 return diff
@@ -352,6 +387,65 @@ class Cluster:
             self.health.forget(gone.name)
         log.info("ring changed (remove %s): %s", name, diff)
         return diff
+
+    def _check_local_ring(self, dry_run: bool) -> None:
+        if self._watch is not None and not dry_run:
+            raise ArgumentError("this cluster follows the ring document on its nodes (shared_ring=True): "
+                                "change the ring with `ktcluster rebalance begin`")
+
+    def _watched(self, watch: _Watch) -> _Topology:
+        """The topology, once the ring document has been read again if the last read is
+        older than its refresh period (the calling thread reads it; others wait)."""
+        if time.monotonic() >= watch.due:
+            with watch.lock:
+                if time.monotonic() >= watch.due:
+                    self._refresh(watch)
+        return self._topology
+
+    def _refresh(self, watch: _Watch) -> None:
+        """Read the ring document from every node at once and apply the highest version
+        (none answering: keep the ring, and try again within a second)."""
+        started = time.monotonic()
+        topo = self._topology
+        deadline = self._deadline()
+        found, errors = self._fanout.run(
+            {n: partial(self._execute, OpClass.READ, topo, n, _op(read_doc), deadline) for n in topo.members}, deadline)
+        docs = [doc for _, doc in filter(None, found.values())]
+        newest = max(docs, key=lambda d: d.version, default=None)
+        if newest is not None and (watch.doc is None or newest.version > watch.doc.version):
+            self._apply(newest)
+            watch.doc = newest
+        refresh = DEFAULT_REFRESH if watch.doc is None else watch.doc.refresh
+        if not found:
+            log.warning("no node answered for the ring document (%s); keeping the ring",
+                        "; ".join(f"{n}: {e}" for n, e in errors.items()))
+            refresh = min(refresh, 1.0)
+        watch.due = started + refresh
+
+    def _apply(self, doc: RingDoc) -> None:
+        """Swap in the topology ``doc`` describes (members kept where name and address stay)."""
+        with self._reconfigure:
+            topo = self._topology
+            target = doc.target_ring()
+            ring = target or doc.ring()
+            weights = {**doc.nodes, **(doc.target or {})}
+            members = {}
+            for name, address in doc.addresses().items():
+                host, port = parse_address(address)
+                member = topo.members.get(name)
+                if member is None or (member.node.host, member.node.port) != (host, port):
+                    member = self._member(Node(name, host, port, weights[name][1]), name)
+                members[name] = member
+            partners = {n: p for n, p in topo.partners.items() if n in members}
+            moving = None if target is None else Migration(doc.phase, doc.ring(), target)
+            self._topology = _Topology(ring, members, partners, moving)
+            self._call_limit = min(self.retry.deadline, doc.max_call)
+        for name, member in topo.members.items():
+            if members.get(name) is not member:
+                member.transport.close()
+                if name not in members:
+                    self.health.forget(name)
+        log.info("ring document version %d: %s %s", doc.version, doc.phase, ring)
 
     def reset_node(self, name: str) -> None:
         """Close a node's breaker now, forgetting its failures (an operator who knows the node
@@ -367,7 +461,7 @@ class Cluster:
     # -- execution core ---------------------------------------------------------------------------
 
     def _deadline(self) -> Deadline:
-        return Deadline.after(self.retry.deadline)
+        return Deadline.after(self._call_limit)
 
     def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Call[T], deadline: Deadline,
                  first_error: Exception | None = None, scope: Observed | None = None) -> T:
@@ -423,14 +517,37 @@ class Cluster:
                 exc.node = member.name
             raise
 
-    def _keyed(self, operation: str, key: Key, make_op: Callable[[Session], Op[T]]) -> T:
-        """One operation on the node that owns ``key``."""
-        topo = self._topology
+    def _keyed(self, operation: str, key: Key, make_op: Callable[[Session], Op[T]], db: DB = 0) -> T:
+        """One operation on the node that owns ``key`` (``db``: the operation's)."""
         cls = op_class(operation)
         if self.observer is None:  # the common case, without a closure
-            return self._execute(cls, topo, topo.ring.node_for(key), _op(make_op), self._deadline())
-        return observed(self.observer, operation, cls, 1, lambda o: self._execute(
-            cls, topo, topo.ring.node_for(key), _op(make_op), self._deadline(), scope=o))
+            return self._routed(operation, cls, key, make_op, db, None)
+        return observed(self.observer, operation, cls, 1, lambda o: self._routed(operation, cls, key, make_op, db, o))
+
+    def _routed(self, operation: str, cls: OpClass, key: Key, make_op: Callable[[Session], Op[T]], db: DB,
+                scope: Observed | None) -> T:
+        """:meth:`_keyed`'s routing and execution (``scope``: the observed call, or None)."""
+        topo = self._topology
+        if self._watch is not None:
+            topo = self._watched(self._watch)
+            if topo.migration is not None:
+                deadline = self._deadline()
+
+                def run(cls: OpClass, node: str, make: Callable[[Session], Op[Any]]) -> Any:
+                    return self._execute(cls, topo, node, _op(make), deadline, scope=scope)
+
+                return migration.keyed(topo.migration, run, operation, cls, key_bytes(key), db, make_op)
+        return self._execute(cls, topo, topo.ring.node_for(key), _op(make_op), self._deadline(), scope=scope)
+
+    def _current(self) -> _Topology:
+        """The topology a call uses (with shared_ring, the ring document read recently enough)."""
+        return self._topology if self._watch is None else self._watched(self._watch)
+
+    def _bulk_topology(self, kbs: Sequence[bytes]) -> tuple[_Topology, set[int]]:
+        """A bulk call's topology, and the indices of its keys whose owner changes in the
+        migration under way (the call routes them one by one, its other keys in bulk)."""
+        topo = self._current()
+        return topo, set() if topo.migration is None else topo.migration.moving(kbs)
 
     def _bulk(self, operation: str, topo: _Topology, plan: dict[str, list[list[int]]],
               make_op: Callable[[list[int], Session], Op[Any]]) -> dict[str, _Shard]:
@@ -535,7 +652,7 @@ class Cluster:
 
     def _each(self, operation: str, call: Call[T]) -> dict[str, T]:
         """Run ``call`` on every node at once: ``{node: result}`` in configuration order."""
-        topo = self._topology
+        topo = self._current()
         names = list(topo.members)
         deadline = self._deadline()
         cls = op_class(operation)
@@ -561,46 +678,47 @@ class Cluster:
 
     def get(self, key: Key, db: DB = 0) -> Any:
         """The value of a record, or None."""
-        return self._keyed("get", key, lambda s: ops.get(s, key, db))
+        return self._keyed("get", key, lambda s: ops.get(s, key, db), db)
 
     def get_with_expiry(self, key: Key, db: DB = 0) -> tuple[Any, int | None] | None:
         """``(value, expires)`` or None; see KyotoTycoon.get_with_expiry."""
-        return self._keyed("get_with_expiry", key, lambda s: ops.get_with_expiry(s, key, db))
+        return self._keyed("get_with_expiry", key, lambda s: ops.get_with_expiry(s, key, db), db)
 
     def get_int(self, key: Key, db: DB = 0) -> int:
-        return self._keyed("get_int", key, lambda s: ops.get_int(s, key, db))
+        return self._keyed("get_int", key, lambda s: ops.get_int(s, key, db), db)
 
     def check(self, key: Key, db: DB = 0) -> bool:
-        return self._keyed("check", key, lambda s: ops.check(s, key, db))
+        return self._keyed("check", key, lambda s: ops.check(s, key, db), db)
 
     def set(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
-        return self._keyed("set", key, lambda s: ops.set_record(s, key, value, expire, db))
+        return self._keyed("set", key, lambda s: ops.set_record(s, key, value, expire, db), db)
 
     def add(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
-        return self._keyed("add", key, lambda s: ops.add(s, key, value, expire, db))
+        return self._keyed("add", key, lambda s: ops.add(s, key, value, expire, db), db)
 
     def replace(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
-        return self._keyed("replace", key, lambda s: ops.replace(s, key, value, expire, db))
+        return self._keyed("replace", key, lambda s: ops.replace(s, key, value, expire, db), db)
 
     def append(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
-        return self._keyed("append", key, lambda s: ops.append(s, key, value, expire, db))
+        return self._keyed("append", key, lambda s: ops.append(s, key, value, expire, db), db)
 
     def increment(self, key: Key, delta: int = 1, expire: Expire = None, db: DB = 0, *,
                   orig: int | str | None = None) -> int:
-        return self._keyed("increment", key, lambda s: ops.increment(s, key, delta, expire, db, orig))
+        return self._keyed("increment", key, lambda s: ops.increment(s, key, delta, expire, db, orig), db)
 
     def increment_double(self, key: Key, delta: float = 1.0, expire: Expire = None, db: DB = 0, *,
                          orig: float | str | None = None) -> float:
-        return self._keyed("increment_double", key, lambda s: ops.increment_double(s, key, delta, expire, db, orig))
+        return self._keyed("increment_double", key,
+                           lambda s: ops.increment_double(s, key, delta, expire, db, orig), db)
 
     def cas(self, key: Key, old_val: Any = None, new_val: Any = None, expire: Expire = None, db: DB = 0) -> bool:
-        return self._keyed("cas", key, lambda s: ops.cas(s, key, old_val, new_val, expire, db))
+        return self._keyed("cas", key, lambda s: ops.cas(s, key, old_val, new_val, expire, db), db)
 
     def remove(self, key: Key, db: DB = 0) -> bool:
-        return self._keyed("remove", key, lambda s: ops.remove(s, key, db))
+        return self._keyed("remove", key, lambda s: ops.remove(s, key, db), db)
 
     def seize(self, key: Key, db: DB = 0) -> Any:
-        return self._keyed("seize", key, lambda s: ops.seize(s, key, db))
+        return self._keyed("seize", key, lambda s: ops.seize(s, key, db), db)
 
     # -- bulk -------------------------------------------------------------------------------------
 
@@ -614,7 +732,11 @@ class Cluster:
         ops.check_db(session, db)
         keys = key_list(keys)
         kbs = keys_bytes(keys)
-        topo = self._topology
+        topo, moving = self._bulk_topology(kbs)
+        if moving:
+            found = self.get_bulk([k for i, k in enumerate(keys) if i not in moving], atomic, db)
+            found.update((keys[i], value) for i in moving if (value := self.get(keys[i], db)) is not None)
+            return {k: found[k] for k in keys if k in found}
         plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
         shards = self._bulk("get_bulk", topo, plan,
                             lambda chunk, s: ops.get_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))
@@ -645,8 +767,11 @@ class Cluster:
         ops.check_db(session, db)
         keys = list(kv_dict)
         kbs = keys_bytes(keys)
+        topo, moving = self._bulk_topology(kbs)
+        if moving:
+            return (self.set_bulk({k: kv_dict[k] for i, k in enumerate(keys) if i not in moving}, expire, atomic, db)
+                    + sum(self.set(keys[i], kv_dict[keys[i]], expire, db) for i in moving))
         values = ops.packed_values(session, list(kv_dict.values()))
-        topo = self._topology
         plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
         shards = self._bulk("set_bulk", topo, plan, lambda chunk, s: ops.set_bulk_encoded(
             s, [kbs[i] for i in chunk], [values[i] for i in chunk], xt, atomic, db))
@@ -660,7 +785,10 @@ class Cluster:
         ops.check_db(session, db)
         keys = key_list(keys)
         kbs = keys_bytes(keys)
-        topo = self._topology
+        topo, moving = self._bulk_topology(kbs)
+        if moving:
+            return (self.remove_bulk([k for i, k in enumerate(keys) if i not in moving], atomic, db)
+                    + sum(self.remove(keys[i], db) for i in moving))
         plan = plan_bulk(topo.ring, kbs, self.bulk_chunk)
         shards = self._bulk("remove_bulk", topo, plan,
                             lambda chunk, s: ops.remove_bulk_encoded(s, [kbs[i] for i in chunk], atomic, db))

@@ -351,16 +351,15 @@ class Connection:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def request_http(self, data: bytes, *, head: bool = False, deadline: Deadline = NO_DEADLINE,
+    def request_http(self, data: bytes, head: bool = False, deadline: Deadline = NO_DEADLINE,
                      max_size: int = DEFAULT_MAX_REPLY_SIZE, timeout: Limit = OWN) -> tuple[ResponseHead, bytes]:
         """Send one HTTP request and read its response: (head, body).  ``head`` is True for
         a HEAD request (the answer has no body whatever its Content-Length says).
         ``deadline`` and ``max_size``: see the module docstring; ``timeout``: this
         exchange's limit instead of the connection's (:data:`OWN`)."""
-        return self.read_http(self.send_request(data, deadline=deadline, timeout=timeout), head=head,
-                              max_size=max_size)
+        return self.read_http(self.send_request(data, deadline, timeout), head, max_size)
 
-    def request_binary(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]], *,
+    def request_binary(self, data: bytes | Iterable[bytes], decode: Callable[[bytes], tuple[T, int]],
                        noreply: bool = False, deadline: Deadline = NO_DEADLINE,
                        max_size: int = DEFAULT_MAX_REPLY_SIZE, timeout: Limit = OWN) -> T:
         """Send one binary-protocol request and decode its reply with a
@@ -370,15 +369,15 @@ class Connection:
         sent as soon as it is produced, so the server works on the first records while
         the rest are encoded.  The pieces must not fail midway (encode and check the
         records first): a request cut short breaks the connection."""
-        sent = self.send_request(data, deadline=deadline, timeout=timeout)
+        sent = self.send_request(data, deadline, timeout)  # positional: the hot path
         if noreply:
             self.last_used = time.monotonic()
             return None  # type: ignore[return-value]
-        return self.read_reply(sent, decode, max_size=max_size)
+        return self.read_reply(sent, decode, max_size)
 
     # -- an exchange in two halves (a caller with several connections in flight) -------------------
 
-    def send_request(self, data: bytes | Iterable[bytes], *, deadline: Deadline = NO_DEADLINE,
+    def send_request(self, data: bytes | Iterable[bytes], deadline: Deadline = NO_DEADLINE,
                      timeout: Limit = OWN) -> Sent:
         """The first half of an exchange: connect if needed and send ``data``.  Read the
         answer with :meth:`read_reply` or :meth:`read_http`, passing what this returns
@@ -390,7 +389,7 @@ class Connection:
         self._send_request(sock, data, *sent)
         return sent
 
-    def read_reply(self, sent: Sent, decode: Callable[[bytes], tuple[T, int]], *,
+    def read_reply(self, sent: Sent, decode: Callable[[bytes], tuple[T, int]],
                    max_size: int = DEFAULT_MAX_REPLY_SIZE) -> T:
         """The second half of an exchange: read and decode the reply to the request that
         :meth:`send_request` sent (a failure breaks the connection)."""
@@ -406,10 +405,10 @@ class Connection:
         self.last_used = time.monotonic()
         return result
 
-    def read_http(self, sent: Sent, *, head: bool = False,
+    def read_http(self, sent: Sent, head: bool = False,
                   max_size: int = DEFAULT_MAX_REPLY_SIZE) -> tuple[ResponseHead, bytes]:
         """:meth:`read_reply` for an HTTP request: ``(head, body)``."""
-        head_obj, body = self.read_reply(sent, HTTPReply(head), max_size=max_size)
+        head_obj, body = self.read_reply(sent, HTTPReply(head), max_size)
         if not head_obj.keep_alive:
             self.close()
         return head_obj, body

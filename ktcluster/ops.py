@@ -299,7 +299,7 @@ def _target(s: Session, key: bytes, db: Any) -> bytes | None:
     return target if len(target) <= _rest.MAX_TARGET else None
 
 
-def _read_raw(s: Session, key: bytes, db: Any) -> Op[tuple[bytes, int | None] | None]:
+def read_raw(s: Session, key: bytes, db: Any) -> Op[tuple[bytes, int | None] | None]:
     """(stored bytes, absolute expiry or None) of a record over RPC, or None when it is missing."""
     try:
         out = yield from rpc(s, b"get", [(b"key", key)], db)
@@ -308,9 +308,13 @@ def _read_raw(s: Session, key: bytes, db: Any) -> Op[tuple[bytes, int | None] | 
     return answer_value(out, b"value"), _expires(out)
 
 
-def _read_binary(kb: bytes, dbidx: int) -> Op[tuple[bytes, int] | None]:
-    """(stored value, xt) of a record read with the binary protocol, or None."""
-    recs = yield Binary(_bin.encode_get_bulk(((dbidx, kb),)), _decode_one_record)
+def _get_one(kb: bytes, dbidx: int) -> Binary:
+    """The binary request that reads one record (its answer goes to :func:`_one_record`)."""
+    return Binary(_bin.encode_get_bulk(((dbidx, kb),)), _decode_one_record)
+
+
+def _one_record(kb: bytes, recs: list[tuple[int, bytes, bytes, int]]) -> tuple[bytes, int] | None:
+    """(stored value, xt) from the answer to :func:`_get_one`, or None."""
     if not recs:
         return None
     _, key, value, xt = recs[0]
@@ -406,11 +410,12 @@ def void(s: Session) -> Op[dict[bytes, bytes]]:
 def get(s: Session, key: Any, db: Any) -> Op[Any]:
     kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
     if s.fast:
-        brec = yield from _read_binary(kb, db if db == 0 and type(db) is int else (yield from db_index(s, db)))
+        dbidx = db if db == 0 and type(db) is int else (yield from db_index(s, db))
+        brec = _one_record(kb, (yield _get_one(kb, dbidx)))
         return None if brec is None else s.value(key, brec[0])
     target = _target(s, kb, db)
     if target is None:
-        rec = yield from _read_raw(s, kb, db)
+        rec = yield from read_raw(s, kb, db)
         return None if rec is None else s.value(key, rec[0])
     head, body = yield Http(_rest.encode_get(target, s.host))
     if head.status == 200:
@@ -423,9 +428,9 @@ def get(s: Session, key: Any, db: Any) -> Op[Any]:
 def get_with_expiry(s: Session, key: Any, db: Any) -> Op[tuple[Any, int | None] | None]:
     kb = key_bytes(key)
     if s.fast:
-        brec = yield from _read_binary(kb, (yield from db_index(s, db)))
+        brec = _one_record(kb, (yield _get_one(kb, (yield from db_index(s, db)))))
         return None if brec is None else (s.value(key, brec[0]), expires_at(brec[1]))
-    rec = yield from _read_raw(s, kb, db)
+    rec = yield from read_raw(s, kb, db)
     return None if rec is None else (s.value(key, rec[0]), rec[1])
 
 
@@ -434,7 +439,7 @@ def get_int(s: Session, key: Any, db: Any) -> Op[int]:
     kb = key_bytes(key)
     target = _target(s, kb, db)
     if target is None:
-        rec = yield from _read_raw(s, kb, db)
+        rec = yield from read_raw(s, kb, db)
         if rec is None:
             raise LogicalInconsistencyError("DB: 7: no record: no record", 450)
         raw = rec[0]
@@ -563,7 +568,7 @@ def write_keeping(s: Session, key: Any, db: Any, new_value: Callable[[bytes | No
     and ``create`` is not set."""
     kb = key_bytes(key)
     for _ in range(KEEP_RETRIES):
-        rec = yield from _read_raw(s, kb, db)
+        rec = yield from read_raw(s, kb, db)
         if rec is None:
             if not create:
                 return False

@@ -193,20 +193,20 @@ class ConnectionPool:
             timeout = self.pool_timeout
         give_up = None if timeout is None else _monotonic() + timeout
         while True:
-            conn, reused, waiter = self._take(queue=True)
+            conn, reused, waiter = self._take(True)
             if waiter is not None:
                 conn, reused = self._wait(waiter, timeout, give_up)
-            if self._ready(conn, reused):  # type: ignore[arg-type]
+            if not reused or self._ready(conn):  # type: ignore[arg-type]
                 return conn  # type: ignore[return-value]
 
     def try_checkout(self) -> Connection | None:
         """A connection if one is free now (or may be created now), else None: never
         waits, and never passes a caller already waiting."""
         while True:
-            conn, reused, _ = self._take(queue=False)
+            conn, reused, _ = self._take(False)
             if conn is None:
                 return None
-            if self._ready(conn, reused):
+            if not reused or self._ready(conn):
                 return conn
 
     def _take(self, queue: bool) -> tuple[Connection | None, bool, _Waiter | None]:
@@ -228,10 +228,10 @@ class ConnectionPool:
                 return conn, True, None
             return self._new_connection(), False, None
 
-    def _ready(self, conn: Connection, reused: bool) -> bool:
-        """Is the connection just taken usable?  If not it is discarded (try another)."""
+    def _ready(self, conn: Connection) -> bool:
+        """Is the idle connection just taken usable?  If not it is discarded (try another)."""
         try:
-            usable = not reused or self._usable(conn)
+            usable = self._usable(conn)
         except BaseException:
             self.checkin(conn, discard=True)
             raise

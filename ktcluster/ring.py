@@ -17,6 +17,13 @@ Weights are relative: a node gets ``floor(40 * n * weight / sum(weights))``
 point groups, so changing one weight (or the node count) rebuilds the whole
 continuum and can move keys between untouched nodes.  :meth:`Ring.diff`
 measures that exactly before a change is applied.
+
+**Hash tags** (opt-in, ``Ring(nodes, hash_tags=True)``) follow Redis Cluster's
+rule: when a key holds a ``{`` followed later by a ``}`` with at least one byte
+between them, only the bytes between the first ``{`` and the first ``}`` after
+it are hashed, so ``{user:42}:cart`` and ``{user:42}:profile`` share a node.
+A key without such a tag (``{}x``, ``x{y``) is hashed whole.  Every client of a
+cluster must agree on the setting, as on names and weights.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ try:  # CPython's built-in MD5 is about twice as fast as OpenSSL's on key-sized 
 except ImportError:  # pragma: no cover - interpreters built without it
     from hashlib import md5
 
-__all__ = ["Key", "Ring", "RingDiff", "key_hash", "VNODES", "REPLICAS"]
+__all__ = ["Key", "Ring", "RingDiff", "key_hash", "hash_tag", "VNODES", "REPLICAS"]
 
 #: libketama's constants: point groups per node (at equal weights), points per group.
 VNODES = 40
@@ -50,6 +57,17 @@ T = TypeVar("T")
 def key_hash(key: Key) -> int:
     """libketama's ``ketama_hashi``: the first 4 bytes of MD5(key), little-endian."""
     return _LE32(md5(key_bytes(key)).digest())[0]
+
+
+def hash_tag(kb: bytes) -> bytes:
+    """The bytes of a key that a ring with hash tags hashes: the non-empty text between
+    the first ``{`` and the first ``}`` after it, else the whole key."""
+    start = kb.find(b"{")
+    if start >= 0:
+        end = kb.find(b"}", start + 1)
+        if end > start + 1:
+            return kb[start + 1:end]
+    return kb
 
 
 @dataclass(frozen=True)
@@ -77,13 +95,14 @@ class Ring:
     """An immutable ketama ring over named nodes.
 
     ``nodes`` is an iterable of names (all weight 1) or a mapping name -> weight
-    (a positive int).  Derive changed rings with :meth:`with_node` /
-    :meth:`without_node`; compare them with :meth:`diff`.
+    (a positive int); ``hash_tags`` hashes only a key's ``{tag}`` (see the module
+    docstring).  Derive changed rings with :meth:`with_node` / :meth:`without_node`
+    (they keep ``hash_tags``); compare them with :meth:`diff`.
     """
 
-    __slots__ = ("_weights", "_points", "_owners")
+    __slots__ = ("_weights", "_points", "_owners", "hash_tags")
 
-    def __init__(self, nodes: Iterable[str] | Mapping[str, int]) -> None:
+    def __init__(self, nodes: Iterable[str] | Mapping[str, int], *, hash_tags: bool = False) -> None:
         weights = dict(nodes) if isinstance(nodes, Mapping) else {name: 1 for name in nodes}
         if not weights:
             raise ArgumentError("a ring needs at least one node")
@@ -93,6 +112,7 @@ class Ring:
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
                 raise ArgumentError(f"weight of node {name!r} must be a positive int, got {weight!r}")
         self._weights = weights
+        self.hash_tags = hash_tags
         built = HashRing(nodes={name: {"weight": w} for name, w in weights.items()},
                          hash_fn="ketama", vnodes=VNODES, replicas=REPLICAS)
         points = built.get_points()
@@ -118,14 +138,15 @@ class Ring:
         return name in self._weights
 
     def __repr__(self) -> str:
-        return f"Ring({self._weights!r})"
+        return f"Ring({self._weights!r}{', hash_tags=True' if self.hash_tags else ''})"
 
     def node_for(self, key: Key) -> str:
         """The name of the node that owns ``key``."""
         if len(self._weights) == 1:   # every key lives there: skip the hashing, keep the key check
             key_bytes(key)
             return self._owners[0]
-        i = bisect_left(self._points, _LE32(md5(key_bytes(key)).digest())[0])
+        kb = hash_tag(key_bytes(key)) if self.hash_tags else key_bytes(key)
+        i = bisect_left(self._points, _LE32(md5(kb).digest())[0])
         return self._owners[i if i < len(self._points) else 0]
 
     def _owner_of_hash(self, h: int) -> str:
@@ -142,6 +163,8 @@ class Ring:
             return {self._owners[0]: items}
         if kbs is None:
             kbs = [key_bytes(key) for key in items]
+        if self.hash_tags:
+            kbs = [hash_tag(kb) for kb in kbs]
         groups: dict[str, list[T]] = {}
         points, owners, last = self._points, self._owners, len(self._points)
         for item, kb in zip(items, kbs, strict=True):
@@ -156,13 +179,13 @@ class Ring:
 
     def with_node(self, name: str, weight: int = 1) -> Ring:
         """A new ring with ``name`` added (or its weight changed)."""
-        return Ring({**self._weights, name: weight})
+        return Ring({**self._weights, name: weight}, hash_tags=self.hash_tags)
 
     def without_node(self, name: str) -> Ring:
         """A new ring without ``name``."""
         if name not in self._weights:
             raise ArgumentError(f"no node named {name!r} in the ring")
-        return Ring({n: w for n, w in self._weights.items() if n != name})
+        return Ring({n: w for n, w in self._weights.items() if n != name}, hash_tags=self.hash_tags)
 
     def shares(self) -> dict[str, float]:
         """Each node's exact fraction of the hash space."""

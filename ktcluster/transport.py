@@ -95,25 +95,24 @@ class Transport:
     def send(self, conn: Connection, request: Request, deadline: Deadline = NO_DEADLINE,
              timeout: Limit = OWN) -> Any:
         """One request on ``conn`` (which breaks it on any failure midway)."""
-        if type(request) is Http:
-            return conn.request_http(request.data, head=request.head, deadline=deadline,
-                                     max_size=self.max_reply_size, timeout=timeout)
-        return conn.request_binary(request.data, request.decode, noreply=request.noreply,  # type: ignore[union-attr]
-                                   deadline=deadline, max_size=self.max_reply_size, timeout=timeout)
+        if type(request) is Http:  # positional arguments: the hot path
+            return conn.request_http(request.data, request.head, deadline, self.max_reply_size, timeout)
+        return conn.request_binary(request.data, request.decode, request.noreply,  # type: ignore[union-attr]
+                                   deadline, self.max_reply_size, timeout)
 
     def start(self, conn: Connection, request: Request, deadline: Deadline = NO_DEADLINE) -> Sent:
         """:meth:`send` in two halves: send ``request`` on ``conn``; :meth:`finish` reads
         its answer.  In between, ``conn.fileno()`` becomes readable when it arrives
         (a ``noreply`` request has no answer to wait for)."""
-        return conn.send_request(request.data, deadline=deadline)
+        return conn.send_request(request.data, deadline)
 
     def finish(self, conn: Connection, request: Request, sent: Sent) -> Any:
         """The answer to ``request``, which :meth:`start` sent on ``conn``."""
         if type(request) is Http:
-            return conn.read_http(sent, head=request.head, max_size=self.max_reply_size)
+            return conn.read_http(sent, request.head, self.max_reply_size)
         if request.noreply:  # type: ignore[union-attr]
             return None
-        return conn.read_reply(sent, request.decode, max_size=self.max_reply_size)  # type: ignore[union-attr]
+        return conn.read_reply(sent, request.decode, self.max_reply_size)  # type: ignore[union-attr]
 
     def exchange(self, request: Request, deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN,
                  attempt: Attempt | None = None) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ktcluster.cli.rebalance import _Mover, _Tally
+from ktcluster.cli.rebalance import Tally, _Mover
 from ktcluster.cli.records import scan
 from ktcluster.client import KyotoTycoon
 from ktcluster.cluster import Cluster
@@ -310,7 +310,7 @@ def test_rebalance_never_deletes_a_value_written_after_the_copy(spec: str, serve
     changed, removed = (next(f"{p}{i}" for i in range(100) if ring.node_for(f"{p}{i}") == "a") for p in "xy")
     with cluster_of(servers) as cluster:
         cluster.client("b").set(changed, b"new value")  # what a client wrote after the scan read "old"
-    tally = _Tally()
+    tally = Tally()
     mover = _Mover(dict(entry.split("=") for entry in spec.split(",")), 0, "keep", 5.0, tally)
     try:
         mover.move("b", "a", [(changed.encode(), b"old", None), (removed.encode(), b"gone", None)])

@@ -296,3 +296,16 @@ def test_partial_failure_error_is_typed(make_cluster, servers):
 def _closed_port() -> int:
     from ktcluster.testing import free_port
     return free_port()
+
+
+def test_hash_tags_keep_a_users_keys_on_one_node(make_cluster) -> None:
+    cluster = make_cluster(hash_tags=True)
+    records = {f"{{user:{u}}}:{part}": part for u in range(30) for part in ("cart", "profile")}
+    assert cluster.set_bulk(records) == len(records)
+    for u in range(30):
+        node = cluster.node_for(f"{{user:{u}}}:cart")
+        assert cluster.node_for(f"{{user:{u}}}:profile") == node
+        assert cluster.client(node).get_bulk([f"{{user:{u}}}:cart", f"{{user:{u}}}:profile"]) == \
+            {f"{{user:{u}}}:cart": "cart", f"{{user:{u}}}:profile": "profile"}
+    assert cluster.get_bulk(list(records)) == records
+    assert len({cluster.node_for(f"{{user:{u}}}:cart") for u in range(30)}) == 3

@@ -234,3 +234,35 @@ def test_diff_of_identical_rings_is_empty():
 if __name__ == "__main__":
     VECTORS.write_text(json.dumps(generate_vectors(), indent=1, ensure_ascii=False) + "\n")
     print(f"wrote {VECTORS}")
+
+
+# -- hash tags --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "tag"), [
+    (b"{user:42}:cart", b"user:42"), (b"x{user:42}y{z}", b"user:42"), (b"{a}{b}", b"a"),
+    (b"{}user:42", b"{}user:42"), (b"{}{a}", b"{}{a}"), (b"user{", b"user{"), (b"}{a}", b"a"),
+    (b"{{a}}", b"{a"), (b"no tag", b"no tag"), (b"", b""),
+])
+def test_hash_tag_follows_redis_clusters_rule(key: bytes, tag: bytes) -> None:
+    from ktcluster.ring import hash_tag
+    assert hash_tag(key) == tag
+
+
+def test_hash_tags_put_a_tags_keys_on_one_node_and_only_when_asked() -> None:
+    nodes = [f"node{i}" for i in range(8)]
+    plain, tagged = Ring(nodes), Ring(nodes, hash_tags=True)
+    keys = [f"{{user:{u}}}:{part}" for u in range(200) for part in ("cart", "profile", "orders")]
+    for u in range(200):
+        owners = {tagged.node_for(f"{{user:{u}}}:{part}") for part in ("cart", "profile", "orders")}
+        assert owners == {tagged.node_for(f"user:{u}")}     # the tag alone hashes as the key would
+    assert len({plain.node_for(k) for k in keys[:3]} | {plain.node_for(k) for k in keys[3:30]}) > 1
+    spread = Counter(plain.node_for(k) for k in keys)
+    assert len(spread) == 8                                  # without the option braces mean nothing
+    groups = tagged.partition(keys)
+    assert {n: sorted(ks) for n, ks in groups.items()} == \
+        {n: sorted(k for k in keys if tagged.node_for(k) == n) for n in groups}
+    assert tagged.node_for("no tag") == plain.node_for("no tag")
+    grown = tagged.with_node("node8").without_node("node0")
+    assert grown.hash_tags and grown.node_for("{a}1") == grown.node_for("{a}2")
+    assert "hash_tags=True" in repr(tagged) and "hash_tags" not in repr(plain)

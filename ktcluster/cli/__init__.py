@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 
 from ..errors import KyotoTycoonException, NodeDownError, PartialFailureError, ResyncRequiredError
+from ..ringdoc import DEFAULT_MAX_CALL, DEFAULT_REFRESH
 from .commands import CLIError
 from .records import InputError
 from .servers import add_server_options
@@ -163,11 +164,26 @@ def _parser() -> argparse.ArgumentParser:
     ring.add_argument("--add-weight", type=_positive, default=1, help="ring weight of the added nodes")
     ring.add_argument("--remove", action="append", metavar="NAME", help="a node to remove; repeatable")
 
-    reb = add("rebalance", "move every key to the node the ring (--servers) says owns it",
-              "After a ring change, move each key found on a node that does not own it: copy it with its "
+    reb = add("rebalance", "move every key to the node the ring says owns it; grow or shrink a live fleet",
+              "With a STEP, migrate a cluster whose clients follow the ring document (shared_ring=True) "
+              "under traffic: begin (publish the new ring from --add/--remove, wait until every client "
+              "routes by it), move (settle every misplaced key), finish (publish the new ring as stable); "
+              "abort (during prepare), status, run (all three). Every step is resumable. Without a STEP: "
+              "after a ring change, move each key found on a node that does not own it: copy it with its "
               "expiry, verify the copy, then remove the original by compare-and-swap (a key changed "
               "meanwhile is copied again, never lost). --servers is the new ring; --drain lists nodes "
               "leaving it. Resumable with --checkpoint; safe to run again.", parents=(common, dbopt))
+    reb.add_argument("step", nargs="?", choices=("begin", "move", "finish", "abort", "status", "run"),
+                     help="a live migration's step (see the description)")
+    reb.add_argument("--add", action="append", metavar="NAME=HOST:PORT", help="begin: a node to add; repeatable")
+    reb.add_argument("--add-weight", type=_positive, default=1, help="begin: ring weight of the added nodes")
+    reb.add_argument("--remove", action="append", metavar="NAME", help="begin: a node to drain; repeatable")
+    reb.add_argument("--refresh", type=float, default=DEFAULT_REFRESH,
+                     help=f"begin, on a cluster without a ring document: seconds between the clients' reads "
+                          f"of it (default {DEFAULT_REFRESH:g})")
+    reb.add_argument("--max-call", type=float, default=DEFAULT_MAX_CALL,
+                     help=f"begin, on a cluster without a ring document: the longest a client call may last "
+                          f"(default {DEFAULT_MAX_CALL:g})")
     reb.add_argument("--drain", metavar="LIST", help="nodes to empty that are not in the ring (name=host:port,...)")
     reb.add_argument("--dry-run", action="store_true", help="count what would move; change nothing")
     reb.add_argument("--on-conflict", choices=("keep", "source", "target"), default="keep",
@@ -185,7 +201,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import commands, demo, rebalance
+    from . import commands, demo, live, rebalance
+
+    if args.command == "rebalance" and args.step:
+        return live.live(args)
 
     if args.command == "stats" and args.watch:
         from .watch import watch

@@ -3,9 +3,10 @@
 A server list is comma- (or space-) separated entries, each ``host:port`` (the
 node is then named ``host:port``, as libketama clients name servers) or
 ``name=host:port`` (names, not addresses, are hashed: see
-:mod:`ktcluster.ring`).  ``--weight NAME=N`` gives a node a ring weight.  Every
-client of the cluster must use the same names and weights, or keys are looked
-for on the wrong node.
+:mod:`ktcluster.ring`).  ``--weight NAME=N`` gives a node a ring weight;
+``--hash-tags`` places keys by their ``{tag}``.  Every client of the cluster
+must use the same names, weights and hash-tag setting, or keys are looked for on
+the wrong node.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ ENV = "KT_SERVERS"
 class ServerList:
     """Node name -> ``"host:port"`` (configuration order) and the ring weights."""
 
-    def __init__(self, nodes: dict[str, str], weights: dict[str, int]) -> None:
+    def __init__(self, nodes: dict[str, str], weights: dict[str, int], hash_tags: bool = False) -> None:
         self.nodes = nodes
         self.weights = weights
+        self.hash_tags = hash_tags
 
     def ring(self) -> Ring:
-        return Ring({name: self.weights.get(name, 1) for name in self.nodes})
+        return Ring({name: self.weights.get(name, 1) for name in self.nodes}, hash_tags=self.hash_tags)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: [address, self.weights.get(name, 1)] for name, address in self.nodes.items()}
@@ -72,6 +74,8 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
                              f"(default: ${ENV})")
     parser.add_argument("--weight", action="append", type=_weight, default=[], metavar="NAME=N",
                         help="ring weight of a node (default 1); repeatable")
+    parser.add_argument("--hash-tags", action="store_true",
+                        help="place keys by their {tag} (as Redis Cluster does); every client must agree")
     parser.add_argument("--timeout", type=float, default=5.0,
                         help="seconds for each request and for a whole call with its retries (default 5)")
 
@@ -86,11 +90,12 @@ def server_list(args: argparse.Namespace) -> ServerList:
     unknown = set(weights) - set(nodes)
     if unknown:
         raise ArgumentError(f"--weight names unknown nodes: {', '.join(sorted(unknown))}")
-    return ServerList(nodes, weights)
+    return ServerList(nodes, weights, args.hash_tags)
 
 
 def open_cluster(servers: ServerList, timeout: float, **options: Any) -> Cluster:
     """A Cluster over ``servers`` that stores values as raw bytes (what the CLI reads and writes)."""
     options.setdefault("pack_type", KT_PACKER_BYTES)
     options.setdefault("retry", RetryPolicy(attempts=2, deadline=timeout))
-    return Cluster(servers.nodes, weights=servers.weights, timeout=timeout, connect_timeout=timeout, **options)
+    return Cluster(servers.nodes, weights=servers.weights, hash_tags=servers.hash_tags, timeout=timeout,
+                   connect_timeout=timeout, **options)

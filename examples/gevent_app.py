@@ -21,6 +21,12 @@ Endpoints (values are raw bytes)::
     POST   /bulk                 200 {"stored": n}   (body: JSON object key -> text value)
     GET    /bulk?key=a&key=b     200 {key: value} of the keys found
     GET    /health               200 {"down": [...], "nodes": {name: breaker state}}
+    GET    /stats                200 cluster.stats() (JSON; ``ktcluster stats --watch --url`` reads it)
+    GET    /metrics              200 the Prometheus exposition (needs ``ktcluster[prometheus]``)
+
+The Cluster has a :class:`~ktcluster.observe.Metrics` observer: per node x operation
+counts, latency and pool-wait histograms and errors by class, served at ``/stats`` and, in
+Prometheus' format, at ``/metrics`` (docs/observability.md).
 
 Errors map to status codes as examples/webapp.py says (the body is
 ``{"error": message}``; 503 with Retry-After for local pool congestion).
@@ -49,6 +55,7 @@ from webapp import arguments, http_error  # noqa: E402
 from ktcluster import KT_PACKER_BYTES  # noqa: E402
 from ktcluster.cluster import Cluster  # noqa: E402
 from ktcluster.errors import KyotoTycoonException  # noqa: E402
+from ktcluster.observe import Metrics  # noqa: E402
 
 Environ = dict
 StartResponse = Callable[..., object]
@@ -65,8 +72,22 @@ def _json(start: StartResponse, status: str, obj: object, headers: Iterable[tupl
     return _reply(start, status, json.dumps(obj).encode(), "application/json", headers)
 
 
+def prometheus_exposition(cluster: Cluster) -> Callable[[], tuple[bytes, str]] | None:
+    """A function returning ``(body, content type)`` of a scrape, or None without prometheus_client."""
+    try:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        from ktcluster.observe.prometheus import Collector
+    except ImportError:
+        return None
+    registry = CollectorRegistry()
+    registry.register(Collector(cluster))
+    return lambda: (generate_latest(registry), CONTENT_TYPE_LATEST)
+
+
 def make_app(cluster: Cluster) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
     """The WSGI callable serving ``cluster``."""
+    scrape = prometheus_exposition(cluster)
 
     def app(environ: Environ, start: StartResponse) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
@@ -98,6 +119,11 @@ def make_app(cluster: Cluster) -> Callable[[Environ, StartResponse], Iterable[by
             elif path == "/health":
                 return _json(start, "200 OK", {"down": cluster.health.down(),
                                                "nodes": {n: cluster.health[n].state.value for n in cluster.nodes}})
+            elif path == "/stats":
+                return _json(start, "200 OK", cluster.stats())
+            elif path == "/metrics" and scrape is not None:
+                body, ctype = scrape()
+                return _reply(start, "200 OK", body, ctype)
             return _reply(start, "404 Not Found")
         except KyotoTycoonException as exc:
             mapped = http_error(exc)
@@ -120,12 +146,12 @@ class NoDelayWSGIServer(WSGIServer):
 def app_from_env() -> Callable[[Environ, StartResponse], Iterable[bytes]]:
     """For gunicorn: the servers come from ``KT_SERVERS`` (comma-separated host:port)."""
     servers = [s for s in os.environ.get("KT_SERVERS", "127.0.0.1:1978").split(",") if s]
-    return make_app(Cluster(servers, pack_type=KT_PACKER_BYTES))
+    return make_app(Cluster(servers, pack_type=KT_PACKER_BYTES, observer=Metrics()))
 
 
 def main(argv: list[str] | None = None) -> None:
     host, port, servers, options = arguments(__doc__.splitlines()[0], argv)
-    cluster = Cluster(servers, **options)
+    cluster = Cluster(servers, observer=Metrics(), **options)
     server = NoDelayWSGIServer((host, port), make_app(cluster), log=None)
     gevent.signal_handler(signal.SIGTERM, server.stop, 1)
     try:

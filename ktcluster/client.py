@@ -77,6 +77,7 @@ from .deadline import NO_DEADLINE, Deadline
 from .errors import ArgumentError, KTConnectionError, KyotoTycoonException
 from .expiry import Expire
 from .keys import DB, Key, KeyT, decode_key, keep_bytes, key_bytes
+from .observe.events import Call, Observer, observed
 from .ops import BINARY, HTTP, KEEP_RETRIES, DBReport, Op, Report, Session, Status
 from .packers import KT_PACKER_PICKLE, make_packer
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool
@@ -84,6 +85,7 @@ from .transport import Transport, TransportBase
 
 if TYPE_CHECKING:
     from .cursor import Cursor
+    from .retry import OpClass
 
 from . import ops
 
@@ -92,6 +94,19 @@ __all__ = ["KyotoTycoon", "ClientCore", "Report", "DBReport", "Status", "KEEP_RE
 T = TypeVar("T")
 TR = TypeVar("TR", bound=TransportBase)
 C = TypeVar("C", bound="ClientCore[Any]")
+
+#: the operations of :mod:`ktcluster.ops` whose name is not the client method's (observed calls)
+_OPERATION_NAMES = {"set_record": "set"}
+#: an observed operation's (name, retry class, records) by its generator's name
+_OBSERVED: dict[str, tuple[str, OpClass, int]] = {}
+
+
+def _observed_as(code: str) -> tuple[str, OpClass, int]:
+    from .retry import op_class  # not at import: the client alone does not load tenacity
+
+    name = _OPERATION_NAMES.get(code, code)
+    found = _OBSERVED[code] = (name, op_class(name), 0 if name.endswith("_bulk") else 1)
+    return found
 
 #: ``with_options(deadline=...)``: a time.monotonic() value, or a function returning one
 #: (or None) when a call starts
@@ -127,7 +142,8 @@ class ClientCore(Generic[TR]):
                  pool_timeout: float | None = DEFAULT_POOL_TIMEOUT,
                  connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT, decode_keys: bool = True,
                  idle_timeout: float | None = 300.0, max_lifetime: float | None = 3600.0,
-                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, socket_module: ModuleType | None = None) -> None:
+                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, socket_module: ModuleType | None = None,
+                 observer: Observer | None = None) -> None:
         if not exceptions:
             # ng: "Relying on separate error states is bad form and should be avoided..."
             raise DeprecationWarning("not raising exceptions on error has been removed")
@@ -139,6 +155,7 @@ class ClientCore(Generic[TR]):
         self.pack_type = pack_type
         self.packer = packer
         self.decode_keys = decode_keys
+        self.observer = observer
         self._pool_options = dict(size=pool_size, pool_timeout=pool_timeout, connect_timeout=connect_timeout,
                                   idle_timeout=idle_timeout, max_lifetime=max_lifetime,
                                   max_reply_size=max_reply_size, socket_module=socket_module)
@@ -336,7 +353,6 @@ class ClientCore(Generic[TR]):
         return NO_DEADLINE if deadline is None else Deadline(deadline), timeout
 
 
-
 class KyotoTycoon(ClientCore[Transport]):
     """Client for one KT server; see the module docstring.
 
@@ -357,7 +373,9 @@ class KyotoTycoon(ClientCore[Transport]):
       count :data:`~ktcluster.protocol.rpc.FIELD_COST` bytes each on top): a reply
       that declares or sends more raises :class:`~ktcluster.errors.ProtocolError`
       before it is read (default 257 MiB: one record of KT's largest size);
-    * ``socket_module`` -- a socket module to use instead of ``socket``.
+    * ``socket_module`` -- a socket module to use instead of ``socket``;
+    * ``observer`` -- an :class:`~ktcluster.observe.Observer` told of every call (one
+      attempt each, named by its operation; cursors are not observed).
 
     The default packer unpickles, as ng's did, and unpickling runs code: anyone who
     can write to the server can run code in this process.  Use ``KT_PACKER_BYTES``
@@ -389,9 +407,19 @@ class KyotoTycoon(ClientCore[Transport]):
     def _run(self, op: Op[T]) -> T:
         """Carry ``op`` to the server under this view's limits."""
         transport = self._transport or self.transport
-        if self._extra is None:
+        if self._extra is None and self.observer is None:
             return transport.run(op)
-        return transport.run(op, *self._limits())
+        limit, timeout = self._limits()
+        if self.observer is None:
+            return transport.run(op, limit, timeout)
+        code: str = getattr(op, "__name__", "call")  # a generator's: its function's name
+        name, cls, records = _OBSERVED.get(code) or _observed_as(code)
+
+        def attempt(call: Call | None) -> T:
+            event = call.attempt(transport.address, transport.address, 0)  # type: ignore[union-attr]
+            return event.measure(lambda: transport.run(op, limit, timeout, event))
+
+        return observed(self.observer, name, cls, records, attempt)
 
     def _new_transport(self, host: str, port: int, timeout: float | None) -> Transport:
         return Transport(host, port, timeout=timeout, **self._pool_options)  # type: ignore[arg-type]

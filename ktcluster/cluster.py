@@ -64,14 +64,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, TypeVar
 
 from . import migration, ops
 from .address import DEFAULT_PORT, Address, Servers, format_address, named_addresses, parse_address
 from .client import ClientCore, KyotoTycoon
-from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE
+from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN
 from .cursor import Cursor
 from .deadline import Deadline
 from .errors import (
@@ -87,6 +87,9 @@ from .fanout import Fanout
 from .health import CircuitBreaker, Health, HealthConfig, Listener
 from .keys import DB, Key, KeyT, decode_key, keep_bytes, key_bytes, key_list, keys_bytes
 from .migration import Migration
+from .observe import find_metrics
+from .observe.events import Attempt, Observer, observed
+from .observe.events import Call as Observed
 from .ops import AUTO, HTTP, Op, Session
 from .packers import KT_PACKER_BYTES, make_packer
 from .pool import DEFAULT_POOL_SIZE
@@ -107,8 +110,9 @@ log = logging.getLogger("ktcluster.cluster")
 #: the default socket timeout and pool wait of the nodes' pools (under RetryPolicy's 10 s deadline).
 DEFAULT_NODE_TIMEOUT = 5.0
 
-#: what an attempt runs on a node: a function of the node and the call's deadline
-Call = Callable[["_Member", Deadline], T]
+#: what an attempt runs on a node: a function of the node, the call's deadline and the
+#: observed attempt (None without an observer), which the transport measures
+Call = Callable[["_Member", Deadline, "Attempt | None"], T]
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ class _Member:
 
 def _op(make_op: Callable[[Session], Op[T]]) -> Call[T]:
     """The attempt that runs an operation of :mod:`ktcluster.ops` on a node."""
-    return lambda member, deadline: member.transport.run(make_op(member.session), deadline)
+    return lambda member, deadline, attempt: member.transport.run(make_op(member.session), deadline, OWN, attempt)
 
 
 @dataclass(frozen=True)
@@ -287,12 +291,15 @@ class ClusterCore:
                  failover: Mapping[str, Address] | None = None,
                  failover_ops: Iterable[OpClass] = (OpClass.READ, OpClass.IDEMPOTENT),
                  bulk_chunk: int = 1000, bulk_lanes: int = 4, fanout_workers: int | None = None,
-                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, shared_ring: bool = False) -> None:
+                 max_reply_size: int = DEFAULT_MAX_REPLY_SIZE, shared_ring: bool = False,
+                 observer: Observer | None = None) -> None:
         if bulk_chunk < 1 or bulk_lanes < 1:
             raise ArgumentError("bulk_chunk and bulk_lanes must be at least 1")
         self.binary = binary
         self.retry = retry or RetryPolicy()
-        self.health = Health(health, on_node_event)
+        #: receives an event per attempt, breaker change and pool exhaustion (:mod:`ktcluster.observe`)
+        self.observer = observer
+        self.health = Health(health, on_node_event, observer)
         self.failover_ops = frozenset(failover_ops)
         self.bulk_chunk = bulk_chunk
         self.bulk_lanes = bulk_lanes
@@ -489,16 +496,20 @@ class ClusterCore:
         return Deadline.after(self._call_limit)
 
     def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Call[T], deadline: Deadline,
-                 first_error: Exception | None = None) -> T:
+                 first_error: Exception | None = None, scope: Observed | None = None) -> T:
         """Run ``call`` on ``node`` under the retry policy, its breaker and its failover
-        (``first_error``: how a first attempt made elsewhere failed)."""
+        (``first_error``: how a first attempt made elsewhere failed; each attempt an event
+        of the observed call ``scope``, when there is an observer)."""
         member = topo.members[node]
+        tries = -1 if first_error is None else 0
 
         def attempt() -> T:
+            nonlocal tries
+            tries += 1
             try:
-                return self._guarded(member, call, deadline)
+                return self._guarded(member, call, deadline, scope, tries)
             except NodeDownError as exc:
-                return self._guarded(self._partner(topo, node, cls, exc), call, deadline)
+                return self._guarded(self._partner(topo, node, cls, exc), call, deadline, scope, tries)
 
         return self.retry.run(cls, attempt, deadline, self._on_retry, first_error)
 
@@ -509,23 +520,32 @@ class ClusterCore:
         if partner is None or cls not in self.failover_ops:
             raise exc
         self._count("failovers")
+        log.info("failing over from node %s to %s: %s", node, partner.node.address, exc)
         return partner
 
     def _on_retry(self, attempt_no: int, exc: BaseException, wait: float) -> None:
         self._count("retries")
-        log.debug("retrying after attempt %d (%s); waiting %.3fs", attempt_no, exc, wait)
+        log.info("retrying after attempt %d failed on node %s (%s: %s); waiting %.3f s", attempt_no,
+                 getattr(exc, "node", None), type(exc).__name__, exc, wait)
 
     def _count(self, counter: str) -> None:
         with self._counter_lock:
             self._counters[counter] += 1
 
-    def _guarded(self, member: _Member, call: Call[T], deadline: Deadline) -> T:
+    def _guarded(self, member: _Member, call: Call[T], deadline: Deadline, scope: Observed | None = None,
+                 retry: int = 0) -> T:
         """One attempt on ``member`` through its breaker, the deadline carried down to the
         socket: every wait ends by it (a thread cannot be interrupted in a blocked socket,
-        and a trickling reply would stretch a per-receive timeout)."""
+        and a trickling reply would stretch a per-receive timeout).  With ``scope``, the
+        attempt is an event of that observed call (``retry``: how many came before it)."""
         _before_attempt(member, deadline)
+        attempt = None if scope is None else scope.attempt(member.name, member.node.address, retry)
+
+        def run() -> T:
+            return member.breaker.call(lambda: call(member, deadline, attempt), lambda: member.probe(deadline))
+
         try:
-            return member.breaker.call(lambda: call(member, deadline), lambda: member.probe(deadline))
+            return run() if attempt is None else attempt.measure(run)
         except KyotoTycoonException as exc:
             if exc.node is None:
                 exc.node = member.name
@@ -533,6 +553,14 @@ class ClusterCore:
 
     def _keyed(self, operation: str, key: Key, make_op: Callable[[Session], Op[T]], db: DB = 0) -> T:
         """One operation on the node that owns ``key`` (``db``: the operation's)."""
+        cls = op_class(operation)
+        if self.observer is None:  # the common case, without a closure
+            return self._routed(operation, cls, key, make_op, db, None)
+        return observed(self.observer, operation, cls, 1, lambda o: self._routed(operation, cls, key, make_op, db, o))
+
+    def _routed(self, operation: str, cls: OpClass, key: Key, make_op: Callable[[Session], Op[T]], db: DB,
+                scope: Observed | None) -> T:
+        """:meth:`_keyed`'s routing and execution (``scope``: the observed call, or None)."""
         topo = self._topology
         if self._watch is not None:
             topo = self._watched(self._watch)
@@ -540,11 +568,10 @@ class ClusterCore:
                 deadline = self._deadline()
 
                 def run(cls: OpClass, node: str, make: Callable[[Session], Op[Any]]) -> Any:
-                    return self._execute(cls, topo, node, _op(make), deadline)
+                    return self._execute(cls, topo, node, _op(make), deadline, scope=scope)
 
-                return migration.keyed(topo.migration, run, operation, op_class(operation), key_bytes(key), db,
-                                       make_op)
-        return self._execute(op_class(operation), topo, topo.ring.node_for(key), _op(make_op), self._deadline())
+                return migration.keyed(topo.migration, run, operation, cls, key_bytes(key), db, make_op)
+        return self._execute(cls, topo, topo.ring.node_for(key), _op(make_op), self._deadline(), scope=scope)
 
     def _current(self) -> _Topology:
         """The topology a call uses (with shared_ring, the ring document read recently enough)."""
@@ -569,11 +596,16 @@ class ClusterCore:
         turn, those nodes at once (:mod:`ktcluster.fanout`)."""
         deadline = self._deadline()
         members = topo.members
+        call = None if self.observer is None else Observed(
+            self.observer, operation, op_class(operation), sum(len(c) for chunks in plan.values() for c in chunks))
+        scopes = None if call is None else {n: [call.shard(len(c)) for c in chunks] for n, chunks in plan.items()}
+        if call is not None:
+            call.begin()
         lanes = self.bulk_lanes
         direct = {node: (members[node].transport, [partial(make_op, chunk, members[node].session) for chunk in chunks],
                          lanes)
                   for node, chunks in plan.items() if members[node].breaker.closed}
-        done, failures = scatter(direct, deadline) if direct else ({}, {})
+        done, failures = scatter(direct, deadline, scopes) if direct else ({}, {})
         shards: dict[str, _Shard] = {}
         rest: dict[str, tuple[list[int], Exception | None]] = {}
         for node, chunks in plan.items():
@@ -592,15 +624,18 @@ class ClusterCore:
             else:
                 breaker.succeeded(False)
         if rest:
-            self._bulk_rest(op_class(operation), topo, plan, make_op, deadline, shards, rest)
+            self._bulk_rest(op_class(operation), topo, plan, make_op, deadline, shards, rest, scopes)
+        if call is not None:  # a bulk call ends with its first failed shard's error
+            call.end(next((s.error for s in shards.values() if s.error is not None), None))
         return shards
 
     def _bulk_rest(self, cls: OpClass, topo: _Topology, plan: dict[str, list[list[int]]],
                    make_op: Callable[[list[int], Session], Op[Any]], deadline: Deadline,
-                   shards: dict[str, _Shard], rest: dict[str, tuple[list[int], Exception | None]]) -> None:
+                   shards: dict[str, _Shard], rest: dict[str, tuple[list[int], Exception | None]],
+                   scopes: dict[str, list[Observed]] | None = None) -> None:
         """The chunks the first pass left (``rest``: node -> (their indices, how the first
         attempt of the first one failed)), in turn per node through :meth:`_execute`, the
-        nodes at once."""
+        nodes at once (each chunk observed as its ``scopes`` entry)."""
 
         def shard_task(node: str, left: list[int], first_error: Exception | None) -> Callable[[], _Shard]:
             def task() -> _Shard:
@@ -608,8 +643,9 @@ class ClusterCore:
                 error = first_error
                 for n, index in enumerate(left):
                     try:
+                        scope = None if scopes is None else scopes[node][index]
                         shard.results[index] = self._execute(cls, topo, node, _op(partial(make_op, chunks[index])),
-                                                             deadline, error)
+                                                             deadline, error, scope)
                     except Exception as exc:
                         return shard.fail(exc, chunks, left[n:])
                     error = None
@@ -652,8 +688,11 @@ class ClusterCore:
         names = list(topo.members)
         deadline = self._deadline()
         cls = op_class(operation)
+        scope = None if self.observer is None else Observed(self.observer, operation, cls, 0).begin()
         results, errors = self._fanout.run(
-            {n: partial(self._execute, cls, topo, n, call, deadline) for n in names}, deadline)
+            {n: partial(self._execute, cls, topo, n, call, deadline, scope=scope) for n in names}, deadline)
+        if scope is not None:
+            scope.end(next(iter(errors.values()), None))
         return self._every_node(operation, names, results, errors)
 
     def _every_node(self, operation: str, names: list[str], results: dict[str, T],
@@ -816,8 +855,8 @@ class ClusterCore:
         as its operation class allows; PartialFailureError when some nodes fail."""
         if method.startswith("_") or not callable(getattr(KyotoTycoon, method, None)):
             raise ArgumentError(f"KyotoTycoon has no method {method!r}")
-        return self._each(method, lambda m, deadline: getattr(m.client.with_options(deadline=deadline.at),
-                                                              method)(*args, **kwargs))
+        return self._each(method, lambda m, deadline, _: getattr(m.client.with_options(deadline=deadline.at),
+                                                                 method)(*args, **kwargs))
 
     def count(self, db: DB = 0) -> int:
         """Records in the database, over all nodes."""
@@ -878,22 +917,28 @@ class ClusterCore:
             raise ArgumentError("play_script needs exactly one of node= or key=")
         topo = self._topology
         target = topo.ring.node_for(key) if key is not None else self._member_named(node).name  # type: ignore
-        return self._execute(op_class("play_script"), topo, target,
-                             _op(lambda s: ops.play_script(s, name, kv_dict)), self._deadline())
+        cls = op_class("play_script")
+        return observed(self.observer, "play_script", cls, 1, lambda o: self._execute(
+            cls, topo, target, _op(lambda s: ops.play_script(s, name, kv_dict)), self._deadline(), scope=o))
 
     # -- observability and lifecycle --------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Per-node breaker and pool counters, and cluster-wide retry/failover counts."""
+        """Per-node breaker and pool counters, cluster-wide retry/failover counts and, when the
+        observer is (or includes) a :class:`~ktcluster.observe.Metrics`, its snapshot under
+        ``"metrics"``: plain data (``json.dumps`` takes it; docs/observability.md)."""
         topo = self._topology
         breakers = self.health.stats()
         nodes = {}
         for member in list(topo.members.values()) + list(topo.partners.values()):
+            pool = member.transport.pool
             nodes[member.name] = {"address": member.node.address, "health": breakers.get(member.name),
-                                  "pool": member.transport.stats()}
+                                  "pool": {"size": pool.size, **asdict(pool.stats())}}
         budget = self.retry.budget
+        metrics = find_metrics(self.observer)
         return {"nodes": nodes, **self._counters, "down": self.health.down(),
-                "retry_budget": None if budget is None else {"tokens": budget.tokens, "denied": budget.denied}}
+                "retry_budget": None if budget is None else {"tokens": budget.tokens, "denied": budget.denied},
+                "metrics": None if metrics is None else metrics.snapshot()}
 
     def close(self) -> None:
         """Close every pool and stop the fan-out threads.  Calls after close reconnect."""
@@ -941,5 +986,7 @@ class Cluster(ClusterCore):
         ``ReplicationStream(self.nodes, sid, since, **options)`` (see
         :mod:`ktcluster.replication` for ``since``, the options and the guarantees).
         Failover partners are not read: writes made on a partner while its node was
-        down are in the partner's log (stream them with ``origin_sids``)."""
+        down are in the partner's log (stream them with ``origin_sids``).  The stream's
+        ``observer`` is the cluster's unless given (its lag then shows in :meth:`stats`)."""
+        options.setdefault("observer", self.observer)
         return ReplicationStream(self.nodes, sid, since, **options)

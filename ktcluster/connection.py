@@ -150,11 +150,13 @@ class Connection:
     ``time.monotonic()`` values (the socket's connect time and the end of the
     last complete request); ``generation`` counts (re)connects, so a holder of
     per-connection server state (cursors) can tell that the socket changed.
+    ``sent`` and ``received`` count the bytes handed to and read from the socket
+    (what an observer's attempt events report, :mod:`ktcluster.observe`).
     """
 
     __slots__ = ("host", "port", "connect_timeout", "timeout", "broken", "created_at", "last_used",
                  "generation", "_address", "_socket_module", "_sock", "_native", "_poller", "_view", "_host_header",
-                 "_applied", "__weakref__")
+                 "_applied", "sent", "received", "__weakref__")
 
     def __init__(self, host: str, port: int, *, connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
                  timeout: float | None = DEFAULT_TIMEOUT, socket_module: ModuleType | None = None) -> None:
@@ -173,6 +175,7 @@ class Connection:
         self._address = format_address(host, self.port)
         self._host_header = self._address.encode()
         self._applied: float | None = None  # the socket's current send/receive timeout
+        self.sent = self.received = 0
 
     def __repr__(self) -> str:
         state = "broken" if self.broken else ("open" if self._sock is not None else "idle")
@@ -283,11 +286,13 @@ class Connection:
         while True:
             self._arm(sock, end)
             try:
-                return sock.send(data)
+                n: int = sock.send(data)
             except (TimeoutError, BlockingIOError):
                 if end is None or end <= _monotonic():
                     raise
-                # one step of a longer wait ended: wait on
+                continue  # one step of a longer wait ended: wait on
+            self.sent += n
+            return n
 
     def close(self) -> None:
         """Close the socket.  The connection may connect again later unless it is broken."""
@@ -507,6 +512,7 @@ class Connection:
                     f"{self.address} closed the connection "
                     + ("before replying" if not filled else f"after {filled} bytes of its reply"))
             filled += n
+            self.received += n
             if filled > max_size:
                 raise too_large(self.address, f"sent more than {max_size} bytes", max_size)
 

@@ -31,7 +31,8 @@ registry per cluster::
   whose own network or CPU is struggling cannot declare the whole cluster dead
   (mcrouter's ``--maximum-soft-tkos``); hard failures are never capped.
 
-State changes are logged on ``ktcluster.health`` and passed to ``listener``.
+State changes are logged on ``ktcluster.health`` and passed to ``listener`` and to the
+observer (a :class:`~ktcluster.observe.BreakerChange` event).
 The lock is never held during I/O, so it is safe under threads and gevent.
 """
 
@@ -55,6 +56,7 @@ from .errors import (
     PoolTimeoutError,
     ProtocolError,
 )
+from .observe.events import BreakerChange, Observer, notify
 
 __all__ = ["BreakerState", "FailureKind", "classify_failure", "CircuitBreaker", "Health", "HealthConfig"]
 
@@ -283,9 +285,11 @@ class Health:
     """The breakers of all nodes of one cluster, sharing a config, a listener and the down cap."""
 
     def __init__(self, config: HealthConfig | None = None, listener: Listener | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: Callable[[], float] = random.random) -> None:
+                 observer: Observer | None = None, clock: Callable[[], float] = time.monotonic,
+                 rng: Callable[[], float] = random.random) -> None:
         self.config = config or HealthConfig()
         self.listener = listener
+        self.observer = observer
         self._clock = clock
         self._rng = rng
         self._lock = threading.Lock()
@@ -317,6 +321,8 @@ class Health:
         return len([n for n in self.down() if n != node]) < cap
 
     def notify(self, node: str, old: BreakerState, new: BreakerState, exc: BaseException | None) -> None:
+        if self.observer is not None:
+            notify(self.observer.breaker, BreakerChange(node, old.value, new.value, exc))
         if self.listener is not None:
             try:
                 self.listener(node, old, new, exc)

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeGuard, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
@@ -46,7 +46,8 @@ from tenacity.wait import wait_random_exponential
 from .deadline import Deadline
 from .errors import DeadlineExceeded, KTConnectionError, KyotoTycoonException, NodeDownError, OutcomeUnknownError
 
-__all__ = ["OpClass", "OPERATIONS", "op_class", "is_retryable", "RetryBudget", "RetryPolicy", "NO_RETRY"]
+__all__ = ["OpClass", "OPERATIONS", "op_class", "is_retryable", "outcome_unknown", "RetryBudget", "RetryPolicy",
+           "NO_RETRY"]
 
 T = TypeVar("T")
 
@@ -79,8 +80,14 @@ def is_retryable(cls: OpClass, exc: BaseException) -> bool:
     return cls is not OpClass.UNSAFE or not exc.request_sent
 
 
+def outcome_unknown(exc: BaseException, cls: OpClass) -> TypeGuard[KTConnectionError | DeadlineExceeded]:
+    """Whether an operation of class ``cls`` that failed with ``exc`` may or may not have been
+    applied (it is then not retried: the call raises OutcomeUnknownError)."""
+    return cls is OpClass.UNSAFE and isinstance(exc, (KTConnectionError, DeadlineExceeded)) and exc.request_sent
+
+
 def _final_error(cls: OpClass, exc: BaseException) -> BaseException:
-    if cls is OpClass.UNSAFE and isinstance(exc, (KTConnectionError, DeadlineExceeded)) and exc.request_sent:
+    if outcome_unknown(exc, cls):
         return OutcomeUnknownError(
             f"the outcome of this non-idempotent operation is unknown (not retried): {exc}", node=exc.node)
     return exc

@@ -35,6 +35,10 @@ Contract:
   answered by then fails with the error its connection raises for that wait
   (:class:`~ktcluster.errors.DeadlineExceeded` or
   :class:`~ktcluster.errors.SocketTimeoutError`).
+* With ``observed`` (node -> one observed call per chunk, :mod:`ktcluster.observe`) each
+  chunk sent is an :class:`~ktcluster.observe.Attempt` event (from its first request to
+  its result or error; bytes from its connection's counters), and so is a wait for a
+  node's pool that gave up (its first chunk's, with the time waited).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from typing import Any
 
 from .connection import Connection, Sent
 from .deadline import Deadline
+from .observe.events import Attempt
+from .observe.events import Call as Observed
 from .ops import Binary, Op, Request
 from .transport import Transport
 
@@ -62,10 +68,11 @@ _READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 class _Node:
     """One node's share: the chunks not yet handed out, the results, the first error."""
 
-    __slots__ = ("name", "transport", "ops", "lanes", "next", "results", "error", "undone")
+    __slots__ = ("name", "transport", "ops", "lanes", "next", "results", "error", "undone", "observed")
 
-    def __init__(self, name: str, work: Work) -> None:
+    def __init__(self, name: str, work: Work, observed: Sequence[Observed] | None = None) -> None:
         self.name = name
+        self.observed = observed
         self.transport, self.ops, self.lanes = work
         self.next = 0
         self.results: dict[int, Any] = {}
@@ -93,10 +100,11 @@ class _Node:
 class _Lane:
     """One connection of a node: the chunk in flight on it."""
 
-    __slots__ = ("node", "index", "op", "conn", "request", "sent")
+    __slots__ = ("node", "index", "op", "conn", "request", "sent", "attempt")
 
     def __init__(self, node: _Node, conn: Connection) -> None:
         self.node = node
+        self.attempt: Attempt | None = None
         self.index = -1
         self.op: Op[Any] | None = None
         self.conn = conn
@@ -118,6 +126,9 @@ class _Lane:
             except StopIteration as done:  # an operation that needs no request
                 node.results[index] = done.value
                 continue
+            if node.observed is not None:
+                self.attempt = node.observed[index].attempt(node.name, node.transport.address, 0)
+                self.attempt.using(self.conn)
             self.send(request, deadline)
             return True
         return False
@@ -129,9 +140,17 @@ class _Lane:
             request = self.op.send(answer)  # type: ignore[union-attr]
         except StopIteration as done:
             self.node.results[self.index] = done.value
+            if self.attempt is not None:
+                self.ended(None)
             return self.begin(deadline)
         self.send(request, deadline)
         return True
+
+    def ended(self, exc: Exception | None) -> None:
+        """The observed chunk in flight is done (``exc``: how it failed)."""
+        attempt, self.attempt = self.attempt, None
+        attempt.used(self.conn)  # type: ignore[union-attr]
+        attempt.done(exc)  # type: ignore[union-attr]
 
     def release(self, discard: bool) -> None:
         conn, self.conn = self.conn, None  # type: ignore[assignment]
@@ -139,11 +158,12 @@ class _Lane:
             self.node.transport.pool.checkin(conn, discard=discard)
 
 
-def scatter(work: Mapping[str, Work], deadline: Deadline) -> tuple[dict[str, dict[int, Any]], dict[str, Failure]]:
+def scatter(work: Mapping[str, Work], deadline: Deadline, observed: Mapping[str, Sequence[Observed]] | None = None
+            ) -> tuple[dict[str, dict[int, Any]], dict[str, Failure]]:
     """Run every node's operations (``work``: node -> (transport, one operation factory
     per chunk, lanes at most)), all nodes at once; see the module docstring.  Returns
     each node's results by chunk index (of the chunks done) and the failures."""
-    nodes = [_Node(name, w) for name, w in work.items()]
+    nodes = [_Node(name, w, None if observed is None else observed[name]) for name, w in work.items()]
     run = _Run(deadline)
     try:
         pending = nodes
@@ -184,10 +204,16 @@ class _Run:
                 if node is not pending[0]:
                     later.append(node)
                     continue
+                waiting = None if node.observed is None else node.observed[0].attempt(
+                    node.name, node.transport.address, 0)
+                if waiting is not None:
+                    waiting.waiting()
                 try:
                     conn = node.transport.checkout(self.deadline)
                 except Exception as exc:
                     node.error = exc
+                    if waiting is not None:  # observed: a wait for the pool that gave up
+                        waiting.done(exc)
                     continue
             self.lanes.append(_Lane(node, conn))
             for _ in range(min(node.lanes, len(node.ops)) - 1):  # more lanes, if free at once
@@ -215,6 +241,8 @@ class _Run:
                 return
         except Exception as exc:
             conn = lane.conn
+            if lane.attempt is not None:
+                lane.ended(exc)
             lane.release(discard=conn is None or conn.broken)
             lane.node.fail(lane.index, exc)
             return

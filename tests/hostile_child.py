@@ -83,7 +83,7 @@ def storm(case: dict[str, Any]) -> str:
     for t in workers:
         t.join()
     time.sleep(case["timeout"] + 0.5)  # late shards (threads) finish and give their connections back
-    in_use = {name: node["pool"].in_use for name, node in cluster.stats()["nodes"].items()}
+    in_use = {name: node["pool"]["in_use"] for name, node in cluster.stats()["nodes"].items()}
     if any(in_use.values()):
         problems.append(f"connections still checked out: {in_use}")
     cluster.close()

@@ -53,7 +53,7 @@ def make_cluster(servers, request):
     yield make
     for cluster in made:
         for stats in cluster.stats()["nodes"].values():
-            assert stats["pool"].in_use == 0, "a connection was not returned"
+            assert stats["pool"]["in_use"] == 0, "a connection was not returned"
         cluster.close()
     Cluster([s.address for s in servers]).clear()
 
@@ -216,14 +216,14 @@ def test_play_script_on_a_node_or_the_node_of_a_key(cluster):
             cluster.play_script("echo", {}, **kwargs)
     # a failing procedure is the server's answer: typed, not retried, the node stays healthy and
     # (binary: 0xBF) the connection is kept
-    created = cluster.stats()["nodes"][node]["pool"].created
+    created = cluster.stats()["nodes"][node]["pool"]["created"]
     with pytest.raises(ScriptError if cluster.binary else NoImplementationError) as info:
         cluster.play_script("nosuchproc", node=node)
     assert info.value.node == node
     assert cluster.play_script("echo", {"b": "2"}, node=node) == {"b": b"2"}
     stats = cluster.stats()
     assert stats["retries"] == 0 and stats["down"] == []
-    assert stats["nodes"][node]["pool"].created == created and stats["nodes"][node]["pool"].discarded == 0
+    assert stats["nodes"][node]["pool"]["created"] == created and stats["nodes"][node]["pool"]["discarded"] == 0
 
 
 def test_cursors_per_node_and_whole_cluster_iteration(make_cluster):
@@ -285,7 +285,7 @@ def test_shared_cluster_under_concurrency(make_cluster):
     run_threads(worker, 12)
     assert sum(cluster.get_int(f"ctr{c}") for c in range(3)) == 12 * 20
     stats = cluster.stats()
-    assert all(n["pool"].created <= 4 for n in stats["nodes"].values())
+    assert all(n["pool"]["created"] <= 4 for n in stats["nodes"].values())
     assert stats["retries"] == 0 and stats["down"] == []
 
 

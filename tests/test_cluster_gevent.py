@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).parent
-SUITES = ["test_cluster.py", "test_faults.py", "test_gevent_app.py", "test_lifecycle.py"]
+SUITES = ["test_cluster.py", "test_faults.py", "test_gevent_app.py", "test_lifecycle.py", "test_observe.py",
+          "test_observe_extras.py"]
 
 CHILD = """
 from gevent import monkey

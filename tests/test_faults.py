@@ -84,7 +84,7 @@ def make_cluster(request):
 def assert_no_leak(cluster: Cluster, within: float = TIMEOUT + SLACK + 3) -> None:
     deadline = time.monotonic() + within
     while True:
-        in_use = {n: s["pool"].in_use for n, s in cluster.stats()["nodes"].items()}
+        in_use = {n: s["pool"]["in_use"] for n, s in cluster.stats()["nodes"].items()}
         if not any(in_use.values()):
             return
         assert time.monotonic() < deadline, f"connections still checked out: {in_use}"
@@ -368,7 +368,7 @@ def test_restarted_node_is_used_again_without_errors(make_cluster, servers):
     cluster.set_bulk(data)
     for _ in range(3):                       # pooled connections to the victim
         cluster.get_bulk(list(data))
-    idle = cluster.stats()["nodes"][victim]["pool"].idle
+    idle = cluster.stats()["nodes"][victim]["pool"]["idle"]
     assert idle >= 1
     servers[2].restart()                     # same port, empty DB: the pooled connections are now stale
     # at once: every stale connection is found closed before anything is sent on it, and replaced
@@ -377,7 +377,7 @@ def test_restarted_node_is_used_again_without_errors(make_cluster, servers):
     cluster.set_bulk(data)
     assert cluster.get_bulk(list(data)) == data
     assert cluster.stats()["retries"] == 0   # nothing failed, so nothing was retried
-    assert cluster.stats()["nodes"][victim]["pool"].discarded >= idle
+    assert cluster.stats()["nodes"][victim]["pool"]["discarded"] >= idle
     assert cluster.health.down() == []
 
 

@@ -126,6 +126,41 @@ def test_a_dead_node_maps_to_http_errors(app, servers):
     assert health["down"] == [dead.address]
 
 
+def test_metrics_after_a_node_failure_show_its_errors_and_open_breaker(app, servers):
+    """What an on-call engineer's Prometheus scrapes from the app when a node dies."""
+    parser = pytest.importorskip("prometheus_client.parser",
+                                 reason="the Prometheus extra is not installed: pip install 'ktcluster[prometheus]'")
+    ring = Cluster([s.address for s in servers])
+    dead = servers[0]
+    keys = [k for k in (f"m{i}" for i in range(200)) if ring.node_for(k) == dead.address][:3]
+    others = [k for k in (f"m{i}" for i in range(200)) if ring.node_for(k) == servers[1].address][:3]
+    ring.close()
+    for key in keys + others:
+        assert app.request("PUT", f"/kv/{key}", b"v")[0] == 204
+    dead.kill()
+    assert [app.request("GET", f"/kv/{k}")[0] for k in keys] == [503, 503, 503]
+    assert [app.request("GET", f"/kv/{k}")[0] for k in others] == [200, 200, 200]
+    status, body = app.request("GET", "/metrics")
+    assert status == 200, body
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in parser.text_string_to_metric_families(body.decode()) for s in family.samples}
+
+    def sample(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert sample("ktcluster_breaker_state", node=dead.address, state="open") == 1
+    assert sample("ktcluster_breaker_state", node=servers[1].address, state="closed") == 1
+    assert sample("ktcluster_breaker_transitions_total", node=dead.address, state="open") >= 1
+    errors = {dict(labels)["error"]: n for (name, labels), n in samples.items()
+              if name == "ktcluster_attempt_errors_total" and dict(labels)["node"] == dead.address}
+    # the first GET found the node gone (its breaker opened), the next ones failed fast
+    assert errors.get("KTConnectionError", 0) >= 1 and errors.get("NodeDownError", 0) >= 2, errors
+    assert sample("ktcluster_attempts_total", node=servers[1].address, operation="get", outcome="ok") == 3
+    assert sample("ktcluster_attempt_duration_seconds_count", node=servers[1].address, operation="get") == 3
+    stats = json.loads(app.request("GET", "/stats")[1])
+    assert stats["nodes"][dead.address]["health"]["state"] == "open"
+
+
 def test_one_keep_alive_connection_is_fast(app):
     """gevent.pywsgi writes a response's head and its body in two sends.  Without TCP_NODELAY
     on the accepted socket, Nagle's algorithm holds the body back until the client ACKs the

@@ -267,7 +267,7 @@ def runner(cluster: Cluster, before: Callable[[OpClass, str], None] | None = Non
     def run(cls: OpClass, node: str, make: Any) -> Any:
         if before is not None:
             before(cls, node)
-        return cluster._execute(cls, topo, node, lambda m, d: m.transport.run(make(m.session), d), deadline)
+        return cluster._execute(cls, topo, node, lambda m, d, _: m.transport.run(make(m.session), d), deadline)
     return run
 
 

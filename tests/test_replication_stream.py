@@ -23,6 +23,7 @@ from ktcluster.cluster import Cluster
 from ktcluster.concurrency import gevent_active
 from ktcluster.connection import Connection
 from ktcluster.errors import ResyncRequiredError
+from ktcluster.observe import Metrics
 from ktcluster.testing import KTServer, start_cluster
 
 FLUSH = 0.3  # KT flushes its update log every 0.1 s
@@ -222,8 +223,9 @@ def test_masters_without_writes_only_delay_the_stream_by_their_heartbeats(master
 
 def test_an_unreachable_master_stops_holding_the_stream_back_after_the_idle_timeout(masters):
     events: list[tuple[str, bool]] = []
+    metrics = Metrics()
     stream = ReplicationStream([s.address for s in masters], 99, idle_timeout=1.0,
-                               on_idle=lambda node, excluded: events.append((node, excluded)))
+                               on_idle=lambda node, excluded: events.append((node, excluded)), observer=metrics)
     consumer = Consumer(stream)
     time.sleep(0.5)
     write(masters, [b"x%02d" % i for i in range(9)])
@@ -246,6 +248,11 @@ def test_an_unreachable_master_stops_holding_the_stream_back_after_the_idle_time
     assert [r["key"] for r in records[19:]] == [b"z0"] and records[19]["node"] == quiet.address
     assert events == [(quiet.address, True), (quiet.address, False)]
     check_order(records)
+    # the observer saw the same exclusion, and every master's lag (per batch, heartbeats included)
+    seen = {name: node["replication"] for name, node in metrics.snapshot()["nodes"].items()}
+    assert set(seen) == {s.address for s in masters}
+    assert seen[quiet.address]["exclusions"] == 1 and not seen[quiet.address]["excluded"]
+    assert all(r["lag"] is not None and 0 <= r["lag"] < 60 and r["ts"] > 0 for r in seen.values())
 
 
 def test_a_master_down_from_the_start_does_not_stall_the_stream(masters):

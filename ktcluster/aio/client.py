@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 from .. import client as _blocking
 from .. import ops
 from ..client import ClientCore
+from ..errors import ArgumentError
 from ..ops import Op
 from .transport import AsyncTransport
 
@@ -58,6 +59,11 @@ def _awaiting(method: Callable[Concatenate[Any, P], R], **carry: Any
 class KyotoTycoon(ClientCore[AsyncTransport]):
     """Client for one KT server, for asyncio; see the module docstring and
     :class:`ktcluster.KyotoTycoon` for the arguments."""
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        if options.get("observer") is not None:
+            raise ArgumentError("ktcluster.aio does not take an observer yet (docs/observability.md)")
+        super().__init__(*args, **options)
 
     async def __aenter__(self) -> KyotoTycoon:
         return self

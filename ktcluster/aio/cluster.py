@@ -73,6 +73,8 @@ class Cluster(ClusterCore):
         if options.get("shared_ring"):
             raise ArgumentError("ktcluster.aio.Cluster does not follow the shared ring document (shared_ring=True) "
                                 "yet: during a live migration use the blocking Cluster")
+        if options.get("observer") is not None:
+            raise ArgumentError("ktcluster.aio does not take an observer yet (docs/observability.md)")
         super().__init__(servers, **options)
 
     async def __aenter__(self) -> Cluster:
@@ -85,7 +87,7 @@ class Cluster(ClusterCore):
     # -- how a call reaches the nodes ---------------------------------------------------------------
 
     async def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Call[Any],  # type: ignore[override]
-                       deadline: Deadline) -> Any:
+                       deadline: Deadline, first_error: Exception | None = None, scope: Any = None) -> Any:
         member = topo.members[node]
 
         async def attempt() -> Any:
@@ -110,7 +112,7 @@ class Cluster(ClusterCore):
                         raise
                     raise err from exc
             try:
-                result = await call(member, deadline)
+                result = await call(member, deadline, None)  # (no observer: see __init__)
             except BaseException as exc:
                 breaker.record(exc, trial)
                 raise

@@ -3,6 +3,7 @@
     ktcluster demo                                   # three throw-away servers, a guided tour
     export KT_SERVERS=kt1=10.0.0.1:1978,kt2=10.0.0.2:1978,kt3=10.0.0.3:1978
     ktcluster stats                                  # per-node and total records, size, connections
+    ktcluster stats --watch                          # live: ops/s, p99, errors, breaker, pool (--lag SID)
     ktcluster set user:1 alice && ktcluster get user:1 && ktcluster rm user:1
     ktcluster load users.jsonl --checkpoint load.ckpt # bulk, resumable
     ktcluster dump > all.jsonl                       # every record as JSON lines
@@ -97,7 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keys", type=_positive, default=100_000, help="keys to load (default 100000)")
     demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
-    add("stats", "records, size and connections per node and in total (a table)")
+    stats = add("stats", "records, size and connections per node and in total (a table); --watch: live",
+                "Per node: records, size, connections, uptime and the totals (a table, or --json). With --watch, "
+                "a live per-node view refreshed every --interval seconds: ops/s, p99 latency, errors, breaker "
+                "state, pool use and (--lag SID) replication lag; with --url, of the application that serves its "
+                "cluster.stats() as JSON there (see docs/observability.md).")
+    stats.add_argument("--json", action="store_true", help="JSON instead of a table (--watch: one line per refresh)")
+    stats.add_argument("--watch", action="store_true", help="refresh a live per-node view until interrupted")
+    stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    stats.add_argument("--count", type=_positive, default=None, help="stop after this many refreshes")
+    stats.add_argument("--url", help="read an application's cluster.stats() JSON from this URL")
+    stats.add_argument("--lag", type=int, default=None, metavar="SID",
+                       help="also read every master's update log as replication client SID, to show its lag")
     get = add("get", "print a record's value", parents=(common, dbopt))
     get.add_argument("key")
     set_ = add("set", "store a record", parents=(common, dbopt))
@@ -194,6 +206,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "rebalance" and args.step:
         return live.live(args)
 
+    if args.command == "stats" and args.watch:
+        from .watch import watch
+
+        return watch(args)
     handlers = {"demo": demo.demo, "stats": commands.stats, "get": commands.get, "set": commands.set_,
                 "rm": commands.rm, "load": commands.load, "dump": commands.dump, "tail": commands.tail,
                 "ring": commands.ring, "rebalance": rebalance.rebalance, "bench": commands.bench}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
@@ -75,21 +76,29 @@ def stats(args: argparse.Namespace) -> int:
         except PartialFailureError as exc:
             reports, errors = exc.results, exc.errors
     rows = [["node", "address", "state", "records", "size", "connections", "uptime"]]
+    nodes: dict[str, dict[str, Any]] = {}
     total_count = total_size = total_conn = 0
     for name, address in servers.nodes.items():
         report = reports.get(name)
         if report is None:
             rows.append([name, address, "DOWN", "-", "-", "-", "-"])
+            nodes[name] = {"address": address, "state": "down"}
             continue
         count, size, conn = report["db_total_count"], report["db_total_size"], report["serv_conn_count"]
         total_count, total_size, total_conn = total_count + count, total_size + size, total_conn + conn
         uptime = int(report.get("serv_running_term", 0))
         rows.append([name, address, "up", f"{count:,}", human_size(size), str(conn),
                      f"{uptime // 3600}h{uptime // 60 % 60:02d}m{uptime % 60:02d}s"])
+        nodes[name] = {"address": address, "state": "up", "records": count, "size": size, "connections": conn,
+                       "uptime": uptime}
     down = f" ({len(errors)} down)" if errors else ""
     rows.append(["total", f"{len(servers.nodes)} nodes{down}", "", f"{total_count:,}", human_size(total_size),
                  str(total_conn), ""])
-    print_table(rows, right=(3, 4, 5, 6))
+    if args.json:
+        print(json.dumps({"nodes": nodes, "total": {"nodes": len(nodes), "down": len(errors), "records": total_count,
+                                                    "size": total_size, "connections": total_conn}}))
+    else:
+        print_table(rows, right=(3, 4, 5, 6))
     if errors:
         first = next(iter(errors.values()))
         raise CLIError(f"{len(errors)} of {len(servers.nodes)} nodes down ({first})")

@@ -14,6 +14,7 @@ from typing import Any
 from ..address import format_address
 from ..connection import DEFAULT_MAX_REPLY_SIZE, Connection
 from ..errors import ArgumentError, InvalidArgumentError, KTConnectionError, ProtocolError, ResyncRequiredError
+from ..observe.events import Observer, ReplicationLag, notify
 from ..protocol.binary import XTMAX
 from ..protocol.replication import FLAG_WHITESID, OP_CLEAR, OP_REMOVE, OP_SET, LogRecord, parse_ulog_list, split_xt
 from .link import Link
@@ -57,12 +58,15 @@ class KyotoSlave:
     bounds a log entry (a larger one is a ProtocolError before it is read).  With
     ``reconnect=True`` a broken connection is reopened (exponential backoff up to
     ``max_backoff`` seconds) after the last timestamp seen; otherwise the error is
-    raised.
+    raised.  ``observer`` (:mod:`ktcluster.observe`) hears a
+    :class:`~ktcluster.observe.ReplicationLag` per batch received (records or a
+    heartbeat), naming the master ``name`` (default: its address).
     """
 
     def __init__(self, sid: int, host: str = "127.0.0.1", port: int = 1978, timeout: float = 30, *,
                  whitesid: bool = False, reconnect: bool = False, max_backoff: float = 5.0,
-                 max_record_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
+                 max_record_size: int = DEFAULT_MAX_REPLY_SIZE, observer: Observer | None = None,
+                 name: str | None = None) -> None:
         self.sid = check_sid(sid)
         if isinstance(max_record_size, bool) or not isinstance(max_record_size, int) or max_record_size < 1:
             raise ArgumentError(f"max_record_size must be a positive number of bytes, not {max_record_size!r}")
@@ -73,6 +77,8 @@ class KyotoSlave:
         self.whitesid = whitesid
         self.reconnect = reconnect
         self.max_backoff = max_backoff
+        self.observer = observer
+        self.name = name or self.address
         #: The ts of the last record yielded (or heartbeat passed): resume with ``consume(ts=last_ts)``.
         self.last_ts = 0
         self._links: set[Link] = set()
@@ -160,6 +166,8 @@ class KyotoSlave:
                     ts = last if isinstance(last, int) else last["ts"]
                     if ts > position:
                         position = ts
+                    if self.observer is not None:
+                        notify(self.observer.replication_lag, ReplicationLag(self.name, ts))
                     yield batch
             except KTConnectionError as exc:
                 if self._closed.is_set():

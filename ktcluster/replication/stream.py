@@ -19,6 +19,7 @@ from typing import Any
 from ..address import Servers, named_addresses
 from ..connection import DEFAULT_MAX_REPLY_SIZE
 from ..errors import ArgumentError, ReplicationError
+from ..observe.events import Exclusion, Observer, notify
 from .checkpoint import Checkpoint
 from .link import CHUNK
 from .slave import Item, KyotoSlave, Record, check_sid, ts_from_seconds
@@ -92,7 +93,8 @@ class ReplicationStream:
     ``origin_sids``: node name -> that master's ``-sid``, to read only entries
     written on it (dual-master pairs).  See the module docstring for the
     guarantees; records are the dicts of :class:`KyotoSlave` plus ``node``.
-    ``timeout`` and ``max_record_size`` are KyotoSlave's, per master.
+    ``timeout`` and ``max_record_size`` are KyotoSlave's, per master.  ``observer``
+    (:mod:`ktcluster.observe`) hears each master's lag (per batch) and exclusions.
     """
 
     def __init__(self, masters: Servers,
@@ -100,12 +102,13 @@ class ReplicationStream:
                  origin_sids: Mapping[str, int] | None = None, idle_timeout: float = 5.0,
                  max_buffer: int = 4 << 20, timeout: float = 30.0, max_backoff: float = 5.0,
                  on_idle: Callable[[str, bool], None] | None = None,
-                 max_record_size: int = DEFAULT_MAX_REPLY_SIZE) -> None:
+                 max_record_size: int = DEFAULT_MAX_REPLY_SIZE, observer: Observer | None = None) -> None:
         self.sid = check_sid(sid)
         if idle_timeout <= 0:
             raise ArgumentError("idle_timeout must be positive")
         self.idle_timeout = idle_timeout
         self.on_idle = on_idle
+        self.observer = observer
         self.late_records = 0
         addresses = named_addresses(masters, "master")
         origin_sids = dict(origin_sids or {})
@@ -129,7 +132,7 @@ class ReplicationStream:
             origin = origin_sids.get(name)
             slave = KyotoSlave(sid if origin is None else origin, host, port, timeout,
                                whitesid=origin is not None, reconnect=True, max_backoff=max_backoff,
-                               max_record_size=max_record_size)
+                               max_record_size=max_record_size, observer=observer, name=name)
             self._sources.append(_Source(index, name, slave, starts[name], permits))
         self._inbox: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
         self._heap: list[tuple[int, int]] = []
@@ -347,5 +350,7 @@ class ReplicationStream:
                         src.name, self.idle_timeout)
         else:
             log.info("replication: %s caught up and orders the stream again", src.name)
+        if self.observer is not None:
+            notify(self.observer.exclusion, Exclusion(src.name, excluded))
         if self.on_idle is not None:
             self.on_idle(src.name, excluded)

@@ -126,10 +126,19 @@ def test_a_dead_node_maps_to_http_errors(app, servers):
     assert health["down"] == [dead.address]
 
 
-def test_metrics_after_a_node_failure_show_its_errors_and_open_breaker(app, servers):
+@pytest.fixture
+def gevent_app(servers) -> Iterator[App]:
+    """The gevent example alone (ktcluster.aio, under the ASGI one, takes no observer yet)."""
+    running = App("gevent_app.py", [s.address for s in servers])
+    yield running
+    running.stop()
+
+
+def test_metrics_after_a_node_failure_show_its_errors_and_open_breaker(gevent_app, servers):
     """What an on-call engineer's Prometheus scrapes from the app when a node dies."""
     parser = pytest.importorskip("prometheus_client.parser",
                                  reason="the Prometheus extra is not installed: pip install 'ktcluster[prometheus]'")
+    app = gevent_app
     ring = Cluster([s.address for s in servers])
     dead = servers[0]
     keys = [k for k in (f"m{i}" for i in range(200)) if ring.node_for(k) == dead.address][:3]

@@ -78,8 +78,10 @@ class AsyncTransport(TransportBase):
         pool.checkin(conn)  # type: ignore[arg-type]
         return answer
 
-    async def run(self, op: Op[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN) -> T:
-        """Drive ``op`` to its result, each request on a pooled connection."""
+    async def run(self, op: Op[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN,
+                  attempt: None = None) -> T:
+        """Drive ``op`` to its result, each request on a pooled connection (``attempt``: the
+        blocking transport's observed attempt; ktcluster.aio is not observed yet)."""
         return await _drive(op, lambda request: self.exchange(request, deadline, timeout))
 
     async def run_on(self, conn: AsyncConnection, op: Op[T], deadline: Deadline = NO_DEADLINE) -> T:

@@ -596,8 +596,9 @@ class ClusterCore:
         turn, those nodes at once (:mod:`ktcluster.fanout`)."""
         deadline = self._deadline()
         members = topo.members
+        cls = op_class(operation)
         call = None if self.observer is None else Observed(
-            self.observer, operation, op_class(operation), sum(len(c) for chunks in plan.values() for c in chunks))
+            self.observer, operation, cls, sum(len(c) for chunks in plan.values() for c in chunks))
         scopes = None if call is None else {n: [call.shard(len(c)) for c in chunks] for n, chunks in plan.items()}
         if call is not None:
             call.begin()
@@ -624,7 +625,7 @@ class ClusterCore:
             else:
                 breaker.succeeded(False)
         if rest:
-            self._bulk_rest(op_class(operation), topo, plan, make_op, deadline, shards, rest, scopes)
+            self._bulk_rest(cls, topo, plan, make_op, deadline, shards, rest, scopes)
         if call is not None:  # a bulk call ends with its first failed shard's error
             call.end(next((s.error for s in shards.values() if s.error is not None), None))
         return shards

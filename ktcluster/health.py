@@ -136,7 +136,7 @@ class CircuitBreaker:
         caller holds the half-open trial.  The trial holder runs ``probe`` first.
         (``ktcluster.aio.cluster`` makes the same steps with ``await``.)
         """
-        trial = False if self.state is BreakerState.CLOSED else self._admit()  # enter(), inlined: the hot path
+        trial = self.enter()
         if trial and probe is not None:
             try:
                 probe()
@@ -150,8 +150,7 @@ class CircuitBreaker:
         except BaseException as exc:
             self.record(exc, trial)
             raise
-        if trial or self._failures:  # succeeded(), inlined
-            self.record(None, trial)
+        self.succeeded(trial)
         return result
 
     def enter(self) -> bool:

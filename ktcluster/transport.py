@@ -146,7 +146,7 @@ class Transport(TransportBase):
         pool = self.pool
         if attempt is not None:
             attempt.waiting()
-        conn = pool.checkout() if deadline.at is None else self.checkout(deadline)
+        conn = self.checkout(deadline)
         if attempt is not None:
             attempt.using(conn)
         try:

@@ -73,7 +73,7 @@ from .address import DEFAULT_PORT, Address, Servers, format_address, named_addre
 from .client import ClientCore, KyotoTycoon
 from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN
 from .cursor import Cursor
-from .deadline import Deadline
+from .deadline import NO_DEADLINE, Deadline
 from .errors import (
     ArgumentError,
     DeadlineExceeded,
@@ -106,6 +106,7 @@ __all__ = ["Cluster", "ClusterCore", "Node", "Address", "DEFAULT_PORT", "DEFAULT
 
 T = TypeVar("T")
 log = logging.getLogger("ktcluster.cluster")
+_monotonic = time.monotonic
 
 #: the default socket timeout and pool wait of the nodes' pools (under RetryPolicy's 10 s deadline).
 DEFAULT_NODE_TIMEOUT = 5.0
@@ -224,8 +225,8 @@ def _done(per_node: dict[str, Any]) -> bool:
 
 def _before_attempt(member: _Member, deadline: Deadline) -> None:
     """DeadlineExceeded (nothing sent) when an attempt would start after the call's deadline."""
-    left = deadline.left()
-    if left is not None and left <= 0:
+    at = deadline.at
+    if at is not None and at <= _monotonic():
         raise DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False,
                                node=member.name)
 
@@ -493,7 +494,9 @@ class ClusterCore:
     # -- execution core ---------------------------------------------------------------------------
 
     def _deadline(self) -> Deadline:
-        return Deadline.after(self._call_limit)
+        """A new call's deadline (``Deadline.after(max_call_time)``, one call less)."""
+        limit = self._call_limit
+        return NO_DEADLINE if limit is None else Deadline(_monotonic() + limit)
 
     def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Call[T], deadline: Deadline,
                  first_error: Exception | None = None, scope: Observed | None = None) -> T:
@@ -539,28 +542,44 @@ class ClusterCore:
         and a trickling reply would stretch a per-receive timeout).  With ``scope``, the
         attempt is an event of that observed call (``retry``: how many came before it)."""
         _before_attempt(member, deadline)
-        attempt = None if scope is None else scope.attempt(member.name, member.node.address, retry)
+        if scope is None:
+            return self._attempt(member, call, deadline, None)
+        attempt = scope.attempt(member.name, member.node.address, retry)
+        return attempt.measure(lambda: self._attempt(member, call, deadline, attempt))
 
-        def run() -> T:
-            return member.breaker.call(lambda: call(member, deadline, attempt), lambda: member.probe(deadline))
-
+    @staticmethod
+    def _attempt(member: _Member, call: Call[T], deadline: Deadline, attempt: Attempt | None) -> T:
+        """:meth:`_guarded`'s attempt: CircuitBreaker.call's steps (without its two closures)."""
+        breaker = member.breaker
         try:
-            return run() if attempt is None else attempt.measure(run)
+            trial = breaker.enter()
+            if trial:
+                try:
+                    member.probe(deadline)
+                except BaseException as exc:
+                    err = breaker.probe_failed(exc)
+                    if err is exc:
+                        raise
+                    raise err from exc
+            try:
+                result = call(member, deadline, attempt)
+            except BaseException as exc:
+                breaker.record(exc, trial)
+                raise
+            breaker.succeeded(trial)
+            return result
         except KyotoTycoonException as exc:
             if exc.node is None:
                 exc.node = member.name
             raise
 
-    def _keyed(self, operation: str, key: Key, make_op: Callable[[Session], Op[T]], db: DB = 0) -> T:
-        """One operation on the node that owns ``key`` (``db``: the operation's)."""
+    def _keyed(self, operation: str, key: Key, make_op: Callable[[Session], Op[T]], db: DB = 0,
+               scope: Observed | None = None) -> T:
+        """One operation on the node that owns ``key`` (``db``: the operation's; ``scope``: the
+        observed call, when there is an observer)."""
         cls = op_class(operation)
-        if self.observer is None:  # the common case, without a closure
-            return self._routed(operation, cls, key, make_op, db, None)
-        return observed(self.observer, operation, cls, 1, lambda o: self._routed(operation, cls, key, make_op, db, o))
-
-    def _routed(self, operation: str, cls: OpClass, key: Key, make_op: Callable[[Session], Op[T]], db: DB,
-                scope: Observed | None) -> T:
-        """:meth:`_keyed`'s routing and execution (``scope``: the observed call, or None)."""
+        if scope is None and self.observer is not None:
+            return observed(self.observer, operation, cls, 1, lambda o: self._keyed(operation, key, make_op, db, o))
         topo = self._topology
         if self._watch is not None:
             topo = self._watched(self._watch)

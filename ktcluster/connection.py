@@ -383,9 +383,14 @@ class Connection:
         (when the exchange must end: its limit and the deadline).  Between the two halves
         the caller may wait for :meth:`fileno` to become readable; nothing is buffered
         here that a ``poll`` would not see."""
-        sock = self._ready_socket(deadline)
+        sock = self._sock
+        if sock is None or self.broken:
+            sock = self._connect(*connect_limit(self.address, self.broken, deadline, self.connect_timeout))
         sent = deadline.end(self.timeout if timeout is OWN else timeout)
-        self._send_request(sock, data, *sent)
+        if isinstance(data, bytes):
+            self._send_piece(sock, data, *sent, True)
+        else:
+            self._send_pieces(sock, data, *sent)
         return sent
 
     def read_reply(self, sent: Sent, decode: Callable[[bytes], tuple[T, int]],
@@ -430,17 +435,9 @@ class Connection:
 
     # -- I/O core ---------------------------------------------------------------------------------
 
-    def _ready_socket(self, deadline: Deadline) -> Any:
-        if self._sock is not None and not self.broken:
-            return self._sock
-        return self._connect(*connect_limit(self.address, self.broken, deadline, self.connect_timeout))
-
-    def _send_request(self, sock: Any, data: bytes | Iterable[bytes], end: float | None, by_deadline: bool) -> None:
-        """Hand the request to the kernel by ``end``.  Pieces that fail before the first one
-        was sent leave the connection usable and raise as they are."""
-        if isinstance(data, bytes):
-            self._send_piece(sock, data, end, by_deadline, first=True)
-            return
+    def _send_pieces(self, sock: Any, data: Iterable[bytes], end: float | None, by_deadline: bool) -> None:
+        """Hand the request's pieces to the kernel by ``end``, each as it is produced.  Pieces
+        that fail before the first one was sent leave the connection usable and raise as they are."""
         first = True
         try:
             for piece in data:

@@ -29,6 +29,7 @@ import itertools
 import re
 import struct
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple, NoReturn, TypedDict, TypeVar
 
 from .errors import (
@@ -201,12 +202,11 @@ def _checked_count(count: int, sent: int) -> int:
 
 def _count_decoder(magic: int, sent: int) -> Callable[[bytes], tuple[int, int]]:
     """The decoder of a set_bulk/remove_bulk reply to ``sent`` records (it cannot count more)."""
-    return lambda buf: _bin.decode_count_reply(buf, magic, sent)
+    return partial(_bin.decode_count_reply, magic=magic, max_hits=sent)
 
 
-def _decode_one_record(buf: bytes) -> tuple[list[tuple[int, bytes, bytes, int]], int]:
-    """The reply to a get_bulk of one key."""
-    return _bin.decode_get_bulk_reply(buf, 1)
+#: the decoder of the reply to a get_bulk of one key
+_decode_one_record = partial(_bin.decode_get_bulk_reply, max_hits=1)
 
 
 _SET_ONE = _count_decoder(_bin.MAGIC_SET_BULK, 1)
@@ -310,13 +310,8 @@ def read_raw(s: Session, key: bytes, db: Any) -> Op[tuple[bytes, int | None] | N
     return answer_value(out, b"value"), _expires(out)
 
 
-def _get_one(kb: bytes, dbidx: int) -> Binary:
-    """The binary request that reads one record (its answer goes to :func:`_one_record`)."""
-    return Binary(_bin.encode_get_bulk(((dbidx, kb),)), _decode_one_record)
-
-
 def _one_record(kb: bytes, recs: list[tuple[int, bytes, bytes, int]]) -> tuple[bytes, int] | None:
-    """(stored value, xt) from the answer to :func:`_get_one`, or None."""
+    """(stored value, xt) from the answer to a binary get_bulk of ``kb`` alone, or None."""
     if not recs:
         return None
     _, key, value, xt = recs[0]
@@ -413,7 +408,7 @@ def get(s: Session, key: Any, db: Any) -> Op[Any]:
     kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
     if s.fast:
         dbidx = db if db == 0 and type(db) is int else (yield from db_index(s, db))
-        brec = _one_record(kb, (yield _get_one(kb, dbidx)))
+        brec = _one_record(kb, (yield Binary(_bin.encode_key_one(_bin.MAGIC_GET_BULK, dbidx, kb), _decode_one_record)))
         return None if brec is None else s.value(key, brec[0])
     target = _target(s, kb, db)
     if target is None:
@@ -430,7 +425,8 @@ def get(s: Session, key: Any, db: Any) -> Op[Any]:
 def get_with_expiry(s: Session, key: Any, db: Any) -> Op[tuple[Any, int | None] | None]:
     kb = key_bytes(key)
     if s.fast:
-        brec = _one_record(kb, (yield _get_one(kb, (yield from db_index(s, db)))))
+        dbidx = yield from db_index(s, db)
+        brec = _one_record(kb, (yield Binary(_bin.encode_key_one(_bin.MAGIC_GET_BULK, dbidx, kb), _decode_one_record)))
         return None if brec is None else (s.value(key, brec[0]), expires_at(brec[1]))
     rec = yield from read_raw(s, kb, db)
     return None if rec is None else (s.value(key, rec[0]), rec[1])
@@ -478,7 +474,7 @@ def remove(s: Session, key: Any, db: Any) -> Op[bool]:
     kb = key_bytes(key)
     if s.fast:
         dbidx = yield from db_index(s, db)
-        return (yield Binary(_bin.encode_remove_bulk(((dbidx, kb),)), _REMOVE_ONE)) > 0
+        return (yield Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, dbidx, kb), _REMOVE_ONE)) > 0
     return (yield from _on_record(s, b"remove", kb, db, _rest.encode_delete, 204))
 
 
@@ -517,7 +513,7 @@ def set_record(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[
         packed = s.pack(value)
         if len(packed) > _bin.DATAMAXSIZ:
             _too_large()
-        return (yield Binary(_bin.encode_set_bulk(((dbidx, kb, packed, xt),)), _SET_ONE)) > 0
+        return (yield Binary(_bin.encode_set_one(dbidx, kb, packed, xt), _SET_ONE)) > 0
     return (yield from _put(s, _rest.MODE_SET, key, value, expire, db))
 
 

@@ -50,7 +50,7 @@ import weakref
 from collections import deque
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 from . import forksafe
 from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Connection
@@ -191,11 +191,15 @@ class ConnectionPool:
 
         Waits up to ``timeout`` (default: the pool's ``pool_timeout``; None waits
         forever) for one to become free, first come first served."""
-        timeout, give_up = self._give_up(timeout)
+        limit = None   # the wait's (timeout, give_up), from the first time the caller waits
         while True:
-            claim = self._claim()
-            conn, reused = self._wait(claim, timeout, give_up) if isinstance(claim, _Waiter) else claim
-            if self._vetted(conn, reused):
+            claim = self._claim(True)
+            if isinstance(claim, _Waiter):
+                limit = limit or self._give_up(timeout)
+                conn, reused = self._wait(claim, *limit)
+            else:
+                conn, reused = claim
+            if not reused or self._vetted(conn):
                 return conn
 
     # The steps of a checkout that every front end shares (the asyncio pool,
@@ -211,42 +215,55 @@ class ConnectionPool:
         """A connection if one is free now (or may be created now), else None: never
         waits, and never passes a caller already waiting."""
         while True:
-            with self._lock:
-                claim = self._free()
-                if claim is not None:
-                    self._checkouts += 1
+            claim = self._claim(False)
             if claim is None:
                 return None
-            if self._vetted(*claim):
-                return claim[0]
+            conn, reused = claim
+            if not reused or self._vetted(conn):
+                return conn
 
-    def _claim(self) -> tuple[Connection, bool] | _Waiter:
-        """``(connection, reused)`` at once, or the caller's place in the queue."""
+    @overload
+    def _claim(self, queue: Literal[True]) -> tuple[Connection, bool] | _Waiter: ...
+    @overload
+    def _claim(self, queue: Literal[False]) -> tuple[Connection, bool] | None: ...
+
+    def _claim(self, queue: bool) -> tuple[Connection, bool] | _Waiter | None:
+        """``(connection, reused)`` when one is free (or may be created) and nobody waits;
+        else the caller's place in the queue (``queue``) or None."""
         with self._lock:
+            if self._lost:
+                self._reclaim_lost()
+            if not self._waiting:               # else others were first
+                if self._idle:
+                    conn = self._idle.pop()
+                    self._trackers[id(conn)].out = True
+                    self._out += 1
+                    self._checkouts += 1
+                    return conn, True
+                if self._out < self.size:
+                    self._checkouts += 1
+                    return self._new_connection(), False
+            if not queue:
+                return None
             self._checkouts += 1
-            return self._free() or self._enqueue()
+            return self._enqueue()
 
-    def _free(self) -> tuple[Connection, bool] | None:
-        """``(connection, reused)`` when one is free and nobody waits, else None (call with
-        the lock held)."""
-        if self._lost:
-            self._reclaim_lost()
-        if self._waiting:
-            return None                         # others were first
-        if self._idle:
-            conn = self._idle.pop()
-            self._trackers[id(conn)].out = True
-            self._out += 1
-            return conn, True
-        if self._out < self.size:
-            return self._new_connection(), False
-        return None
-
-    def _vetted(self, conn: Connection, reused: bool) -> bool:
-        """True when ``conn`` may be handed out; otherwise it is discarded (the caller
-        claims again)."""
+    def _vetted(self, conn: Connection) -> bool:
+        """True when ``conn``, reused from the pool, may be handed out; otherwise it is
+        discarded (the caller claims again).  Checked outside the lock: a broken, idle for
+        too long or too old connection is not handed out, nor one that :meth:`Connection.is_alive
+        <ktcluster.connection.Connection.is_alive>` finds closed (after ``check_idle_after``)."""
         try:
-            usable = not reused or self._usable(conn)
+            usable = not conn.broken
+            if usable and conn.connected:
+                now = _monotonic()
+                idle = now - conn.last_used
+                if self.idle_timeout is not None and idle > self.idle_timeout:
+                    usable = False
+                elif self.max_lifetime is not None and now - conn.created_at > self.max_lifetime:
+                    usable = False
+                elif self.check_idle_after is not None and idle >= self.check_idle_after:
+                    usable = conn.is_alive()
         except BaseException:
             self.checkin(conn, discard=True)
             raise
@@ -319,22 +336,6 @@ class ConnectionPool:
         self._created += 1
         return conn
 
-    def _usable(self, conn: Connection) -> bool:
-        """Checks an idle connection just taken from the pool (outside the lock)."""
-        if conn.broken:
-            return False
-        if not conn.connected:
-            return True
-        now = _monotonic()
-        idle = now - conn.last_used
-        if self.idle_timeout is not None and idle > self.idle_timeout:
-            return False
-        if self.max_lifetime is not None and now - conn.created_at > self.max_lifetime:
-            return False
-        if self.check_idle_after is not None and idle >= self.check_idle_after:
-            return conn.is_alive()
-        return True
-
     # -- checkin ----------------------------------------------------------------------------------
 
     def checkin(self, conn: Connection, *, discard: bool = False) -> None:
@@ -350,22 +351,18 @@ class ConnectionPool:
                     del self._trackers[tracker.key]
                     self._discarded += 1
                     self._release_slot()
-                else:
+                else:            # healthy: to the longest waiter, else back to the pool
                     close = False
-                    self._hand_over(conn, tracker)
+                    waiter = self._next_waiter() if self._waiters else None
+                    if waiter is not None:
+                        waiter.grant = conn          # stays checked out: the waiter owns it now
+                        waiter.wake.release()
+                    else:
+                        tracker.out = False
+                        self._out -= 1
+                        self._idle.append(conn)
         if close:
             conn.close()
-
-    def _hand_over(self, conn: Connection, tracker: _Tracker) -> None:
-        """Give a healthy returned connection to the longest waiter, else pool it (lock held)."""
-        waiter = self._next_waiter()
-        if waiter is not None:
-            waiter.grant = conn          # stays checked out: the waiter owns it now
-            waiter.wake.release()
-            return
-        tracker.out = False
-        self._out -= 1
-        self._idle.append(conn)
 
     def _release_slot(self) -> None:
         """A checked-out connection is gone: grant a new one to the longest waiter (lock held)."""

@@ -29,6 +29,8 @@ cluster must agree on the setting, as on names and weights.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +53,9 @@ VNODES = 40
 REPLICAS = 4
 _SPACE = 1 << 32
 _LE32 = struct.Struct("<I").unpack_from
+_digest = type(md5(b"")).digest
+#: :meth:`Ring.partition`'s table entry for a 65,536-hash slice that holds a point (owners differ)
+_SHARED = 0xFFFF
 T = TypeVar("T")
 
 
@@ -100,7 +105,7 @@ class Ring:
     (they keep ``hash_tags``); compare them with :meth:`diff`.
     """
 
-    __slots__ = ("_weights", "_points", "_owners", "hash_tags")
+    __slots__ = ("_weights", "_points", "_owners", "hash_tags", "_table", "_names", "_codes")
 
     def __init__(self, nodes: Iterable[str] | Mapping[str, int], *, hash_tags: bool = False) -> None:
         weights = dict(nodes) if isinstance(nodes, Mapping) else {name: 1 for name in nodes}
@@ -111,6 +116,8 @@ class Ring:
                 raise ArgumentError(f"node names must be non-empty strings, got {name!r}")
             if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
                 raise ArgumentError(f"weight of node {name!r} must be a positive int, got {weight!r}")
+        if len(weights) >= _SHARED:
+            raise ArgumentError(f"a ring has at most {_SHARED - 1} nodes")
         self._weights = weights
         self.hash_tags = hash_tags
         built = HashRing(nodes={name: {"weight": w} for name, w in weights.items()},
@@ -121,6 +128,12 @@ class Ring:
             raise ArgumentError(f"weights too small to give nodes any point on the ring: {sorted(missing)}")
         self._points = [p for p, _ in points]
         self._owners = [name for _, name in points]
+        #: partition's lookup table (built on first use): see _slices
+        self._table: array[int] | None = None
+        self._names = list(weights)
+        index = {name: i for i, name in enumerate(self._names)}
+        #: the owner of each point, as an index into _names
+        self._codes = [index[name] for name in self._owners]
 
     @property
     def nodes(self) -> list[str]:
@@ -157,7 +170,12 @@ class Ring:
         """``keys`` grouped by owning node, input order kept inside each group (the
         bulk-call hot path; a one-node ring takes the keys as they are).  With ``kbs``
         (the keys' bytes, already encoded, in the same order) ``keys`` may be any items,
-        e.g. the indices of the keys in a call."""
+        e.g. the indices of the keys in a call.
+
+        The owners are those of :meth:`node_for`, found in bulk: the keys' MD5 digests in
+        one buffer, each key's slice of the continuum (its hash's top 16 bits) looked up
+        in :meth:`_slices`, and only the keys of the few slices that hold a point placed
+        by bisection."""
         items = keys if isinstance(keys, list) else list(keys)
         if len(self._weights) == 1:
             return {self._owners[0]: items}
@@ -165,17 +183,44 @@ class Ring:
             kbs = [key_bytes(key) for key in items]
         if self.hash_tags:
             kbs = [hash_tag(kb) for kb in kbs]
-        groups: dict[str, list[T]] = {}
-        points, owners, last = self._points, self._owners, len(self._points)
-        for item, kb in zip(items, kbs, strict=True):
-            i = bisect_left(points, _LE32(md5(kb).digest())[0])
-            owner = owners[i if i < last else 0]
-            group = groups.get(owner)
-            if group is None:
-                groups[owner] = [item]
-            else:
-                group.append(item)
-        return groups
+        halves = array("H")   # each digest as 8 little-endian 16-bit words; the hash is words 0-1
+        halves.frombytes(b"".join(map(_digest, map(md5, kbs))))
+        if sys.byteorder == "big":
+            halves.byteswap()
+        codes = array("H", map(self._slices().__getitem__, halves[1::8]))
+        if _SHARED in codes:
+            points, owners, last = self._points, self._codes, len(self._points)
+            i = codes.index(_SHARED)
+            while True:
+                at = bisect_left(points, halves[8 * i] | halves[8 * i + 1] << 16)
+                codes[i] = owners[at if at < last else 0]
+                try:
+                    i = codes.index(_SHARED, i + 1)
+                except ValueError:
+                    break
+        groups: list[list[T]] = [[] for _ in self._names]
+        appends = [group.append for group in groups]
+        for item, code in zip(items, codes, strict=True):
+            appends[code](item)
+        return {name: group for name, group in zip(self._names, groups, strict=True) if group}
+
+    def _slices(self) -> array[int]:
+        """For each of the 65,536 slices of the continuum (hashes sharing their top 16
+        bits), the index in ``_names`` of the node that owns every hash of the slice, or
+        _SHARED when a point lies in it (its hashes are placed by bisection)."""
+        table = self._table
+        if table is None:
+            table = array("H", [_SHARED]) * 65536
+            start = 0                   # the first slice after the previous point's
+            for point, code in zip(self._points, self._codes, strict=True):
+                top = point >> 16
+                if top > start:         # the slices up to this point's belong to its owner
+                    table[start:top] = array("H", [code]) * (top - start)
+                table[top] = _SHARED
+                start = top + 1
+            table[start:] = array("H", [self._codes[0]]) * (65536 - start)   # wrap to the first point
+            self._table = table
+        return table
 
     def with_node(self, name: str, weight: int = 1) -> Ring:
         """A new ring with ``name`` added (or its weight changed)."""

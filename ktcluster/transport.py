@@ -25,6 +25,7 @@ Without one (None) nothing is measured.
 
 from __future__ import annotations
 
+import time
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool, PoolS
 __all__ = ["Transport", "TransportBase"]
 
 T = TypeVar("T")
+_monotonic = time.monotonic
 
 
 class TransportBase:
@@ -120,11 +122,9 @@ class Transport(TransportBase):
 
     def send(self, conn: Connection, request: Request, deadline: Deadline = NO_DEADLINE,
              timeout: Limit = OWN) -> Any:
-        """One request on ``conn`` (which breaks it on any failure midway)."""
-        if type(request) is Http:  # positional arguments: the hot path
-            return conn.request_http(request.data, request.head, deadline, self.max_reply_size, timeout)
-        return conn.request_binary(request.data, request.decode, request.noreply,  # type: ignore[union-attr]
-                                   deadline, self.max_reply_size, timeout)
+        """One request on ``conn`` (which breaks it on any failure midway): :meth:`start`
+        and :meth:`finish` in one."""
+        return self.finish(conn, request, conn.send_request(request.data, deadline, timeout))
 
     def start(self, conn: Connection, request: Request, deadline: Deadline = NO_DEADLINE) -> Sent:
         """:meth:`send` in two halves: send ``request`` on ``conn``; :meth:`finish` reads
@@ -134,9 +134,10 @@ class Transport(TransportBase):
 
     def finish(self, conn: Connection, request: Request, sent: Sent) -> Any:
         """The answer to ``request``, which :meth:`start` sent on ``conn``."""
-        if type(request) is Http:
+        if type(request) is Http:  # positional arguments: the hot path
             return conn.read_http(sent, request.head, self.max_reply_size)
         if request.noreply:  # type: ignore[union-attr]
+            conn.last_used = _monotonic()
             return None
         return conn.read_reply(sent, request.decode, self.max_reply_size)  # type: ignore[union-attr]
 
@@ -146,11 +147,11 @@ class Transport(TransportBase):
         pool = self.pool
         if attempt is not None:
             attempt.waiting()
-        conn = self.checkout(deadline)
+        conn = pool.checkout() if deadline.at is None else self.checkout(deadline)
         if attempt is not None:
             attempt.using(conn)
         try:
-            answer = self.send(conn, request, deadline, timeout)
+            answer = self.finish(conn, request, conn.send_request(request.data, deadline, timeout))  # send()
         except BaseException:
             pool.checkin(conn, discard=True)
             raise

@@ -156,6 +156,24 @@ def test_partition_groups_items_like_node_for():
     assert Ring(["solo"]).partition(keys) == {"solo": keys}
 
 
+@pytest.mark.parametrize("nodes", [{"a": 1, "b": 2, "c": 1}, [f"10.0.0.{i}:1978" for i in range(1, 17)]])
+def test_partition_agrees_with_node_for_in_shared_slices_and_at_the_wrap(nodes):
+    """partition looks most keys up by the top 16 bits of their hash; keys whose 65,536-hash
+    slice holds a point, and keys past the last point (they wrap to the first), must still
+    land where node_for puts them."""
+    ring = Ring(nodes)
+    points = ring._points
+    tops = {p >> 16 for p in points}
+    keys = [f"key:{i}" for i in range(20000)]
+    keys += [k for k in (f"wrap:{i}" for i in range(300000)) if key_hash(k) > points[-1]][:5]
+    shared = [k for k in keys if key_hash(k) >> 16 in tops]
+    assert len(shared) >= 20 and key_hash(keys[-1]) > points[-1]   # both cases are exercised
+    groups = ring.partition(range(len(keys)), [k.encode() for k in keys])
+    assert {i: node for node, part in groups.items() for i in part} == {
+        i: ring.node_for(k) for i, k in enumerate(keys)}
+    assert all(part == sorted(part) for part in groups.values())
+
+
 def test_bad_keys_and_configs_raise_typed_errors():
     ring = Ring(["a"])
     for bad in [1, None, 2.5, ("a",)]:

@@ -25,6 +25,7 @@ __all__ = [
     "MAGIC_REMOVE_BULK", "MAGIC_GET_BULK", "MAGIC_ERROR", "FLAG_NOREPLY",
     "XT_NONE", "XTMAX", "DATAMAXSIZ",
     "encode_set_bulk", "encode_remove_bulk", "encode_get_bulk", "encode_play_script",
+    "encode_set_one", "encode_key_one",
     "CHUNK_RECORDS", "set_bulk_request", "remove_bulk_request", "get_bulk_request",
     "decode_count_reply", "decode_get_bulk_reply", "decode_get_bulk_values", "decode_play_script_reply",
     "decode_request_header", "decode_set_record", "decode_key_record",
@@ -56,6 +57,8 @@ _KEY_REC = struct.Struct(">HI")        # dbidx, ksiz
 _SCRIPT_REC = struct.Struct(">II")     # ksiz, vsiz
 _REPLY = struct.Struct(">BI")          # magic, hits/rnum
 _SIZES = struct.Struct(">2xII8x")      # ksiz, vsiz of a get_bulk reply record
+_SET_ONE = struct.Struct(">BIIHIIq")   # the header and record head of a one-record set_bulk
+_KEY_ONE = struct.Struct(">BIIHI")     # the header and record head of a one-key get/remove_bulk
 
 
 def _check_size(size: int) -> None:
@@ -83,9 +86,6 @@ def _key_columns(dbs: Iterable[int], keys: Sequence[bytes]) -> bytes:
 
 
 def _set_records(records: Sequence[tuple[int, bytes, bytes, int]]) -> bytes:
-    if len(records) == 1:  # a single-record operation's request: the shortest path
-        ((dbidx, key, value, xt),) = records
-        return _SET_REC.pack(dbidx, len(key), len(value), xt) + key + value
     if not records:
         return b""
     dbs, keys, values, xts = zip(*records, strict=True)
@@ -93,9 +93,6 @@ def _set_records(records: Sequence[tuple[int, bytes, bytes, int]]) -> bytes:
 
 
 def _key_records(records: Sequence[tuple[int, bytes]]) -> bytes:
-    if len(records) == 1:
-        ((dbidx, key),) = records
-        return _KEY_REC.pack(dbidx, len(key)) + key
     if not records:
         return b""
     dbs, keys = zip(*records, strict=True)
@@ -122,6 +119,19 @@ def encode_get_bulk(records: Iterable[tuple[int, bytes]]) -> bytes:
     """0xBA request; records are (dbidx, key).  The server ignores flags here."""
     seq = _sequence(records)
     return _HEADER.pack(MAGIC_GET_BULK, 0, len(seq)) + _key_records(seq)
+
+
+# The requests of single-record operations: one struct.pack each, the shortest path.
+
+
+def encode_set_one(dbidx: int, key: bytes, value: bytes, xt: int, flags: int = 0) -> bytes:
+    """0xB8 request of one record (as :func:`encode_set_bulk` of it)."""
+    return _SET_ONE.pack(MAGIC_SET_BULK, flags, 1, dbidx, len(key), len(value), xt) + key + value
+
+
+def encode_key_one(magic: int, dbidx: int, key: bytes, flags: int = 0) -> bytes:
+    """0xBA (``MAGIC_GET_BULK``) or 0xB9 (``MAGIC_REMOVE_BULK``) request of one key."""
+    return _KEY_ONE.pack(magic, flags, 1, dbidx, len(key)) + key
 
 
 # A bulk request of one database (and one xt) built from its columns -- the keys (and the

@@ -95,17 +95,14 @@ T = TypeVar("T")
 TR = TypeVar("TR", bound=TransportBase)
 C = TypeVar("C", bound="ClientCore[Any]")
 
-#: the operations of :mod:`ktcluster.ops` whose name is not the client method's (observed calls)
-_OPERATION_NAMES = {"set_record": "set"}
-#: an observed operation's (name, retry class, records) by its generator's name
+#: an observed operation's (name, retry class, records) by its name
 _OBSERVED: dict[str, tuple[str, OpClass, int]] = {}
 
 
-def _observed_as(code: str) -> tuple[str, OpClass, int]:
+def _observed_as(name: str) -> tuple[str, OpClass, int]:
     from .retry import op_class  # not at import: the client alone does not load tenacity
 
-    name = _OPERATION_NAMES.get(code, code)
-    found = _OBSERVED[code] = (name, op_class(name), 0 if name.endswith("_bulk") else 1)
+    found = _OBSERVED[name] = (name, op_class(name), 0 if name.endswith("_bulk") else 1)
     return found
 
 #: ``with_options(deadline=...)``: a time.monotonic() value, or a function returning one
@@ -404,15 +401,16 @@ class KyotoTycoon(ClientCore[Transport]):
         view = self.with_options(wait=name, wait_time=timeout)
         view._run(ops.void(view._session))
 
-    def _run(self, op: Op[T]) -> T:
-        """Carry ``op`` to the server under this view's limits."""
+    def _run(self, op: Op[T], operation: str | None = None) -> T:
+        """Carry ``op`` to the server under this view's limits (``operation``: its name for
+        the observer, when it is not the name of the generator's function)."""
         transport = self._transport or self.transport
         if self._extra is None and self.observer is None:
             return transport.run(op)
         limit, timeout = self._limits()
         if self.observer is None:
             return transport.run(op, limit, timeout)
-        code: str = getattr(op, "__name__", "call")  # a generator's: its function's name
+        code = operation or str(getattr(op, "__name__", "call"))  # a generator's: its function's name
         name, cls, records = _OBSERVED.get(code) or _observed_as(code)
 
         def attempt(call: Call | None) -> T:
@@ -488,13 +486,13 @@ class KyotoTycoon(ClientCore[Transport]):
         ``expire``: see :mod:`ktcluster.expiry` (None: never; seconds from now;
         a datetime or ExpireAt; KEEP).  In binary mode returns False when the
         server skipped the record (a DB index it does not have), as ng did."""
-        return self._run(ops.set_record(self._session, key, value, expire, db))
+        return self._run(ops.set_record(self._session, key, value, expire, db), "set")
 
     def add(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
         """Store a record that does not exist yet.  Returns True; an existing record
         raises LogicalInconsistencyError (ng raised KyotoTycoonException, its base).
         ``expire=KEEP`` means no expiry here (a new record has none to keep)."""
-        return self._run(ops.add(self._session, key, value, expire, db))
+        return self._run(ops.add(self._session, key, value, expire, db), "add")
 
     def replace(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
         """Overwrite an existing record.  True, or False when the server refuses (no such

@@ -57,8 +57,8 @@ def keys_bytes(keys: Iterable[Any]) -> list[bytes]:
     """:func:`key_bytes` of many keys (fast when they are all plain UTF-8 str)."""
     keys = key_list(keys)
     try:
-        return [key.encode() for key in keys]
-    except (AttributeError, UnicodeEncodeError):
+        return list(map(str.encode, keys))
+    except (TypeError, UnicodeEncodeError):
         return [key_bytes(key) for key in keys]
 
 

@@ -504,22 +504,27 @@ def _put(s: Session, mode: bytes, key: Any, value: Any, expire: Expire, db: Any)
 
 
 def set_record(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
+    # (a plain function choosing the generator: no generator delegating to another)
     if expire is KEEP:
-        return (yield from write_keeping(s, key, db, lambda raw: s.pack(value), create=True))
+        return write_keeping(s, key, db, lambda raw: s.pack(value), create=True)
     if s.fast:
-        dbidx = db if db == 0 and type(db) is int else (yield from db_index(s, db))
-        kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
-        xt = _bin.XT_NONE if expire is None else binary_xt(xt_of(expire))
-        packed = s.pack(value)
-        if len(packed) > _bin.DATAMAXSIZ:
-            _too_large()
-        return (yield Binary(_bin.encode_set_one(dbidx, kb, packed, xt), _SET_ONE)) > 0
-    return (yield from _put(s, _rest.MODE_SET, key, value, expire, db))
+        return _set_binary(s, key, value, expire, db)
+    return _put(s, _rest.MODE_SET, key, value, expire, db)
+
+
+def _set_binary(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
+    dbidx = db if db == 0 and type(db) is int else (yield from db_index(s, db))
+    kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
+    xt = _bin.XT_NONE if expire is None else binary_xt(xt_of(expire))
+    packed = s.pack(value)
+    if len(packed) > _bin.DATAMAXSIZ:
+        _too_large()
+    return (yield Binary(_bin.encode_set_one(dbidx, kb, packed, xt), _SET_ONE)) > 0
 
 
 def add(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
     s.http_only("add")
-    return (yield from _put(s, _rest.MODE_ADD, key, value, None if expire is KEEP else expire, db))
+    return _put(s, _rest.MODE_ADD, key, value, None if expire is KEEP else expire, db)
 
 
 def replace(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
@@ -652,7 +657,7 @@ def cas(s: Session, key: Any, old_val: Any, new_val: Any, expire: Expire, db: An
 
 def packed_values(s: Session, values: Sequence[Any]) -> list[bytes]:
     """set_bulk's values packed (bytes pass as they are with the bytes packer)."""
-    if s.raw_values and all(type(v) is bytes for v in values):
+    if s.raw_values and set(map(type, values)) == {bytes}:
         return list(values)
     pack = s.pack
     return [pack(v) for v in values]

@@ -75,8 +75,9 @@ class KyotoTycoon(ClientCore[AsyncTransport]):
     def _new_transport(self, host: str, port: int, timeout: float | None) -> AsyncTransport:
         return AsyncTransport(host, port, timeout=timeout, **self._pool_options)  # type: ignore[arg-type]
 
-    def _run(self, op: Op[T]) -> Op[T]:
-        """The blocking methods' last step: here the operation comes back to :func:`_awaiting`."""
+    def _run(self, op: Op[T], operation: str | None = None) -> Op[T]:
+        """The blocking methods' last step: here the operation comes back to :func:`_awaiting`
+        (not observed: ``operation`` is not needed)."""
         return op
 
     async def _carry(self, op: Op[T]) -> T:

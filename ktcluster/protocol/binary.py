@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain, repeat
+from itertools import repeat
 from typing import Any
 
 from ..errors import ProtocolError
@@ -75,14 +75,20 @@ CHUNK_RECORDS = 128
 
 
 def _set_columns(dbs: Iterable[int], keys: Sequence[bytes], values: Sequence[bytes], xts: Iterable[int]) -> bytes:
-    """Set records from their columns: one ``struct.pack`` per record and one join, no
-    per-record tuple or concatenation."""
-    heads = map(_SET_REC.pack, dbs, map(len, keys), map(len, values), xts)
-    return b"".join(chain.from_iterable(zip(heads, keys, values, strict=True)))
+    """Set records from their columns: one ``struct.pack`` per record, the pieces laid out
+    by slice assignment (no per-record tuple or concatenation), one join."""
+    parts: list[bytes] = [b""] * (3 * len(keys))
+    parts[0::3] = map(_SET_REC.pack, dbs, map(len, keys), map(len, values), xts)
+    parts[1::3] = keys
+    parts[2::3] = values   # (a ValueError unless there are as many values as keys)
+    return b"".join(parts)
 
 
 def _key_columns(dbs: Iterable[int], keys: Sequence[bytes]) -> bytes:
-    return b"".join(chain.from_iterable(zip(map(_KEY_REC.pack, dbs, map(len, keys)), keys, strict=True)))
+    parts: list[bytes] = [b""] * (2 * len(keys))
+    parts[0::2] = map(_KEY_REC.pack, dbs, map(len, keys))
+    parts[1::2] = keys
+    return b"".join(parts)
 
 
 def _set_records(records: Sequence[tuple[int, bytes, bytes, int]]) -> bytes:

@@ -2,6 +2,7 @@
 
     python benchmarks/big_bulk.py                    # fresh servers ($KT_SERVER_BIN or embedded)
     python benchmarks/big_bulk.py --records 200000 --rounds 5
+    python benchmarks/big_bulk.py --nodes 4          # over four nodes only (benchmarks/cluster.py's part 4)
 
 A ``Cluster`` cuts a bulk call into requests of ``bulk_chunk`` records (1,000) and keeps
 up to ``bulk_lanes`` (4) of a node's requests in flight, each on its own connection, so
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--value-size", type=int, default=100)
     parser.add_argument("--batch", type=float, default=1.0, help="seconds per measured batch")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best batch counts")
+    parser.add_argument("--nodes", default="1,4", help="the cluster sizes measured (comma-separated)")
     args = parser.parse_args(argv)
+    sizes = [int(n) for n in args.nodes.split(",")]
     try:
         import ukt
     except ImportError:
@@ -48,11 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     keys = [f"big:{i:08d}" for i in range(args.records)]
     data = dict.fromkeys(keys, value)
     with contextlib.ExitStack() as stack:
-        servers = [stack.enter_context(KTServer(":")) for _ in range(4)]
+        servers = [stack.enter_context(KTServer(":")) for _ in range(max(sizes))]
         print(f"servers: {' '.join(server_command())}; {args.records:,} records of {args.value_size} bytes; "
               f"best of {args.rounds} batches of {args.batch:g} s per library")
         cases = []
-        for n in (1, 4):
+        for n in sizes:
             nodes = servers[:n]
             cluster = Cluster([s.address for s in nodes], pack_type=KT_PACKER_BYTES)
             stack.callback(cluster.close)

@@ -16,6 +16,9 @@
    one thread (target: at most 10% slower): end-to-end throughput (noisy on a shared
    machine), and the cluster's own work per call (routing, retry policy, breaker, fan-out,
    merging; measured against a stub client) as a share of one single-client call.
+4. big bulks: get_bulk / set_bulk of 100,000 keys over 4 nodes (no delay proxy) against
+   ukt calling the nodes in turn (target >= 1.3x its records/s): ``big_bulk.py --nodes 4``,
+   which also measures one node.
 
 Prints numbers and ratios; it never asserts.
 """
@@ -67,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
             subprocess.run([sys.executable, __file__, "--child", mode, "--servers", addresses,
                             "--rtt", str(args.rtt), "--duration", str(args.duration),
                             "--rounds", str(args.rounds)], check=True)
+    print("\n=== big bulks ===", flush=True)
+    subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "big_bulk.py"), "--nodes", str(NODES),
+                    "--rounds", str(args.rounds)], check=True)
 
 
 # -- delay proxies in their own process ---------------------------------------------------------------

@@ -71,7 +71,7 @@ def _check_size(size: int) -> None:
 
 #: records per piece when a bulk request is sent in pieces (``*_request``): ktserver applies
 #: the records of a bulk request as they arrive, so it works while the client encodes the rest.
-CHUNK_RECORDS = 128
+CHUNK_RECORDS = 1024
 
 
 def _set_columns(dbs: Iterable[int], keys: Sequence[bytes], values: Sequence[bytes], xts: Iterable[int]) -> bytes:

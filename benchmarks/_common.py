@@ -1,16 +1,24 @@
 """Shared helpers for the benchmark scripts: a server to measure against, a bare socket
-(the floor no library can beat), interleaved best-of-N timing, and a ratio table.
-Benchmarks print numbers; they never assert."""
+(the floor no library can beat), interleaved best-of-N timing, a ratio table, and another
+git revision's client to compare with (worker processes answering one JSON line per
+request).  Benchmarks print numbers; they never assert."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import gc
+import io
+import json
 import socket
+import subprocess
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ktcluster.protocol import binary
 from ktcluster.protocol.http import parse_response_head
@@ -34,6 +42,26 @@ def server(args: argparse.Namespace) -> Iterator[tuple[str, int, str]]:
         return
     with KTServer(":") as srv:
         yield srv.host, srv.port, " ".join(server_command())
+
+
+@contextlib.contextmanager
+def revision_tree(rev: str) -> Iterator[Path]:
+    """``git archive REV ktcluster`` unpacked in a temporary directory: a process with it
+    first on its PYTHONPATH imports that revision's client."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "ktcluster"], check=True,
+                             capture_output=True).stdout
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tmp, filter="data")
+        yield Path(tmp)
+
+
+def ask(proc: subprocess.Popen[str], line: str = "") -> Any:
+    """One request to a worker process: ``line`` to its stdin, its answer (a JSON line) back."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())
 
 
 def http_complete(reply: bytes) -> bool:

@@ -13,7 +13,7 @@ then the time of one Prometheus scrape of the metrics.
 
 ``--baseline REV`` measures what the hooks cost when no observer is set, against ``git
 archive REV ktcluster`` (the code before the hooks), two ways: (1) the client's Python
-path alone -- ``Transport.send`` answering at once, no socket: the best of many timed
+path alone -- the connection answering at once, no socket: the best of many timed
 runs, in fresh processes alternating between the trees, precise to a few tens of ns --
 and (2) the whole get, two worker processes a batch each in turn, paired ratios (on a
 loaded machine their spread is wider than the hooks' cost).  Target: at most 2% of a get.
@@ -28,14 +28,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import add_server_arguments, server, timed_batch  # noqa: E402
+from _common import add_server_arguments, ask, revision_tree, server, timed_batch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,13 +62,18 @@ def worker(host: str, port: int, batch: float) -> None:
 
 def python_path() -> None:
     """A subprocess of --baseline: the best time of each client's get with the network
-    replaced by an immediate answer (``Transport.send`` returns "no record")."""
+    replaced by an immediate answer (the connection's exchange answers "no record" without
+    connecting, in whichever of its methods the revision calls)."""
     import timeit
 
     from ktcluster import Cluster, KyotoTycoon
-    from ktcluster.transport import Transport
+    from ktcluster.connection import Connection
 
-    Transport.send = lambda self, conn, request, deadline=None, timeout=None: []  # type: ignore[method-assign]
+    answers = {"request_binary": lambda self, *args, **kwargs: [], "read_reply": lambda self, *args, **kwargs: [],
+               "send_request": lambda self, *args, **kwargs: (None, False)}
+    for method, answer in answers.items():
+        if hasattr(Connection, method):
+            setattr(Connection, method, answer)
     cluster = Cluster(["127.0.0.1:1"])
     kt = KyotoTycoon(binary=True)
     kt.open("127.0.0.1", 1)
@@ -162,11 +165,8 @@ def scrape_cost(variants: dict[str, dict[str, Callable[[], object]]]) -> None:
 
 def measure_hooks(host: str, port: int, rev: str, rounds: int, batch: float) -> None:
     """Worker processes on this tree and on ``rev``'s, alternately; paired ratios."""
-    with tempfile.TemporaryDirectory() as base:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "ktcluster"], check=True,
-                                 capture_output=True).stdout
-        with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
-            tar.extractall(base, filter="data")
+    with revision_tree(rev) as tree:
+        base = str(tree)
         python: dict[tuple[str, str], float] = {}
         for _ in range(max(3, rounds // 10)):
             for label, path in (("this tree", str(ROOT)), (rev, base)):
@@ -189,7 +189,7 @@ def measure_hooks(host: str, port: int, rev: str, rounds: int, batch: float) -> 
         try:
             for i in range(rounds):  # which tree goes first alternates: the order must not favour one
                 order = list(workers.items())[::1 if i % 2 else -1]
-                got = {label: _batch(proc) for label, proc in order}
+                got = {label: ask(proc) for label, proc in order}
                 for call in got["this tree"]:
                     ratios.setdefault(call, []).append(got["this tree"][call] / got[rev][call])
                     for label in got:
@@ -204,13 +204,6 @@ def measure_hooks(host: str, port: int, rev: str, rounds: int, batch: float) -> 
         theirs = statistics.median(medians[(call, rev)]) * 1e6
         print(f"  {call:16} {ours:7.2f} µs vs {theirs:7.2f} µs: paired ratio median {statistics.median(values):.3f} "
               f"(min {min(values):.3f}, max {max(values):.3f})")
-
-
-def _batch(proc: subprocess.Popen[str]) -> dict[str, float]:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    return json.loads(proc.stdout.readline())  # type: ignore[no-any-return]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,8 +33,6 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,14 +107,6 @@ def start_worker(tree: Path, host: str, port: int, batch: float) -> subprocess.P
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
 
 
-def ask(proc: subprocess.Popen[str], name: str) -> tuple[float, float, float]:
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(name + "\n")
-    proc.stdin.flush()
-    rate, cpu, user = json.loads(proc.stdout.readline())
-    return rate, cpu, user
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="the revision to compare with (git)")
@@ -139,17 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     if not args.baseline:
         parser.error("--baseline is required")
     sys.path.insert(0, str(ROOT))
+    from _common import ask, revision_tree
+
     from ktcluster.testing import KTServer, server_command
 
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "ktcluster"],
-                                 check=True, capture_output=True).stdout
-        tar_path = Path(tmp) / "before.tar"
-        tar_path.write_bytes(archive)
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(Path(tmp) / "before")
+    with revision_tree(args.baseline) as before:
         with KTServer(":") as srv:
-            trees = {"before": Path(tmp) / "before", "after": ROOT}
+            trees = {"before": before, "after": ROOT}
             if args.instructions:
                 print(f"server: {' '.join(server_command())}; before: {args.baseline}; after: this tree; "
                       f"instructions per call (callgrind, {args.count} calls)")

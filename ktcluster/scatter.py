@@ -251,7 +251,10 @@ class _Run:
 
 def _ready(active: dict[int, _Lane]) -> list[int]:
     """The descriptors of ``active`` with an answer to read, or whose wait is over (their
-    read then raises the timeout): one ``poll``, until the earliest end of a wait."""
+    read then raises the timeout): one ``poll``, until the earliest end of a wait.  A lone
+    lane needs none: its read waits for the answer until the same end."""
+    if len(active) == 1:
+        return list(active)
     now = time.monotonic()
     ends = [lane.sent[0] for lane in active.values() if lane.sent[0] is not None]
     end = min(ends) if ends else None

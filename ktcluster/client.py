@@ -492,12 +492,12 @@ class KyotoTycoon(ClientCore[Transport]):
         """Store a record that does not exist yet.  Returns True; an existing record
         raises LogicalInconsistencyError (ng raised KyotoTycoonException, its base).
         ``expire=KEEP`` means no expiry here (a new record has none to keep)."""
-        return self._run(ops.add(self._session, key, value, expire, db), "add")
+        return self._run(ops.add(self._session, key, value, expire, db))
 
     def replace(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
         """Overwrite an existing record.  True, or False when the server refuses (no such
         record, no such database...: ng's answer to every error status)."""
-        return self._run(_ng_false(ops.replace(self._session, key, value, expire, db)))
+        return self._run(_ng_false(ops.replace(self._session, key, value, expire, db)), "replace")
 
     def append(self, key: Key, value: Any, expire: Expire = None, db: DB = 0) -> bool:
         """Append to a record's string (or bytes) value, creating it when missing.
@@ -539,7 +539,7 @@ class KyotoTycoon(ClientCore[Transport]):
     def remove(self, key: Key, db: DB = 0) -> bool:
         """Remove a record: True, or False when the server refuses (no such record, no such
         database...: ng's answer to every error status)."""
-        return self._run(_ng_false(ops.remove(self._session, key, db)))
+        return self._run(_ng_false(ops.remove(self._session, key, db)), "remove")
 
     # -- bulk -------------------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ or :class:`Binary` (answered with its decoder's result) -- and returns the opera
 result, or raises its typed error.  It does no I/O and keeps no state between calls:
 a driver sends the requests (:meth:`ktcluster.transport.Transport.run`; an asyncio
 driver is the same loop with ``await``), so one implementation serves every front end,
-and a retry simply starts the generator again.
+and a retry simply starts the generator again.  (``set_record`` is a plain function that
+returns the generator of its case, raising nothing itself: the same to a driver.)
 
 Most operations make one request; a few make more (a database name resolved for the
 binary protocol, a read-modify-cas loop for ``append`` and ``expire=KEEP``).
@@ -524,7 +525,7 @@ def _set_binary(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op
 
 def add(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
     s.http_only("add")
-    return _put(s, _rest.MODE_ADD, key, value, None if expire is KEEP else expire, db)
+    return (yield from _put(s, _rest.MODE_ADD, key, value, None if expire is KEEP else expire, db))
 
 
 def replace(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:

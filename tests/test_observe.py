@@ -254,6 +254,30 @@ def test_kyototycoon_takes_an_observer_too(servers):
     assert all(a.node == servers[0].address and a.sent > 0 and a.received > 0 for a in attempts)
 
 
+def test_kyototycoon_observes_each_operation_under_its_own_name(servers):
+    """Operations whose op is built by a helper (replace and remove keep ng's False through a
+    wrapper; set and add choose their generator) are observed under the method's name and
+    class, errors raised while the operation is built included."""
+    rec, strict = Recorder(), Recorder()
+    kt = KyotoTycoon(observer=rec).connect(servers[0].host, servers[0].port)
+    binary = KyotoTycoon(binary=True, observer=strict).connect(servers[0].host, servers[0].port)
+    try:
+        kt.set("k", "v")
+        kt.add("new-key-of-this-test", "v")
+        kt.replace("k", "w")
+        kt.remove("k")
+        with pytest.raises(NotImplementedError):
+            binary.add("k", "v")
+    finally:
+        kt.close()
+        binary.close()
+    assert [(a.operation, a.op_class) for a in rec.of("attempt")] == [
+        ("set", OpClass.IDEMPOTENT), ("add", OpClass.UNSAFE), ("replace", OpClass.IDEMPOTENT),
+        ("remove", OpClass.IDEMPOTENT)]
+    ended = strict.of("end")
+    assert [(call.operation, type(error)) for call, error in ended] == [("add", NotImplementedError)]
+
+
 def test_breaker_down_fails_fast_as_an_observed_attempt(observed):
     dead = f"127.0.0.1:{free_port()}"
     cluster, rec, _ = observed([dead], health=HealthConfig(reset_timeout=60, max_reset_timeout=60))

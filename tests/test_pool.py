@@ -486,6 +486,27 @@ def test_pool_is_bounded_and_times_out(kt_server):
     pool.checkin(b)
 
 
+def test_a_checkout_with_a_bad_timeout_leaves_no_waiter_behind(kt_server):
+    """A checkout that fails before it waits (here a timeout that is not a number) must not
+    stay in the queue: the next connection returned goes to a caller still waiting."""
+    pool = ConnectionPool(kt_server.host, kt_server.port, size=1, pool_timeout=5)
+    held = pool.checkout()
+    with pytest.raises(TypeError):
+        pool.checkout("1")  # type: ignore[arg-type]
+    assert pool.stats().waiting == 0
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(pool.checkout(timeout=5)))
+    waiter.start()
+    while pool.stats().waiting == 0:
+        time.sleep(0.01)
+    pool.checkin(held)
+    waiter.join(5)
+    assert got == [held]
+    pool.checkin(held)
+    assert pool.stats().in_use == 0 and pool.stats().waiting == 0
+    pool.close()
+
+
 def test_try_checkout_never_waits_and_never_passes_a_waiter(kt_server):
     pool = ConnectionPool(kt_server.host, kt_server.port, size=2, pool_timeout=5)
     a = pool.try_checkout()

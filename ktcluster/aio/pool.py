@@ -54,16 +54,12 @@ class AsyncConnectionPool(ConnectionPool):
 
         Waits up to ``timeout`` (default: the pool's ``pool_timeout``; None waits
         forever) for one to become free, first come first served."""
-        limit = None   # the wait's (timeout, give_up), from the first time the caller waits
+        timeout, give_up = self._give_up(timeout)  # before the caller may queue: it may raise
         while True:
             claim = self._claim(True)
-            if isinstance(claim, _Waiter):
-                limit = limit or self._give_up(timeout)
-                conn, reused = await self._await(claim, *limit)
-            else:
-                conn, reused = claim
+            conn, reused = await self._await(claim, timeout, give_up) if isinstance(claim, _Waiter) else claim
             if not reused or self._vetted(conn):
-                return conn
+                return conn  # type: ignore[return-value]
 
     def _wake(self) -> Any:
         return _Wake()

@@ -270,9 +270,12 @@ async def test_a_deadline_bounds_the_wait_for_a_connection_and_the_exchange():
     srv = ScriptedServer(lambda conn, i: read_request(conn) and time.sleep(5))
     try:
         kt = client(("127.0.0.1", srv.port), pool_size=1, pool_timeout=30)
-        view = kt.with_options(deadline=lambda: time.monotonic() + 0.3)
+        # the caller holding the connection has the later deadline: the other one's wait for
+        # the pool ends first, whatever the load on the machine (equal deadlines raced)
+        holder = kt.with_options(deadline=lambda: time.monotonic() + 0.6)
+        waiter = kt.with_options(deadline=lambda: time.monotonic() + 0.3)
         started = time.monotonic()
-        results = await asyncio.gather(view.get("a"), view.get("b"), return_exceptions=True)
+        results = await asyncio.gather(holder.get("a"), waiter.get("b"), return_exceptions=True)
         elapsed = time.monotonic() - started
         assert all(isinstance(r, DeadlineExceeded) for r in results), results
         assert [r.request_sent for r in results] == [True, False], results  # sent; waited for the pool

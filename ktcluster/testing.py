@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["KTServer", "start_cluster", "free_port", "server_command", "using_real_server", "PORT_MIN", "PORT_MAX",
@@ -186,9 +187,20 @@ class KTServer:
                 proc.stderr.close()
 
     def pause(self) -> None:
-        """SIGSTOP: the server keeps its sockets but answers nothing (a hung node)."""
+        """SIGSTOP: the server keeps its sockets but answers nothing (a hung node).  Returns
+        once the process is stopped (the signal is delivered asynchronously: a busy server
+        could otherwise still answer a request sent right after), where /proc tells."""
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{self.process.pid}/stat")
+        give_up = time.monotonic() + 5.0
+        while time.monotonic() < give_up:
+            try:   # the state follows the command name, which is in parentheses
+                if stat.read_text().rsplit(")", 1)[1].split()[0] in ("T", "t"):
+                    return
+            except (OSError, IndexError):
+                return  # no /proc: nothing to wait on
+            time.sleep(0.001)
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""

@@ -91,9 +91,9 @@ def test_pause_and_resume():
     with KTServer() as srv:
         srv.pause()
         try:
-            stat = f"/proc/{srv.pid}/stat"
-            if os.path.exists(stat):  # pause() returns once the process is stopped
-                with open(stat) as f:
+            proc_stat = f"/proc/{srv.pid}/stat"
+            if os.path.exists(proc_stat):  # pause() returns once the process is stopped
+                with open(proc_stat) as f:
                     assert f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
             assert not srv.ping(timeout=0.5)
         finally:

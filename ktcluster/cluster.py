@@ -73,10 +73,9 @@ from .address import DEFAULT_PORT, Address, Servers, format_address, named_addre
 from .client import ClientCore, KyotoTycoon
 from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN
 from .cursor import Cursor
-from .deadline import NO_DEADLINE, Deadline
+from .deadline import Deadline
 from .errors import (
     ArgumentError,
-    DeadlineExceeded,
     KyotoTycoonException,
     NodeDownError,
     PartialFailureError,
@@ -106,7 +105,6 @@ __all__ = ["Cluster", "ClusterCore", "Node", "Address", "DEFAULT_PORT", "DEFAULT
 
 T = TypeVar("T")
 log = logging.getLogger("ktcluster.cluster")
-_monotonic = time.monotonic
 
 #: the default socket timeout and pool wait of the nodes' pools (under RetryPolicy's 10 s deadline).
 DEFAULT_NODE_TIMEOUT = 5.0
@@ -223,12 +221,14 @@ def _done(per_node: dict[str, Any]) -> bool:
     return True
 
 
+def _probe(member: _Member, deadline: Deadline, attempt: Attempt | None) -> None:
+    """A breaker trial's probe, taking an attempt's arguments (see CircuitBreaker.call)."""
+    member.probe(deadline)
+
+
 def _before_attempt(member: _Member, deadline: Deadline) -> None:
     """DeadlineExceeded (nothing sent) when an attempt would start after the call's deadline."""
-    at = deadline.at
-    if at is not None and at <= _monotonic():
-        raise DeadlineExceeded("the call's deadline passed before this attempt", request_sent=False,
-                               node=member.name)
+    deadline.check("this attempt", member.name)
 
 
 def _merge(per_node: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -494,9 +494,7 @@ class ClusterCore:
     # -- execution core ---------------------------------------------------------------------------
 
     def _deadline(self) -> Deadline:
-        """A new call's deadline (``Deadline.after(max_call_time)``, one call less)."""
-        limit = self._call_limit
-        return NO_DEADLINE if limit is None else Deadline(_monotonic() + limit)
+        return Deadline.after(self._call_limit)
 
     def _execute(self, cls: OpClass, topo: _Topology, node: str, call: Call[T], deadline: Deadline,
                  first_error: Exception | None = None, scope: Observed | None = None) -> T:
@@ -549,25 +547,9 @@ class ClusterCore:
 
     @staticmethod
     def _attempt(member: _Member, call: Call[T], deadline: Deadline, attempt: Attempt | None) -> T:
-        """:meth:`_guarded`'s attempt: CircuitBreaker.call's steps (without its two closures)."""
-        breaker = member.breaker
+        """:meth:`_guarded`'s attempt, through the node's breaker (the trial holder probes first)."""
         try:
-            trial = breaker.enter()
-            if trial:
-                try:
-                    member.probe(deadline)
-                except BaseException as exc:
-                    err = breaker.probe_failed(exc)
-                    if err is exc:
-                        raise
-                    raise err from exc
-            try:
-                result = call(member, deadline, attempt)
-            except BaseException as exc:
-                breaker.record(exc, trial)
-                raise
-            breaker.succeeded(trial)
-            return result
+            return member.breaker.call(call, member, deadline, attempt, probe=_probe)
         except KyotoTycoonException as exc:
             if exc.node is None:
                 exc.node = member.name

@@ -72,10 +72,10 @@ class Deadline:
             return self.at, True
         return end, False
 
-    def check(self, what: str = "the call") -> None:
-        """DeadlineExceeded (``request_sent=False``) when the deadline has passed."""
+    def check(self, what: str = "the call", node: str | None = None) -> None:
+        """DeadlineExceeded (``request_sent=False``, naming ``node``) when the deadline has passed."""
         if self.at is not None and self.at <= _monotonic():
-            raise DeadlineExceeded(f"the call's deadline passed before {what}", request_sent=False)
+            raise DeadlineExceeded(f"the call's deadline passed before {what}", request_sent=False, node=node)
 
 
 #: no deadline: every limit is a wait's own

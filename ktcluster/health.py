@@ -129,24 +129,25 @@ class CircuitBreaker:
     def __repr__(self) -> str:
         return f"<CircuitBreaker {self.node} {self.state.value}>"
 
-    def call(self, fn: Callable[[], T], probe: Callable[[], Any] | None = None) -> T:
-        """Run ``fn`` if the node may be used; record how it went.
+    def call(self, fn: Callable[..., T], *args: Any, probe: Callable[..., Any] | None = None) -> T:
+        """Run ``fn(*args)`` if the node may be used; record how it went.  (The arguments are
+        passed on rather than bound in a closure: this is every cluster call's path.)
 
         Raises NodeDownError (nothing sent) while the breaker is open or another
-        caller holds the half-open trial.  The trial holder runs ``probe`` first.
+        caller holds the half-open trial.  The trial holder runs ``probe(*args)`` first.
         (``ktcluster.aio.cluster`` makes the same steps with ``await``.)
         """
         trial = self.enter()
         if trial and probe is not None:
             try:
-                probe()
+                probe(*args)
             except BaseException as exc:
                 err = self.probe_failed(exc)
                 if err is exc:
                     raise
                 raise err from exc
         try:
-            result = fn()
+            result = fn(*args)
         except BaseException as exc:
             self.record(exc, trial)
             raise

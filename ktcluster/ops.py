@@ -311,8 +311,13 @@ def read_raw(s: Session, key: bytes, db: Any) -> Op[tuple[bytes, int | None] | N
     return answer_value(out, b"value"), _expires(out)
 
 
+def _get_one(kb: bytes, dbidx: int) -> Binary:
+    """The binary request that reads one record (its answer goes to :func:`_one_record`)."""
+    return Binary(_bin.encode_key_one(_bin.MAGIC_GET_BULK, dbidx, kb), _decode_one_record)
+
+
 def _one_record(kb: bytes, recs: list[tuple[int, bytes, bytes, int]]) -> tuple[bytes, int] | None:
-    """(stored value, xt) from the answer to a binary get_bulk of ``kb`` alone, or None."""
+    """(stored value, xt) from the answer to :func:`_get_one`, or None."""
     if not recs:
         return None
     _, key, value, xt = recs[0]
@@ -409,7 +414,7 @@ def get(s: Session, key: Any, db: Any) -> Op[Any]:
     kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
     if s.fast:
         dbidx = db if db == 0 and type(db) is int else (yield from db_index(s, db))
-        brec = _one_record(kb, (yield Binary(_bin.encode_key_one(_bin.MAGIC_GET_BULK, dbidx, kb), _decode_one_record)))
+        brec = _one_record(kb, (yield _get_one(kb, dbidx)))
         return None if brec is None else s.value(key, brec[0])
     target = _target(s, kb, db)
     if target is None:
@@ -426,8 +431,7 @@ def get(s: Session, key: Any, db: Any) -> Op[Any]:
 def get_with_expiry(s: Session, key: Any, db: Any) -> Op[tuple[Any, int | None] | None]:
     kb = key_bytes(key)
     if s.fast:
-        dbidx = yield from db_index(s, db)
-        brec = _one_record(kb, (yield Binary(_bin.encode_key_one(_bin.MAGIC_GET_BULK, dbidx, kb), _decode_one_record)))
+        brec = _one_record(kb, (yield _get_one(kb, (yield from db_index(s, db)))))
         return None if brec is None else (s.value(key, brec[0]), expires_at(brec[1]))
     rec = yield from read_raw(s, kb, db)
     return None if rec is None else (s.value(key, rec[0]), rec[1])

@@ -159,12 +159,12 @@ class Ring:
             key_bytes(key)
             return self._owners[0]
         kb = hash_tag(key_bytes(key)) if self.hash_tags else key_bytes(key)
-        i = bisect_left(self._points, _LE32(md5(kb).digest())[0])
-        return self._owners[i if i < len(self._points) else 0]
+        return self._owners[self._point_of(_LE32(md5(kb).digest())[0])]
 
-    def _owner_of_hash(self, h: int) -> str:
+    def _point_of(self, h: int) -> int:
+        """The index of the point that owns hash ``h``: the first at or after it, wrapping."""
         i = bisect_left(self._points, h)
-        return self._owners[i if i < len(self._points) else 0]
+        return i if i < len(self._points) else 0
 
     def partition(self, keys: Iterable[T], kbs: Sequence[bytes] | None = None) -> dict[str, list[T]]:
         """``keys`` grouped by owning node, input order kept inside each group (the
@@ -189,11 +189,9 @@ class Ring:
             halves.byteswap()
         codes = array("H", map(self._slices().__getitem__, halves[1::8]))
         if _SHARED in codes:
-            points, owners, last = self._points, self._codes, len(self._points)
             i = codes.index(_SHARED)
             while True:
-                at = bisect_left(points, halves[8 * i] | halves[8 * i + 1] << 16)
-                codes[i] = owners[at if at < last else 0]
+                codes[i] = self._codes[self._point_of(halves[8 * i] | halves[8 * i + 1] << 16)]
                 try:
                     i = codes.index(_SHARED, i + 1)
                 except ValueError:
@@ -247,7 +245,7 @@ class Ring:
         flows: dict[tuple[str, str], float] = {}
         prev = bounds[-1] - _SPACE
         for bound in bounds:
-            src, dst = self._owner_of_hash(bound), other._owner_of_hash(bound)
+            src, dst = self._owners[self._point_of(bound)], other._owners[other._point_of(bound)]
             if src != dst:
                 flows[(src, dst)] = flows.get((src, dst), 0.0) + (bound - prev) / _SPACE
             prev = bound

@@ -78,7 +78,7 @@ from .errors import ArgumentError, KTConnectionError, KyotoTycoonException
 from .expiry import Expire
 from .keys import DB, Key, KeyT, decode_key, keep_bytes, key_bytes
 from .observe.events import Call, Observer, observed
-from .ops import BINARY, HTTP, KEEP_RETRIES, DBReport, Op, Report, Session, Status
+from .ops import BINARY, HTTP, KEEP_RETRIES, DBReport, Op, Operation, Report, Session, Status
 from .packers import KT_PACKER_PICKLE, make_packer
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool
 from .transport import Transport, TransportBase
@@ -116,10 +116,10 @@ def _seconds(value: Any, what: str) -> float:
     return float(value)
 
 
-def _ng_false(op: Op[bool]) -> Op[bool]:
+def _ng_false(op: Operation[bool]) -> Op[bool]:
     """ng's replace/remove: False for any error the server answers (it checked one status)."""
     try:
-        return (yield from op)
+        return (yield from ops.steps(op))
     except KyotoTycoonException as exc:
         if exc.code is None:
             raise
@@ -401,7 +401,7 @@ class KyotoTycoon(ClientCore[Transport]):
         view = self.with_options(wait=name, wait_time=timeout)
         view._run(ops.void(view._session))
 
-    def _run(self, op: Op[T], operation: str | None = None) -> T:
+    def _run(self, op: Operation[T], operation: str | None = None) -> T:
         """Carry ``op`` to the server under this view's limits (``operation``: its name for
         the observer, when it is not the name of the generator's function)."""
         transport = self._transport or self.transport
@@ -458,7 +458,7 @@ class KyotoTycoon(ClientCore[Transport]):
 
     def get(self, key: Key, db: DB = 0) -> Any:
         """The unpacked value of a record, or None when it does not exist."""
-        return self._run(ops.get(self._session, key, db))
+        return self._run(ops.get(self._session, key, db), "get")
 
     def get_with_expiry(self, key: Key, db: DB = 0) -> tuple[Any, int | None] | None:
         """``(value, expires)`` of a record, where ``expires`` is the absolute epoch second

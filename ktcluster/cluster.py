@@ -89,7 +89,7 @@ from .migration import Migration
 from .observe import find_metrics
 from .observe.events import Attempt, Observer, observed
 from .observe.events import Call as Observed
-from .ops import AUTO, HTTP, Op, Session
+from .ops import AUTO, HTTP, Op, Operation, Session
 from .packers import KT_PACKER_BYTES, make_packer
 from .pool import DEFAULT_POOL_SIZE
 from .protocol.kcnum import cstr
@@ -151,7 +151,7 @@ class _Member:
         return self.transport.probe(self.session, deadline, self.probe_timeout)
 
 
-def _op(make_op: Callable[[Session], Op[T]]) -> Call[T]:
+def _op(make_op: Callable[[Session], Operation[T]]) -> Call[T]:
     """The attempt that runs an operation of :mod:`ktcluster.ops` on a node."""
     return lambda member, deadline, attempt: member.transport.run(make_op(member.session), deadline, OWN, attempt)
 
@@ -555,7 +555,7 @@ class ClusterCore:
                 exc.node = member.name
             raise
 
-    def _keyed(self, operation: str, key: Key, make_op: Callable[[Session], Op[T]], db: DB = 0,
+    def _keyed(self, operation: str, key: Key, make_op: Callable[[Session], Operation[T]], db: DB = 0,
                scope: Observed | None = None) -> T:
         """One operation on the node that owns ``key`` (``db``: the operation's; ``scope``: the
         observed call, when there is an observer)."""
@@ -568,7 +568,7 @@ class ClusterCore:
             if topo.migration is not None:
                 deadline = self._deadline()
 
-                def run(cls: OpClass, node: str, make: Callable[[Session], Op[Any]]) -> Any:
+                def run(cls: OpClass, node: str, make: Callable[[Session], Operation[Any]]) -> Any:
                     return self._execute(cls, topo, node, _op(make), deadline, scope=scope)
 
                 return migration.keyed(topo.migration, run, operation, cls, key_bytes(key), db, make_op)

@@ -281,19 +281,6 @@ class Connection:
         if applied is None or left > applied or applied - left > REARM_SLACK:
             self._apply(sock, left)
 
-    def _send_some(self, sock: Any, data: bytes | memoryview, end: float | None) -> int:
-        """One send, waiting (in steps) until ``end`` for room in the socket's buffer."""
-        while True:
-            self._arm(sock, end)
-            try:
-                n: int = sock.send(data)
-            except (TimeoutError, BlockingIOError):
-                if end is None or end <= _monotonic():
-                    raise
-                continue  # one step of a longer wait ended: wait on
-            self.sent += n
-            return n
-
     def close(self) -> None:
         """Close the socket.  The connection may connect again later unless it is broken."""
         sock, self._sock = self._sock, None
@@ -386,11 +373,11 @@ class Connection:
         sock = self._sock
         if sock is None or self.broken:
             sock = self._connect(*connect_limit(self.address, self.broken, deadline, self.connect_timeout))
-        sent = deadline.end(self.timeout if timeout is OWN else timeout)
+        end, by_deadline = sent = deadline.end(self.timeout if timeout is OWN else timeout)
         if isinstance(data, bytes):
-            self._send_piece(sock, data, *sent, True)
+            self._send_piece(sock, data, end, by_deadline, True)
         else:
-            self._send_pieces(sock, data, *sent)
+            self._send_pieces(sock, data, end, by_deadline)
         return sent
 
     def read_reply(self, sent: Sent, decode: Callable[[bytes], tuple[T, int]],
@@ -398,16 +385,63 @@ class Connection:
         """The second half of an exchange: read and decode the reply to the request that
         :meth:`send_request` sent (a failure breaks the connection)."""
         end, by_deadline = sent
+        sock = self._sock
+        view = self._view
+        size = len(view)
+        filled = 0
+        needed = 1
+        parsed_at = 0  # bytes held at the last failed decode attempt
         try:
-            result = self._receive(self._sock, decode, end, max_size)
+            while True:
+                if filled >= needed and (filled >= 2 * parsed_at or not self._more_pending(sock)):
+                    data = bytes(view[:filled])
+                    private = view is not self._view
+                    if private:
+                        view = self._view  # a large reply: only its copy is held while it is decoded
+                    done, result, needed = decode_step(decode, data, max_size, self._address)
+                    if done:
+                        self.last_used = _monotonic()
+                        return result
+                    parsed_at = filled
+                    if private:
+                        view = memoryview(bytearray(size))
+                        view[:filled] = data
+                    del data
+                if filled == size:
+                    # A large reply: continue in a bigger private buffer (ours stays small), at most
+                    # twice what arrived, no larger than the reply needs or may be.
+                    size = min(2 * size, needed if needed > filled else 2 * size, max_size + 1)
+                    grown = memoryview(bytearray(size))
+                    grown[:filled] = view[:filled]
+                    view = grown
+                self._arm(sock, end)
+                try:
+                    n = sock.recv_into(view[filled:])
+                except (TimeoutError, BlockingIOError):
+                    if end is None or end <= _monotonic():
+                        raise
+                    continue  # one step of a longer wait ended: wait on
+                if not n:
+                    at_eof = getattr(decode, "at_eof", None)
+                    if at_eof is not None and filled:
+                        data = bytes(view[:filled])
+                        del view
+                        result = at_eof(data)
+                        self.last_used = _monotonic()
+                        return result
+                    raise KTConnectionError(
+                        f"{self.address} closed the connection "
+                        + ("before replying" if not filled else f"after {filled} bytes of its reply"))
+                filled += n
+                self.received += n
+                if filled > max_size:
+                    raise too_large(self.address, f"sent more than {max_size} bytes", max_size)
         except BaseException as exc:
             self._fail()
             err = self._transport_error(exc, "receiving from", request_sent=True, by_deadline=by_deadline)
             if err is exc:
                 raise
             raise err from exc
-        self.last_used = time.monotonic()
-        return result
 
     def read_http(self, sent: Sent, head: bool = False,
                   max_size: int = DEFAULT_MAX_REPLY_SIZE) -> tuple[ResponseHead, bytes]:
@@ -449,14 +483,25 @@ class Connection:
             raise
 
     def _send_piece(self, sock: Any, data: bytes, end: float | None, by_deadline: bool, first: bool) -> None:
-        """Send all of ``data``; an error before a byte of the request left says request_sent=False."""
+        """Send all of ``data`` by ``end``, waiting (in steps) for room in the socket's buffer;
+        an error before a byte of the request left says request_sent=False."""
         sent = 0
+        size = len(data)
+        rest: bytes | memoryview = data
         try:
-            sent = self._send_some(sock, data, end)
-            if sent < len(data):
-                view = memoryview(data)[sent:]
-                while view:
-                    view = view[self._send_some(sock, view, end):]
+            while True:
+                self._arm(sock, end)
+                try:
+                    n = sock.send(rest)
+                except (TimeoutError, BlockingIOError):
+                    if end is None or end <= _monotonic():
+                        raise
+                    continue  # one step of a longer wait ended: wait on
+                self.sent += n
+                sent += n
+                if sent == size:
+                    return
+                rest = memoryview(data)[sent:]
         except BaseException as exc:
             self._fail()
             err = self._transport_error(exc, "sending to", request_sent=not first or sent > 0,
@@ -464,54 +509,6 @@ class Connection:
             if err is exc:
                 raise
             raise err from exc
-
-    def _receive(self, sock: Any, decode: Callable[[bytes], tuple[T, int]], end: float | None, max_size: int) -> T:
-        view = self._view
-        size = len(view)
-        filled = 0
-        needed = 1
-        parsed_at = 0  # bytes held at the last failed decode attempt
-        while True:
-            if filled >= needed and (filled >= 2 * parsed_at or not self._more_pending(sock)):
-                data = bytes(view[:filled])
-                private = view is not self._view
-                if private:
-                    view = self._view  # a large reply: only its copy is held while it is decoded
-                done, result, needed = decode_step(decode, data, max_size, self._address)
-                if done:
-                    return result
-                parsed_at = filled
-                if private:
-                    view = memoryview(bytearray(size))
-                    view[:filled] = data
-                del data
-            if filled == size:
-                # A large reply: continue in a bigger private buffer (ours stays small), at most
-                # twice what arrived, no larger than the reply needs or may be.
-                size = min(2 * size, needed if needed > filled else 2 * size, max_size + 1)
-                grown = memoryview(bytearray(size))
-                grown[:filled] = view[:filled]
-                view = grown
-            self._arm(sock, end)
-            try:
-                n = sock.recv_into(view[filled:])
-            except (TimeoutError, BlockingIOError):
-                if end is None or end <= _monotonic():
-                    raise
-                continue  # one step of a longer wait ended: wait on
-            if not n:
-                at_eof = getattr(decode, "at_eof", None)
-                if at_eof is not None and filled:
-                    data = bytes(view[:filled])
-                    del view
-                    return at_eof(data)
-                raise KTConnectionError(
-                    f"{self.address} closed the connection "
-                    + ("before replying" if not filled else f"after {filled} bytes of its reply"))
-            filled += n
-            self.received += n
-            if filled > max_size:
-                raise too_large(self.address, f"sent more than {max_size} bytes", max_size)
 
     def _more_pending(self, sock: Any) -> bool:
         """Are more reply bytes already waiting?  Used to avoid re-decoding a large reply after

@@ -51,7 +51,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .errors import LogicalInconsistencyError
-from .ops import Op, Session, read_raw, rpc, xt_params
+from .ops import Op, Operation, Session, read_raw, rpc, xt_params
 from .retry import OpClass
 from .ring import Ring
 from .ringdoc import PREPARE
@@ -61,7 +61,7 @@ __all__ = ["Migration", "Run", "keyed", "settle", "MOVED", "SUPERSEDED", "ABSENT
 T = TypeVar("T")
 
 #: run an operation of :mod:`ktcluster.ops` on a named node: ``run(op_class, node, make_op)``
-Run = Callable[[OpClass, str, Callable[[Session], Op[Any]]], Any]
+Run = Callable[[OpClass, str, Callable[[Session], Operation[Any]]], Any]
 
 #: what :func:`settle` did: copied and removed the source; removed a source ``dst``
 #: already had a newer value for; found nothing to move
@@ -85,7 +85,7 @@ class Migration:
 
 
 def keyed(m: Migration, run: Run, operation: str, cls: OpClass, kb: bytes, db: Any,
-          make_op: Callable[[Session], Op[T]]) -> T:
+          make_op: Callable[[Session], Operation[T]]) -> T:
     """Run one single-key operation under ``m`` (the table of the module docstring)."""
     src, dst = m.old.node_for(kb), m.new.node_for(kb)
     if src == dst:
@@ -102,7 +102,7 @@ def keyed(m: Migration, run: Run, operation: str, cls: OpClass, kb: bytes, db: A
     return run(cls, dst, make_op)
 
 
-def _read(run: Run, nodes: tuple[str, ...], make_op: Callable[[Session], Op[T]]) -> T:
+def _read(run: Run, nodes: tuple[str, ...], make_op: Callable[[Session], Operation[T]]) -> T:
     """The first answer that finds the record (a get_int that finds none raises: the next
     node is asked, and the last one's error stands)."""
     for i, node in enumerate(nodes):

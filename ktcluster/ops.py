@@ -7,8 +7,15 @@ or :class:`Binary` (answered with its decoder's result) -- and returns the opera
 result, or raises its typed error.  It does no I/O and keeps no state between calls:
 a driver sends the requests (:meth:`ktcluster.transport.Transport.run`; an asyncio
 driver is the same loop with ``await``), so one implementation serves every front end,
-and a retry simply starts the generator again.  (``set_record`` is a plain function that
-returns the generator of its case, raising nothing itself: the same to a driver.)
+and a retry simply starts the generator again.
+
+An operation that is one binary request whose decoder gives the result (``set`` and
+``remove`` of one record in a numbered database, and ``get`` with a packer that leaves
+values as they are stored) is that :class:`Binary` request itself, not a generator of
+it: the hot path then costs a driver one exchange and no generator.  ``get``,
+``set_record`` and ``remove`` are plain functions returning either form (an
+:data:`Operation`), raising nothing themselves; :func:`steps` makes a generator of
+either, for a driver without that shortcut.
 
 Most operations make one request; a few make more (a database name resolved for the
 binary protocol, a read-modify-cas loop for ``append`` and ``expire=KEEP``).
@@ -30,8 +37,9 @@ import itertools
 import re
 import struct
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple, NoReturn, TypedDict, TypeVar
+from typing import Any, NoReturn, TypedDict, TypeVar
 
 from .errors import (
     ArgumentError,
@@ -48,8 +56,8 @@ from .protocol import binary as _bin
 from .protocol import rest as _rest
 from .protocol.rpc import FIELD_COST, answer_float, answer_int, answer_value, decode_answer, encode_call, parse_int
 
-__all__ = ["Http", "Binary", "Op", "Session", "HTTP", "BINARY", "AUTO", "KEEP_RETRIES", "DBReport", "Report",
-           "Status"]
+__all__ = ["Http", "Binary", "Op", "Operation", "steps", "Session", "HTTP", "BINARY", "AUTO", "KEEP_RETRIES",
+           "DBReport", "Report", "Status"]
 
 T = TypeVar("T")
 
@@ -66,7 +74,12 @@ _INT64 = struct.Struct(">q")
 _EXTRA_FIELDS = 4
 
 
-class Http(NamedTuple):
+# (slotted dataclasses, not NamedTuples: one is made per request, and a NamedTuple's
+# constructor is a Python function around tuple.__new__, half again as dear)
+
+
+@dataclass(slots=True)
+class Http:
     """An HTTP request to send; answered with ``(ResponseHead, body)``.  ``head``: a HEAD
     request (no body whatever Content-Length says)."""
 
@@ -74,7 +87,8 @@ class Http(NamedTuple):
     head: bool = False
 
 
-class Binary(NamedTuple):
+@dataclass(slots=True)
+class Binary:
     """A binary-protocol request (bytes, or pieces sent as produced); answered with what
     ``decode`` returns (nothing is read with ``noreply``)."""
 
@@ -84,7 +98,20 @@ class Binary(NamedTuple):
 
 
 Request = Http | Binary
+#: an operation's steps: a generator of requests returning the result
 Op = Generator[Request, Any, T]
+#: what an operation function returns: its steps, or one Binary request whose decoder gives
+#: the result (see the module docstring)
+Operation = Op[T] | Binary
+
+
+def steps(op: Operation[T]) -> Op[T]:
+    """``op`` as a generator (a one-request operation becomes the generator of its request)."""
+    return _one(op) if type(op) is Binary else op  # type: ignore[return-value]
+
+
+def _one(request: Binary) -> Generator[Request, Any, Any]:
+    return (yield request)
 
 
 class Session:
@@ -210,8 +237,9 @@ def _count_decoder(magic: int, sent: int) -> Callable[[bytes], tuple[int, int]]:
 _decode_one_record = partial(_bin.decode_get_bulk_reply, max_hits=1)
 
 
-_SET_ONE = _count_decoder(_bin.MAGIC_SET_BULK, 1)
-_REMOVE_ONE = _count_decoder(_bin.MAGIC_REMOVE_BULK, 1)
+#: the decoders of the replies to a set_bulk and a remove_bulk of one record: whether it was written
+_SET_ONE = partial(_bin.decode_one_written, magic=_bin.MAGIC_SET_BULK)
+_REMOVE_ONE = partial(_bin.decode_one_written, magic=_bin.MAGIC_REMOVE_BULK)
 _DB_REPORT_KEY = re.compile(rb"db_(\d+)")
 _DB_REPORT_PATH = re.compile(rb" path=(.*)\Z", re.S)
 
@@ -410,11 +438,29 @@ def void(s: Session) -> Op[dict[bytes, bytes]]:
 # -- single records --------------------------------------------------------------------------------
 
 
-def get(s: Session, key: Any, db: Any) -> Op[Any]:
-    kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
+def get(s: Session, key: Any, db: Any) -> Operation[Any]:
+    if s.fast and s.raw_values and type(db) is int and 0 <= db < 65536:
+        # one request (see the module docstring); only for values that need no unpacking:
+        # an unpacking error in a decoder would cost the connection
+        try:
+            kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
+        except Exception as exc:
+            return _failed(exc)
+        return Binary(_bin.encode_key_one(_bin.MAGIC_GET_BULK, db, kb), partial(_decode_stored, kb))
+    return _get(s, key, db)
+
+
+def _decode_stored(kb: bytes, buf: bytes) -> tuple[bytes | None, int]:
+    """The decoder of a one-request get: (the stored value of ``kb``, or None; bytes consumed)."""
+    recs, used = _decode_one_record(buf)
+    brec = _one_record(kb, recs)
+    return None if brec is None else brec[0], used
+
+
+def _get(s: Session, key: Any, db: Any) -> Op[Any]:
+    kb = key_bytes(key)
     if s.fast:
-        dbidx = db if db == 0 and type(db) is int else (yield from db_index(s, db))
-        brec = _one_record(kb, (yield _get_one(kb, dbidx)))
+        brec = _one_record(kb, (yield _get_one(kb, (yield from db_index(s, db)))))
         return None if brec is None else s.value(key, brec[0])
     target = _target(s, kb, db)
     if target is None:
@@ -475,11 +521,21 @@ def check(s: Session, key: Any, db: Any) -> Op[bool]:
     return (yield from _on_record(s, b"check", key_bytes(key), db, _rest.encode_head, 200, head=True))
 
 
-def remove(s: Session, key: Any, db: Any) -> Op[bool]:
+def remove(s: Session, key: Any, db: Any) -> Operation[bool]:
+    if s.fast and type(db) is int and 0 <= db < 65536:  # one request (see the module docstring)
+        try:
+            kb = key_bytes(key)
+        except Exception as exc:
+            return _failed(exc)
+        return Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, db, kb), _REMOVE_ONE)
+    return _remove(s, key, db)
+
+
+def _remove(s: Session, key: Any, db: Any) -> Op[bool]:
     kb = key_bytes(key)
     if s.fast:
         dbidx = yield from db_index(s, db)
-        return (yield Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, dbidx, kb), _REMOVE_ONE)) > 0
+        return (yield Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, dbidx, kb), _REMOVE_ONE))
     return (yield from _on_record(s, b"remove", kb, db, _rest.encode_delete, 204))
 
 
@@ -508,23 +564,39 @@ def _put(s: Session, mode: bytes, key: Any, value: Any, expire: Expire, db: Any)
     raise _rest.rest_error(head, body)
 
 
-def set_record(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
-    # (a plain function choosing the generator: no generator delegating to another)
+def set_record(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Operation[bool]:
     if expire is KEEP:
         return write_keeping(s, key, db, lambda raw: s.pack(value), create=True)
-    if s.fast:
-        return _set_binary(s, key, value, expire, db)
-    return _put(s, _rest.MODE_SET, key, value, expire, db)
+    if s.fast and type(db) is int and 0 <= db < 65536:  # one request (see the module docstring)
+        try:
+            return Binary(_set_one(s, key, value, expire, db), _SET_ONE)
+        except Exception as exc:
+            return _failed(exc)
+    return _set(s, key, value, expire, db)
 
 
-def _set_binary(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
-    dbidx = db if db == 0 and type(db) is int else (yield from db_index(s, db))
+def _set(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
+    if not s.fast:
+        return (yield from _put(s, _rest.MODE_SET, key, value, expire, db))
+    dbidx = yield from db_index(s, db)
+    return (yield Binary(_set_one(s, key, value, expire, dbidx), _SET_ONE))
+
+
+def _set_one(s: Session, key: Any, value: Any, expire: Expire, dbidx: int) -> bytes:
+    """The binary request that sets one record."""
     kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
     xt = _bin.XT_NONE if expire is None else binary_xt(xt_of(expire))
     packed = s.pack(value)
     if len(packed) > _bin.DATAMAXSIZ:
         _too_large()
-    return (yield Binary(_bin.encode_set_one(dbidx, kb, packed, xt), _SET_ONE)) > 0
+    return _bin.encode_set_one(dbidx, kb, packed, xt)
+
+
+def _failed(exc: Exception) -> Op[Any]:
+    """An operation that raises ``exc`` when driven: a one-request operation's argument
+    error, raised where every other operation raises its own (in the driver, observed)."""
+    raise exc
+    yield  # a generator
 
 
 def add(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:

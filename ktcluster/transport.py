@@ -33,7 +33,7 @@ from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN, Co
 from .deadline import NO_DEADLINE, Deadline
 from .errors import DeadlineExceeded, KyotoTycoonException, PoolTimeoutError
 from .observe.events import Attempt
-from .ops import Http, Op, Request, Session, void
+from .ops import Binary, Http, Operation, Request, Session, steps, void
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool, PoolStats
 
 __all__ = ["Transport", "TransportBase"]
@@ -161,20 +161,23 @@ class Transport(TransportBase):
         pool.checkin(conn)
         return answer
 
-    def run(self, op: Op[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN,
+    def run(self, op: Operation[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN,
             attempt: Attempt | None = None) -> T:
         """Drive ``op`` to its result, each request on a pooled connection."""
+        if type(op) is Binary:  # a one-request operation
+            return self.exchange(op, deadline, timeout, attempt)
         exchange = self.exchange
         try:
-            request = op.send(None)
+            request = op.send(None)  # type: ignore[union-attr]
             while True:
-                request = op.send(exchange(request, deadline, timeout, attempt))
+                request = op.send(exchange(request, deadline, timeout, attempt))  # type: ignore[union-attr]
         except StopIteration as done:
             return done.value
 
-    def run_on(self, conn: Connection, op: Op[T], deadline: Deadline = NO_DEADLINE) -> T:
+    def run_on(self, conn: Connection, op: Operation[T], deadline: Deadline = NO_DEADLINE) -> T:
         """Drive ``op`` to its result on ``conn`` (held by the caller)."""
         send = self.send
+        op = steps(op)
         try:
             request = op.send(None)
             while True:

@@ -16,9 +16,11 @@ from itertools import islice
 import pytest
 
 from ktcluster.client import KyotoTycoon
+from ktcluster.packers import KT_PACKER_BYTES
 from ktcluster.cluster import Cluster
 from ktcluster.concurrency import gevent_active
 from ktcluster.errors import (
+    ArgumentError,
     KTTimeoutError,
     NodeDownError,
     OutcomeUnknownError,
@@ -276,6 +278,26 @@ def test_kyototycoon_observes_each_operation_under_its_own_name(servers):
         ("remove", OpClass.IDEMPOTENT)]
     ended = strict.of("end")
     assert [(call.operation, type(error)) for call, error in ended] == [("add", NotImplementedError)]
+
+
+def test_argument_errors_of_one_request_operations_are_observed(servers):
+    """A binary get/set/remove of one record is its request, built before the call: an
+    argument error found while building it is raised inside the observed call all the same."""
+    rec = Recorder()
+    kt = KyotoTycoon(binary=True, pack_type=KT_PACKER_BYTES, observer=rec).connect(servers[0].host, servers[0].port)
+    try:
+        with pytest.raises(ArgumentError):
+            kt.set("k", 12)  # the bytes packer takes bytes only
+        with pytest.raises(ArgumentError):
+            kt.get(12)  # type: ignore[arg-type]
+        with pytest.raises(ArgumentError):
+            kt.remove(12)  # type: ignore[arg-type]
+        assert kt.set("k", b"v") is True and kt.get("k") == b"v" and kt.remove("k") is True
+    finally:
+        kt.close()
+    assert [(call.operation, type(error)) for call, error in rec.of("end")] == [
+        ("set", ArgumentError), ("get", ArgumentError), ("remove", ArgumentError),
+        ("set", type(None)), ("get", type(None)), ("remove", type(None))]
 
 
 def test_breaker_down_fails_fast_as_an_observed_attempt(observed):

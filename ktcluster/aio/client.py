@@ -30,7 +30,7 @@ from .. import client as _blocking
 from .. import ops
 from ..client import ClientCore
 from ..errors import ArgumentError
-from ..ops import Op
+from ..ops import Operation
 from .transport import AsyncTransport
 
 if TYPE_CHECKING:
@@ -75,12 +75,12 @@ class KyotoTycoon(ClientCore[AsyncTransport]):
     def _new_transport(self, host: str, port: int, timeout: float | None) -> AsyncTransport:
         return AsyncTransport(host, port, timeout=timeout, **self._pool_options)  # type: ignore[arg-type]
 
-    def _run(self, op: Op[T], operation: str | None = None) -> Op[T]:
+    def _run(self, op: Operation[T], operation: str | None = None) -> Operation[T]:
         """The blocking methods' last step: here the operation comes back to :func:`_awaiting`
         (not observed: ``operation`` is not needed)."""
         return op
 
-    async def _carry(self, op: Op[T]) -> T:
+    async def _carry(self, op: Operation[T]) -> T:
         """Carry ``op`` to the server under this view's limits."""
         transport = self._transport or self.transport
         if self._extra is None:

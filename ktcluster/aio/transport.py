@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from ..connection import OWN, Limit
 from ..deadline import NO_DEADLINE, Deadline
 from ..errors import PoolTimeoutError
-from ..ops import Http, Op, Request, Session, void
+from ..ops import Http, Operation, Request, Session, steps, void
 from ..transport import TransportBase
 from .connection import AsyncConnection
 from .pool import AsyncConnectionPool
@@ -78,13 +78,13 @@ class AsyncTransport(TransportBase):
         pool.checkin(conn)  # type: ignore[arg-type]
         return answer
 
-    async def run(self, op: Op[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN,
+    async def run(self, op: Operation[T], deadline: Deadline = NO_DEADLINE, timeout: Limit = OWN,
                   attempt: None = None) -> T:
         """Drive ``op`` to its result, each request on a pooled connection (``attempt``: the
         blocking transport's observed attempt; ktcluster.aio is not observed yet)."""
         return await _drive(op, lambda request: self.exchange(request, deadline, timeout))
 
-    async def run_on(self, conn: AsyncConnection, op: Op[T], deadline: Deadline = NO_DEADLINE) -> T:
+    async def run_on(self, conn: AsyncConnection, op: Operation[T], deadline: Deadline = NO_DEADLINE) -> T:
         """Drive ``op`` to its result on ``conn`` (held by the caller)."""
         return await _drive(op, lambda request: self.send(conn, request, deadline))
 
@@ -99,8 +99,9 @@ class AsyncTransport(TransportBase):
             conn.close()
 
 
-async def _drive(op: Op[T], answer: Callable[[Request], Awaitable[Any]]) -> T:
+async def _drive(op: Operation[T], answer: Callable[[Request], Awaitable[Any]]) -> T:
     """Send ``op``'s requests through ``answer`` until it returns its result."""
+    op = steps(op)
     try:
         request = op.send(None)
         while True:

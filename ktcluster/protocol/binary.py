@@ -27,7 +27,8 @@ __all__ = [
     "encode_set_bulk", "encode_remove_bulk", "encode_get_bulk", "encode_play_script",
     "encode_set_one", "encode_key_one",
     "CHUNK_RECORDS", "set_bulk_request", "remove_bulk_request", "get_bulk_request",
-    "decode_count_reply", "decode_get_bulk_reply", "decode_get_bulk_values", "decode_play_script_reply",
+    "decode_count_reply", "decode_one_written", "decode_get_bulk_reply", "decode_get_bulk_values",
+    "decode_play_script_reply",
     "decode_request_header", "decode_set_record", "decode_key_record",
     "decode_play_script_header", "decode_script_record",
     "encode_count_reply", "encode_get_bulk_reply", "encode_play_script_reply",
@@ -214,6 +215,11 @@ def _reply_header(buf: bytes, magic: int, max_hits: int | None = None) -> int:
 def decode_count_reply(buf: bytes, magic: int, max_hits: int | None = None) -> tuple[int, int]:
     """Reply of set_bulk/remove_bulk: (hits, bytes consumed); ``max_hits``: the records sent."""
     return _reply_header(buf, magic, max_hits), 5
+
+
+def decode_one_written(buf: bytes, magic: int) -> tuple[bool, int]:
+    """Reply of a set_bulk/remove_bulk of one record: (whether it was written, bytes consumed)."""
+    return _reply_header(buf, magic, 1) > 0, 5
 
 
 def decode_get_bulk_reply(buf: bytes, max_hits: int | None = None) -> tuple[list[tuple[int, bytes, bytes, int]], int]:

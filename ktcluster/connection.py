@@ -274,10 +274,12 @@ class Connection:
                 self._apply(sock, None)
             return
         left = end - _monotonic()
+        if left > WAIT_STEP:  # the usual case: more than a step left (a step armed already)
+            if applied != WAIT_STEP:
+                self._apply(sock, WAIT_STEP)
+            return
         if left <= 0:
             raise TimeoutError("no time left")
-        if left > WAIT_STEP:
-            left = WAIT_STEP
         if applied is None or left > applied or applied - left > REARM_SLACK:
             self._apply(sock, left)
 
@@ -393,20 +395,6 @@ class Connection:
         parsed_at = 0  # bytes held at the last failed decode attempt
         try:
             while True:
-                if filled >= needed and (filled >= 2 * parsed_at or not self._more_pending(sock)):
-                    data = bytes(view[:filled])
-                    private = view is not self._view
-                    if private:
-                        view = self._view  # a large reply: only its copy is held while it is decoded
-                    done, result, needed = decode_step(decode, data, max_size, self._address)
-                    if done:
-                        self.last_used = _monotonic()
-                        return result
-                    parsed_at = filled
-                    if private:
-                        view = memoryview(bytearray(size))
-                        view[:filled] = data
-                    del data
                 if filled == size:
                     # A large reply: continue in a bigger private buffer (ours stays small), at most
                     # twice what arrived, no larger than the reply needs or may be.
@@ -436,6 +424,20 @@ class Connection:
                 self.received += n
                 if filled > max_size:
                     raise too_large(self.address, f"sent more than {max_size} bytes", max_size)
+                if filled >= needed and (filled >= 2 * parsed_at or not self._more_pending(sock)):
+                    data = bytes(view[:filled])
+                    private = view is not self._view
+                    if private:
+                        view = self._view  # a large reply: only its copy is held while it is decoded
+                    done, result, needed = decode_step(decode, data, max_size, self._address)
+                    if done:
+                        self.last_used = _monotonic()
+                        return result
+                    parsed_at = filled
+                    if private:
+                        view = memoryview(bytearray(size))
+                        view[:filled] = data
+                    del data
         except BaseException as exc:
             self._fail()
             err = self._transport_error(exc, "receiving from", request_sent=True, by_deadline=by_deadline)

@@ -233,13 +233,11 @@ def _count_decoder(magic: int, sent: int) -> Callable[[bytes], tuple[int, int]]:
     return partial(_bin.decode_count_reply, magic=magic, max_hits=sent)
 
 
-#: the decoder of the reply to a get_bulk of one key
-_decode_one_record = partial(_bin.decode_get_bulk_reply, max_hits=1)
+def _decode_one_record(buf: bytes) -> tuple[list[tuple[int, bytes, bytes, int]], int]:
+    """The decoder of the reply to a get_bulk of one key."""
+    return _bin.decode_get_bulk_reply(buf, 1)
 
 
-#: the decoders of the replies to a set_bulk and a remove_bulk of one record: whether it was written
-_SET_ONE = partial(_bin.decode_one_written, magic=_bin.MAGIC_SET_BULK)
-_REMOVE_ONE = partial(_bin.decode_one_written, magic=_bin.MAGIC_REMOVE_BULK)
 _DB_REPORT_KEY = re.compile(rb"db_(\d+)")
 _DB_REPORT_PATH = re.compile(rb" path=(.*)\Z", re.S)
 
@@ -452,7 +450,7 @@ def get(s: Session, key: Any, db: Any) -> Operation[Any]:
 
 def _decode_stored(kb: bytes, buf: bytes) -> tuple[bytes | None, int]:
     """The decoder of a one-request get: (the stored value of ``kb``, or None; bytes consumed)."""
-    recs, used = _decode_one_record(buf)
+    recs, used = _bin.decode_get_bulk_reply(buf, 1)
     brec = _one_record(kb, recs)
     return None if brec is None else brec[0], used
 
@@ -527,7 +525,7 @@ def remove(s: Session, key: Any, db: Any) -> Operation[bool]:
             kb = key_bytes(key)
         except Exception as exc:
             return _failed(exc)
-        return Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, db, kb), _REMOVE_ONE)
+        return Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, db, kb), _bin.decode_remove_one)
     return _remove(s, key, db)
 
 
@@ -535,7 +533,7 @@ def _remove(s: Session, key: Any, db: Any) -> Op[bool]:
     kb = key_bytes(key)
     if s.fast:
         dbidx = yield from db_index(s, db)
-        return (yield Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, dbidx, kb), _REMOVE_ONE))
+        return (yield Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, dbidx, kb), _bin.decode_remove_one))
     return (yield from _on_record(s, b"remove", kb, db, _rest.encode_delete, 204))
 
 
@@ -569,7 +567,7 @@ def set_record(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Ope
         return write_keeping(s, key, db, lambda raw: s.pack(value), create=True)
     if s.fast and type(db) is int and 0 <= db < 65536:  # one request (see the module docstring)
         try:
-            return Binary(_set_one(s, key, value, expire, db), _SET_ONE)
+            return Binary(_set_one(s, key, value, expire, db), _bin.decode_set_one)
         except Exception as exc:
             return _failed(exc)
     return _set(s, key, value, expire, db)
@@ -579,7 +577,7 @@ def _set(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
     if not s.fast:
         return (yield from _put(s, _rest.MODE_SET, key, value, expire, db))
     dbidx = yield from db_index(s, db)
-    return (yield Binary(_set_one(s, key, value, expire, dbidx), _SET_ONE))
+    return (yield Binary(_set_one(s, key, value, expire, dbidx), _bin.decode_set_one))
 
 
 def _set_one(s: Session, key: Any, value: Any, expire: Expire, dbidx: int) -> bytes:

@@ -45,14 +45,14 @@ from __future__ import annotations
 
 import select
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .connection import Connection, Sent
 from .deadline import Deadline
 from .observe.events import Attempt
 from .observe.events import Call as Observed
-from .ops import Binary, Op, Request, steps
+from .ops import Binary, Op, Request
 from .transport import Transport
 
 __all__ = ["scatter", "Failure", "Work"]
@@ -106,7 +106,7 @@ class _Lane:
         self.node = node
         self.attempt: Attempt | None = None
         self.index = -1
-        self.op: Generator[Request, Any, Any] | None = None
+        self.op: Op[Any] | None = None
         self.conn = conn
         self.request: Request | None = None
         self.sent: Sent = (None, False)
@@ -120,7 +120,7 @@ class _Lane:
         node = self.node
         while (index := node.take()) is not None:
             self.index = index
-            op = self.op = steps(node.ops[index]())
+            op = self.op = node.ops[index]()
             try:
                 request = op.send(None)
             except StopIteration as done:  # an operation that needs no request

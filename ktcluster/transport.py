@@ -33,7 +33,7 @@ from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REPLY_SIZE, OWN, Co
 from .deadline import NO_DEADLINE, Deadline
 from .errors import DeadlineExceeded, KyotoTycoonException, PoolTimeoutError
 from .observe.events import Attempt
-from .ops import Binary, Http, Operation, Request, Session, steps, void
+from .ops import Binary, Http, Op, Operation, Request, Session, void
 from .pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, ConnectionPool, PoolStats
 
 __all__ = ["Transport", "TransportBase"]
@@ -174,10 +174,9 @@ class Transport(TransportBase):
         except StopIteration as done:
             return done.value
 
-    def run_on(self, conn: Connection, op: Operation[T], deadline: Deadline = NO_DEADLINE) -> T:
+    def run_on(self, conn: Connection, op: Op[T], deadline: Deadline = NO_DEADLINE) -> T:
         """Drive ``op`` to its result on ``conn`` (held by the caller)."""
         send = self.send
-        op = steps(op)
         try:
             request = op.send(None)
             while True:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from ..connection import OWN, Limit
 from ..deadline import NO_DEADLINE, Deadline
 from ..errors import PoolTimeoutError
-from ..ops import Http, Operation, Request, Session, steps, void
+from ..ops import Http, Op, Operation, Request, Session, steps, void
 from ..transport import TransportBase
 from .connection import AsyncConnection
 from .pool import AsyncConnectionPool
@@ -84,7 +84,7 @@ class AsyncTransport(TransportBase):
         blocking transport's observed attempt; ktcluster.aio is not observed yet)."""
         return await _drive(op, lambda request: self.exchange(request, deadline, timeout))
 
-    async def run_on(self, conn: AsyncConnection, op: Operation[T], deadline: Deadline = NO_DEADLINE) -> T:
+    async def run_on(self, conn: AsyncConnection, op: Op[T], deadline: Deadline = NO_DEADLINE) -> T:
         """Drive ``op`` to its result on ``conn`` (held by the caller)."""
         return await _drive(op, lambda request: self.send(conn, request, deadline))
 

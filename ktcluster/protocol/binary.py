@@ -27,7 +27,7 @@ __all__ = [
     "encode_set_bulk", "encode_remove_bulk", "encode_get_bulk", "encode_play_script",
     "encode_set_one", "encode_key_one",
     "CHUNK_RECORDS", "set_bulk_request", "remove_bulk_request", "get_bulk_request",
-    "decode_count_reply", "decode_one_written", "decode_get_bulk_reply", "decode_get_bulk_values",
+    "decode_count_reply", "decode_set_one", "decode_remove_one", "decode_get_bulk_reply", "decode_get_bulk_values",
     "decode_play_script_reply",
     "decode_request_header", "decode_set_record", "decode_key_record",
     "decode_play_script_header", "decode_script_record",
@@ -217,9 +217,15 @@ def decode_count_reply(buf: bytes, magic: int, max_hits: int | None = None) -> t
     return _reply_header(buf, magic, max_hits), 5
 
 
-def decode_one_written(buf: bytes, magic: int) -> tuple[bool, int]:
-    """Reply of a set_bulk/remove_bulk of one record: (whether it was written, bytes consumed)."""
-    return _reply_header(buf, magic, 1) > 0, 5
+def decode_set_one(buf: bytes) -> tuple[bool, int]:
+    """Reply to :func:`encode_set_one`: (whether the record was stored, bytes consumed)."""
+    return _reply_header(buf, MAGIC_SET_BULK, 1) > 0, 5
+
+
+def decode_remove_one(buf: bytes) -> tuple[bool, int]:
+    """Reply to :func:`encode_key_one` of ``MAGIC_REMOVE_BULK``: (whether the record existed,
+    bytes consumed)."""
+    return _reply_header(buf, MAGIC_REMOVE_BULK, 1) > 0, 5
 
 
 def decode_get_bulk_reply(buf: bytes, max_hits: int | None = None) -> tuple[list[tuple[int, bytes, bytes, int]], int]:

@@ -387,13 +387,13 @@ class Connection:
         """The second half of an exchange: read and decode the reply to the request that
         :meth:`send_request` sent (a failure breaks the connection)."""
         end, by_deadline = sent
-        sock = self._sock
-        view = self._view
-        size = len(view)
-        filled = 0
-        needed = 1
-        parsed_at = 0  # bytes held at the last failed decode attempt
         try:
+            sock = self._sock
+            view = self._view
+            size = len(view)
+            filled = 0
+            needed = 1
+            parsed_at = 0  # bytes held at the last failed decode attempt
             while True:
                 if filled == size:
                     # A large reply: continue in a bigger private buffer (ours stays small), at most

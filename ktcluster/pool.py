@@ -251,7 +251,7 @@ class ConnectionPool:
         <ktcluster.connection.Connection.is_alive>` finds closed (after ``check_idle_after``)."""
         try:
             usable = not conn.broken
-            if usable:
+            if usable and conn.connected:
                 now = _monotonic()
                 idle = now - conn.last_used
                 if self.idle_timeout is not None and idle > self.idle_timeout:

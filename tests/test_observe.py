@@ -16,7 +16,6 @@ from itertools import islice
 import pytest
 
 from ktcluster.client import KyotoTycoon
-from ktcluster.packers import KT_PACKER_BYTES
 from ktcluster.cluster import Cluster
 from ktcluster.concurrency import gevent_active
 from ktcluster.errors import (
@@ -30,6 +29,7 @@ from ktcluster.errors import (
 from ktcluster.health import HealthConfig
 from ktcluster.observe import BOUNDS, Histogram, Metrics, Observer, Tee
 from ktcluster.observe.events import Attempt, BreakerChange, Call, PoolExhausted
+from ktcluster.packers import KT_PACKER_BYTES
 from ktcluster.retry import OpClass, RetryPolicy
 from ktcluster.testing import FaultProxy, KTServer, free_port, start_cluster
 

@@ -738,3 +738,17 @@ def test_binary_request_in_pieces(kt_server):
     with pytest.raises(ValueError):
         conn.request_binary(failing_midway(), binary.decode_get_bulk_reply)
     assert conn.broken and not conn.connected  # half a request went out: never reused
+
+
+def test_an_unconnected_pooled_connection_is_reused_whatever_its_age():
+    """A pooled connection that never connected (or was closed by a Connection: close
+    answer) holds no socket to go stale: idle_timeout and max_lifetime do not retire it."""
+    pool = ConnectionPool("127.0.0.1", 1, size=1, idle_timeout=0.05, max_lifetime=0.05)  # never connects
+    conn = pool.checkout()
+    assert not conn.connected
+    pool.checkin(conn)
+    time.sleep(0.1)
+    again = pool.checkout()
+    stats = pool.stats()
+    pool.checkin(again)
+    assert again is conn and stats.discarded == 0 and stats.created == 1

@@ -415,8 +415,7 @@ class Connection:
                         data = bytes(view[:filled])
                         del view
                         result = at_eof(data)
-                        self.last_used = _monotonic()
-                        return result
+                        break
                     raise KTConnectionError(
                         f"{self.address} closed the connection "
                         + ("before replying" if not filled else f"after {filled} bytes of its reply"))
@@ -431,8 +430,7 @@ class Connection:
                         view = self._view  # a large reply: only its copy is held while it is decoded
                     done, result, needed = decode_step(decode, data, max_size, self._address)
                     if done:
-                        self.last_used = _monotonic()
-                        return result
+                        break
                     parsed_at = filled
                     if private:
                         view = memoryview(bytearray(size))
@@ -444,6 +442,8 @@ class Connection:
             if err is exc:
                 raise
             raise err from exc
+        self.last_used = _monotonic()
+        return result
 
     def read_http(self, sent: Sent, head: bool = False,
                   max_size: int = DEFAULT_MAX_REPLY_SIZE) -> tuple[ResponseHead, bytes]:

@@ -450,7 +450,7 @@ def get(s: Session, key: Any, db: Any) -> Operation[Any]:
 
 def _decode_stored(kb: bytes, buf: bytes) -> tuple[bytes | None, int]:
     """The decoder of a one-request get: (the stored value of ``kb``, or None; bytes consumed)."""
-    recs, used = _bin.decode_get_bulk_reply(buf, 1)
+    recs, used = _decode_one_record(buf)
     brec = _one_record(kb, recs)
     return None if brec is None else brec[0], used
 
@@ -525,16 +525,20 @@ def remove(s: Session, key: Any, db: Any) -> Operation[bool]:
             kb = key_bytes(key)
         except Exception as exc:
             return _failed(exc)
-        return Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, db, kb), _bin.decode_remove_one)
+        return _remove_one(kb, db)
     return _remove(s, key, db)
 
 
 def _remove(s: Session, key: Any, db: Any) -> Op[bool]:
     kb = key_bytes(key)
     if s.fast:
-        dbidx = yield from db_index(s, db)
-        return (yield Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, dbidx, kb), _bin.decode_remove_one))
+        return (yield _remove_one(kb, (yield from db_index(s, db))))
     return (yield from _on_record(s, b"remove", kb, db, _rest.encode_delete, 204))
+
+
+def _remove_one(kb: bytes, dbidx: int) -> Binary:
+    """The binary request that removes one record (answered with whether it existed)."""
+    return Binary(_bin.encode_key_one(_bin.MAGIC_REMOVE_BULK, dbidx, kb), _bin.decode_remove_one)
 
 
 def seize(s: Session, key: Any, db: Any) -> Op[Any]:
@@ -567,7 +571,7 @@ def set_record(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Ope
         return write_keeping(s, key, db, lambda raw: s.pack(value), create=True)
     if s.fast and type(db) is int and 0 <= db < 65536:  # one request (see the module docstring)
         try:
-            return Binary(_set_one(s, key, value, expire, db), _bin.decode_set_one)
+            return _set_one(s, key, value, expire, db)
         except Exception as exc:
             return _failed(exc)
     return _set(s, key, value, expire, db)
@@ -576,18 +580,17 @@ def set_record(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Ope
 def _set(s: Session, key: Any, value: Any, expire: Expire, db: Any) -> Op[bool]:
     if not s.fast:
         return (yield from _put(s, _rest.MODE_SET, key, value, expire, db))
-    dbidx = yield from db_index(s, db)
-    return (yield Binary(_set_one(s, key, value, expire, dbidx), _bin.decode_set_one))
+    return (yield _set_one(s, key, value, expire, (yield from db_index(s, db))))
 
 
-def _set_one(s: Session, key: Any, value: Any, expire: Expire, dbidx: int) -> bytes:
-    """The binary request that sets one record."""
+def _set_one(s: Session, key: Any, value: Any, expire: Expire, dbidx: int) -> Binary:
+    """The binary request that sets one record (answered with whether it was stored)."""
     kb = key.encode("utf-8", "surrogateescape") if type(key) is str else key_bytes(key)
     xt = _bin.XT_NONE if expire is None else binary_xt(xt_of(expire))
     packed = s.pack(value)
     if len(packed) > _bin.DATAMAXSIZ:
         _too_large()
-    return _bin.encode_set_one(dbidx, kb, packed, xt)
+    return Binary(_bin.encode_set_one(dbidx, kb, packed, xt), _bin.decode_set_one)
 
 
 def _failed(exc: Exception) -> Op[Any]:
